@@ -1,0 +1,1 @@
+/* kmdc_auth.c - placeholder until written. */

@@ -1,0 +1,1 @@
+/* kmdc_card.c - placeholder until written. */

@@ -1,0 +1,1 @@
+/* kmdc_envelope.c - placeholder until written. */

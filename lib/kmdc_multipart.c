@@ -1,0 +1,1 @@
+/* kmdc_multipart.c - placeholder until written. */

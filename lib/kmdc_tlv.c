@@ -1,0 +1,1 @@
+/* kmdc_tlv.c - placeholder until written. */

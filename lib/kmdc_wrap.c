@@ -1,0 +1,1 @@
+/* kmdc_wrap.c - placeholder until written. */
