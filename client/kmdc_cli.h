@@ -1,0 +1,211 @@
+/*
+ * kmdc_cli.h - what the parts of the kmdc client share: the exit codes, the
+ * global options, messages, option parsing, card loading and locking, file
+ * helpers and the fault-injection points.  One command per file:
+ *   kmdc.c          main, command table, help, card, sign
+ *   kmdc_seal.c     seal, send (outbox protocol) and the sealing core
+ *   kmdc_fetch.c    fetch, watch, open (the receive rules of DESIGN 3.4)
+ *   kmdc_account.c  activate, status, card --resync
+ *   kmdc_http.c     libcurl: TLS, signing, errors, progress bar
+ *   kmdc_testcmd.c  test-only commands (configure --enable-test-hooks)
+ */
+#ifndef KMDC_CLI_H
+#define KMDC_CLI_H
+
+#include <getopt.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kmdc_card.h"
+#include "kmdc_envelope.h"
+#include "kmdc_err.h"
+
+/* Exit codes (kmdc(1), EXIT STATUS).  Scripts rely on them: never renumber. */
+#define KMDC_EXIT_OK 0
+#define KMDC_EXIT_FAIL 1       /* failed (generic) */
+#define KMDC_EXIT_USAGE 2      /* bad usage */
+#define KMDC_EXIT_LOCKED 3     /* card's send/recv lock held by another kmdc */
+#define KMDC_EXIT_REFUSED 4    /* datacenter refused (4xx other than 401/429) */
+#define KMDC_EXIT_AUTH 5       /* authentication refused (401) */
+#define KMDC_EXIT_NETWORK 6    /* network, 5xx or 429: retry later, nothing lost */
+#define KMDC_EXIT_CARD 7       /* card file problem: corrupt, mode, passphrase */
+
+#define KMDC_PASS_MAX 1024     /* passphrase buffer, bytes incl. NUL */
+
+/* The global options and what every command shares. */
+typedef struct kmdc_cli {
+    const char *card_path;     /* --card, $KMDC_CARD, ~/.kmdc/card */
+    char *card_path_alloc;     /* owns card_path when built from $HOME */
+    const char *passfile;      /* --passphrase-file, $KMDC_PASSPHRASE_FILE */
+    char pass[KMDC_PASS_MAX];  /* the passphrase once read (wiped at exit) */
+    int pass_read;             /* pass holds the file's passphrase */
+    const char *cacert;        /* --cacert */
+    int insecure;              /* --insecure */
+    int wait;                  /* --wait: wait for the send/recv lock */
+    int quiet;                 /* -q: no information lines, no progress bar */
+    const char *url;           /* --url: overrides the card's datacenter URL */
+    const char *cmd;           /* the running command, for messages */
+} kmdc_cli;
+
+/* A command: its name, runner, one-line synopsis and help text. */
+typedef struct kmdc_cmd {
+    const char *name;
+    int (*run)(kmdc_cli *c, int argc, char **argv);
+    const char *synopsis;
+    const char *help;
+    int hidden;                /* test-only: not listed by --help */
+} kmdc_cmd;
+
+/* ---- messages (stderr, prefixed "kmdc: ") ---------------------------------- */
+
+/* Print a message and return code. */
+int kmdc_cli_fail(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* Print e's message (or its status name) and return code. */
+int kmdc_cli_fail_err(int code, const kmdc_err *e);
+
+/* A usage error for the running command: message, a hint, KMDC_EXIT_USAGE. */
+int kmdc_cli_usage(const kmdc_cli *c, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+/* An information line on stderr, suppressed by -q. */
+void kmdc_cli_info(const kmdc_cli *c, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+/* The exit code for a library failure: KMDC_ERR_LOCKED -> 3, a card file
+ * problem (corrupt, permissions, passphrase, format) -> 7, else 1. */
+int kmdc_cli_exit_for(kmdc_status st);
+
+/* ---- option parsing ---------------------------------------------------------- */
+
+/* A command's own option handler: 0 when handled, else an exit code (the
+ * handler printed the usage error). */
+typedef int (*kmdc_cli_opt_fn)(kmdc_cli *c, void *ctx, int opt, const char *arg);
+
+/* Long-only codes of the global options; commands number theirs from
+ * KMDC_OPT_OWN upwards. */
+enum {
+    KMDC_OPT_CARD = 256, KMDC_OPT_PASSFILE, KMDC_OPT_CACERT, KMDC_OPT_INSECURE,
+    KMDC_OPT_WAIT, KMDC_OPT_URL, KMDC_OPT_HELP,
+    KMDC_OPT_OWN = 300
+};
+
+/*
+ * Parse argv (argv[0] is the command name) with the command's own long
+ * options own[0..nown) and short options `shortopts` (may be NULL) plus the
+ * global ones, which may come before or after the command.  Returns -1 with
+ * *first the index of the first operand, or an exit code: KMDC_EXIT_OK after
+ * printing --help, KMDC_EXIT_USAGE after a usage error.
+ */
+int kmdc_cli_parse(kmdc_cli *c, const kmdc_cmd *cmd, int argc, char **argv,
+                   const struct option *own, size_t nown, const char *shortopts,
+                   kmdc_cli_opt_fn fn, void *ctx, int *first);
+
+/* The command table entry of name (NULL when unknown). */
+const kmdc_cmd *kmdc_cli_find(const char *name);
+
+/* ---- the card ------------------------------------------------------------------- */
+
+/* The passphrase for the card (NULL when none was given); reads the
+ * passphrase file once.  Returns an exit code (7 when unreadable). */
+int kmdc_cli_passphrase(kmdc_cli *c, const char **pass);
+
+/* Load the card file (no lock).  Returns an exit code; the message is printed. */
+int kmdc_cli_load(kmdc_cli *c, kmdc_card **card);
+
+/*
+ * Take one of the card's locks: KMDC_LOCK_CARD always waits (it is held only
+ * for a read-modify-write); SEND and RECV wait only with --wait, otherwise a
+ * held lock is KMDC_EXIT_LOCKED with a message.  Returns an exit code.
+ */
+int kmdc_cli_lock(kmdc_cli *c, kmdc_card_lockwhich which, kmdc_card_lockh **h);
+
+/*
+ * A read-modify-write of the card file: lock CARD, load, fn(card), save,
+ * unlock.  fn may be NULL (only reload).  When out is non-NULL it receives
+ * the card as saved (the caller frees it).  Returns an exit code; fn's
+ * failure is reported with its own message.
+ */
+typedef kmdc_status (*kmdc_cli_update_fn)(void *arg, kmdc_card *card, kmdc_err *err);
+int kmdc_cli_update(kmdc_cli *c, kmdc_cli_update_fn fn, void *arg, kmdc_card **out);
+
+/* The datacenter base URL: --url, else the card's (without a final '/'). */
+const char *kmdc_cli_base_url(const kmdc_cli *c, const kmdc_card *card);
+
+/* ---- files and small helpers ------------------------------------------------ */
+
+/* Write all of p[0..len) to fd (EINTR-safe).  0 or -1 with errno. */
+int kmdc_cli_write_all(int fd, const void *p, size_t len);
+
+/* fsync the folder that holds path (best effort is not enough: -1 on error). */
+int kmdc_cli_fsync_parent(const char *path);
+
+/* The current time in Unix milliseconds. */
+uint64_t kmdc_cli_now_ms(void);
+
+/* Parse an address as a person types it: lower-cased, then checked.  out has
+ * room for 65 bytes.  0 or -1 (invalid). */
+int kmdc_cli_address(const char *in, size_t len, char *out);
+
+/* Parse an id or serial written as 16 lowercase hex digits (1 .. 2^63-1). */
+int kmdc_cli_parse_id(const char *s, uint64_t *id);
+
+/* Remove control characters from a string coming from the network, in place,
+ * so it cannot drive the terminal. */
+void kmdc_cli_sanitize(char *s);
+
+/* ---- sealing (kmdc_seal.c) ------------------------------------------------- */
+
+/*
+ * Open a document to seal: path "-" is standard input.  A regular file is
+ * used as it is; anything else (a pipe, a terminal) is first spooled into a
+ * temporary file of mode 0600 in $TMPDIR (unlinked at once), because SIZE
+ * must be known before the first byte is sealed.  *size receives the length
+ * (at most 2^40).  Returns an exit code; the message is printed.
+ */
+int kmdc_cli_open_input(const char *path, int *fd, uint64_t *size);
+
+/*
+ * Seal the document read from in_fd (exactly m->size bytes from its current
+ * position) into out_fd: header h, message key mk, metadata m.
+ */
+kmdc_status kmdc_cli_seal_stream(const kmdc_header *h, const uint8_t mk[32],
+                                 const kmdc_meta *m, int in_fd, int out_fd,
+                                 kmdc_err *err);
+
+/* ---- fault injection (configure --enable-test-hooks) -------------------------- */
+
+/*
+ * Crash at a named step when KMDC_CRASH_AT names it: the process kills itself
+ * with SIGKILL, as a power cut would stop it.  The steps (send and fetch are
+ * tested to lose nothing when killed at any of them):
+ *   send:after-reserve        counter reserved in memory, card not yet saved
+ *   send:after-card-save      card saved past the counter, envelope not sealed
+ *   send:after-seal           envelope sealed into the outbox temp file
+ *   send:after-outbox-commit  outbox entry committed, not yet uploaded
+ *   send:after-upload         the datacenter answered, entry not yet removed
+ *   fetch:after-advance       down chain advanced and card saved, document
+ *                             not yet written
+ *   fetch:after-rename        document in its final place, not yet recorded
+ *   fetch:after-record        delivery recorded in the card, not acknowledged
+ *   fetch:before-ack          just before the DELETE is sent
+ * In builds without KMDC_TEST_HOOKS this is an empty function.
+ */
+void kmdc_crash_point(const char *step);
+
+/* ---- the commands ----------------------------------------------------------------- */
+
+int kmdc_cmd_seal(kmdc_cli *c, int argc, char **argv);
+int kmdc_cmd_send(kmdc_cli *c, int argc, char **argv);
+int kmdc_cmd_fetch(kmdc_cli *c, int argc, char **argv);
+int kmdc_cmd_watch(kmdc_cli *c, int argc, char **argv);
+int kmdc_cmd_open(kmdc_cli *c, int argc, char **argv);
+int kmdc_cmd_activate(kmdc_cli *c, int argc, char **argv);
+int kmdc_cmd_status(kmdc_cli *c, int argc, char **argv);
+int kmdc_cmd_card_resync(kmdc_cli *c);
+#ifdef KMDC_TEST_HOOKS
+int kmdc_cmd_test_mkcard(kmdc_cli *c, int argc, char **argv);
+int kmdc_cmd_test_seal_down(kmdc_cli *c, int argc, char **argv);
+#endif
+
+#endif

@@ -1,0 +1,1079 @@
+/*
+ * kmdcadm.c - the datacenter administrator's tool: schema migrations, master
+ * keys, issuing cards and changing their status (DESIGN 4).
+ *
+ *   kmdcadm [GLOBAL OPTIONS] COMMAND [OPTIONS]     (kmdcadm --help)
+ *
+ * Exit status: 0 done, 1 the operation failed (message on stderr prefixed
+ * "kmdcadm: "), 2 usage error.  The database side is in kmdcadm_db.c.
+ */
+#include "config.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <libgen.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "kmdc_card.h"
+#include "kmdc_crypto.h"
+#include "kmdc_util.h"
+#include "kmdc_wrap.h"
+#include "kmdcadm_db.h"
+
+#ifndef KMDC_SQLDIR
+#define KMDC_SQLDIR "/usr/local/share/mod_kmdc/sql"
+#endif
+
+#define EXIT_OK 0
+#define EXIT_FAIL 1
+#define EXIT_USAGE 2
+
+#define MAX_MASTER_KEYS 16
+#define ACCESS_DAYS 7            /* DESIGN 3.6: the access code is valid 7 days */
+#define SERIAL_ATTEMPTS 8        /* draws before giving up on a free serial */
+#define PASSPHRASE_MAX 1024
+
+typedef struct master_key {
+    uint32_t id;
+    const char *path;
+    uint8_t key[KMDC_MASTER_KEY_LEN];
+    int loaded;
+} master_key;
+
+typedef struct globals {
+    const char *db;                       /* --db, else libpq's environment */
+    const char *sqldir;                   /* --sqldir */
+    master_key keys[MAX_MASTER_KEYS];     /* --master-key, in the given order */
+    size_t nkeys;
+} globals;
+
+typedef struct command {
+    const char *name;
+    int (*run)(globals *g, int argc, char **argv);
+    const char *synopsis;
+    const char *help;
+} command;
+
+/* Long-only option codes. */
+enum {
+    OPT_DB = 256, OPT_MASTER_KEY, OPT_SQLDIR, OPT_HELP, OPT_ADDRESS, OPT_URL,
+    OPT_OUT, OPT_PASSFILE, OPT_FORCE, OPT_STATUS, OPT_JSON, OPT_REASON
+};
+
+#define GLOBAL_OPTIONS \
+    { "db", required_argument, NULL, OPT_DB }, \
+    { "master-key", required_argument, NULL, OPT_MASTER_KEY }, \
+    { "sqldir", required_argument, NULL, OPT_SQLDIR }, \
+    { "help", no_argument, NULL, OPT_HELP }
+
+static const command *find_command(const char *name);
+
+/* --- messages -------------------------------------------------------------- */
+
+__attribute__((format(printf, 1, 2))) static int
+fail(const char *fmt, ...)
+{
+    va_list ap;
+
+    fputs("kmdcadm: ", stderr);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+    return EXIT_FAIL;
+}
+
+/* A usage error for cmd (NULL: the global level). */
+__attribute__((format(printf, 2, 3))) static int
+usage_error(const char *cmd, const char *fmt, ...)
+{
+    va_list ap;
+
+    fputs("kmdcadm: ", stderr);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "\nTry 'kmdcadm %s%s--help'.\n", cmd ? cmd : "", cmd ? " " : "");
+    return EXIT_USAGE;
+}
+
+static int
+fail_err(const kmdc_err *e)
+{
+    return fail("%s", e->msg[0] ? e->msg : kmdc_status_name(e->code));
+}
+
+static const char global_help[] =
+    "Global options (accepted before or after the command):\n"
+    "  --db CONNINFO        libpq connection string or URI; without it libpq's\n"
+    "                       environment (PGHOST, PGPORT, PGDATABASE, PGUSER, ...)\n"
+    "  --master-key ID:FILE master key number ID (0 .. 2147483647) in FILE (64 hex\n"
+    "                       digits, mode 0600); repeatable, the highest ID wraps\n"
+    "  --sqldir DIR         migrations folder (migrate only)\n"
+    "  --help               this text; 'kmdcadm COMMAND --help' for a command\n";
+
+static void
+print_command_help(const command *c)
+{
+    printf("Usage: kmdcadm [GLOBAL OPTIONS] %s\n\n%s\n%s", c->synopsis, c->help,
+           global_help);
+}
+
+/*
+ * Handle an option every command accepts.  Returns 1 when handled, 0 when opt
+ * is not global, -1 after a usage error (already printed).
+ */
+static int
+global_option(globals *g, const char *cmd, int opt, const char *arg)
+{
+    const char *colon;
+    char *end;
+    unsigned long id;
+    size_t i;
+
+    switch (opt) {
+    case OPT_DB:
+        g->db = arg;
+        return 1;
+    case OPT_SQLDIR:
+        g->sqldir = arg;
+        return 1;
+    case OPT_MASTER_KEY:
+        colon = strchr(arg, ':');
+        if (colon == NULL || colon == arg || colon[1] == '\0') {
+            usage_error(cmd, "--master-key takes ID:FILE, e.g. --master-key 1:/etc/kmdc/master-1.key");
+            return -1;
+        }
+        errno = 0;
+        id = strtoul(arg, &end, 10);
+        if (end != colon || errno != 0 || id > INT32_MAX || !isdigit((unsigned char)arg[0])) {
+            usage_error(cmd, "--master-key: the ID is a number in 0 .. 2147483647");
+            return -1;
+        }
+        for (i = 0; i < g->nkeys; i++)
+            if (g->keys[i].id == (uint32_t)id) {
+                usage_error(cmd, "--master-key: ID %lu is given twice", id);
+                return -1;
+            }
+        if (g->nkeys == MAX_MASTER_KEYS) {
+            usage_error(cmd, "--master-key: at most %d keys", MAX_MASTER_KEYS);
+            return -1;
+        }
+        g->keys[g->nkeys].id = (uint32_t)id;
+        g->keys[g->nkeys].path = colon + 1;
+        g->nkeys++;
+        return 1;
+    default:
+        return 0;
+    }
+}
+
+/*
+ * Parse a command's options: the command's own table plus the global
+ * options.  Returns -1 on success with *first_arg the index of the first
+ * operand, EXIT_OK when --help was printed, EXIT_USAGE after a usage error.
+ * handle is called for the command's own options (returns 0 ok, else usage).
+ */
+typedef int (*opt_handler)(void *ctx, int opt, const char *arg);
+
+static int
+parse_options(globals *g, const command *c, int argc, char **argv,
+              const struct option *own, size_t nown, opt_handler handle,
+              void *ctx, int *first_arg)
+{
+    static const struct option glob[] = { GLOBAL_OPTIONS };
+    struct option table[24];
+    size_t n = 0, i;
+    int opt, r;
+
+    for (i = 0; i < nown && n + 1 < sizeof table / sizeof table[0]; i++)
+        table[n++] = own[i];
+    for (i = 0; i < sizeof glob / sizeof glob[0] && n + 1 < sizeof table / sizeof table[0]; i++)
+        table[n++] = glob[i];
+    memset(&table[n], 0, sizeof table[n]);
+
+    optind = 0;   /* glibc: full re-initialisation */
+    opterr = 0;
+    while ((opt = getopt_long(argc, argv, ":h", table, NULL)) != -1) {
+        if (opt == 'h' || opt == OPT_HELP) {
+            print_command_help(c);
+            return EXIT_OK;
+        }
+        if (opt == '?')
+            return usage_error(c->name, "unknown option '%s'", argv[optind - 1]);
+        if (opt == ':')
+            return usage_error(c->name, "option '%s' needs a value", argv[optind - 1]);
+        r = global_option(g, c->name, opt, optarg);
+        if (r < 0)
+            return EXIT_USAGE;
+        if (r > 0)
+            continue;
+        if (handle == NULL || handle(ctx, opt, optarg) != 0)
+            return EXIT_USAGE;
+    }
+    *first_arg = optind;
+    return -1;
+}
+
+/* --- shared helpers ---------------------------------------------------------- */
+
+/* Parse a serial as typed: 1..16 hex digits, either case. */
+static int
+parse_serial(const char *cmd, const char *s, uint64_t *serial)
+{
+    char buf[17];
+    size_t len = strlen(s), i;
+
+    if (len == 0 || len > 16)
+        return usage_error(cmd, "a serial is up to 16 hex digits");
+    memset(buf, '0', 16);
+    for (i = 0; i < len; i++) {
+        if (!isxdigit((unsigned char)s[i]))
+            return usage_error(cmd, "a serial is up to 16 hex digits");
+        buf[16 - len + i] = (char)tolower((unsigned char)s[i]);
+    }
+    buf[16] = '\0';
+    if (kmdc_serial_parse(serial, buf, 16, NULL) != KMDC_OK)
+        return usage_error(cmd, "a serial lies in 1 .. 7fffffffffffffff");
+    return 0;
+}
+
+/* Load every --master-key file (so a bad one is reported even if unused) and
+ * return the one with the highest id.  NULL with a message when none. */
+static master_key *
+load_master_keys(globals *g, const char *cmd, int *rc)
+{
+    master_key *best = NULL;
+    kmdc_err e;
+    size_t i;
+
+    kmdc_err_clear(&e);
+    if (g->nkeys == 0) {
+        *rc = usage_error(cmd, "%s needs --master-key ID:FILE", cmd);
+        return NULL;
+    }
+    for (i = 0; i < g->nkeys; i++) {
+        if (kmdc_master_key_load(g->keys[i].path, g->keys[i].key, &e) != KMDC_OK) {
+            *rc = fail("master key %" PRIu32 ": %s", g->keys[i].id, e.msg);
+            return NULL;
+        }
+        g->keys[i].loaded = 1;
+        if (best == NULL || g->keys[i].id > best->id)
+            best = &g->keys[i];
+    }
+    return best;
+}
+
+static void
+wipe_master_keys(globals *g)
+{
+    size_t i;
+
+    for (i = 0; i < g->nkeys; i++) {
+        kmdc_wipe(g->keys[i].key, sizeof g->keys[i].key);
+        g->keys[i].loaded = 0;
+    }
+}
+
+/* Open the database and check its schema version. */
+static int
+open_db(globals *g, kmdcadm_db **db, int check_schema)
+{
+    kmdc_err e;
+
+    kmdc_err_clear(&e);
+    if (kmdcadm_db_open(db, g->db, &e) != KMDC_OK)
+        return fail_err(&e);
+    if (check_schema && kmdcadm_db_check_schema(*db, &e) != KMDC_OK) {
+        kmdcadm_db_close(*db);
+        *db = NULL;
+        return fail_err(&e);
+    }
+    return EXIT_OK;
+}
+
+/* Flush stdout and report a write error (a full disk, a closed pipe). */
+static int
+finish_output(int rc)
+{
+    if (fflush(stdout) != 0 || ferror(stdout))
+        return rc == EXIT_OK ? fail("cannot write the output: %s", strerror(errno)) : rc;
+    return rc;
+}
+
+/* --- migrate ------------------------------------------------------------------ */
+
+/* The source tree's sql/ when this binary runs from a build tree: the build
+ * tree's Makefile (one level above client/) names abs_top_srcdir. */
+static int
+build_tree_sqldir(char *out, size_t outlen)
+{
+    char exe[PATH_MAX], mk[PATH_MAX + 32], line[PATH_MAX + 64];
+    static const char key[] = "abs_top_srcdir = ";
+    char *dir, *nl;
+    ssize_t n;
+    FILE *f;
+    int found = 0, w;
+    struct stat sb;
+
+    n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (n <= 0)
+        return 0;
+    exe[n] = '\0';
+    dir = dirname(exe);                 /* .../client or .../client/.libs */
+    if (strcmp(basename(dir), ".libs") == 0)
+        dir = dirname(dir);
+    w = snprintf(mk, sizeof mk, "%s/../Makefile", dir);
+    if (w < 0 || (size_t)w >= sizeof mk)
+        return 0;
+    f = fopen(mk, "re");
+    if (f == NULL)
+        return 0;
+    while (fgets(line, sizeof line, f) != NULL) {
+        if (strncmp(line, key, sizeof key - 1) != 0)
+            continue;
+        nl = strchr(line, '\n');
+        if (nl != NULL)
+            *nl = '\0';
+        w = snprintf(out, outlen, "%s/sql", line + sizeof key - 1);
+        found = w > 0 && (size_t)w < outlen && stat(out, &sb) == 0 && S_ISDIR(sb.st_mode);
+        break;
+    }
+    fclose(f);
+    return found;
+}
+
+static int
+cmd_migrate(globals *g, int argc, char **argv)
+{
+    const command *c = find_command("migrate");
+    char buildsql[PATH_MAX + 8];
+    const char *sqldir;
+    kmdcadm_db *db = NULL;
+    kmdc_err e;
+    int rc, first;
+
+    kmdc_err_clear(&e);
+    rc = parse_options(g, c, argc, argv, NULL, 0, NULL, NULL, &first);
+    if (rc >= 0)
+        return rc;
+    if (first < argc)
+        return usage_error(c->name, "unexpected argument '%s'", argv[first]);
+    if (g->sqldir != NULL)
+        sqldir = g->sqldir;
+    else if (getenv("KMDC_SQLDIR") != NULL && getenv("KMDC_SQLDIR")[0] != '\0')
+        sqldir = getenv("KMDC_SQLDIR");
+    else if (build_tree_sqldir(buildsql, sizeof buildsql))
+        sqldir = buildsql;
+    else
+        sqldir = KMDC_SQLDIR;
+    rc = open_db(g, &db, 0);
+    if (rc != EXIT_OK)
+        goto out;
+    if (kmdcadm_db_migrate(db, sqldir, stdout, &e) != KMDC_OK)
+        rc = fail_err(&e);
+out:
+    kmdcadm_db_close(db);
+    return finish_output(rc);
+}
+
+/* --- keygen ------------------------------------------------------------------- */
+
+typedef struct keygen_opts {
+    const char *out;
+} keygen_opts;
+
+static int
+keygen_opt(void *ctx, int opt, const char *arg)
+{
+    keygen_opts *o = ctx;
+
+    if (opt == OPT_OUT) {
+        o->out = arg;
+        return 0;
+    }
+    return 1;
+}
+
+static int
+cmd_keygen(globals *g, int argc, char **argv)
+{
+    static const struct option own[] = { { "out", required_argument, NULL, OPT_OUT } };
+    const command *c = find_command("keygen");
+    keygen_opts o = { NULL };
+    kmdc_err e;
+    int rc, first;
+
+    kmdc_err_clear(&e);
+    rc = parse_options(g, c, argc, argv, own, 1, keygen_opt, &o, &first);
+    if (rc >= 0)
+        return rc;
+    if (first < argc)
+        return usage_error(c->name, "unexpected argument '%s'", argv[first]);
+    if (o.out == NULL)
+        return usage_error(c->name, "keygen needs --out FILE");
+    if (kmdc_master_key_generate(o.out, &e) != KMDC_OK)
+        return fail_err(&e);
+    printf("wrote a new master key to %s (mode 0600); keep it out of database backups\n",
+           o.out);
+    return finish_output(EXIT_OK);
+}
+
+/* --- issue -------------------------------------------------------------------- */
+
+typedef struct issue_opts {
+    char address[65];
+    int have_address;
+    const char *url;
+    const char *out;
+    const char *passfile;
+    int force;
+} issue_opts;
+
+static int
+issue_opt(void *ctx, int opt, const char *arg)
+{
+    issue_opts *o = ctx;
+    size_t len, i;
+
+    switch (opt) {
+    case OPT_ADDRESS:
+        len = strlen(arg);
+        if (len == 0 || len > 64)
+            return usage_error("issue", "an address is 1 to 64 characters");
+        for (i = 0; i < len; i++)
+            o->address[i] = (char)tolower((unsigned char)arg[i]);
+        o->address[len] = '\0';
+        if (!kmdc_address_valid(o->address, len))
+            return usage_error("issue", "an address starts with a letter or digit and "
+                               "holds only a-z, 0-9, '.', '_' and '-'");
+        o->have_address = 1;
+        return 0;
+    case OPT_URL:
+        o->url = arg;
+        return 0;
+    case OPT_OUT:
+        o->out = arg;
+        return 0;
+    case OPT_PASSFILE:
+        o->passfile = arg;
+        return 0;
+    case OPT_FORCE:
+        o->force = 1;
+        return 0;
+    default:
+        return 1;
+    }
+}
+
+/* Read the passphrase: the first line of path, without its line end. */
+static int
+read_passphrase(const char *path, char *buf, size_t buflen)
+{
+    FILE *f;
+    size_t len;
+    int rc = EXIT_OK;
+
+    f = fopen(path, "re");
+    if (f == NULL)
+        return fail("cannot read the passphrase file %s: %s", path, strerror(errno));
+    if (fgets(buf, (int)buflen, f) == NULL) {
+        rc = fail("the passphrase file %s is empty", path);
+        goto out;
+    }
+    len = strcspn(buf, "\r\n");
+    if (buf[len] == '\0' && len + 1 == buflen) {
+        rc = fail("the passphrase in %s is longer than %d bytes", path, PASSPHRASE_MAX - 2);
+        goto out;
+    }
+    buf[len] = '\0';
+    if (len == 0)
+        rc = fail("the passphrase file %s starts with an empty line", path);
+out:
+    fclose(f);
+    if (rc != EXIT_OK)
+        kmdc_wipe(buf, buflen);
+    return rc;
+}
+
+/* Write the card image to a new temp file beside out (0600, fsynced). */
+static int
+write_temp_card(const char *out, const uint8_t *img, size_t len, char **tmp_out)
+{
+    char *tmp = NULL, *copy = NULL, *dir, *base;
+    size_t off = 0;
+    ssize_t w;
+    int fd = -1, rc = EXIT_OK, n;
+    size_t cap;
+
+    *tmp_out = NULL;
+    copy = strdup(out);
+    cap = strlen(out) + 32;
+    tmp = malloc(cap);
+    if (copy == NULL || tmp == NULL) {
+        rc = fail("out of memory");
+        goto out;
+    }
+    /* dirname/basename may modify their argument: use two copies. */
+    base = basename(copy);
+    n = snprintf(tmp, cap, "%s", out);
+    if (n < 0 || (size_t)n >= cap) {
+        rc = fail("card file path too long");
+        goto out;
+    }
+    dir = dirname(tmp);
+    n = snprintf(tmp, cap, "%s/.%s.issue-XXXXXX", dir, base);
+    if (n < 0 || (size_t)n >= cap) {
+        rc = fail("card file path too long");
+        goto out;
+    }
+    fd = mkstemp(tmp);   /* O_EXCL, mode 0600 */
+    if (fd < 0) {
+        rc = fail("cannot create a file beside %s: %s", out, strerror(errno));
+        goto out;
+    }
+    if (fchmod(fd, 0600) != 0) {
+        rc = fail("cannot set the mode of the card file: %s", strerror(errno));
+        goto out;
+    }
+    while (off < len) {
+        w = write(fd, img + off, len - off);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0) {
+            rc = fail("cannot write the card file: %s", w < 0 ? strerror(errno) : "short write");
+            goto out;
+        }
+        off += (size_t)w;
+    }
+    if (fsync(fd) != 0) {
+        rc = fail("cannot write the card file: %s", strerror(errno));
+        goto out;
+    }
+    if (close(fd) != 0) {
+        fd = -1;
+        rc = fail("cannot write the card file: %s", strerror(errno));
+        goto out;
+    }
+    fd = -1;
+    *tmp_out = tmp;
+    tmp = NULL;
+out:
+    if (fd >= 0) {
+        close(fd);
+        unlink(tmp);
+    }
+    free(tmp);
+    free(copy);
+    return rc;
+}
+
+/* fsync the folder holding path so a rename or link survives a crash. */
+static void
+sync_parent(const char *path)
+{
+    char *copy = strdup(path);
+    int fd;
+
+    if (copy == NULL)
+        return;
+    fd = open(dirname(copy), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd >= 0) {
+        (void)fsync(fd);
+        close(fd);
+    }
+    free(copy);
+}
+
+/* Move the committed temp card file to its place.  Without force an existing
+ * file is never replaced (link fails with EEXIST). */
+static int
+place_card(const char *tmp, const char *out, int force)
+{
+    if (force) {
+        if (rename(tmp, out) != 0)
+            return -1;
+    } else {
+        if (link(tmp, out) != 0)
+            return -1;
+        (void)unlink(tmp);
+    }
+    sync_parent(out);
+    return 0;
+}
+
+static void
+print_access_code(const char *code)
+{
+    printf("access code: %.5s-%.5s\n", code, code + 5);
+    printf("The access code is shown only this once: give it to the card holder by "
+           "another channel than the card file. It expires in %d days.\n", ACCESS_DAYS);
+}
+
+static int
+cmd_issue(globals *g, int argc, char **argv)
+{
+    static const struct option own[] = {
+        { "address", required_argument, NULL, OPT_ADDRESS },
+        { "url", required_argument, NULL, OPT_URL },
+        { "out", required_argument, NULL, OPT_OUT },
+        { "passphrase-file", required_argument, NULL, OPT_PASSFILE },
+        { "force", no_argument, NULL, OPT_FORCE },
+    };
+    const command *c = find_command("issue");
+    issue_opts o;
+    kmdcadm_new_card row;
+    kmdcadm_conflict conflict = KMDCADM_CONFLICT_NONE;
+    kmdcadm_db *db = NULL;
+    master_key *mk = NULL;
+    kmdc_card *card = NULL;
+    uint8_t uck[KMDC_KEY_LEN], dck[KMDC_KEY_LEN], ak[KMDC_KEY_LEN];
+    char code[KMDC_ACCESS_CODE_LEN + 1];
+    char pass[PASSPHRASE_MAX];
+    char serialhex[17];
+    uint8_t *img = NULL;
+    size_t imglen = 0, wlen, ulen;
+    char *tmp = NULL;
+    uint64_t serial = 0;
+    struct stat sb;
+    kmdc_err e;
+    int rc, first, attempt, intrans = 0, committed = 0;
+
+    memset(&o, 0, sizeof o);
+    memset(&row, 0, sizeof row);
+    memset(pass, 0, sizeof pass);
+    memset(code, 0, sizeof code);
+    kmdc_err_clear(&e);
+    rc = parse_options(g, c, argc, argv, own, sizeof own / sizeof own[0], issue_opt, &o,
+                       &first);
+    if (rc >= 0)
+        return rc;
+    rc = EXIT_OK;
+    if (first < argc)
+        return usage_error(c->name, "unexpected argument '%s'", argv[first]);
+    if (!o.have_address || o.url == NULL || o.out == NULL)
+        return usage_error(c->name, "issue needs --address A, --url U and --out FILE");
+    if (strncmp(o.url, "https://", 8) != 0 && strncmp(o.url, "http://", 7) != 0)
+        return usage_error(c->name, "--url is the datacenter's http:// or https:// URL");
+    if (!o.force && lstat(o.out, &sb) == 0)
+        return fail("%s exists: pass --force to replace it", o.out);
+
+    mk = load_master_keys(g, c->name, &rc);
+    if (mk == NULL)
+        goto out;
+    if (o.passfile != NULL && (rc = read_passphrase(o.passfile, pass, sizeof pass)) != EXIT_OK)
+        goto out;
+    rc = open_db(g, &db, 1);
+    if (rc != EXIT_OK)
+        goto out;
+
+    /* The keys do not depend on the serial: draw them once. */
+    if (kmdc_random(uck, sizeof uck, &e) != KMDC_OK
+        || kmdc_random(dck, sizeof dck, &e) != KMDC_OK
+        || kmdc_random(ak, sizeof ak, &e) != KMDC_OK
+        || kmdc_access_code_new(code, &e) != KMDC_OK) {
+        rc = fail_err(&e);
+        goto out;
+    }
+    row.address = o.address;
+    row.key_id = mk->id;
+    row.access_days = ACCESS_DAYS;
+    /* 1. store the row (retrying on a serial collision), uncommitted */
+    for (attempt = 0;; attempt++) {
+        if (attempt == SERIAL_ATTEMPTS) {
+            rc = fail("could not find a free serial in %d draws", SERIAL_ATTEMPTS);
+            goto out;
+        }
+        if (kmdc_random_u63(&serial, &e) != KMDC_OK
+            || kmdc_wrap(row.up_chain, sizeof row.up_chain, &wlen, mk->id, mk->key, serial,
+                         KMDC_FIELD_UP_CHAIN, 0, uck, sizeof uck, &e) != KMDC_OK
+            || wlen != KMDCADM_WRAPPED_LEN
+            || kmdc_wrap(row.down_chain, sizeof row.down_chain, &wlen, mk->id, mk->key, serial,
+                         KMDC_FIELD_DOWN_CHAIN, 0, dck, sizeof dck, &e) != KMDC_OK
+            || wlen != KMDCADM_WRAPPED_LEN
+            || kmdc_wrap(row.auth_key, sizeof row.auth_key, &ulen, mk->id, mk->key, serial,
+                         KMDC_FIELD_AUTH_KEY, 0, ak, sizeof ak, &e) != KMDC_OK
+            || ulen != KMDCADM_WRAPPED_LEN
+            || kmdc_access_code_mac(row.access_mac, mk->key, serial, code, &e) != KMDC_OK) {
+            rc = e.msg[0] ? fail_err(&e) : fail("wrapped value of unexpected length");
+            goto out;
+        }
+        row.serial = serial;
+        if (kmdcadm_db_begin(db, &e) != KMDC_OK) {
+            rc = fail_err(&e);
+            goto out;
+        }
+        intrans = 1;
+        if (kmdcadm_db_card_insert(db, &row, &conflict, &e) == KMDC_OK)
+            break;
+        kmdcadm_db_rollback(db);
+        intrans = 0;
+        if (conflict != KMDCADM_CONFLICT_SERIAL) {
+            rc = fail_err(&e);
+            goto out;
+        }
+    }
+    kmdc_serial_format(serialhex, serial);
+
+    /* 2. the card file, in a temp file beside its place */
+    if (kmdc_card_new(&card, serial, o.address, o.url, uck, dck, ak, &e) != KMDC_OK
+        || kmdc_card_serialize(card, pass[0] ? pass : NULL, &img, &imglen, &e) != KMDC_OK) {
+        rc = fail_err(&e);
+        goto out;
+    }
+    rc = write_temp_card(o.out, img, imglen, &tmp);
+    if (rc != EXIT_OK)
+        goto out;
+
+    /* 3. commit: from here the database has the card */
+    if (kmdcadm_db_commit(db, &e) != KMDC_OK) {
+        intrans = 0;
+        if (e.code == KMDC_ERR_IO) {
+            /* The answer to COMMIT was lost: the outcome is unknown. */
+            rc = fail("%s; card %s may or may not be stored: its file is kept at %s. "
+                      "If 'kmdcadm show %s' finds it, move that file to %s and give "
+                      "the holder the access code below; otherwise delete the file",
+                      e.msg, serialhex, tmp, serialhex, o.out);
+            print_access_code(code);
+            free(tmp);
+            tmp = NULL;
+        } else {
+            rc = fail_err(&e);
+        }
+        goto out;
+    }
+    intrans = 0;
+    committed = 1;
+
+    /* 4. put the card file in place */
+    if (place_card(tmp, o.out, o.force) != 0) {
+        rc = fail("card %s is stored, but its file could not be moved to %s (%s): "
+                  "it is at %s; move it there yourself",
+                  serialhex, o.out, strerror(errno), tmp);
+        print_access_code(code);
+        free(tmp);
+        tmp = NULL;
+        goto out;
+    }
+    free(tmp);
+    tmp = NULL;
+    printf("serial: %s\n", serialhex);
+    printf("card file: %s\n", o.out);
+    print_access_code(code);
+out:
+    if (intrans)
+        kmdcadm_db_rollback(db);
+    if (tmp != NULL && !committed)
+        (void)unlink(tmp);
+    free(tmp);
+    kmdcadm_db_close(db);
+    kmdc_card_free(card);
+    kmdc_freezero(img, imglen);
+    kmdc_wipe(uck, sizeof uck);
+    kmdc_wipe(dck, sizeof dck);
+    kmdc_wipe(ak, sizeof ak);
+    kmdc_wipe(code, sizeof code);
+    kmdc_wipe(pass, sizeof pass);
+    kmdc_wipe(&row, sizeof row);
+    wipe_master_keys(g);
+    return finish_output(rc);
+}
+
+/* --- list / show ---------------------------------------------------------------- */
+
+typedef struct list_opts {
+    kmdcadm_filter filter;
+    char address[65];
+    int json;
+} list_opts;
+
+static int
+list_opt(void *ctx, int opt, const char *arg)
+{
+    list_opts *o = ctx;
+    size_t len, i;
+
+    switch (opt) {
+    case OPT_STATUS:
+        if (strcmp(arg, "issued") != 0 && strcmp(arg, "active") != 0
+            && strcmp(arg, "suspended") != 0 && strcmp(arg, "revoked") != 0)
+            return usage_error("list", "--status is issued, active, suspended or revoked");
+        o->filter.status = arg;
+        return 0;
+    case OPT_ADDRESS:
+        len = strlen(arg);
+        if (len == 0 || len > 64)
+            return usage_error("list", "an address is 1 to 64 characters");
+        for (i = 0; i < len; i++)
+            o->address[i] = (char)tolower((unsigned char)arg[i]);
+        o->address[len] = '\0';
+        o->filter.address = o->address;
+        return 0;
+    case OPT_JSON:
+        o->json = 1;
+        return 0;
+    default:
+        return 1;
+    }
+}
+
+static int
+cmd_list(globals *g, int argc, char **argv)
+{
+    static const struct option own[] = {
+        { "status", required_argument, NULL, OPT_STATUS },
+        { "address", required_argument, NULL, OPT_ADDRESS },
+        { "json", no_argument, NULL, OPT_JSON },
+    };
+    const command *c = find_command("list");
+    list_opts o;
+    kmdcadm_db *db = NULL;
+    kmdc_err e;
+    int rc, first;
+
+    memset(&o, 0, sizeof o);
+    kmdc_err_clear(&e);
+    rc = parse_options(g, c, argc, argv, own, sizeof own / sizeof own[0], list_opt, &o,
+                       &first);
+    if (rc >= 0)
+        return rc;
+    if (first < argc)
+        return usage_error(c->name, "unexpected argument '%s'", argv[first]);
+    rc = open_db(g, &db, 1);
+    if (rc != EXIT_OK)
+        goto out;
+    if (kmdcadm_db_card_list(db, &o.filter, o.json, stdout, &e) != KMDC_OK)
+        rc = fail_err(&e);
+out:
+    kmdcadm_db_close(db);
+    return finish_output(rc);
+}
+
+static int
+show_opt(void *ctx, int opt, const char *arg)
+{
+    (void)arg;
+    if (opt == OPT_JSON) {
+        *(int *)ctx = 1;
+        return 0;
+    }
+    return 1;
+}
+
+static int
+cmd_show(globals *g, int argc, char **argv)
+{
+    static const struct option own[] = { { "json", no_argument, NULL, OPT_JSON } };
+    const command *c = find_command("show");
+    kmdcadm_db *db = NULL;
+    uint64_t serial = 0;
+    kmdc_err e;
+    int rc, first, json = 0;
+
+    kmdc_err_clear(&e);
+    rc = parse_options(g, c, argc, argv, own, 1, show_opt, &json, &first);
+    if (rc >= 0)
+        return rc;
+    if (first + 1 != argc)
+        return usage_error(c->name, "show takes one SERIAL");
+    if (parse_serial(c->name, argv[first], &serial) != 0)
+        return EXIT_USAGE;
+    rc = open_db(g, &db, 1);
+    if (rc != EXIT_OK)
+        goto out;
+    if (kmdcadm_db_card_show(db, serial, json, stdout, &e) != KMDC_OK)
+        rc = fail_err(&e);
+out:
+    kmdcadm_db_close(db);
+    return finish_output(rc);
+}
+
+/* --- suspend / resume / revoke ------------------------------------------------------ */
+
+typedef struct reason_ctx {
+    const char *cmd;
+    const char *reason;
+} reason_ctx;
+
+static int
+reason_opt(void *ctx, int opt, const char *arg)
+{
+    reason_ctx *rc = ctx;
+    size_t i;
+
+    if (opt != OPT_REASON)
+        return 1;
+    if (strlen(arg) > 500)
+        return usage_error(rc->cmd, "--reason is at most 500 bytes");
+    for (i = 0; arg[i] != '\0'; i++)
+        if ((unsigned char)arg[i] < 0x20 || arg[i] == 0x7f)
+            return usage_error(rc->cmd, "--reason is one line of text");
+    rc->reason = arg;
+    return 0;
+}
+
+static int
+run_transition(globals *g, const char *name, kmdcadm_action action, int argc, char **argv)
+{
+    static const struct option own[] = { { "reason", required_argument, NULL, OPT_REASON } };
+    const command *c = find_command(name);
+    reason_ctx rctx = { name, NULL };
+    kmdcadm_db *db = NULL;
+    uint64_t serial = 0;
+    char from[16], to[16], hex[17];
+    kmdc_err e;
+    int rc, first;
+
+    kmdc_err_clear(&e);
+    rc = parse_options(g, c, argc, argv, own, 1, reason_opt, &rctx, &first);
+    if (rc >= 0)
+        return rc;
+    if (first + 1 != argc)
+        return usage_error(c->name, "%s takes one SERIAL", name);
+    if (parse_serial(c->name, argv[first], &serial) != 0)
+        return EXIT_USAGE;
+    rc = open_db(g, &db, 1);
+    if (rc != EXIT_OK)
+        goto out;
+    if (kmdcadm_db_card_transition(db, serial, action, rctx.reason, from, to, &e) != KMDC_OK) {
+        rc = fail_err(&e);
+        goto out;
+    }
+    kmdc_serial_format(hex, serial);
+    printf("card %s: %s -> %s\n", hex, from, to);
+out:
+    kmdcadm_db_close(db);
+    return finish_output(rc);
+}
+
+static int
+cmd_suspend(globals *g, int argc, char **argv)
+{
+    return run_transition(g, "suspend", KMDCADM_SUSPEND, argc, argv);
+}
+
+static int
+cmd_resume(globals *g, int argc, char **argv)
+{
+    return run_transition(g, "resume", KMDCADM_RESUME, argc, argv);
+}
+
+static int
+cmd_revoke(globals *g, int argc, char **argv)
+{
+    return run_transition(g, "revoke", KMDCADM_REVOKE, argc, argv);
+}
+
+/* --- dispatch ------------------------------------------------------------------------- */
+
+static const command commands[] = {
+    { "migrate", cmd_migrate, "migrate [--sqldir DIR]",
+      "Apply the schema migrations the database lacks, in order, each in one\n"
+      "transaction, under an advisory lock (two migrators never race).  Running it\n"
+      "again does nothing.  The migrations folder is --sqldir DIR, else $KMDC_SQLDIR,\n"
+      "else the source tree's sql/ when kmdcadm runs from a build tree, else the\n"
+      "installed folder " KMDC_SQLDIR ".\n" },
+    { "keygen", cmd_keygen, "keygen --out FILE",
+      "Write a new master key (32 random bytes as 64 hex digits) to FILE, created\n"
+      "with mode 0600; an existing FILE is never replaced.  Keep master keys out of\n"
+      "database backups.\n" },
+    { "issue", cmd_issue,
+      "issue --address A --url U --out FILE [--passphrase-file F] [--force]",
+      "Issue a card for mailbox address A (lower-cased; [a-z0-9][a-z0-9._-]{0,63})\n"
+      "served at datacenter URL U, and write its card file to FILE (mode 0600;\n"
+      "an existing FILE is replaced only with --force).  Needs --master-key: the\n"
+      "card's keys are stored wrapped under the highest master key.  Prints the\n"
+      "serial and the access code, once; the code activates the card within 7 days.\n"
+      "  --passphrase-file F  protect the card file with the first line of F\n"
+      "Fails when a card for A that is not revoked exists.\n" },
+    { "list", cmd_list, "list [--status S] [--address A] [--json]",
+      "List the cards: serial, address, status, locked, up_next, down_next, created\n"
+      "(UTC).  Never shows a key.\n"
+      "  --status S   only cards in status S (issued, active, suspended, revoked)\n"
+      "  --address A  only cards for address A\n"
+      "  --json       one JSON array instead of columns\n" },
+    { "show", cmd_show, "show SERIAL [--json]",
+      "Show one card (SERIAL: its 16 hex digits) with its delivery and message\n"
+      "counts.  Never shows a key.\n" },
+    { "suspend", cmd_suspend, "suspend SERIAL [--reason TEXT]",
+      "Suspend an issued or active card: the datacenter refuses it until resumed.\n"
+      "Writes an audit log row (with TEXT: never put an address or a secret in it).\n" },
+    { "resume", cmd_resume, "resume SERIAL [--reason TEXT]",
+      "Resume a suspended card (to active, or to issued if it was never\n"
+      "activated).  Writes an audit log row.\n" },
+    { "revoke", cmd_revoke, "revoke SERIAL [--reason TEXT]",
+      "Revoke a card for good: it cannot be resumed, and its address may be issued\n"
+      "a new card.  Writes an audit log row.\n" },
+};
+
+static const command *
+find_command(const char *name)
+{
+    size_t i;
+
+    for (i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        if (strcmp(commands[i].name, name) == 0)
+            return &commands[i];
+    return NULL;
+}
+
+static void
+print_main_help(void)
+{
+    size_t i;
+
+    printf("Usage: kmdcadm [GLOBAL OPTIONS] COMMAND [OPTIONS]\n\n"
+           "The mod_kmdc datacenter's administration tool.\n\nCommands:\n");
+    for (i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        printf("  %s\n", commands[i].synopsis);
+    printf("\n%s\nExit status: 0 done, 1 the operation failed, 2 usage error.\n",
+           global_help);
+}
+
+int
+main(int argc, char **argv)
+{
+    static const struct option glob[] = { GLOBAL_OPTIONS, { NULL, 0, NULL, 0 } };
+    globals g;
+    const command *c;
+    int opt, r;
+
+    memset(&g, 0, sizeof g);
+    opterr = 0;
+    /* "+": stop at the command name; the command parses the rest. */
+    while ((opt = getopt_long(argc, argv, "+:h", glob, NULL)) != -1) {
+        if (opt == 'h' || opt == OPT_HELP) {
+            print_main_help();
+            return finish_output(EXIT_OK);
+        }
+        if (opt == '?')
+            return usage_error(NULL, "unknown option '%s'", argv[optind - 1]);
+        if (opt == ':')
+            return usage_error(NULL, "option '%s' needs a value", argv[optind - 1]);
+        r = global_option(&g, NULL, opt, optarg);
+        if (r < 0)
+            return EXIT_USAGE;
+    }
+    if (optind >= argc)
+        return usage_error(NULL, "no command given");
+    if (strcmp(argv[optind], "help") == 0) {
+        if (optind + 1 < argc && (c = find_command(argv[optind + 1])) != NULL)
+            print_command_help(c);
+        else
+            print_main_help();
+        return finish_output(EXIT_OK);
+    }
+    c = find_command(argv[optind]);
+    if (c == NULL)
+        return usage_error(NULL, "unknown command '%s'", argv[optind]);
+    return c->run(&g, argc - optind, argv + optind);
+}

@@ -1,0 +1,107 @@
+/*
+ * mod_kmdc.h - what the parts of mod_kmdc share: the module record, the
+ * per-request context built by the dispatcher, and the entry points of the
+ * endpoint files.
+ *
+ * The dispatcher (mod_kmdc.c) works out the path below the <Location> that
+ * holds `SetHandler kmdc`, splits it, finds the route, answers 404/405 itself,
+ * checks a serial in the path, runs request authentication for the routes
+ * that need it (mod_kmdc_reqauth.c) and then calls one endpoint function.
+ * Each endpoint function answers the request completely and returns what the
+ * httpd handler returns (normally OK, from the kmdc_http_* answer helpers).
+ */
+#ifndef MOD_KMDC_H
+#define MOD_KMDC_H
+
+#include <stdint.h>
+
+#include "httpd.h"
+#include "http_config.h"
+#include "http_log.h"
+
+#include "mod_kmdc_config.h"
+
+#ifdef APLOG_USE_MODULE
+APLOG_USE_MODULE(kmdc);
+#endif
+
+extern module AP_MODULE_DECLARE_DATA kmdc_module;
+
+/* The handler names (SetHandler): the protocol endpoints and, later, the
+ * Prometheus metrics page. */
+#define KMDC_HANDLER "kmdc"
+#define KMDC_METRICS_HANDLER "kmdc-metrics"
+
+/* Most path segments below the location any route has (mailbox/S/ID). */
+#define KMDC_MAX_SEGMENTS 4
+
+/* Largest authenticated request body (DESIGN 3.5). */
+#define KMDC_AUTH_BODY_MAX 4096
+
+/* Route flags. */
+#define KMDC_ROUTE_AUTH 0x01       /* request authentication (3.5) required */
+#define KMDC_ROUTE_INACTIVE 0x02   /* a not yet activated card may use it */
+#define KMDC_ROUTE_SERIAL 0x04     /* segment 1 is a card serial */
+
+/*
+ * One request as the dispatcher hands it to an endpoint.  Everything is
+ * allocated from r->pool.  The body fields are filled by request
+ * authentication (which must hash the body) and are NULL/0 before.
+ */
+typedef struct kmdc_req {
+    request_rec *r;
+    const kmdc_srv_conf *sc;     /* the server's merged configuration */
+    const char *base;            /* the location prefix, "" for "/" */
+    const char *subpath;         /* r->uri below base, e.g. "/mailbox/..." */
+    int nseg;                    /* number of path segments */
+    const char *seg[KMDC_MAX_SEGMENTS]; /* the segments, decoded, no "/" */
+    int route_flags;             /* KMDC_ROUTE_* of the matched route */
+    uint64_t serial;             /* serial in the path (ROUTE_SERIAL), else 0 */
+    uint64_t signer;             /* serial that signed the request, else 0 */
+    const char *body;            /* authenticated body, NUL terminated */
+    apr_size_t body_len;         /* its length (<= KMDC_AUTH_BODY_MAX) */
+} kmdc_req;
+
+/* An endpoint: answers the request, returns the handler's return value. */
+typedef int kmdc_endpoint_fn(kmdc_req *kr);
+
+/*
+ * Request authentication (mod_kmdc_reqauth.c), run by the dispatcher before
+ * every route flagged KMDC_ROUTE_AUTH.  Reads the (bounded) body, verifies
+ * the Authorization header of DESIGN 3.5, records the nonce, checks that the
+ * signer equals kr->serial when the path names one and that the card may use
+ * the route (kr->route_flags), and fills kr->signer, kr->body, kr->body_len.
+ * Returns OK when the request may proceed; otherwise it has already answered
+ * (401/403/400/413/503 JSON) and returns DONE.
+ */
+int kmdc_reqauth_check(kmdc_req *kr);
+
+/* POST {location}/send: the envelope intake of DESIGN 3.7 (mod_kmdc_send.c).
+ * Not authenticated by header: the envelope authenticates itself. */
+int kmdc_handle_send(kmdc_req *kr);
+
+/* GET {location}/messages/{id}: the sender's view of one message, each
+ * recipient's state (mod_kmdc_send.c).  seg[1] is the id, unparsed. */
+int kmdc_handle_message(kmdc_req *kr);
+
+/* POST {location}/activate/{serial}: key rotation of DESIGN 3.2/3.6
+ * (mod_kmdc_activate.c).  kr->serial is set, kr->body holds the form. */
+int kmdc_handle_activate(kmdc_req *kr);
+
+/* GET {location}/card/{serial}: status, up_next, down_next and server time
+ * for resynchronisation (mod_kmdc_activate.c). */
+int kmdc_handle_card(kmdc_req *kr);
+
+/* GET {location}/mailbox/{serial}: pending deliveries, ETag, ?wait=S
+ * (mod_kmdc_mailbox.c). */
+int kmdc_handle_mailbox_list(kmdc_req *kr);
+
+/* GET {location}/mailbox/{serial}/{id}: one down envelope, streamed
+ * (mod_kmdc_mailbox.c).  seg[2] is the delivery id, unparsed. */
+int kmdc_handle_mailbox_fetch(kmdc_req *kr);
+
+/* DELETE {location}/mailbox/{serial}/{id}: acknowledge a delivery, 204
+ * (mod_kmdc_mailbox.c). */
+int kmdc_handle_mailbox_delete(kmdc_req *kr);
+
+#endif

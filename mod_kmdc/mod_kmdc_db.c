@@ -1,0 +1,673 @@
+/*
+ * mod_kmdc_db.c - per-child pools of libpq connections (apr_reslist), the
+ * schema check, and the parameterised-query helpers.
+ */
+#include <stddef.h> /* before APR: APR_OFFSETOF then uses offsetof */
+#include <errno.h>
+#include <poll.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "apr_atomic.h"
+#include "apr_reslist.h"
+#include "apr_strings.h"
+#include "httpd.h"
+#include "http_log.h"
+#include "http_protocol.h"
+
+#include "kmdc_util.h"
+
+#include "mod_kmdc.h"
+#include "mod_kmdc_db.h"
+#include "mod_kmdc_http.h"
+
+/* PostgreSQL type oids used when reading binary results (pg_type.h). */
+#define KMDC_INT8OID 20
+#define KMDC_INT2OID 21
+#define KMDC_INT4OID 23
+
+/* The state last logged for a pool, so an outage is logged once per change. */
+#define KMDC_STATE_UNKNOWN 0u
+#define KMDC_STATE_OK 1u
+#define KMDC_STATE_DOWN 2u
+#define KMDC_STATE_SCHEMA_BASE 16u     /* + the version that was found */
+
+/* Returned by the constructor when the schema version is wrong. */
+#define KMDC_RV_SCHEMA APR_EINVAL
+
+struct kmdc_db_pool {
+    apr_reslist_t *list;          /* the connections (PGconn *) */
+    const char *conninfo;         /* KmdcDatabase */
+    int min;                      /* KmdcDbPoolMin */
+    int max;                      /* KmdcDbPoolMax */
+    server_rec *s;                /* the first server using it, for logging */
+    volatile apr_uint32_t state;  /* KMDC_STATE_* last logged */
+};
+
+/* ------------------------------------------------------------------------ */
+/* logging the pool's state                                                  */
+
+/* libpq messages end in newlines and may span lines: keep one log line. */
+static const char *one_line(apr_pool_t *p, const char *msg)
+{
+    char *m = apr_pstrdup(p, msg != NULL ? msg : "");
+    apr_size_t n = strlen(m);
+    apr_size_t i;
+
+    while (n > 0 && (m[n - 1] == '\n' || m[n - 1] == '\r' || m[n - 1] == ' ')) {
+        m[--n] = '\0';
+    }
+    for (i = 0; i < n; i++) {
+        if (m[i] == '\n' || m[i] == '\r' || m[i] == '\t') {
+            m[i] = ' ';
+        }
+    }
+    return m;
+}
+
+/* Record the new state; returns 1 when it changed (then the caller logs). */
+static int state_changed(kmdc_db_pool *pool, apr_uint32_t state)
+{
+    return apr_atomic_xchg32(&pool->state, state) != state;
+}
+
+static void note_ok(kmdc_db_pool *pool)
+{
+    apr_uint32_t old = apr_atomic_xchg32(&pool->state, KMDC_STATE_OK);
+
+    if (old != KMDC_STATE_OK && old != KMDC_STATE_UNKNOWN) {
+        ap_log_error(APLOG_MARK, APLOG_NOTICE, 0, pool->s,
+                     "kmdc: the database is available again (schema version %d)",
+                     KMDC_SCHEMA_VERSION);
+    }
+}
+
+static void note_down(kmdc_db_pool *pool, const char *why)
+{
+    if (state_changed(pool, KMDC_STATE_DOWN)) {
+        apr_pool_t *tmp = NULL;
+
+        if (apr_pool_create(&tmp, NULL) == APR_SUCCESS) {
+            ap_log_error(APLOG_MARK, APLOG_ERR, 0, pool->s,
+                         "kmdc: the database (%s) cannot be used: %s; answering 503 "
+                         "until it is back", KMDC_DIR_DATABASE, one_line(tmp, why));
+            apr_pool_destroy(tmp);
+        }
+    }
+}
+
+static void note_schema(kmdc_db_pool *pool, int version)
+{
+    if (state_changed(pool, KMDC_STATE_SCHEMA_BASE + (apr_uint32_t)version)) {
+        ap_log_error(APLOG_MARK, APLOG_ERR, 0, pool->s,
+                     "kmdc: schema version %d found, this module needs %d: %s",
+                     version, KMDC_SCHEMA_VERSION,
+                     version < KMDC_SCHEMA_VERSION ? "run kmdcadm migrate"
+                     : "install the mod_kmdc that matches the database");
+    }
+}
+
+/* ------------------------------------------------------------------------ */
+/* schema                                                                    */
+
+kmdc_db_rc kmdc_db_schema_version(PGconn *pg, int *version)
+{
+    static const char sql[] = "SELECT max(version) FROM schema_migrations";
+    PGresult *res = NULL;
+    kmdc_db_rc rc = KMDC_DB_ERROR;
+    const char *state = NULL;
+
+    *version = 0;
+    res = PQexecParams(pg, sql, 0, NULL, NULL, NULL, NULL, 0);
+    if (res == NULL) {
+        rc = KMDC_DB_UNAVAILABLE;
+        goto out;
+    }
+    if (PQresultStatus(res) == PGRES_TUPLES_OK) {
+        if (PQntuples(res) == 1 && PQnfields(res) == 1 && !PQgetisnull(res, 0, 0)) {
+            char *end = NULL;
+            long v = strtol(PQgetvalue(res, 0, 0), &end, 10);
+
+            if (end == NULL || *end != '\0' || v < 0 || v > 1000000) {
+                goto out;
+            }
+            *version = (int)v;
+        }
+        rc = KMDC_DB_OK;
+        goto out;
+    }
+    if (PQstatus(pg) != CONNECTION_OK) {
+        rc = KMDC_DB_UNAVAILABLE;
+        goto out;
+    }
+    state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+    if (state != NULL && strcmp(state, "42P01") == 0) {
+        rc = KMDC_DB_OK;       /* undefined_table: no migration applied yet */
+        goto out;
+    }
+
+out:
+    PQclear(res);
+    return rc;
+}
+
+/* ------------------------------------------------------------------------ */
+/* the pool                                                                  */
+
+static apr_status_t db_construct(void **resource, void *params, apr_pool_t *p)
+{
+    kmdc_db_pool *pool = params;
+    PGconn *pg = NULL;
+    apr_status_t rv = APR_EGENERAL;
+    int version = 0;
+    kmdc_db_rc rc;
+
+    (void)p;
+    *resource = NULL;
+    pg = PQconnectdb(pool->conninfo);
+    if (pg == NULL) {
+        note_down(pool, "out of memory");
+        rv = APR_ENOMEM;
+        goto out;
+    }
+    if (PQstatus(pg) != CONNECTION_OK) {
+        note_down(pool, PQerrorMessage(pg));
+        goto out;
+    }
+    rc = kmdc_db_schema_version(pg, &version);
+    if (rc != KMDC_DB_OK) {
+        note_down(pool, rc == KMDC_DB_UNAVAILABLE
+                  ? PQerrorMessage(pg)
+                  : "the schema version query failed (no permission on "
+                    "schema_migrations?)");
+        goto out;
+    }
+    if (version != KMDC_SCHEMA_VERSION) {
+        note_schema(pool, version);
+        rv = KMDC_RV_SCHEMA;
+        goto out;
+    }
+    note_ok(pool);
+    *resource = pg;
+    pg = NULL;
+    rv = APR_SUCCESS;
+
+out:
+    if (pg != NULL) {
+        PQfinish(pg);
+    }
+    return rv;
+}
+
+static apr_status_t db_destruct(void *resource, void *params, apr_pool_t *p)
+{
+    (void)params;
+    (void)p;
+    if (resource != NULL) {
+        PQfinish(resource);
+    }
+    return APR_SUCCESS;
+}
+
+void kmdc_db_child_init(apr_pool_t *pchild, server_rec *s)
+{
+    apr_array_header_t *made = apr_array_make(pchild, 2, sizeof(kmdc_db_pool *));
+    server_rec *vs;
+    int i;
+
+    for (vs = s; vs != NULL; vs = vs->next) {
+        kmdc_srv_conf *sc = kmdc_conf_get(vs);
+        kmdc_db_pool *pool = NULL;
+        apr_status_t rv;
+
+        sc->db_pool = NULL;
+        if (!sc->handler_used || sc->conninfo == NULL) {
+            continue;
+        }
+        for (i = 0; i < made->nelts; i++) {
+            kmdc_db_pool *o = APR_ARRAY_IDX(made, i, kmdc_db_pool *);
+            if (strcmp(o->conninfo, sc->conninfo) == 0 && o->min == sc->db_pool_min
+                && o->max == sc->db_pool_max) {
+                pool = o;
+                break;
+            }
+        }
+        if (pool == NULL) {
+            pool = apr_pcalloc(pchild, sizeof(*pool));
+            pool->conninfo = sc->conninfo;
+            pool->min = sc->db_pool_min;
+            pool->max = sc->db_pool_max;
+            pool->s = vs;
+            pool->state = KMDC_STATE_UNKNOWN;
+            rv = apr_reslist_create(&pool->list, pool->min, pool->max, pool->max,
+                                    0, db_construct, db_destruct, pool, pchild);
+            if (rv != APR_SUCCESS && pool->min > 0) {
+                /* the database is not there yet: connect on demand */
+                rv = apr_reslist_create(&pool->list, 0, pool->max, pool->max, 0,
+                                        db_construct, db_destruct, pool, pchild);
+            }
+            if (rv != APR_SUCCESS) {
+                ap_log_error(APLOG_MARK, APLOG_ERR, rv, vs,
+                             "kmdc: cannot create the database pool");
+                pool->list = NULL;
+            }
+            else {
+                apr_reslist_timeout_set(pool->list, KMDC_DB_ACQUIRE_TIMEOUT);
+            }
+            APR_ARRAY_PUSH(made, kmdc_db_pool *) = pool;
+        }
+        sc->db_pool = pool;
+    }
+}
+
+/* An idle connection has nothing to read; when it has, the server most
+ * likely closed it (restart, idle timeout): let libpq find out. */
+static int idle_connection_alive(PGconn *pg)
+{
+    struct pollfd pfd;
+    int n;
+
+    if (PQstatus(pg) != CONNECTION_OK) {
+        return 0;
+    }
+    pfd.fd = PQsocket(pg);
+    pfd.events = POLLIN;
+    pfd.revents = 0;
+    if (pfd.fd < 0) {
+        return 0;
+    }
+    n = poll(&pfd, 1, 0);
+    if (n == 0) {
+        return 1;
+    }
+    if (n < 0 || PQconsumeInput(pg) == 0) {
+        return 0;
+    }
+    return PQstatus(pg) == CONNECTION_OK;
+}
+
+static apr_status_t db_release_cleanup(void *data)
+{
+    kmdc_db *db = data;
+    PGconn *pg = db->pg;
+
+    if (pg == NULL || db->pool == NULL || db->pool->list == NULL) {
+        return APR_SUCCESS;
+    }
+    db->pg = NULL;
+    if (!db->broken) {
+        PGTransactionStatusType ts = PQtransactionStatus(pg);
+
+        if (ts == PQTRANS_INTRANS || ts == PQTRANS_INERROR) {
+            PGresult *res = PQexecParams(pg, "ROLLBACK", 0, NULL, NULL, NULL, NULL, 0);
+
+            if (res == NULL || PQresultStatus(res) != PGRES_COMMAND_OK) {
+                db->broken = 1;
+            }
+            PQclear(res);
+        }
+        else if (ts != PQTRANS_IDLE) {
+            db->broken = 1;
+        }
+    }
+    if (db->broken || PQstatus(pg) != CONNECTION_OK) {
+        apr_reslist_invalidate(db->pool->list, pg);
+    }
+    else {
+        apr_reslist_release(db->pool->list, pg);
+    }
+    return APR_SUCCESS;
+}
+
+kmdc_db_rc kmdc_db_acquire(request_rec *r, kmdc_db **out)
+{
+    const kmdc_srv_conf *sc = kmdc_conf_get(r->server);
+    kmdc_db_pool *pool = sc != NULL ? sc->db_pool : NULL;
+    kmdc_db *db = NULL;
+    PGconn *pg = NULL;
+    void *res = NULL;
+    apr_status_t rv;
+    kmdc_db_rc rc = KMDC_DB_UNAVAILABLE;
+    int version = 0;
+    int attempt;
+
+    *out = NULL;
+    if (pool == NULL || pool->list == NULL) {
+        ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r,
+                      "kmdc: no database pool for this server (is %s set?)",
+                      KMDC_DIR_DATABASE);
+        goto out;
+    }
+    for (attempt = 0; attempt < 2 && pg == NULL; attempt++) {
+        rv = apr_reslist_acquire(pool->list, &res);
+        if (rv == KMDC_RV_SCHEMA) {
+            rc = KMDC_DB_SCHEMA;
+            goto out;
+        }
+        if (APR_STATUS_IS_TIMEUP(rv) || APR_STATUS_IS_EAGAIN(rv)) {
+            ap_log_rerror(APLOG_MARK, APLOG_WARNING, 0, r,
+                          "kmdc: all %d database connections of this child are "
+                          "busy (%s)", pool->max, KMDC_DIR_DB_POOL_MAX);
+            goto out;
+        }
+        if (rv != APR_SUCCESS) {
+            goto out;    /* logged by the constructor */
+        }
+        pg = res;
+        if (idle_connection_alive(pg)) {
+            break;
+        }
+        /* broken while idle: try to reconnect it in place, check it again */
+        PQreset(pg);
+        if (PQstatus(pg) == CONNECTION_OK
+            && kmdc_db_schema_version(pg, &version) == KMDC_DB_OK) {
+            if (version == KMDC_SCHEMA_VERSION) {
+                break;
+            }
+            note_schema(pool, version);
+            apr_reslist_invalidate(pool->list, pg);
+            rc = KMDC_DB_SCHEMA;
+            goto out;
+        }
+        apr_reslist_invalidate(pool->list, pg);
+        pg = NULL;
+    }
+    if (pg == NULL) {
+        goto out;
+    }
+    db = apr_pcalloc(r->pool, sizeof(*db));
+    db->pg = pg;
+    db->r = r;
+    db->pool = pool;
+    apr_pool_cleanup_register(r->pool, db, db_release_cleanup,
+                              apr_pool_cleanup_null);
+    *out = db;
+    rc = KMDC_DB_OK;
+
+out:
+    return rc;
+}
+
+void kmdc_db_release(kmdc_db *db)
+{
+    if (db != NULL && db->r != NULL) {
+        apr_pool_cleanup_run(db->r->pool, db, db_release_cleanup);
+    }
+}
+
+void kmdc_db_invalidate(kmdc_db *db)
+{
+    if (db != NULL) {
+        db->broken = 1;
+        kmdc_db_release(db);
+    }
+}
+
+kmdc_db_rc kmdc_db_check_schema(kmdc_db *db)
+{
+    int version = 0;
+    kmdc_db_rc rc;
+
+    if (db->pg == NULL) {
+        return KMDC_DB_UNAVAILABLE;
+    }
+    rc = kmdc_db_schema_version(db->pg, &version);
+    if (rc == KMDC_DB_UNAVAILABLE || PQstatus(db->pg) != CONNECTION_OK) {
+        db->broken = 1;
+        note_down(db->pool, PQerrorMessage(db->pg));
+        return KMDC_DB_UNAVAILABLE;
+    }
+    if (rc != KMDC_DB_OK) {
+        return rc;
+    }
+    if (version != KMDC_SCHEMA_VERSION) {
+        note_schema(db->pool, version);
+        return KMDC_DB_SCHEMA;
+    }
+    note_ok(db->pool);
+    return KMDC_DB_OK;
+}
+
+int kmdc_db_answer_unavailable(request_rec *r, kmdc_db_rc rc)
+{
+    apr_table_setn(r->headers_out, "Retry-After", "5");
+    if (rc == KMDC_DB_SCHEMA) {
+        return kmdc_http_error(r, HTTP_SERVICE_UNAVAILABLE, "schema_mismatch",
+                               "the database is not at schema version %d, "
+                               "the one this server needs; see the server log", KMDC_SCHEMA_VERSION);
+    }
+    return kmdc_http_error(r, HTTP_SERVICE_UNAVAILABLE, "unavailable",
+                           "the database is unavailable; try again later");
+}
+
+/* ------------------------------------------------------------------------ */
+/* statements                                                                */
+
+void kmdc_db_params_init(kmdc_db_params *pp)
+{
+    memset(pp, 0, sizeof(*pp));
+}
+
+static int param_slot(kmdc_db_params *pp)
+{
+    if (pp->n >= KMDC_DB_MAX_PARAMS) {
+        pp->overflow = 1;
+        return -1;
+    }
+    return pp->n++;
+}
+
+void kmdc_db_param_text(kmdc_db_params *pp, const char *s)
+{
+    int i = param_slot(pp);
+
+    if (i >= 0) {
+        pp->values[i] = s;
+        pp->lengths[i] = 0;
+        pp->formats[i] = 0;
+    }
+}
+
+void kmdc_db_param_int8(kmdc_db_params *pp, int64_t v)
+{
+    int i = param_slot(pp);
+
+    if (i >= 0) {
+        kmdc_put_u64(pp->ints[i], (uint64_t)v);
+        pp->values[i] = (const char *)pp->ints[i];
+        pp->lengths[i] = 8;
+        pp->formats[i] = 1;
+    }
+}
+
+void kmdc_db_param_int4(kmdc_db_params *pp, int32_t v)
+{
+    int i = param_slot(pp);
+
+    if (i >= 0) {
+        kmdc_put_u32(pp->ints[i], (uint32_t)v);
+        pp->values[i] = (const char *)pp->ints[i];
+        pp->lengths[i] = 4;
+        pp->formats[i] = 1;
+    }
+}
+
+void kmdc_db_param_bytea(kmdc_db_params *pp, const void *b, size_t len)
+{
+    int i = param_slot(pp);
+
+    if (i >= 0) {
+        if (len > (size_t)0x7fffffff) {
+            pp->overflow = 1;
+            return;
+        }
+        /* a non-NULL pointer even for 0 bytes: NULL would mean SQL NULL */
+        pp->values[i] = b != NULL ? (const char *)b : "";
+        pp->lengths[i] = (int)len;
+        pp->formats[i] = 1;
+    }
+}
+
+void kmdc_db_param_null(kmdc_db_params *pp)
+{
+    int i = param_slot(pp);
+
+    if (i >= 0) {
+        pp->values[i] = NULL;
+        pp->lengths[i] = 0;
+        pp->formats[i] = 0;
+    }
+}
+
+static apr_status_t res_cleanup(void *data)
+{
+    PQclear(data);
+    return APR_SUCCESS;
+}
+
+kmdc_db_rc kmdc_db_exec(kmdc_db *db, const char *sql, const kmdc_db_params *pp,
+                        int binary_result, PGresult **res)
+{
+    request_rec *r = db->r;
+    PGresult *pr = NULL;
+    ExecStatusType st;
+    const char *primary = NULL;
+
+    *res = NULL;
+    if (db->pg == NULL) {
+        return KMDC_DB_UNAVAILABLE;
+    }
+    if (pp != NULL && pp->overflow) {
+        ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r,
+                      "kmdc: a statement has more than %d parameters",
+                      KMDC_DB_MAX_PARAMS);
+        return KMDC_DB_ERROR;
+    }
+    pr = PQexecParams(db->pg, sql, pp != NULL ? pp->n : 0, NULL,
+                      pp != NULL ? pp->values : NULL,
+                      pp != NULL ? pp->lengths : NULL,
+                      pp != NULL ? pp->formats : NULL, binary_result ? 1 : 0);
+    if (pr == NULL) {
+        db->broken = 1;
+        ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r,
+                      "kmdc: a statement could not be sent to the database");
+        return KMDC_DB_UNAVAILABLE;
+    }
+    apr_pool_cleanup_register(r->pool, pr, res_cleanup, apr_pool_cleanup_null);
+    *res = pr;
+    st = PQresultStatus(pr);
+    if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK) {
+        return KMDC_DB_OK;
+    }
+    primary = PQresultErrorField(pr, PG_DIAG_MESSAGE_PRIMARY);
+    if (PQstatus(db->pg) != CONNECTION_OK) {
+        db->broken = 1;
+        ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r,
+                      "kmdc: the database connection was lost: %s",
+                      one_line(r->pool, PQerrorMessage(db->pg)));
+        return KMDC_DB_UNAVAILABLE;
+    }
+    /* the primary message and SQLSTATE only: DETAIL may quote values */
+    ap_log_rerror(APLOG_MARK, APLOG_DEBUG, 0, r,
+                  "kmdc: statement failed, SQLSTATE %s: %s",
+                  kmdc_db_sqlstate(pr), primary != NULL ? primary : "?");
+    return KMDC_DB_ERROR;
+}
+
+kmdc_db_rc kmdc_db_command(kmdc_db *db, const char *sql)
+{
+    PGresult *res = NULL;
+    kmdc_db_rc rc = kmdc_db_exec(db, sql, NULL, 0, &res);
+
+    kmdc_db_clear(db, res);
+    return rc;
+}
+
+void kmdc_db_clear(kmdc_db *db, PGresult *res)
+{
+    if (res != NULL && db != NULL && db->r != NULL) {
+        apr_pool_cleanup_run(db->r->pool, res, res_cleanup);
+    }
+}
+
+const char *kmdc_db_sqlstate(const PGresult *res)
+{
+    const char *s = res != NULL ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+
+    return s != NULL ? s : "";
+}
+
+int kmdc_db_is_unique_violation(const PGresult *res)
+{
+    return strcmp(kmdc_db_sqlstate(res), "23505") == 0;
+}
+
+int kmdc_db_is_retryable(const PGresult *res)
+{
+    const char *s = kmdc_db_sqlstate(res);
+
+    return strcmp(s, "40001") == 0 || strcmp(s, "40P01") == 0;
+}
+
+int kmdc_db_get_int64(const PGresult *res, int row, int col, int64_t *v)
+{
+    const unsigned char *p = NULL;
+    int len = 0;
+
+    if (res == NULL || row < 0 || row >= PQntuples(res) || col < 0
+        || col >= PQnfields(res) || PQgetisnull(res, row, col)) {
+        return 0;
+    }
+    p = (const unsigned char *)PQgetvalue(res, row, col);
+    len = PQgetlength(res, row, col);
+    if (PQfformat(res, col) == 0) {
+        apr_int64_t t = 0;
+        char *end = NULL;
+
+        errno = 0;
+        t = apr_strtoi64((const char *)p, &end, 10);
+        if (len == 0 || end == NULL || *end != '\0' || errno != 0) {
+            return 0;
+        }
+        *v = t;
+        return 1;
+    }
+    switch (PQftype(res, col)) {
+    case KMDC_INT8OID:
+        if (len != 8) return 0;
+        *v = (int64_t)kmdc_get_u64(p);
+        return 1;
+    case KMDC_INT4OID:
+        if (len != 4) return 0;
+        *v = (int32_t)kmdc_get_u32(p);
+        return 1;
+    case KMDC_INT2OID:
+        if (len != 2) return 0;
+        *v = (int16_t)kmdc_get_u16(p);
+        return 1;
+    default:
+        return 0;
+    }
+}
+
+int kmdc_db_get_bytea(const PGresult *res, int row, int col,
+                      const unsigned char **data, size_t *len)
+{
+    if (res == NULL || row < 0 || row >= PQntuples(res) || col < 0
+        || col >= PQnfields(res) || PQgetisnull(res, row, col)
+        || PQfformat(res, col) != 1) {
+        return 0;
+    }
+    *data = (const unsigned char *)PQgetvalue(res, row, col);
+    *len = (size_t)PQgetlength(res, row, col);
+    return 1;
+}
+
+const char *kmdc_db_get_text(const PGresult *res, int row, int col)
+{
+    if (res == NULL || row < 0 || row >= PQntuples(res) || col < 0
+        || col >= PQnfields(res) || PQgetisnull(res, row, col)) {
+        return NULL;
+    }
+    return PQgetvalue(res, row, col);
+}

@@ -1,0 +1,169 @@
+/*
+ * mod_kmdc_db.h - the PostgreSQL connection pool of mod_kmdc and the query
+ * helpers every store function uses.
+ *
+ * Each child keeps one apr_reslist of libpq connections per distinct
+ * (KmdcDatabase, KmdcDbPoolMin, KmdcDbPoolMax).  A connection is only pooled
+ * after it answered CONNECTION_OK and showed the schema version this module
+ * was built for (KMDC_SCHEMA_VERSION).  A request borrows one with
+ * kmdc_db_acquire(); it goes back to the pool when the request ends (a cleanup
+ * on r->pool) or earlier with kmdc_db_release().  A connection found broken,
+ * or left inside a transaction that cannot be rolled back, is reset or thrown
+ * away instead of being pooled.
+ *
+ * Every statement is parameterised (PQexecParams), bytea travels in binary
+ * format both ways, and nothing keeps an error buffer outside the request.
+ */
+#ifndef MOD_KMDC_DB_H
+#define MOD_KMDC_DB_H
+
+#include <stdint.h>
+
+#include <libpq-fe.h>
+
+#include "httpd.h"
+#include "apr_pools.h"
+
+#include "mod_kmdc_config.h"
+
+/* The schema version (max(version) of schema_migrations) this module needs. */
+#define KMDC_SCHEMA_VERSION 1
+
+/* How long a request waits for a free pooled connection. */
+#define KMDC_DB_ACQUIRE_TIMEOUT apr_time_from_sec(10)
+
+/* Most parameters of one statement through kmdc_db_params. */
+#define KMDC_DB_MAX_PARAMS 32
+
+typedef struct kmdc_db_pool kmdc_db_pool;
+
+/* A connection borrowed by one request. */
+typedef struct kmdc_db {
+    PGconn *pg;               /* the libpq connection */
+    request_rec *r;           /* the borrowing request */
+    kmdc_db_pool *pool;       /* where it goes back to */
+    int broken;               /* a failure showed the connection is unusable */
+} kmdc_db;
+
+/* Why the database could not be used. */
+typedef enum kmdc_db_rc {
+    KMDC_DB_OK = 0,
+    KMDC_DB_UNAVAILABLE,      /* no connection (server down, pool exhausted) */
+    KMDC_DB_SCHEMA,           /* connected, but the schema version is wrong */
+    KMDC_DB_ERROR             /* a statement failed (see SQLSTATE) */
+} kmdc_db_rc;
+
+/*
+ * Create this child's pools for every server that uses the handler (servers
+ * with the same database settings share one pool) and store them in each
+ * server's configuration.  Run from child_init; the pools and their
+ * connections are closed when pchild is destroyed.  A database that is down
+ * now does not stop the child: connections are made when requests need them.
+ */
+void kmdc_db_child_init(apr_pool_t *pchild, server_rec *s);
+
+/*
+ * Borrow a connection for r.  On KMDC_DB_OK *db is set and is given back at
+ * the end of the request at the latest.  Otherwise the reason was logged
+ * (once per change of state per pool, so an outage does not flood the log)
+ * and *db is NULL; answer with kmdc_db_answer_unavailable().
+ */
+kmdc_db_rc kmdc_db_acquire(request_rec *r, kmdc_db **db);
+
+/* Give db back to its pool now (rolled back first if a transaction is still
+ * open; thrown away if broken).  Accepts NULL. */
+void kmdc_db_release(kmdc_db *db);
+
+/* Throw db away instead of pooling it (the connection is closed).  Accepts
+ * NULL. */
+void kmdc_db_invalidate(kmdc_db *db);
+
+/* Answer the 503 JSON for rc (KMDC_DB_SCHEMA: "schema_mismatch", otherwise
+ * "unavailable").  Returns OK. */
+int kmdc_db_answer_unavailable(request_rec *r, kmdc_db_rc rc);
+
+/*
+ * Read the schema version of the connection: max(version) of
+ * schema_migrations, 0 when the table is missing or empty.  Returns
+ * KMDC_DB_OK (version set), KMDC_DB_ERROR (statement failed) or
+ * KMDC_DB_UNAVAILABLE (connection broken).  Does not log.
+ */
+kmdc_db_rc kmdc_db_schema_version(PGconn *pg, int *version);
+
+/*
+ * Check again, on a borrowed connection, that the database answers with the
+ * expected schema version (what GET /health reports).  KMDC_DB_OK,
+ * KMDC_DB_SCHEMA (logged once per change), KMDC_DB_UNAVAILABLE (db is marked
+ * broken) or KMDC_DB_ERROR.
+ */
+kmdc_db_rc kmdc_db_check_schema(kmdc_db *db);
+
+/* Parameters of one statement; fill with the kmdc_db_param_* functions. */
+typedef struct kmdc_db_params {
+    int n;
+    const char *values[KMDC_DB_MAX_PARAMS];
+    int lengths[KMDC_DB_MAX_PARAMS];
+    int formats[KMDC_DB_MAX_PARAMS];
+    unsigned char ints[KMDC_DB_MAX_PARAMS][8];
+    int overflow;             /* more than KMDC_DB_MAX_PARAMS were added */
+} kmdc_db_params;
+
+/* Start an empty parameter list. */
+void kmdc_db_params_init(kmdc_db_params *pp);
+
+/* Add a text parameter (NUL-terminated, must stay valid until the query). */
+void kmdc_db_param_text(kmdc_db_params *pp, const char *s);
+
+/* Add a bigint parameter, sent in binary (network order). */
+void kmdc_db_param_int8(kmdc_db_params *pp, int64_t v);
+
+/* Add an integer parameter, sent in binary (network order). */
+void kmdc_db_param_int4(kmdc_db_params *pp, int32_t v);
+
+/* Add a bytea parameter, sent in binary (must stay valid until the query). */
+void kmdc_db_param_bytea(kmdc_db_params *pp, const void *b, size_t len);
+
+/* Add a SQL NULL. */
+void kmdc_db_param_null(kmdc_db_params *pp);
+
+/*
+ * Run one parameterised statement (pp may be NULL for none).  binary_result
+ * 1 asks for every result column in binary (needed for bytea).  On
+ * KMDC_DB_OK *res is the result (PGRES_COMMAND_OK or PGRES_TUPLES_OK), freed
+ * with r->pool or earlier with kmdc_db_clear().  On failure *res still holds
+ * the failed result when there is one (for kmdc_db_sqlstate), the failure is
+ * logged at debug level with its SQLSTATE, and a broken connection marks db
+ * broken (KMDC_DB_UNAVAILABLE).
+ */
+kmdc_db_rc kmdc_db_exec(kmdc_db *db, const char *sql, const kmdc_db_params *pp,
+                        int binary_result, PGresult **res);
+
+/* Run a statement without parameters or rows (BEGIN, COMMIT, ...). */
+kmdc_db_rc kmdc_db_command(kmdc_db *db, const char *sql);
+
+/* Free a result from kmdc_db_exec now.  Accepts NULL. */
+void kmdc_db_clear(kmdc_db *db, PGresult *res);
+
+/* The SQLSTATE of a failed result ("" when there is none). */
+const char *kmdc_db_sqlstate(const PGresult *res);
+
+/* 1 when res failed with unique_violation (23505). */
+int kmdc_db_is_unique_violation(const PGresult *res);
+
+/* 1 when res failed with serialization_failure (40001) or deadlock (40P01):
+ * the transaction may be retried. */
+int kmdc_db_is_retryable(const PGresult *res);
+
+/* Read a bigint/integer column (binary int8/int4/int2 or decimal text).
+ * Returns 1 and sets *v, 0 for NULL or a value of another type. */
+int kmdc_db_get_int64(const PGresult *res, int row, int col, int64_t *v);
+
+/* A bytea column of a binary result: *data points into res (valid until it
+ * is cleared), *len its length.  Returns 1, or 0 for NULL/a text result. */
+int kmdc_db_get_bytea(const PGresult *res, int row, int col,
+                      const unsigned char **data, size_t *len);
+
+/* A text column of a text result (NULL for SQL NULL). */
+const char *kmdc_db_get_text(const PGresult *res, int row, int col);
+
+#endif

@@ -1,0 +1,81 @@
+/*
+ * mod_kmdc_http.h - the HTTP side every endpoint shares: JSON answers and
+ * errors, reading a small request body, splitting the path, parsing serials
+ * and ids from it.
+ *
+ * Answer helpers (kmdc_http_json, kmdc_http_error, ...) write the whole
+ * response themselves (status, headers, body) and return OK, the value the
+ * httpd handler then returns.  Check helpers return OK or an HTTP status that
+ * has not been answered yet.
+ */
+#ifndef MOD_KMDC_HTTP_H
+#define MOD_KMDC_HTTP_H
+
+#include <stdint.h>
+
+#include <jansson.h>
+
+#include "httpd.h"
+
+/*
+ * Answer with status and the JSON value body (the reference is taken, body
+ * may be NULL for no body).  Content-Type application/json, Content-Length,
+ * Cache-Control no-store, X-Content-Type-Options nosniff; no body for HEAD.
+ * Returns OK.
+ */
+int kmdc_http_json(request_rec *r, int status, json_t *body);
+
+/*
+ * Answer status with {"error":code,"message":...} (the message is printf
+ * style; it must never hold a secret, document name or address).  When status
+ * is AP_FILTER_ERROR (the input filters answered already), writes nothing and
+ * returns AP_FILTER_ERROR; otherwise returns OK.
+ */
+int kmdc_http_error(request_rec *r, int status, const char *code,
+                    const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+/* The error code a plain status maps to ("bad_request", "not_found",
+ * "too_large", "unavailable", ...; "error" for an unknown one). */
+const char *kmdc_http_error_code(int status);
+
+/* Answer a status returned by a check helper with its standard code and
+ * message (kmdc_http_error with kmdc_http_error_code). */
+int kmdc_http_error_status(request_rec *r, int status);
+
+/* Answer 405 with an Allow header listing allow (e.g. "GET, HEAD"). */
+int kmdc_http_method_not_allowed(request_rec *r, const char *allow);
+
+/* Answer 204 without a body. Returns OK. */
+int kmdc_http_no_content(request_rec *r);
+
+/*
+ * Read the whole request body (Content-Length or chunked) into *body,
+ * NUL-terminated, at most limit bytes.  Reads with ap_get_brigade until EOS,
+ * skips metadata buckets, enforces limit as bytes arrive (and at once from a
+ * Content-Length that announces more), never trusts r->remaining.  Returns OK,
+ * HTTP_REQUEST_ENTITY_TOO_LARGE (keep-alive is then switched off), or the
+ * status ap_map_http_request_error gives for a read error (including
+ * AP_FILTER_ERROR).  A request without a body gives "" and 0.
+ */
+int kmdc_http_read_body(request_rec *r, apr_size_t limit, char **body,
+                        apr_size_t *len);
+
+/*
+ * Split path ("/a/b/c") into at most max segments, stored in segs (pointers
+ * into a copy from p).  "" gives 0 segments.  Returns the number of segments,
+ * or -1 when path does not start with "/", has an empty segment ("//", a
+ * trailing "/") or more than max segments.
+ */
+int kmdc_http_split_path(apr_pool_t *p, const char *path, const char **segs,
+                         int max);
+
+/* Parse a serial path segment (16 lowercase hex digits, 1 .. 2^63-1).
+ * Returns 1 and sets *serial, or 0. */
+int kmdc_http_parse_serial(const char *seg, uint64_t *serial);
+
+/* Parse an id path segment: decimal without sign or leading zero, 1 ..
+ * 2^63-1.  Returns 1 and sets *id, or 0. */
+int kmdc_http_parse_id(const char *seg, uint64_t *id);
+
+#endif
