@@ -25,7 +25,7 @@
 #include "kmdc_envelope.h"
 #include "kmdc_util.h"
 
-static void
+__attribute__((noreturn)) static void
 die(const char *what, const kmdc_err *err)
 {
     fprintf(stderr, "kmdc-testseal: %s%s%s\n", what, err ? ": " : "", err ? err->msg : "");

@@ -23,7 +23,7 @@
 
 #define SENT_MS UINT64_C(1795000000000)   /* 2026-11-18T...Z, a fixed clock */
 
-static void
+__attribute__((noreturn)) static void
 fail(const char *what, const kmdc_err *err)
 {
     fprintf(stderr, "kmdc-vectors: %s: %s\n", what, err ? err->msg : "failed");
