@@ -9,6 +9,7 @@
  * authentication refused, 6 network or server unavailable (retry later), 7
  * card file problem.
  */
+#define _GNU_SOURCE
 #include "config.h"
 
 #include <ctype.h>

@@ -5,6 +5,7 @@
  * reuses its TLS connection; curl_easy_reset clears the options between
  * requests but keeps the connection cache.
  */
+#define _GNU_SOURCE
 #include "config.h"
 
 #include <errno.h>
@@ -376,7 +377,7 @@ kmdc_http_do(const kmdc_cli *c, const char *base, const kmdc_http_req *rq,
         if (kmdc_auth_sign(hdr_auth + sizeof prefix - 1, sizeof hdr_auth - (sizeof prefix - 1),
                            rq->serial, rq->ak, rq->method, target, body, blen,
                            (int64_t)time(NULL), &e) != KMDC_OK) {
-            snprintf(resp->neterr, sizeof resp->neterr, "cannot sign the request: %s", e.msg);
+            snprintf(resp->neterr, sizeof resp->neterr, "cannot sign the request: %.200s", e.msg);
             return KMDC_EXIT_FAIL;
         }
         if ((nh = curl_slist_append(hdrs, hdr_auth)) == NULL)
@@ -450,13 +451,15 @@ kmdc_http_do(const kmdc_cli *c, const char *base, const kmdc_http_req *rq,
             snprintf(resp->neterr, sizeof resp->neterr, "interrupted");
         else if (cc == CURLE_PEER_FAILED_VERIFICATION || cc == CURLE_SSL_CACERT_BADFILE)
             snprintf(resp->neterr, sizeof resp->neterr,
-                     "the datacenter's TLS certificate did not verify (%s); give its CA with "
-                     "--cacert FILE", errbuf[0] ? errbuf : curl_easy_strerror(cc));
+                     "the datacenter's TLS certificate did not verify (%.150s); give its CA "
+                     "with --cacert FILE", errbuf[0] ? errbuf : curl_easy_strerror(cc));
         else
             snprintf(resp->neterr, sizeof resp->neterr, "%s",
                      errbuf[0] ? errbuf : curl_easy_strerror(cc));
         kmdc_cli_sanitize(resp->neterr);
-        rc = KMDC_EXIT_NETWORK;
+        /* A certificate that does not verify is a setup problem, not an outage. */
+        rc = cc == CURLE_PEER_FAILED_VERIFICATION || cc == CURLE_SSL_CACERT_BADFILE
+                 ? KMDC_EXIT_FAIL : KMDC_EXIT_NETWORK;
     } else if (resp->status < 200 || resp->status >= 300) {
         parse_error_body(resp);
     }

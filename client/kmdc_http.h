@@ -64,8 +64,9 @@ void kmdc_http_global_cleanup(void);
  * request-target that is signed is the base URL's path followed by rq->path,
  * exactly what goes on the request line.  Returns KMDC_EXIT_OK when an answer
  * arrived (whatever its status: see resp->status), KMDC_EXIT_NETWORK when
- * none did (resp->neterr says why), KMDC_EXIT_FAIL when the sink refused or
- * the request could not be built; the caller reports.  resp is filled in
+ * none did (resp->neterr says why), KMDC_EXIT_FAIL when the sink refused,
+ * the TLS certificate did not verify or the request could not be built; the
+ * caller reports.  resp is filled in
  * every case; release it with kmdc_http_resp_free.
  */
 int kmdc_http_do(const kmdc_cli *c, const char *base, const kmdc_http_req *rq,

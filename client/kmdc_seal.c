@@ -15,6 +15,7 @@
  * absorbs it); after 3 the entry is resent as is by the next send.  No
  * envelope exists whose counter the saved card has not passed.
  */
+#define _GNU_SOURCE
 #include "config.h"
 
 #include <errno.h>
@@ -435,10 +436,11 @@ out:
 /*
  * Upload the outbox entry for seq and handle the answer: a success prints
  * "MESSAGE-ID DELIVERIES LABEL"; a final answer removes the entry; a passing
- * one (network, 5xx, 429, "incomplete") keeps it.  Returns an exit code.
+ * one (network, 5xx, 429, "incomplete", or no answer at all) keeps it and
+ * sets *kept.  Returns an exit code.
  */
 static int
-upload_entry(kmdc_cli *c, const char *base, uint64_t seq, const char *label)
+upload_entry(kmdc_cli *c, const char *base, uint64_t seq, const char *label, int *kept)
 {
     kmdc_http_req rq;
     kmdc_http_resp rs;
@@ -452,6 +454,7 @@ upload_entry(kmdc_cli *c, const char *base, uint64_t seq, const char *label)
     memset(&rq, 0, sizeof rq);
     memset(&rs, 0, sizeof rs);
     kmdc_err_clear(&e);
+    *kept = 1;
     snprintf(what, sizeof what, "%s", label);
     if (kmdc_outbox_path(c->card_path, seq, &path, &e) != KMDC_OK)
         return kmdc_cli_fail_err(KMDC_EXIT_FAIL, &e);
@@ -500,6 +503,7 @@ upload_entry(kmdc_cli *c, const char *base, uint64_t seq, const char *label)
     }
     close(fd);
     fd = -1;
+    *kept = 0;
     if (kmdc_outbox_remove(c->card_path, seq, &e) != KMDC_OK)
         rc = kmdc_cli_fail_err(KMDC_EXIT_FAIL, &e);
 out:
@@ -563,7 +567,7 @@ kmdc_cmd_send(kmdc_cli *c, int argc, char **argv)
     size_t n = 0, i;
     char label[64], base[KMDC_CARD_MAX_URL + 1];
     kmdc_err e;
-    int rc, first, r, fi, stdin_used = 0;
+    int rc, first, r, fi, stdin_used = 0, kept = 0;
 
     memset(&o, 0, sizeof o);
     kmdc_meta_init(&o.rcpts);
@@ -598,8 +602,8 @@ kmdc_cmd_send(kmdc_cli *c, int argc, char **argv)
     /* What an earlier run left behind goes first, byte for byte. */
     for (i = 0; i < n; i++) {
         snprintf(label, sizeof label, "outbox:%016" PRIx64, seqs[i]);
-        r = upload_entry(c, base, seqs[i], label);
-        if (r == KMDC_EXIT_NETWORK) {
+        r = upload_entry(c, base, seqs[i], label, &kept);
+        if (kept) {
             rc = r;
             if (first < argc)
                 kmdc_cli_info(c, "nothing new was sent; run the same kmdc send again later");
@@ -613,8 +617,8 @@ kmdc_cmd_send(kmdc_cli *c, int argc, char **argv)
             rc = r;
             continue;
         }
-        r = upload_entry(c, base, seq, argv[fi]);
-        if (r == KMDC_EXIT_NETWORK) {
+        r = upload_entry(c, base, seq, argv[fi], &kept);
+        if (kept) {
             rc = r;
             if (fi + 1 < argc)
                 kmdc_cli_info(c, "stopped: %d file(s) after %s were not sent", argc - fi - 1,

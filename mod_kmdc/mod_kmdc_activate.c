@@ -2,21 +2,478 @@
  * mod_kmdc_activate.c - POST /activate/{serial} (DESIGN 3.2, 3.6) and
  * GET /card/{serial}.
  *
- * Stub: answers 501 until activation is written.
+ * Activation, after request authentication (signed with the issued AK):
+ *  1. parse the form body strictly: exactly the fields code and r, once
+ *     each, in either order (400 bad_request otherwise);
+ *  2. lock the card row; an active card answers 409 already_active, a locked
+ *     one 403 locked;
+ *  3. check the access code (not expired, HMAC under the master key of the
+ *     card's key_id, compared in constant time).  A failure counts: the
+ *     failure counter (and at 5 the lock) is committed although the request
+ *     fails, 403 activation_failed or 403 locked;
+ *  4. in the same transaction: unwrap the three keys at their counters,
+ *     rotate each with HKDF(r, K, "KMDC/1 activate " || name), rewrap them
+ *     under the newest master key, mark the card active, drop the code,
+ *     write the audit row, COMMIT; 204.
  */
+#include <string.h>
+
+#include "apr_strings.h"
 #include "httpd.h"
+#include "http_log.h"
+#include "http_protocol.h"
+
+#include "kmdc_crypto.h"
+#include "kmdc_util.h"
+#include "kmdc_wrap.h"
 
 #include "mod_kmdc.h"
+#include "mod_kmdc_db.h"
 #include "mod_kmdc_http.h"
+#include "mod_kmdc_keys.h"
+
+/* Failed attempts that lock a card (DESIGN 3.6). */
+#define KMDC_ACTIVATION_MAX_FAILURES 5
+
+/* Longest decoded access code accepted from the form (what
+ * kmdc_access_code_normalize accepts). */
+#define KMDC_FORM_CODE_MAX 64
+
+/* The three card keys, in the order they are rotated. */
+static const char *const key_fields[3] = {
+    KMDC_FIELD_UP_CHAIN, KMDC_FIELD_DOWN_CHAIN, KMDC_FIELD_AUTH_KEY
+};
+
+static uint64_t now_ms(void)
+{
+    return (uint64_t)(apr_time_now() / 1000);
+}
+
+static int hexval(char c)
+{
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+}
+
+/*
+ * Decode one application/x-www-form-urlencoded value in[0..len) ("+" is a
+ * space, %XX a byte) into out (cap bytes, NUL-terminated).  0 on a broken
+ * escape, a NUL byte or a value that does not fit.
+ */
+static int form_decode(const char *in, size_t len, char *out, size_t cap)
+{
+    size_t i, n = 0;
+
+    for (i = 0; i < len; i++) {
+        int c = (unsigned char)in[i];
+
+        if (c == '+') {
+            c = ' ';
+        }
+        else if (c == '%') {
+            int hi, lo;
+
+            if (len - i < 3) {
+                return 0;
+            }
+            hi = hexval(in[i + 1]);
+            lo = hexval(in[i + 2]);
+            if (hi < 0 || lo < 0) {
+                return 0;
+            }
+            c = hi * 16 + lo;
+            i += 2;
+        }
+        if (c == 0 || n + 1 >= cap) {
+            return 0;
+        }
+        out[n++] = (char)c;
+    }
+    out[n] = '\0';
+    return 1;
+}
+
+/*
+ * Parse the form "code=...&r=..." (either order, nothing else).  Returns 1
+ * with code (NUL-terminated, wiped by the caller) and rnd set, else 0.
+ */
+static int parse_form(const char *body, size_t len,
+                      char code[KMDC_FORM_CODE_MAX + 1],
+                      uint8_t rnd[KMDC_KEY_LEN])
+{
+    int have_code = 0, have_r = 0;
+    size_t pos = 0;
+    int ok = 0;
+
+    if (len == 0 || memchr(body, '\0', len) != NULL) {
+        goto out;
+    }
+    while (pos <= len) {
+        const char *field = body + pos;
+        const char *amp = memchr(field, '&', len - pos);
+        size_t flen = amp != NULL ? (size_t)(amp - field) : len - pos;
+        const char *eq = memchr(field, '=', flen);
+        size_t nlen, vlen;
+
+        if (eq == NULL) {
+            goto out;              /* an empty field or one without "=" */
+        }
+        nlen = (size_t)(eq - field);
+        vlen = flen - nlen - 1;
+        if (nlen == 4 && memcmp(field, "code", 4) == 0 && !have_code) {
+            if (!form_decode(eq + 1, vlen, code, KMDC_FORM_CODE_MAX + 1)) {
+                goto out;
+            }
+            have_code = 1;
+        }
+        else if (nlen == 1 && field[0] == 'r' && !have_r) {
+            if (vlen != 2 * KMDC_KEY_LEN
+                || kmdc_hex_decode(rnd, KMDC_KEY_LEN, eq + 1, vlen, NULL) != KMDC_OK) {
+                goto out;
+            }
+            have_r = 1;
+        }
+        else {
+            goto out;              /* another field, or one given twice */
+        }
+        if (amp == NULL) {
+            break;
+        }
+        pos += flen + 1;
+        if (pos == len) {
+            goto out;              /* a trailing "&" */
+        }
+    }
+    ok = have_code && have_r;
+out:
+    if (!ok) {
+        kmdc_wipe(code, KMDC_FORM_CODE_MAX + 1);
+        kmdc_wipe(rnd, KMDC_KEY_LEN);
+    }
+    return ok;
+}
+
+static const kmdc_master_key *master_key(const kmdc_master_keys *keys, int64_t id)
+{
+    int i;
+
+    if (keys == NULL) {
+        return NULL;
+    }
+    for (i = 0; i < keys->n; i++) {
+        if ((int64_t)keys->keys[i].id == id) {
+            return &keys->keys[i];
+        }
+    }
+    return NULL;
+}
+
+static kmdc_db_rc audit(kmdc_db *db, uint64_t serial, const char *event,
+                        const char *detail)
+{
+    kmdc_db_params pp;
+    PGresult *res = NULL;
+    kmdc_db_rc rc;
+
+    kmdc_db_params_init(&pp);
+    kmdc_db_param_int8(&pp, (int64_t)serial);
+    kmdc_db_param_text(&pp, event);
+    kmdc_db_param_text(&pp, detail);
+    rc = kmdc_db_exec(db, "INSERT INTO audit_log (serial, event, detail) "
+                      "VALUES ($1, $2, $3::jsonb)", &pp, 0, &res);
+    kmdc_db_clear(db, res);
+    return rc;
+}
+
+/* A failed attempt: count it (and lock at the limit) and commit.  Sets
+ * *locked; KMDC_DB_OK when committed. */
+static kmdc_db_rc count_failure(kmdc_req *kr, kmdc_db *db, int *locked,
+                                int64_t *failures)
+{
+    kmdc_db_params pp;
+    PGresult *res = NULL;
+    kmdc_db_rc rc;
+
+    kmdc_db_params_init(&pp);
+    kmdc_db_param_int8(&pp, (int64_t)kr->serial);
+    kmdc_db_param_int4(&pp, KMDC_ACTIVATION_MAX_FAILURES);
+    rc = kmdc_db_exec(db, "UPDATE cards SET activation_failures = activation_failures + 1, "
+                      "locked = locked OR activation_failures + 1 >= $2 "
+                      "WHERE serial = $1 RETURNING activation_failures, locked",
+                      &pp, 0, &res);
+    if (rc == KMDC_DB_OK && (PQntuples(res) != 1
+                             || !kmdc_db_get_int64(res, 0, 0, failures))) {
+        rc = KMDC_DB_ERROR;
+    }
+    if (rc == KMDC_DB_OK) {
+        *locked = PQgetvalue(res, 0, 1)[0] == 't';
+    }
+    kmdc_db_clear(db, res);
+    if (rc == KMDC_DB_OK) {
+        rc = audit(db, kr->serial, "card.activation_failed",
+                   apr_psprintf(kr->r->pool, "{\"failures\":%" APR_INT64_T_FMT
+                                ",\"locked\":%s}", *failures,
+                                *locked ? "true" : "false"));
+    }
+    if (rc == KMDC_DB_OK) {
+        rc = kmdc_db_command(db, "COMMIT");
+    }
+    return rc;
+}
+
+/*
+ * Rotate and rewrap the three keys of the locked row res (columns 5..9:
+ * up_next, down_next, up_chain, down_chain, auth_key) and store the active
+ * card.  KMDC_DB_OK when the UPDATE and the audit row went through (not yet
+ * committed); *internal set when a key could not be read or written.
+ */
+static kmdc_db_rc rotate_keys(kmdc_req *kr, kmdc_db *db, const PGresult *row,
+                              const uint8_t rnd[KMDC_KEY_LEN], int *internal)
+{
+    const kmdc_master_keys *keys = kr->sc->keys;
+    uint8_t k[KMDC_KEY_LEN];
+    uint8_t wrapped[3][KMDC_WRAPPED_LEN];
+    int64_t counter[3] = { 0, 0, 0 };
+    kmdc_db_params pp;
+    PGresult *res = NULL;
+    kmdc_err err;
+    kmdc_db_rc rc = KMDC_DB_ERROR;
+    int i;
+
+    *internal = 1;
+    if (!kmdc_db_get_int64(row, 0, 5, &counter[0])
+        || !kmdc_db_get_int64(row, 0, 6, &counter[1])) {
+        goto out;
+    }
+    for (i = 0; i < 3; i++) {
+        const unsigned char *w = NULL;
+        size_t wlen = 0;
+
+        if (!kmdc_db_get_bytea(row, 0, 7 + i, &w, &wlen)
+            || kmdc_keys_unwrap(keys, kr->serial, key_fields[i], (uint64_t)counter[i],
+                                w, wlen, k, &err) != KMDC_OK
+            || kmdc_activate_key(k, rnd, k, key_fields[i], &err) != KMDC_OK
+            || kmdc_keys_wrap(keys, kr->serial, key_fields[i], (uint64_t)counter[i],
+                              k, wrapped[i], &err) != KMDC_OK) {
+            ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, kr->r,
+                          "activate: card %016" APR_UINT64_T_HEX_FMT
+                          ": cannot rotate %s: %s", (apr_uint64_t)kr->serial,
+                          key_fields[i], w == NULL ? "missing" : err.msg);
+            goto out;
+        }
+    }
+    *internal = 0;
+    kmdc_db_params_init(&pp);
+    kmdc_db_param_int8(&pp, (int64_t)kr->serial);
+    kmdc_db_param_bytea(&pp, wrapped[0], KMDC_WRAPPED_LEN);
+    kmdc_db_param_bytea(&pp, wrapped[1], KMDC_WRAPPED_LEN);
+    kmdc_db_param_bytea(&pp, wrapped[2], KMDC_WRAPPED_LEN);
+    kmdc_db_param_int4(&pp, (int32_t)keys->newest);
+    rc = kmdc_db_exec(db, "UPDATE cards SET status = 'active', activated_at = now(), "
+                      "access_mac = NULL, access_expires = NULL, "
+                      "activation_failures = 0, locked = false, "
+                      "up_chain = $2, down_chain = $3, auth_key = $4, key_id = $5 "
+                      "WHERE serial = $1 AND status = 'issued'", &pp, 0, &res);
+    if (rc == KMDC_DB_OK && strcmp(PQcmdTuples(res), "1") != 0) {
+        rc = KMDC_DB_ERROR;
+    }
+    kmdc_db_clear(db, res);
+    if (rc == KMDC_DB_OK) {
+        rc = audit(db, kr->serial, "card.activated",
+                   apr_psprintf(kr->r->pool, "{\"key_id\":%u}", keys->newest));
+    }
+out:
+    kmdc_wipe(k, sizeof(k));
+    kmdc_wipe(wrapped, sizeof(wrapped));
+    return rc;
+}
 
 int kmdc_handle_activate(kmdc_req *kr)
 {
-    return kmdc_http_error(kr->r, HTTP_NOT_IMPLEMENTED, "not_implemented",
-                           "activation is not implemented yet");
+    request_rec *r = kr->r;
+    kmdc_db *db = NULL;
+    kmdc_db_params pp;
+    PGresult *res = NULL;
+    kmdc_db_rc dbrc;
+    char code[KMDC_FORM_CODE_MAX + 1];
+    uint8_t rnd[KMDC_KEY_LEN];
+    const kmdc_master_key *mk;
+    const unsigned char *mac = NULL;
+    size_t maclen = 0;
+    int64_t key_id = 0, failures = 0;
+    int in_tx = 0, locked = 0, expired, good, internal = 0;
+    int rv = OK;
+
+    memset(code, 0, sizeof(code));
+    memset(rnd, 0, sizeof(rnd));
+    if (!parse_form(kr->body, kr->body_len, code, rnd)) {
+        rv = kmdc_http_error(r, HTTP_BAD_REQUEST, "bad_request",
+                             "the body must be the form code=<access code>&r=<64 hex>");
+        goto out;
+    }
+    if ((dbrc = kmdc_db_acquire(r, &db)) != KMDC_DB_OK) {
+        db = NULL;
+        rv = kmdc_db_answer_unavailable(r, dbrc);
+        goto out;
+    }
+    if (kmdc_db_command(db, "BEGIN") != KMDC_DB_OK) {
+        goto unavailable;
+    }
+    in_tx = 1;
+    kmdc_db_params_init(&pp);
+    kmdc_db_param_int8(&pp, (int64_t)kr->serial);
+    if (kmdc_db_exec(db, "SELECT status, locked, access_mac, "
+                     "coalesce(access_expires <= now(), true), key_id, "
+                     "up_next, down_next, up_chain, down_chain, auth_key "
+                     "FROM cards WHERE serial = $1 FOR NO KEY UPDATE",
+                     &pp, 1, &res) != KMDC_DB_OK) {
+        goto unavailable;
+    }
+    if (PQntuples(res) != 1) {
+        rv = kmdc_http_error(r, HTTP_NOT_FOUND, "not_found", "no such card");
+        goto out;
+    }
+    if (strcmp(PQgetvalue(res, 0, 0), "active") == 0) {
+        rv = kmdc_http_error(r, HTTP_CONFLICT, "already_active",
+                             "the card is already active");
+        goto out;
+    }
+    if (strcmp(PQgetvalue(res, 0, 0), "issued") != 0) {
+        rv = kmdc_http_error(r, HTTP_FORBIDDEN, "forbidden", "the card is %s",
+                             PQgetvalue(res, 0, 0));
+        goto out;
+    }
+    if (PQgetvalue(res, 0, 1)[0] != 0) {
+        rv = kmdc_http_error(r, HTTP_FORBIDDEN, "locked",
+                             "too many failed activation attempts locked this card; "
+                             "ask the administrator for a new card");
+        goto out;
+    }
+    expired = PQgetvalue(res, 0, 3)[0] != 0;
+    if (!kmdc_db_get_int64(res, 0, 4, &key_id)
+        || (!expired && !kmdc_db_get_bytea(res, 0, 2, &mac, &maclen))) {
+        internal = 1;
+        goto out;
+    }
+    mk = master_key(kr->sc->keys, key_id);
+    if (mk == NULL) {
+        ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r,
+                      "activate: card %016" APR_UINT64_T_HEX_FMT ": master key id %"
+                      APR_INT64_T_FMT " is not configured (%s)",
+                      (apr_uint64_t)kr->serial, key_id, KMDC_DIR_MASTER_KEY);
+        internal = 1;
+        goto out;
+    }
+    good = !expired && maclen == 32
+           && kmdc_access_code_verify(mac, mk->key, kr->serial, code, strlen(code),
+                                      NULL) == KMDC_OK;
+    if (!good) {
+        kmdc_db_clear(db, res);
+        res = NULL;
+        if (count_failure(kr, db, &locked, &failures) != KMDC_DB_OK) {
+            goto unavailable;
+        }
+        in_tx = 0;
+        ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r,
+                      "activate: card %016" APR_UINT64_T_HEX_FMT ": %s access code, "
+                      "failure %" APR_INT64_T_FMT "%s", (apr_uint64_t)kr->serial,
+                      expired ? "expired" : "wrong", failures,
+                      locked ? ", card locked" : "");
+        if (locked) {
+            rv = kmdc_http_error(r, HTTP_FORBIDDEN, "locked",
+                                 "too many failed activation attempts locked this "
+                                 "card; ask the administrator for a new card");
+        }
+        else if (expired) {
+            rv = kmdc_http_error(r, HTTP_FORBIDDEN, "activation_failed",
+                                 "the access code has expired; ask the administrator "
+                                 "for a new card");
+        }
+        else {
+            rv = kmdc_http_error(r, HTTP_FORBIDDEN, "activation_failed",
+                                 "wrong access code (%" APR_INT64_T_FMT " of %d "
+                                 "attempts used)", failures,
+                                 KMDC_ACTIVATION_MAX_FAILURES);
+        }
+        goto out;
+    }
+    if (rotate_keys(kr, db, res, rnd, &internal) != KMDC_DB_OK) {
+        if (internal) {
+            goto out;
+        }
+        goto unavailable;
+    }
+    kmdc_db_clear(db, res);
+    res = NULL;
+    if (kmdc_db_command(db, "COMMIT") != KMDC_DB_OK) {
+        goto unavailable;
+    }
+    in_tx = 0;
+    ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r,
+                  "activate: card %016" APR_UINT64_T_HEX_FMT " activated",
+                  (apr_uint64_t)kr->serial);
+    rv = kmdc_http_no_content(r);
+    goto out;
+
+unavailable:
+    rv = kmdc_db_answer_unavailable(r, KMDC_DB_UNAVAILABLE);
+out:
+    if (internal) {
+        rv = kmdc_http_error(r, HTTP_INTERNAL_SERVER_ERROR, "internal",
+                             "the card's keys cannot be read at the datacenter; "
+                             "see the server log");
+    }
+    kmdc_db_clear(db, res);
+    if (in_tx && db != NULL && kmdc_db_command(db, "ROLLBACK") != KMDC_DB_OK) {
+        kmdc_db_invalidate(db);
+        db = NULL;
+    }
+    kmdc_db_release(db);
+    kmdc_wipe(code, sizeof(code));
+    kmdc_wipe(rnd, sizeof(rnd));
+    return rv;
 }
 
 int kmdc_handle_card(kmdc_req *kr)
 {
-    return kmdc_http_error(kr->r, HTTP_NOT_IMPLEMENTED, "not_implemented",
-                           "card status is not implemented yet");
+    request_rec *r = kr->r;
+    kmdc_db *db = NULL;
+    kmdc_db_params pp;
+    PGresult *res = NULL;
+    kmdc_db_rc dbrc;
+    int64_t up_next = 0, down_next = 0;
+    char serial[17];
+    json_t *body;
+    int rv;
+
+    if ((dbrc = kmdc_db_acquire(r, &db)) != KMDC_DB_OK) {
+        return kmdc_db_answer_unavailable(r, dbrc);
+    }
+    kmdc_db_params_init(&pp);
+    kmdc_db_param_int8(&pp, (int64_t)kr->serial);
+    if (kmdc_db_exec(db, "SELECT status, locked, up_next, down_next FROM cards "
+                     "WHERE serial = $1", &pp, 0, &res) != KMDC_DB_OK) {
+        rv = kmdc_db_answer_unavailable(r, KMDC_DB_UNAVAILABLE);
+        goto out;
+    }
+    if (PQntuples(res) != 1 || !kmdc_db_get_int64(res, 0, 2, &up_next)
+        || !kmdc_db_get_int64(res, 0, 3, &down_next)) {
+        rv = kmdc_http_error(r, HTTP_NOT_FOUND, "not_found", "no such card");
+        goto out;
+    }
+    kmdc_serial_format(serial, kr->serial);
+    body = json_pack("{s:s, s:s, s:b, s:I, s:I, s:I}",
+                     "serial", serial,
+                     "status", PQgetvalue(res, 0, 0),
+                     "locked", PQgetvalue(res, 0, 1)[0] == 't',
+                     "up_next", (json_int_t)up_next,
+                     "down_next", (json_int_t)down_next,
+                     "time", (json_int_t)now_ms());
+    rv = kmdc_http_json(r, HTTP_OK, body);
+out:
+    kmdc_db_clear(db, res);
+    kmdc_db_release(db);
+    return rv;
 }

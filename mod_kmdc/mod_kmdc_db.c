@@ -47,22 +47,29 @@ struct kmdc_db_pool {
 /* ------------------------------------------------------------------------ */
 /* logging the pool's state                                                  */
 
-/* libpq messages end in newlines and may span lines: keep one log line. */
-static const char *one_line(apr_pool_t *p, const char *msg)
+/* libpq messages end in newlines and may span lines: copy msg into buf
+ * (cap bytes) as one log line. */
+static const char *one_line(char *buf, size_t cap, const char *msg)
 {
-    char *m = apr_pstrdup(p, msg != NULL ? msg : "");
-    apr_size_t n = strlen(m);
-    apr_size_t i;
+    size_t n = 0;
+    const char *c;
 
-    while (n > 0 && (m[n - 1] == '\n' || m[n - 1] == '\r' || m[n - 1] == ' ')) {
-        m[--n] = '\0';
-    }
-    for (i = 0; i < n; i++) {
-        if (m[i] == '\n' || m[i] == '\r' || m[i] == '\t') {
-            m[i] = ' ';
+    for (c = msg != NULL ? msg : ""; *c != '\0' && n + 1 < cap; c++) {
+        char ch = *c;
+
+        if (ch == '\n' || ch == '\r' || ch == '\t') {
+            ch = ' ';
         }
+        if (ch == ' ' && (n == 0 || buf[n - 1] == ' ')) {
+            continue;   /* no leading or doubled spaces */
+        }
+        buf[n++] = ch;
     }
-    return m;
+    while (n > 0 && buf[n - 1] == ' ') {
+        n--;
+    }
+    buf[n] = '\0';
+    return buf;
 }
 
 /* Record the new state; returns 1 when it changed (then the caller logs). */
@@ -85,14 +92,12 @@ static void note_ok(kmdc_db_pool *pool)
 static void note_down(kmdc_db_pool *pool, const char *why)
 {
     if (state_changed(pool, KMDC_STATE_DOWN)) {
-        apr_pool_t *tmp = NULL;
+        char buf[512];
 
-        if (apr_pool_create(&tmp, NULL) == APR_SUCCESS) {
-            ap_log_error(APLOG_MARK, APLOG_ERR, 0, pool->s,
-                         "kmdc: the database (%s) cannot be used: %s; answering 503 "
-                         "until it is back", KMDC_DIR_DATABASE, one_line(tmp, why));
-            apr_pool_destroy(tmp);
-        }
+        ap_log_error(APLOG_MARK, APLOG_ERR, 0, pool->s,
+                     "kmdc: the database (%s) cannot be used: %s; answering 503 "
+                     "until it is back", KMDC_DIR_DATABASE,
+                     one_line(buf, sizeof(buf), why));
     }
 }
 
@@ -561,10 +566,12 @@ kmdc_db_rc kmdc_db_exec(kmdc_db *db, const char *sql, const kmdc_db_params *pp,
     }
     primary = PQresultErrorField(pr, PG_DIAG_MESSAGE_PRIMARY);
     if (PQstatus(db->pg) != CONNECTION_OK) {
+        char buf[512];
+
         db->broken = 1;
         ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r,
                       "kmdc: the database connection was lost: %s",
-                      one_line(r->pool, PQerrorMessage(db->pg)));
+                      one_line(buf, sizeof(buf), PQerrorMessage(db->pg)));
         return KMDC_DB_UNAVAILABLE;
     }
     /* the primary message and SQLSTATE only: DETAIL may quote values */

@@ -149,6 +149,13 @@ int kmdc_http_read_body(request_rec *r, apr_size_t limit, char **body,
 
     *body = NULL;
     *len = 0;
+    if (limit > KMDC_HTTP_BODY_MAX) {
+        ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r,
+                      "kmdc: a body of up to %" APR_SIZE_T_FMT " bytes was to be "
+                      "buffered; stream it instead", limit);
+        status = HTTP_INTERNAL_SERVER_ERROR;
+        goto out;
+    }
     if (cl != NULL) {
         apr_off_t announced = 0;
         char *end = NULL;

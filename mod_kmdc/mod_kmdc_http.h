@@ -49,11 +49,16 @@ int kmdc_http_method_not_allowed(request_rec *r, const char *allow);
 /* Answer 204 without a body. Returns OK. */
 int kmdc_http_no_content(request_rec *r);
 
+/* The largest limit kmdc_http_read_body accepts: bodies above it (the
+ * envelope) are streamed, never buffered. */
+#define KMDC_HTTP_BODY_MAX (64 * 1024)
+
 /*
  * Read the whole request body (Content-Length or chunked) into *body,
  * NUL-terminated, at most limit bytes.  Reads with ap_get_brigade until EOS,
  * skips metadata buckets, enforces limit as bytes arrive (and at once from a
- * Content-Length that announces more), never trusts r->remaining.  Returns OK,
+ * Content-Length that announces more), never trusts r->remaining.  limit is
+ * at most KMDC_HTTP_BODY_MAX (else 500, logged).  Returns OK,
  * HTTP_REQUEST_ENTITY_TOO_LARGE (keep-alive is then switched off), or the
  * status ap_map_http_request_error gives for a read error (including
  * AP_FILTER_ERROR).  A request without a body gives "" and 0.

@@ -23,7 +23,7 @@ for my $v (qw(KMDC_MODULE KMDC_CONNINFO KMDC_MASTER_KEY_FILE PGPORT PGUSER)) {
         unless defined $ENV{$v} && length $ENV{$v};
 }
 
-plan tests => 28;
+plan tests => 31;
 
 my $httpd = $ENV{KMDC_HTTPD} || '/usr/sbin/apache2';
 my $apxs = $ENV{KMDC_APXS} || 'apxs';
@@ -291,3 +291,27 @@ refused('document-size', $good . "KmdcMaxDocumentSize 2000G\n" . $location,
 refused('pool-min', $good . "KmdcDbPoolMin 10\n" . $location,
         qr/KmdcDbPoolMin 10 is above KmdcDbPoolMax 8/,
         'KmdcDbPoolMin above the default KmdcDbPoolMax');
+
+# --- every directive is in the command table, merged and documented --------
+# (what mod_auth_openidc's suite enforces; read from the source tree)
+{
+    my $srcdir = $ENV{KMDC_SRCDIR} || '.';
+    my $h = slurp("$srcdir/mod_kmdc/mod_kmdc_config.h");
+    my $c = slurp("$srcdir/mod_kmdc/mod_kmdc_config.c");
+    my $doc = slurp("$srcdir/docs/_parts/directives.md");
+    my %dir = $h =~ /^#define\s+(KMDC_DIR_\w+)\s+"(\w+)"/mg;
+    my @missing_cmd = grep { $c !~ /AP_INIT_\w+\(\Q$_\E,/ } sort keys %dir;
+    ok(keys(%dir) >= 13 && !@missing_cmd,
+       'directives: every KMDC_DIR_* name is in the command table')
+        or diag("not in kmdc_cmds: @missing_cmd");
+    my @undoc = grep { $doc !~ /^\| `\Q$_\E` \|/m } sort values %dir;
+    ok(!@undoc, 'directives: every directive has a row in docs/_parts/directives.md')
+        or diag("undocumented: @undoc");
+    my ($fields) = $h =~ /--- directives -+ \*\/\n(.*?)\n\s*\/\* --- filled/s;
+    (my $decls = $fields // '') =~ s{/\*.*?\*/}{}gs;    # drop the comments
+    my @names = $decls =~ /\b(\w+);/g;
+    my @unmerged = grep { $c !~ /MERGE_(?:PTR|VAL)\(\Q$_\E\)/ } @names;
+    ok(@names >= 13 && !@unmerged,
+       'directives: every configuration field is merged for virtual hosts')
+        or diag("fields: @names; not merged: @unmerged");
+}
