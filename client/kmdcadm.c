@@ -4,6 +4,9 @@
  *
  *   kmdcadm [GLOBAL OPTIONS] COMMAND [OPTIONS]     (kmdcadm --help)
  *
+ * Commands: migrate, keygen, issue, list, show, suspend, resume, revoke,
+ * resync, rekey, purge, audit (kmdcadm(8) documents them all).
+ *
  * Exit status: 0 done, 1 the operation failed (message on stderr prefixed
  * "kmdcadm: "), 2 usage error.  The database side is in kmdcadm_db.c.
  */
@@ -66,7 +69,9 @@ typedef struct command {
 /* Long-only option codes. */
 enum {
     OPT_DB = 256, OPT_MASTER_KEY, OPT_SQLDIR, OPT_HELP, OPT_ADDRESS, OPT_URL,
-    OPT_OUT, OPT_PASSFILE, OPT_FORCE, OPT_STATUS, OPT_JSON, OPT_REASON
+    OPT_OUT, OPT_PASSFILE, OPT_FORCE, OPT_STATUS, OPT_JSON, OPT_REASON, OPT_UP,
+    OPT_DOWN, OPT_CHECK, OPT_DRY_RUN, OPT_RECEIPT_AGE, OPT_TOMBSTONE_AGE, OPT_UPLOAD_AGE,
+    OPT_NONCE_AGE, OPT_SERIAL, OPT_SINCE, OPT_LIMIT
 };
 
 #define GLOBAL_OPTIONS \
@@ -118,6 +123,7 @@ static const char global_help[] =
     "                       environment (PGHOST, PGPORT, PGDATABASE, PGUSER, ...)\n"
     "  --master-key ID:FILE master key number ID (0 .. 2147483647) in FILE (64 hex\n"
     "                       digits, mode 0600); repeatable, the highest ID wraps\n"
+    "                       (issue, resync, rekey)\n"
     "  --sqldir DIR         migrations folder (migrate only)\n"
     "  --help               this text; 'kmdcadm COMMAND --help' for a command\n";
 
@@ -973,6 +979,771 @@ cmd_revoke(globals *g, int argc, char **argv)
     return run_transition(g, "revoke", KMDCADM_REVOKE, argc, argv);
 }
 
+/* --- shared by resync, rekey, purge, audit ----------------------------------------- */
+
+/* The --master-key with this id, loaded; NULL when it was not given. */
+static const master_key *
+find_key(const globals *g, uint32_t id)
+{
+    size_t i;
+
+    for (i = 0; i < g->nkeys; i++)
+        if (g->keys[i].id == id && g->keys[i].loaded)
+            return &g->keys[i];
+    return NULL;
+}
+
+/*
+ * Unwrap a stored value of card serial with the --master-key its id names,
+ * into key.  *id_out (may be NULL) gets that id.  KMDC_ERR_NOTFOUND when the
+ * key was not given, KMDC_ERR_AUTH when the value does not unwrap; both with
+ * a message naming the card, the field, the counter and the id.
+ */
+static kmdc_status
+unwrap_value(const globals *g, uint64_t serial, const char *field, uint64_t counter,
+             const uint8_t wrapped[KMDCADM_WRAPPED_LEN], uint8_t key[KMDC_KEY_LEN],
+             uint32_t *id_out, kmdc_err *e)
+{
+    const master_key *mk;
+    uint8_t buf[KMDC_KEY_LEN + 16];
+    size_t n = 0;
+    uint32_t id = 0;
+    char hex[17];
+    kmdc_status st;
+
+    kmdc_serial_format(hex, serial);
+    st = kmdc_wrap_key_id(wrapped, KMDCADM_WRAPPED_LEN, &id, e);
+    if (st != KMDC_OK)
+        goto out;
+    if (id_out != NULL)
+        *id_out = id;
+    mk = find_key(g, id);
+    if (mk == NULL) {
+        st = kmdc_err_set(e, KMDC_ERR_NOTFOUND,
+                          "card %s: its %s is wrapped under master key id %" PRIu32
+                          ", which was not given: add --master-key %" PRIu32 ":FILE",
+                          hex, field, id, id);
+        goto out;
+    }
+    st = kmdc_unwrap(buf, sizeof buf, &n, mk->key, serial, field, counter, wrapped,
+                     KMDCADM_WRAPPED_LEN, e);
+    if (st == KMDC_ERR_AUTH) {
+        st = kmdc_err_set(e, KMDC_ERR_AUTH,
+                          "card %s: its %s (counter %" PRIu64 ") does not unwrap under "
+                          "master key id %" PRIu32 ": that key file is not the one it was "
+                          "wrapped with, or the row was changed outside kmdc", hex, field,
+                          counter, id);
+        goto out;
+    }
+    if (st != KMDC_OK)
+        goto out;
+    if (n != KMDC_KEY_LEN) {
+        st = kmdc_err_set(e, KMDC_ERR_FORMAT, "card %s: its %s has the wrong length",
+                          hex, field);
+        goto out;
+    }
+    memcpy(key, buf, KMDC_KEY_LEN);
+out:
+    kmdc_wipe(buf, sizeof buf);
+    return st;
+}
+
+/* Wrap key for card serial, field and counter under mk into out (76 bytes). */
+static kmdc_status
+wrap_value(const master_key *mk, uint64_t serial, const char *field, uint64_t counter,
+           const uint8_t key[KMDC_KEY_LEN], uint8_t out[KMDCADM_WRAPPED_LEN], kmdc_err *e)
+{
+    size_t n = 0;
+    kmdc_status st;
+
+    st = kmdc_wrap(out, KMDCADM_WRAPPED_LEN, &n, mk->id, mk->key, serial, field, counter,
+                   key, KMDC_KEY_LEN, e);
+    if (st == KMDC_OK && n != KMDCADM_WRAPPED_LEN)
+        st = kmdc_err_set(e, KMDC_ERR_INTERNAL, "wrapped value of unexpected length");
+    return st;
+}
+
+/* Parse a counter: decimal digits only, 0 .. 2^63-1. */
+static int
+parse_counter(const char *cmd, const char *opt, const char *s, uint64_t *v)
+{
+    unsigned long long x;
+    char *end;
+    size_t i;
+
+    for (i = 0; s[i] != '\0'; i++)
+        if (s[i] < '0' || s[i] > '9')
+            break;
+    if (i == 0 || s[i] != '\0' || i > 19)
+        return usage_error(cmd, "%s takes a counter in 0 .. 9223372036854775807", opt);
+    errno = 0;
+    x = strtoull(s, &end, 10);
+    if (errno != 0 || *end != '\0' || x > KMDC_U63_MAX)
+        return usage_error(cmd, "%s takes a counter in 0 .. 9223372036854775807", opt);
+    *v = (uint64_t)x;
+    return 0;
+}
+
+/*
+ * Parse a duration: decimal seconds, or a number followed by s, m, h or d
+ * (DESIGN 4), at most 100 years.  Returns 1 and sets *secs when s is one.
+ */
+static int
+duration_value(const char *s, int64_t *secs)
+{
+    int64_t v = 0, mul = 1;
+    size_t i;
+
+    for (i = 0; s[i] >= '0' && s[i] <= '9'; i++) {
+        if (i >= 12)
+            return 0;
+        v = v * 10 + (s[i] - '0');
+    }
+    if (i == 0)
+        return 0;
+    switch (s[i]) {
+    case '\0': mul = 1; break;
+    case 's': mul = 1; break;
+    case 'm': mul = 60; break;
+    case 'h': mul = 3600; break;
+    case 'd': mul = 86400; break;
+    default: return 0;
+    }
+    if (s[i] != '\0' && s[i + 1] != '\0')
+        return 0;
+    if (v > INT64_C(3153600000) / mul)   /* 100 years */
+        return 0;
+    *secs = v * mul;
+    return 1;
+}
+
+/* --- resync -------------------------------------------------------------------------- */
+
+/* The most steps resync takes in one go (DESIGN: a bounded walk of the chain). */
+#define RESYNC_MAX_STEPS (UINT64_C(1) << 20)
+
+typedef struct resync_opts {
+    uint64_t up, down;
+    int have_up, have_down;
+} resync_opts;
+
+static int
+resync_opt(void *ctx, int opt, const char *arg)
+{
+    resync_opts *o = ctx;
+
+    switch (opt) {
+    case OPT_UP:
+        o->have_up = 1;
+        return parse_counter("resync", "--up", arg, &o->up);
+    case OPT_DOWN:
+        o->have_down = 1;
+        return parse_counter("resync", "--down", arg, &o->down);
+    default:
+        return 1;
+    }
+}
+
+/*
+ * Move one chain of k from *next to target: unwrap CK_next (field, counter
+ * *next), step it to CK_target, wrap it at target under newest.  Refuses to
+ * go back or more than RESYNC_MAX_STEPS ahead (KMDC_ERR_ARG).
+ */
+static kmdc_status
+resync_chain(const globals *g, const master_key *newest, uint64_t serial,
+             const char *field, const char *name, uint64_t *next,
+             uint8_t wrapped[KMDCADM_WRAPPED_LEN], uint64_t target, kmdc_err *e)
+{
+    uint8_t ck[KMDC_KEY_LEN];
+    char hex[17];
+    kmdc_status st;
+
+    kmdc_serial_format(hex, serial);
+    if (target < *next) {
+        st = kmdc_err_set(e, KMDC_ERR_ARG,
+                          "card %s: %s is %" PRIu64 ": resync never moves a counter back "
+                          "(to %" PRIu64 "), that would reuse a key", hex, name, *next,
+                          target);
+        goto out;
+    }
+    if (target - *next > RESYNC_MAX_STEPS) {
+        st = kmdc_err_set(e, KMDC_ERR_ARG,
+                          "card %s: %s is %" PRIu64 ": %" PRIu64 " is more than %" PRIu64
+                          " steps ahead; move it in several resyncs if you are sure",
+                          hex, name, *next, target, RESYNC_MAX_STEPS);
+        goto out;
+    }
+    st = unwrap_value(g, serial, field, *next, wrapped, ck, NULL, e);
+    if (st != KMDC_OK)
+        goto out;
+    st = kmdc_chain_seek(ck, *next, target, NULL, e);
+    if (st != KMDC_OK)
+        goto out;
+    st = wrap_value(newest, serial, field, target, ck, wrapped, e);
+    if (st != KMDC_OK)
+        goto out;
+    *next = target;
+out:
+    kmdc_wipe(ck, sizeof ck);
+    return st;
+}
+
+static int
+cmd_resync(globals *g, int argc, char **argv)
+{
+    static const struct option own[] = {
+        { "up", required_argument, NULL, OPT_UP },
+        { "down", required_argument, NULL, OPT_DOWN },
+    };
+    const command *c = find_command("resync");
+    resync_opts o;
+    kmdcadm_card_keys k;
+    kmdcadm_db *db = NULL;
+    master_key *mk = NULL;
+    uint64_t serial = 0, old_up = 0, old_down = 0;
+    char hex[17];
+    kmdc_err e;
+    int rc, first, intrans = 0;
+
+    memset(&o, 0, sizeof o);
+    memset(&k, 0, sizeof k);
+    kmdc_err_clear(&e);
+    rc = parse_options(g, c, argc, argv, own, sizeof own / sizeof own[0], resync_opt, &o,
+                       &first);
+    if (rc >= 0)
+        return rc;
+    rc = EXIT_OK;
+    if (first + 1 != argc)
+        return usage_error(c->name, "resync takes one SERIAL");
+    if (parse_serial(c->name, argv[first], &serial) != 0)
+        return EXIT_USAGE;
+    if (!o.have_up && !o.have_down)
+        return usage_error(c->name, "resync needs --up N, --down N or both");
+    kmdc_serial_format(hex, serial);
+    mk = load_master_keys(g, c->name, &rc);
+    if (mk == NULL)
+        goto out;
+    rc = open_db(g, &db, 1);
+    if (rc != EXIT_OK)
+        goto out;
+    if (kmdcadm_db_begin(db, &e) != KMDC_OK) {
+        rc = fail_err(&e);
+        goto out;
+    }
+    intrans = 1;
+    if (kmdcadm_db_card_keys_lock(db, serial, &k, &e) != KMDC_OK) {
+        rc = fail_err(&e);
+        goto out;
+    }
+    if (strcmp(k.status, "revoked") == 0) {
+        rc = fail("card %s is revoked: there is nothing to resync", hex);
+        goto out;
+    }
+    /* Never wrap under an older key than the card already uses: a resync
+     * with an outdated --master-key set would undo a rekey. */
+    {
+        const char *fields[3] = { KMDC_FIELD_UP_CHAIN, KMDC_FIELD_DOWN_CHAIN,
+                                  KMDC_FIELD_AUTH_KEY };
+        const uint8_t *vals[3] = { k.up_chain, k.down_chain, k.auth_key };
+        uint32_t id = 0;
+        size_t f;
+        for (f = 0; f < 3; f++) {
+            if (kmdc_wrap_key_id(vals[f], KMDCADM_WRAPPED_LEN, &id, &e) != KMDC_OK) {
+                rc = fail_err(&e);
+                goto out;
+            }
+            if (id > mk->id) {
+                rc = fail("card %s: its %s is wrapped under master key id %" PRIu32
+                          ", newer than the newest key given (%" PRIu32 "): add "
+                          "--master-key %" PRIu32 ":FILE", hex, fields[f], id, mk->id, id);
+                goto out;
+            }
+        }
+    }
+    old_up = k.up_next;
+    old_down = k.down_next;
+    if ((o.have_up && o.up != k.up_next
+         && resync_chain(g, mk, serial, KMDC_FIELD_UP_CHAIN, "up_next", &k.up_next,
+                         k.up_chain, o.up, &e) != KMDC_OK)
+        || (o.have_down && o.down != k.down_next
+            && resync_chain(g, mk, serial, KMDC_FIELD_DOWN_CHAIN, "down_next",
+                            &k.down_next, k.down_chain, o.down, &e) != KMDC_OK)) {
+        rc = fail_err(&e);
+        goto out;
+    }
+    if (k.up_next != old_up || k.down_next != old_down) {
+        if (kmdcadm_db_card_keys_store(db, &k, &e) != KMDC_OK
+            || (k.up_next != old_up
+                && kmdcadm_db_audit_resync(db, serial, "up", old_up, k.up_next, &e) != KMDC_OK)
+            || (k.down_next != old_down
+                && kmdcadm_db_audit_resync(db, serial, "down", old_down, k.down_next,
+                                           &e) != KMDC_OK)
+            || kmdcadm_db_commit(db, &e) != KMDC_OK) {
+            rc = fail_err(&e);
+            goto out;
+        }
+    }
+    intrans = 0;
+    kmdcadm_db_rollback(db);   /* nothing changed: end the read transaction */
+    if (o.have_up)
+        printf("card %s: up_next %" PRIu64 " -> %" PRIu64 "%s\n", hex, old_up, k.up_next,
+               old_up == k.up_next ? " (unchanged)" : "");
+    if (o.have_down)
+        printf("card %s: down_next %" PRIu64 " -> %" PRIu64 "%s\n", hex, old_down,
+               k.down_next, old_down == k.down_next ? " (unchanged)" : "");
+out:
+    if (intrans)
+        kmdcadm_db_rollback(db);
+    kmdcadm_db_close(db);
+    kmdc_wipe(&k, sizeof k);
+    wipe_master_keys(g);
+    return finish_output(rc);
+}
+
+/* --- rekey ---------------------------------------------------------------------------- */
+
+/* Cards per transaction: short row locks while the service runs. */
+#define REKEY_BATCH 100
+/* Distinct master key ids reported. */
+#define REKEY_MAX_IDS 64
+
+typedef struct rekey_opts {
+    int check;
+} rekey_opts;
+
+static int
+rekey_opt(void *ctx, int opt, const char *arg)
+{
+    (void)arg;
+    if (opt == OPT_CHECK) {
+        ((rekey_opts *)ctx)->check = 1;
+        return 0;
+    }
+    return 1;
+}
+
+/*
+ * Rewrap one stored value under newest unless it is already under it.
+ * *changed is set when the value was rewritten.
+ */
+static kmdc_status
+rewrap_value(const globals *g, const master_key *newest, uint64_t serial,
+             const char *field, uint64_t counter, uint8_t wrapped[KMDCADM_WRAPPED_LEN],
+             int *changed, kmdc_err *e)
+{
+    uint8_t key[KMDC_KEY_LEN];
+    uint32_t id = 0;
+    kmdc_status st;
+
+    *changed = 0;
+    st = kmdc_wrap_key_id(wrapped, KMDCADM_WRAPPED_LEN, &id, e);
+    if (st != KMDC_OK || id == newest->id)
+        return st;
+    st = unwrap_value(g, serial, field, counter, wrapped, key, NULL, e);
+    if (st == KMDC_OK)
+        st = wrap_value(newest, serial, field, counter, key, wrapped, e);
+    if (st == KMDC_OK)
+        *changed = 1;
+    kmdc_wipe(key, sizeof key);
+    return st;
+}
+
+/*
+ * Report which master key ids the database still needs: the ids wrapped
+ * values name, and the key ids of live access codes.  Sets *old when any id
+ * other than newest is needed.  Prints to stdout.
+ */
+static int
+report_key_use(kmdcadm_db *db, uint32_t newest, int *old)
+{
+    kmdcadm_key_use ids[REKEY_MAX_IDS];
+    kmdcadm_code_use codes[REKEY_MAX_IDS];
+    size_t nids = 0, ncodes = 0, i;
+    kmdc_err e;
+    int more = 0;
+
+    kmdc_err_clear(&e);
+    *old = 0;
+    if (kmdcadm_db_key_ids(db, ids, REKEY_MAX_IDS, &nids, &more, &e) != KMDC_OK
+        || kmdcadm_db_live_codes(db, newest, codes, REKEY_MAX_IDS, &ncodes, &e) != KMDC_OK)
+        return fail_err(&e);
+    for (i = 0; i < nids; i++) {
+        printf("master key id %" PRIu32 ": %" PRIu64 " wrapped value%s\n", ids[i].key_id,
+               ids[i].values, ids[i].values == 1 ? "" : "s");
+        if (ids[i].key_id != newest)
+            *old = 1;
+    }
+    if (more) {
+        printf("(more master key ids are in use)\n");
+        *old = 1;
+    }
+    for (i = 0; i < ncodes; i++) {
+        printf("master key id %" PRIu32 ": %" PRIu64 " access code%s not yet used "
+               "(valid until %s at the latest)\n", codes[i].key_id, codes[i].cards,
+               codes[i].cards == 1 ? "" : "s", codes[i].latest_expiry);
+        *old = 1;
+    }
+    if (ncodes > 0)
+        printf("An access code is checked with the master key it was made with: keep "
+               "those key files until the cards are activated or their codes expire, "
+               "or revoke the cards.\n");
+    return EXIT_OK;
+}
+
+/* rekey --check: verify every value unwraps under the given keys, then report. */
+static int
+rekey_check(const globals *g, kmdcadm_db *db, const master_key *newest)
+{
+    kmdcadm_card_keys *rows = NULL;
+    uint64_t after = 0, verified = 0, failures = 0;
+    uint8_t key[KMDC_KEY_LEN];
+    size_t n = 0, i, f;
+    kmdc_err e;
+    int rc = EXIT_OK, old = 0;
+
+    kmdc_err_clear(&e);
+    rows = calloc(REKEY_BATCH, sizeof *rows);
+    if (rows == NULL)
+        return fail("out of memory");
+    do {
+        if (kmdcadm_db_card_keys_batch(db, after, 0, rows, REKEY_BATCH, &n, &e) != KMDC_OK) {
+            rc = fail_err(&e);
+            goto out;
+        }
+        for (i = 0; i < n; i++) {
+            const char *fields[3] = { KMDC_FIELD_UP_CHAIN, KMDC_FIELD_DOWN_CHAIN,
+                                      KMDC_FIELD_AUTH_KEY };
+            const uint8_t *vals[3] = { rows[i].up_chain, rows[i].down_chain,
+                                       rows[i].auth_key };
+            const uint64_t counters[3] = { rows[i].up_next, rows[i].down_next, 0 };
+            for (f = 0; f < 3; f++) {
+                kmdc_status st = unwrap_value(g, rows[i].serial, fields[f], counters[f],
+                                              vals[f], key, NULL, &e);
+                kmdc_wipe(key, sizeof key);
+                if (st == KMDC_OK) {
+                    verified++;
+                } else if (st != KMDC_ERR_NOTFOUND) {
+                    /* a key that was not given is reported by id below */
+                    failures++;
+                    fprintf(stderr, "kmdcadm: %s\n", e.msg);
+                }
+            }
+        }
+        if (n > 0)
+            after = rows[n - 1].serial;
+    } while (n == REKEY_BATCH);
+    printf("%" PRIu64 " wrapped value%s under the given master keys\n", verified,
+           verified == 1 ? " unwraps" : "s unwrap");
+    rc = report_key_use(db, newest->id, &old);
+    if (rc != EXIT_OK)
+        goto out;
+    if (failures > 0) {
+        rc = fail("%" PRIu64 " wrapped value%s not unwrap: do not destroy any master key "
+                  "file", failures, failures == 1 ? " does" : "s do");
+    } else if (old) {
+        printf("master key ids other than %" PRIu32 " are still needed: run 'kmdcadm rekey' "
+               "and keep the older key files\n", newest->id);
+        rc = EXIT_FAIL;
+    } else {
+        printf("only master key id %" PRIu32 " is needed: older master key files may be "
+               "destroyed\n", newest->id);
+    }
+out:
+    free(rows);
+    return rc;
+}
+
+static int
+cmd_rekey(globals *g, int argc, char **argv)
+{
+    static const struct option own[] = { { "check", no_argument, NULL, OPT_CHECK } };
+    const command *c = find_command("rekey");
+    rekey_opts o = { 0 };
+    kmdcadm_card_keys *rows = NULL;
+    kmdcadm_db *db = NULL;
+    master_key *mk = NULL;
+    uint64_t after = 0, cards = 0, values = 0, current = 0;
+    size_t n = 0, i;
+    kmdc_err e;
+    int rc, first, intrans = 0, old = 0;
+
+    kmdc_err_clear(&e);
+    rc = parse_options(g, c, argc, argv, own, 1, rekey_opt, &o, &first);
+    if (rc >= 0)
+        return rc;
+    rc = EXIT_OK;
+    if (first < argc)
+        return usage_error(c->name, "unexpected argument '%s'", argv[first]);
+    mk = load_master_keys(g, c->name, &rc);
+    if (mk == NULL)
+        goto out;
+    rc = open_db(g, &db, 1);
+    if (rc != EXIT_OK)
+        goto out;
+    if (o.check) {
+        rc = rekey_check(g, db, mk);
+        goto out;
+    }
+    rows = calloc(REKEY_BATCH, sizeof *rows);
+    if (rows == NULL) {
+        rc = fail("out of memory");
+        goto out;
+    }
+    do {
+        if (kmdcadm_db_begin(db, &e) != KMDC_OK) {
+            rc = fail_err(&e);
+            goto out;
+        }
+        intrans = 1;
+        if (kmdcadm_db_card_keys_batch(db, after, 1, rows, REKEY_BATCH, &n, &e) != KMDC_OK) {
+            rc = fail_err(&e);
+            goto out;
+        }
+        for (i = 0; i < n; i++) {
+            kmdcadm_card_keys *k = &rows[i];
+            int cu = 0, cd = 0, ca = 0;
+            uint32_t kid;
+            if (rewrap_value(g, mk, k->serial, KMDC_FIELD_UP_CHAIN, k->up_next, k->up_chain,
+                             &cu, &e) != KMDC_OK
+                || rewrap_value(g, mk, k->serial, KMDC_FIELD_DOWN_CHAIN, k->down_next,
+                                k->down_chain, &cd, &e) != KMDC_OK
+                || rewrap_value(g, mk, k->serial, KMDC_FIELD_AUTH_KEY, 0, k->auth_key, &ca,
+                                &e) != KMDC_OK) {
+                rc = fail_err(&e);
+                goto out;
+            }
+            /* key_id keys a live access code: it stays until the card is
+             * activated (the module then sets it); otherwise it follows. */
+            kid = k->code_live ? k->key_id : mk->id;
+            if (cu + cd + ca == 0 && kid == k->key_id) {
+                current++;
+                continue;
+            }
+            k->key_id = kid;
+            if (kmdcadm_db_card_keys_store(db, k, &e) != KMDC_OK) {
+                rc = fail_err(&e);
+                goto out;
+            }
+            values += (uint64_t)(cu + cd + ca);
+            if (cu + cd + ca > 0)
+                cards++;
+            else
+                current++;
+        }
+        if (kmdcadm_db_commit(db, &e) != KMDC_OK) {
+            intrans = 0;
+            rc = fail_err(&e);
+            goto out;
+        }
+        intrans = 0;
+        if (n > 0)
+            after = rows[n - 1].serial;
+    } while (n == REKEY_BATCH);
+    if (kmdcadm_db_audit_rekey(db, mk->id, cards, values, &e) != KMDC_OK) {
+        rc = fail_err(&e);
+        goto out;
+    }
+    printf("rewrapped %" PRIu64 " value%s of %" PRIu64 " card%s under master key id %"
+           PRIu32 "; %" PRIu64 " card%s already current\n", values, values == 1 ? "" : "s",
+           cards, cards == 1 ? "" : "s", mk->id, current, current == 1 ? "" : "s");
+    rc = report_key_use(db, mk->id, &old);
+    if (rc != EXIT_OK)
+        goto out;
+    if (old)
+        printf("some values still need an older master key: keep its file; "
+               "'kmdcadm rekey --check' tells when it may go\n");
+    else
+        printf("no value needs a master key other than id %" PRIu32 "; confirm with "
+               "'kmdcadm rekey --check' given only that key, then destroy the older "
+               "key files\n", mk->id);
+out:
+    if (intrans)
+        kmdcadm_db_rollback(db);
+    if (rows != NULL)
+        kmdc_freezero(rows, REKEY_BATCH * sizeof *rows);
+    kmdcadm_db_close(db);
+    wipe_master_keys(g);
+    return finish_output(rc);
+}
+
+/* --- purge ---------------------------------------------------------------------------- */
+
+/* Defaults and floors of purge's ages, in seconds (see kmdcadm(8)). */
+#define PURGE_RECEIPT_AGE (2 * 86400)      /* KmdcEnvelopeMaxAge 24 h + 1 day */
+#define PURGE_TOMBSTONE_AGE (30 * 86400)
+#define PURGE_UPLOAD_AGE 3600
+#define PURGE_NONCE_AGE 600                 /* 2 x KmdcAuthSkew (300 s) */
+#define PURGE_MIN_RECEIPT_AGE 86400
+#define PURGE_MIN_TOMBSTONE_AGE 86400
+#define PURGE_MIN_UPLOAD_AGE 600
+#define PURGE_MIN_NONCE_AGE 600
+
+static int
+purge_age(const char *opt, const char *arg, int64_t floor, int64_t *out)
+{
+    int64_t v;
+
+    if (!duration_value(arg, &v))
+        return usage_error("purge", "%s takes a duration: seconds, or a number with s, m, "
+                           "h or d (e.g. 2d)", opt);
+    if (v < floor)
+        return usage_error("purge", "%s is at least %" PRId64 " seconds (see kmdcadm(8))",
+                           opt, floor);
+    *out = v;
+    return 0;
+}
+
+static int
+purge_opt(void *ctx, int opt, const char *arg)
+{
+    kmdcadm_purge_opts *o = ctx;
+
+    switch (opt) {
+    case OPT_DRY_RUN:
+        o->dry_run = 1;
+        return 0;
+    case OPT_RECEIPT_AGE:
+        return purge_age("--receipt-age", arg, PURGE_MIN_RECEIPT_AGE, &o->receipt_age);
+    case OPT_TOMBSTONE_AGE:
+        return purge_age("--tombstone-age", arg, PURGE_MIN_TOMBSTONE_AGE, &o->tombstone_age);
+    case OPT_UPLOAD_AGE:
+        return purge_age("--upload-age", arg, PURGE_MIN_UPLOAD_AGE, &o->upload_age);
+    case OPT_NONCE_AGE:
+        return purge_age("--nonce-age", arg, PURGE_MIN_NONCE_AGE, &o->nonce_age);
+    default:
+        return 1;
+    }
+}
+
+static int
+cmd_purge(globals *g, int argc, char **argv)
+{
+    static const struct option own[] = {
+        { "dry-run", no_argument, NULL, OPT_DRY_RUN },
+        { "receipt-age", required_argument, NULL, OPT_RECEIPT_AGE },
+        { "tombstone-age", required_argument, NULL, OPT_TOMBSTONE_AGE },
+        { "upload-age", required_argument, NULL, OPT_UPLOAD_AGE },
+        { "nonce-age", required_argument, NULL, OPT_NONCE_AGE },
+    };
+    const command *c = find_command("purge");
+    kmdcadm_purge_opts o;
+    kmdcadm_purge_counts n;
+    kmdcadm_db *db = NULL;
+    kmdc_err e;
+    int rc, first;
+
+    memset(&o, 0, sizeof o);
+    memset(&n, 0, sizeof n);
+    o.receipt_age = PURGE_RECEIPT_AGE;
+    o.tombstone_age = PURGE_TOMBSTONE_AGE;
+    o.upload_age = PURGE_UPLOAD_AGE;
+    o.nonce_age = PURGE_NONCE_AGE;
+    kmdc_err_clear(&e);
+    rc = parse_options(g, c, argc, argv, own, sizeof own / sizeof own[0], purge_opt, &o,
+                       &first);
+    if (rc >= 0)
+        return rc;
+    if (first < argc)
+        return usage_error(c->name, "unexpected argument '%s'", argv[first]);
+    rc = open_db(g, &db, 1);
+    if (rc != EXIT_OK)
+        goto out;
+    if (kmdcadm_db_purge(db, &o, &n, &e) != KMDC_OK) {
+        rc = fail_err(&e);
+        goto out;
+    }
+    if (o.dry_run)
+        printf("dry run: what a purge would remove now; nothing was changed\n");
+    printf("expired     %" PRIu64 "\n", n.expired);
+    printf("uploads     %" PRIu64 "\n", n.uploads);
+    printf("orphans     %" PRIu64 "\n", n.orphans);
+    printf("receipts    %" PRIu64 "\n", n.receipts);
+    printf("nonces      %" PRIu64 "\n", n.nonces);
+    printf("tombstones  %" PRIu64 "\n", n.tombstones);
+    printf("messages    %" PRIu64 "\n", n.messages);
+out:
+    kmdcadm_db_close(db);
+    return finish_output(rc);
+}
+
+/* --- audit ---------------------------------------------------------------------------- */
+
+typedef struct audit_opts {
+    kmdcadm_audit_query q;
+} audit_opts;
+
+static int
+audit_opt(void *ctx, int opt, const char *arg)
+{
+    audit_opts *o = ctx;
+    size_t i;
+    int64_t v;
+
+    switch (opt) {
+    case OPT_SERIAL:
+        return parse_serial("audit", arg, &o->q.serial);
+    case OPT_SINCE:
+        if (duration_value(arg, &v)) {
+            o->q.since_secs = v;
+            o->q.since = NULL;
+            return 0;
+        }
+        if (arg[0] == '\0' || strlen(arg) > 64)
+            return usage_error("audit", "--since takes a time or a duration");
+        for (i = 0; arg[i] != '\0'; i++)
+            if ((unsigned char)arg[i] < 0x20 || (unsigned char)arg[i] > 0x7e)
+                return usage_error("audit", "--since takes a time or a duration");
+        o->q.since = arg;
+        o->q.since_secs = -1;
+        return 0;
+    case OPT_LIMIT:
+        if (!duration_value(arg, &v) || arg[strspn(arg, "0123456789")] != '\0')
+            return usage_error("audit", "--limit takes a number of rows (0: all)");
+        o->q.limit = v;
+        return 0;
+    case OPT_JSON:
+        o->q.json = 1;
+        return 0;
+    default:
+        return 1;
+    }
+}
+
+static int
+cmd_audit(globals *g, int argc, char **argv)
+{
+    static const struct option own[] = {
+        { "serial", required_argument, NULL, OPT_SERIAL },
+        { "since", required_argument, NULL, OPT_SINCE },
+        { "limit", required_argument, NULL, OPT_LIMIT },
+        { "json", no_argument, NULL, OPT_JSON },
+    };
+    const command *c = find_command("audit");
+    audit_opts o;
+    kmdcadm_db *db = NULL;
+    kmdc_err e;
+    int rc, first;
+
+    memset(&o, 0, sizeof o);
+    o.q.since_secs = -1;
+    o.q.limit = 100;
+    kmdc_err_clear(&e);
+    rc = parse_options(g, c, argc, argv, own, sizeof own / sizeof own[0], audit_opt, &o,
+                       &first);
+    if (rc >= 0)
+        return rc;
+    if (first < argc)
+        return usage_error(c->name, "unexpected argument '%s'", argv[first]);
+    rc = open_db(g, &db, 1);
+    if (rc != EXIT_OK)
+        goto out;
+    if (kmdcadm_db_audit_print(db, &o.q, stdout, &e) != KMDC_OK)
+        rc = e.code == KMDC_ERR_FORMAT ? usage_error(c->name, "%s", e.msg) : fail_err(&e);
+out:
+    kmdcadm_db_close(db);
+    return finish_output(rc);
+}
+
 /* --- dispatch ------------------------------------------------------------------------- */
 
 static const command commands[] = {
@@ -1013,6 +1784,51 @@ static const command commands[] = {
     { "revoke", cmd_revoke, "revoke SERIAL [--reason TEXT]",
       "Revoke a card for good: it cannot be resumed, and its address may be issued\n"
       "a new card.  Writes an audit log row.\n" },
+    { "resync", cmd_resync, "resync SERIAL [--up N] [--down N]",
+      "Move a card's datacenter counters forward to N (up_next with --up, down_next\n"
+      "with --down), stepping its stored chain key to match, in one transaction with\n"
+      "the row locked.  Never moves a counter back, nor more than 1048576 steps at\n"
+      "once; a counter already at N is left as it is.  Needs --master-key (the chain\n"
+      "is unwrapped with the key it names and rewrapped under the highest).  Use it\n"
+      "when the database is behind a card (restored from a backup, or the card\n"
+      "skipped more counters than the window allows); 'kmdc card' shows the card's\n"
+      "counters.  Writes an audit row per chain moved.\n"
+      "  --up N    set up_next to N (0 .. 9223372036854775807)\n"
+      "  --down N  set down_next to N\n" },
+    { "rekey", cmd_rekey, "rekey [--check]",
+      "Rewrap every card's up_chain, down_chain and auth_key under the highest\n"
+      "--master-key, 100 cards per transaction (safe while the service runs; give\n"
+      "httpd the new key with KmdcMasterKey first).  Every key a value names must be\n"
+      "given.  Access codes are not rewrapped: a card not yet activated keeps the key\n"
+      "its code was made with until it is activated or the code expires.  Prints what\n"
+      "was rewrapped and which ids are still needed.\n"
+      "  --check  change nothing: check that every value unwraps under the given keys\n"
+      "           and exit 0 only when no master key but the highest is needed, else 1\n"
+      "           (listing the ids in use).  Destroy an old master key file only after\n"
+      "           'kmdcadm rekey --check' given only the new key exits 0.\n" },
+    { "purge", cmd_purge,
+      "purge [--dry-run] [--receipt-age D] [--tombstone-age D] [--upload-age D]\n"
+      "       [--nonce-age D]",
+      "Remove what the datacenter no longer needs, in short transactions that skip\n"
+      "rows the service holds: tombstone queued deliveries past their expiry; delete\n"
+      "the payload of messages with no queued delivery, uploads no message references\n"
+      "older than --upload-age (a crashed intake), receipts older than --receipt-age,\n"
+      "request nonces older than --nonce-age, delivered or expired deliveries older\n"
+      "than --tombstone-age, then messages left with no delivery and no receipt.\n"
+      "Prints the count per kind; writes an audit row.  D is seconds or a number with\n"
+      "s, m, h or d.\n"
+      "  --dry-run           print the counts only, change nothing\n"
+      "  --receipt-age D     default 2d (KmdcEnvelopeMaxAge 24h + 1 day), at least 1d\n"
+      "  --tombstone-age D   default 30d, at least 1d\n"
+      "  --upload-age D      default 1h, at least 10m: longer than the longest upload\n"
+      "  --nonce-age D       default 600s, at least 600s: twice KmdcAuthSkew\n" },
+    { "audit", cmd_audit, "audit [--serial S] [--since TIME] [--limit N] [--json]",
+      "Print the audit log, newest first: time (UTC), serial, event, detail.\n"
+      "  --serial S    only rows of card S\n"
+      "  --since TIME  only rows since TIME: a date/time PostgreSQL reads (2024-05-01,\n"
+      "                '2024-05-01 12:00+00') or a duration back from now (90m, 2d)\n"
+      "  --limit N     at most N rows (default 100; 0 for all)\n"
+      "  --json        one JSON array instead of columns\n" },
 };
 
 static const command *

@@ -64,7 +64,7 @@ kmdc_status kmdcadm_db_check_schema(kmdcadm_db *db, kmdc_err *err);
 kmdc_status kmdcadm_db_migrate(kmdcadm_db *db, const char *sqldir,
                                FILE *report, kmdc_err *err);
 
-/* Transaction control for multi-step commands (issue). */
+/* Transaction control for multi-step commands (issue, resync, rekey). */
 kmdc_status kmdcadm_db_begin(kmdcadm_db *db, kmdc_err *err);
 kmdc_status kmdcadm_db_commit(kmdcadm_db *db, kmdc_err *err);
 /* Roll back an open transaction; errors are ignored (used on error paths). */
@@ -137,5 +137,155 @@ kmdc_status kmdcadm_db_card_transition(kmdcadm_db *db, uint64_t serial,
                                        kmdcadm_action action,
                                        const char *reason, char from[16],
                                        char to[16], kmdc_err *err);
+
+/* --- keys: resync and rekey ------------------------------------------------ */
+
+/*
+ * One card's stored keys and counters, as resync and rekey read and write
+ * them.  The three values are wrapped (DESIGN 3.8); nothing here is a raw
+ * secret.  code_live is set when the card still holds an access code that
+ * can activate it (status issued or suspended, not locked, not expired): its
+ * access_mac is keyed by the master key key_id names, so that key is still
+ * needed.
+ */
+typedef struct kmdcadm_card_keys {
+    uint64_t serial;
+    char status[16];
+    uint64_t up_next;
+    uint64_t down_next;
+    uint8_t up_chain[KMDCADM_WRAPPED_LEN];
+    uint8_t down_chain[KMDCADM_WRAPPED_LEN];
+    uint8_t auth_key[KMDCADM_WRAPPED_LEN];
+    uint32_t key_id;
+    int code_live;
+} kmdcadm_card_keys;
+
+/*
+ * Read up to cap cards whose serial is above after, in serial order, into
+ * rows (*n is set; fewer than cap means there are no more).  With lock set
+ * the rows are locked FOR NO KEY UPDATE (in serial order, as the module locks
+ * them) until the caller's open transaction ends; without it each call is
+ * one consistent snapshot and takes no lock.
+ */
+kmdc_status kmdcadm_db_card_keys_batch(kmdcadm_db *db, uint64_t after, int lock,
+                                       kmdcadm_card_keys *rows, size_t cap,
+                                       size_t *n, kmdc_err *err);
+
+/*
+ * Read one card and lock its row FOR NO KEY UPDATE inside the caller's open
+ * transaction.  KMDC_ERR_NOTFOUND when no card has that serial.
+ */
+kmdc_status kmdcadm_db_card_keys_lock(kmdcadm_db *db, uint64_t serial,
+                                      kmdcadm_card_keys *out, kmdc_err *err);
+
+/*
+ * Store c's counters, wrapped values and key_id in its row, inside the
+ * caller's open transaction (the row locked by one of the two readers
+ * above).  A counter that would go back is refused by the schema
+ * (cards_counters_forward) and comes back as KMDC_ERR_ARG.
+ */
+kmdc_status kmdcadm_db_card_keys_store(kmdcadm_db *db, const kmdcadm_card_keys *c,
+                                       kmdc_err *err);
+
+/*
+ * Add the audit row "card.resynced" for one chain ("up" or "down") moved
+ * from..to: detail {chain, from, to, by, db_user}.  Caller's transaction.
+ */
+kmdc_status kmdcadm_db_audit_resync(kmdcadm_db *db, uint64_t serial,
+                                    const char *chain, uint64_t from, uint64_t to,
+                                    kmdc_err *err);
+
+/*
+ * Add the audit row "master.rekeyed" (no serial): detail {key_id, cards,
+ * values, by, db_user}, cards and values being what this run rewrapped.
+ */
+kmdc_status kmdcadm_db_audit_rekey(kmdcadm_db *db, uint32_t key_id, uint64_t cards,
+                                   uint64_t values, kmdc_err *err);
+
+/* Live access codes keyed by one master key other than the newest. */
+typedef struct kmdcadm_code_use {
+    uint32_t key_id;
+    uint64_t cards;
+    char latest_expiry[32];   /* UTC, YYYY-MM-DDTHH:MM:SSZ */
+} kmdcadm_code_use;
+
+/*
+ * Group the cards with a live access code (see code_live) whose key_id is not
+ * newest by key_id, at most cap groups into out (*n set).  These cards still
+ * need their key_id's master key to be activated.
+ */
+kmdc_status kmdcadm_db_live_codes(kmdcadm_db *db, uint32_t newest,
+                                  kmdcadm_code_use *out, size_t cap, size_t *n,
+                                  kmdc_err *err);
+
+/* How many wrapped values name one master key id. */
+typedef struct kmdcadm_key_use {
+    uint32_t key_id;
+    uint64_t values;
+} kmdcadm_key_use;
+
+/*
+ * Count the wrapped values (up_chain, down_chain, auth_key of every card) by
+ * the master key id each one names in its first four bytes, at most cap ids
+ * into out in id order (*n set; *more set when there were more ids).
+ */
+kmdc_status kmdcadm_db_key_ids(kmdcadm_db *db, kmdcadm_key_use *out, size_t cap,
+                               size_t *n, int *more, kmdc_err *err);
+
+/* --- purge -------------------------------------------------------------------- */
+
+/* Ages, in seconds, past which kmdcadm purge removes rows. */
+typedef struct kmdcadm_purge_opts {
+    int64_t receipt_age;     /* receipts (created_at) */
+    int64_t tombstone_age;   /* delivered/expired deliveries, then messages */
+    int64_t upload_age;      /* uploads no message references (created_at) */
+    int64_t nonce_age;       /* request nonces (seen_at) */
+    int dry_run;             /* count only, change nothing */
+} kmdcadm_purge_opts;
+
+/* What purge did (or, with dry_run, would do), per kind. */
+typedef struct kmdcadm_purge_counts {
+    uint64_t expired;        /* queued deliveries past expires_at, tombstoned */
+    uint64_t uploads;        /* payloads of messages with no queued delivery */
+    uint64_t orphans;        /* uploads no message references (crashed intakes) */
+    uint64_t receipts;
+    uint64_t nonces;
+    uint64_t tombstones;     /* old delivered/expired deliveries deleted */
+    uint64_t messages;       /* messages left without deliveries and receipts */
+} kmdcadm_purge_counts;
+
+/*
+ * Purge the database in the order expired deliveries, uploads, orphaned
+ * uploads, receipts, nonces, tombstones, messages: each kind in short
+ * transactions of at most a few hundred rows, locking with SKIP LOCKED so
+ * that the running service is never blocked for long and rows it is working
+ * on are left for the next run.  Never deletes a queued delivery, the
+ * payload of a message with a queued delivery, or a message a delivery or a
+ * receipt references.  With dry_run set nothing changes and counts says
+ * what a purge run now would remove.  Adds an audit row "db.purged" with the
+ * counts when something was removed.
+ */
+kmdc_status kmdcadm_db_purge(kmdcadm_db *db, const kmdcadm_purge_opts *opts,
+                             kmdcadm_purge_counts *counts, kmdc_err *err);
+
+/* --- audit ---------------------------------------------------------------------- */
+
+/* Which audit rows kmdcadm audit prints. */
+typedef struct kmdcadm_audit_query {
+    uint64_t serial;          /* 0: every serial (and rows without one) */
+    const char *since;        /* a PostgreSQL timestamptz text, or NULL */
+    int64_t since_secs;       /* rows of the last since_secs seconds; < 0 none */
+    int64_t limit;            /* at most this many rows; 0 no limit */
+    int json;                 /* one JSON array instead of columns */
+} kmdcadm_audit_query;
+
+/*
+ * Print the audit log rows matching q to out, newest first: aligned columns
+ * AT (UTC), SERIAL ("-" when none), EVENT, DETAIL (JSON), or one JSON array
+ * of {id, at, serial, event, detail}.  KMDC_ERR_FORMAT when q->since is not a
+ * time PostgreSQL understands.
+ */
+kmdc_status kmdcadm_db_audit_print(kmdcadm_db *db, const kmdcadm_audit_query *q,
+                                   FILE *out, kmdc_err *err);
 
 #endif

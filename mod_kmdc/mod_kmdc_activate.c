@@ -155,21 +155,6 @@ out:
     return ok;
 }
 
-static const kmdc_master_key *master_key(const kmdc_master_keys *keys, int64_t id)
-{
-    int i;
-
-    if (keys == NULL) {
-        return NULL;
-    }
-    for (i = 0; i < keys->n; i++) {
-        if ((int64_t)keys->keys[i].id == id) {
-            return &keys->keys[i];
-        }
-    }
-    return NULL;
-}
-
 static kmdc_db_rc audit(kmdc_db *db, uint64_t serial, const char *event,
                         const char *detail)
 {
@@ -308,7 +293,11 @@ int kmdc_handle_activate(kmdc_req *kr)
 
     memset(code, 0, sizeof(code));
     memset(rnd, 0, sizeof(rnd));
-    if (!parse_form(kr->body, kr->body_len, code, rnd)) {
+    good = parse_form(kr->body, kr->body_len, code, rnd);
+    /* the body holds the access code: only the parsed copies live on (the
+     * buffer is the request's own, from kmdc_http_read_body) */
+    kmdc_wipe((char *)kr->body, kr->body_len);
+    if (!good) {
         rv = kmdc_http_error(r, HTTP_BAD_REQUEST, "bad_request",
                              "the body must be the form code=<access code>&r=<64 hex>");
         goto out;
@@ -357,7 +346,8 @@ int kmdc_handle_activate(kmdc_req *kr)
         internal = 1;
         goto out;
     }
-    mk = master_key(kr->sc->keys, key_id);
+    mk = key_id >= 0 && key_id <= (int64_t)UINT32_MAX
+         ? kmdc_conf_master_key(kr->sc, (uint32_t)key_id) : NULL;
     if (mk == NULL) {
         ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r,
                       "activate: card %016" APR_UINT64_T_HEX_FMT ": master key id %"

@@ -7,7 +7,10 @@
  * card's down_next, read in one snapshot.  Its ETag is a strong tag: the
  * first 16 bytes of SHA-256 over down_next and every listed (id, seq, size,
  * created), so any change of the listing (a new delivery, an acknowledgement,
- * an expiry) changes it; If-None-Match with that tag answers 304.
+ * an expiry) changes it; If-None-Match with that tag answers 304.  With
+ * ?wait=S (S clamped to 60) a matching If-None-Match makes the answer wait
+ * up to S seconds for a change, then 304; for now the wait polls the
+ * database twice a second rather than being woken by NOTIFY.
  *
  * A fetch streams head || payload: the delivery's head, then the upload rows
  * of its message in idx order, one row per query (memory stays at one row, a
@@ -21,6 +24,9 @@
  * message row is locked first, so two recipients acknowledging at once cannot
  * both miss that they were the last.
  */
+/* first: with offsetof defined, APR's ring macros use it instead of
+ * arithmetic on a NULL pointer (which UBSan reports) */
+#include <stddef.h>
 #include <string.h>
 
 #include "apr_buckets.h"
@@ -42,6 +48,9 @@
 
 /* Longest ?wait=S honoured (DESIGN 3.6). */
 #define KMDC_WAIT_MAX 60
+
+/* How often a waiting listing reads the mailbox again. */
+#define KMDC_WAIT_POLL apr_time_from_msec(500)
 
 /* Bytes of SHA-256 the ETag shows. */
 #define ETAG_BYTES 16
@@ -136,48 +145,43 @@ static kmdc_status hash_u64(kmdc_sha256_ctx *c, uint64_t v)
     return kmdc_sha256_update(c, b, sizeof(b), NULL);
 }
 
-int kmdc_handle_mailbox_list(kmdc_req *kr)
+/* One reading of a mailbox. */
+typedef struct listing {
+    int64_t down_next;
+    PGresult *rows;                  /* id, seq, size, created (binary) */
+    char etag[2 * ETAG_BYTES + 3];   /* the quoted strong tag */
+} listing;
+
+/*
+ * Read the mailbox of kr->serial in one snapshot into ls and compute its
+ * ETag.  Returns OK, or an HTTP status not yet answered (HTTP_NOT_FOUND,
+ * HTTP_SERVICE_UNAVAILABLE, HTTP_INTERNAL_SERVER_ERROR).
+ */
+static int load_listing(kmdc_req *kr, kmdc_db *db, listing *ls)
 {
-    request_rec *r = kr->r;
-    kmdc_db *db = NULL;
     kmdc_db_params pp;
     PGresult *res = NULL;
-    kmdc_db_rc dbrc;
     kmdc_sha256_ctx *sha = NULL;
     uint8_t digest[KMDC_HASH_LEN];
     char hex[2 * ETAG_BYTES + 1];
-    const char *etag;
-    json_t *list = NULL, *body = NULL;
-    int64_t down_next = 0;
-    int wait = 0;
     int in_tx = 0;
-    int rv = OK;
-    int i, n;
+    int st = HTTP_SERVICE_UNAVAILABLE;
+    int i, j, n;
 
-    if (!parse_wait(r->args, &wait)) {
-        return kmdc_http_error(r, HTTP_BAD_REQUEST, "bad_request",
-                               "the only query parameter is wait=<seconds>");
-    }
-    /* ?wait=S is accepted; long-polling is not implemented yet, the listing
-     * is answered at once. */
-    (void)wait;
-
-    if ((dbrc = kmdc_db_acquire(r, &db)) != KMDC_DB_OK) {
-        return kmdc_db_answer_unavailable(r, dbrc);
-    }
+    ls->rows = NULL;
     if (kmdc_db_command(db, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         != KMDC_DB_OK) {
-        goto unavailable;
+        goto out;
     }
     in_tx = 1;
     kmdc_db_params_init(&pp);
     kmdc_db_param_int8(&pp, (int64_t)kr->serial);
     if (kmdc_db_exec(db, "SELECT down_next FROM cards WHERE serial = $1",
                      &pp, 1, &res) != KMDC_DB_OK) {
-        goto unavailable;
+        goto out;
     }
-    if (!kmdc_db_get_int64(res, 0, 0, &down_next)) {
-        rv = kmdc_http_error(r, HTTP_NOT_FOUND, "not_found", "no such card");
+    if (!kmdc_db_get_int64(res, 0, 0, &ls->down_next)) {
+        st = HTTP_NOT_FOUND;
         goto out;
     }
     kmdc_db_clear(db, res);
@@ -187,29 +191,64 @@ int kmdc_handle_mailbox_list(kmdc_req *kr)
                      "FROM deliveries d JOIN messages m ON m.id = d.message_id "
                      "WHERE d.recipient = $1 AND d.state = 'queued' "
                      "AND d.expires_at > now() ORDER BY d.seq",
-                     &pp, 1, &res) != KMDC_DB_OK) {
-        goto unavailable;
-    }
-    if (kmdc_db_command(db, "COMMIT") != KMDC_DB_OK) {
-        goto unavailable;
+                     &pp, 1, &res) != KMDC_DB_OK
+        || kmdc_db_command(db, "COMMIT") != KMDC_DB_OK) {
+        goto out;
     }
     in_tx = 0;
-
+    st = HTTP_INTERNAL_SERVER_ERROR;
     if ((sha = kmdc_sha256_new(NULL)) == NULL
         || kmdc_sha256_update(sha, "KMDC/1 mailbox", 14, NULL) != KMDC_OK
-        || hash_u64(sha, (uint64_t)down_next) != KMDC_OK
-        || (list = json_array()) == NULL) {
-        goto internal;
+        || hash_u64(sha, (uint64_t)ls->down_next) != KMDC_OK) {
+        goto out;
     }
     n = PQntuples(res);
+    for (i = 0; i < n; i++) {
+        for (j = 0; j < 4; j++) {
+            int64_t v;
+
+            if (!kmdc_db_get_int64(res, i, j, &v) || hash_u64(sha, (uint64_t)v) != KMDC_OK) {
+                goto out;
+            }
+        }
+    }
+    if (kmdc_sha256_final(sha, digest, NULL) != KMDC_OK) {
+        goto out;
+    }
+    kmdc_hex_encode(hex, digest, ETAG_BYTES);
+    ls->etag[0] = '"';
+    memcpy(ls->etag + 1, hex, 2 * ETAG_BYTES);
+    ls->etag[2 * ETAG_BYTES + 1] = '"';
+    ls->etag[2 * ETAG_BYTES + 2] = '\0';
+    ls->rows = res;
+    res = NULL;
+    st = OK;
+out:
+    kmdc_db_clear(db, res);
+    if (in_tx) {
+        (void)rollback(db);
+    }
+    kmdc_sha256_free(sha);
+    return st;
+}
+
+/* Answer 200 with the listing ls. */
+static int answer_listing(request_rec *r, const listing *ls)
+{
+    json_t *list = json_array();
+    json_t *body = NULL;
+    int i, n = PQntuples(ls->rows);
+
+    if (list == NULL) {
+        goto internal;
+    }
     for (i = 0; i < n; i++) {
         int64_t v[4];
         char id[17];
         int j;
 
         for (j = 0; j < 4; j++) {
-            if (!kmdc_db_get_int64(res, i, j, &v[j])
-                || hash_u64(sha, (uint64_t)v[j]) != KMDC_OK) {
+            if (!kmdc_db_get_int64(ls->rows, i, j, &v[j])) {
                 goto internal;
             }
         }
@@ -222,38 +261,74 @@ int kmdc_handle_mailbox_list(kmdc_req *kr)
             goto internal;
         }
     }
-    if (kmdc_sha256_final(sha, digest, NULL) != KMDC_OK) {
-        goto internal;
-    }
-    kmdc_hex_encode(hex, digest, ETAG_BYTES);
-    etag = apr_pstrcat(r->pool, "\"", hex, "\"", NULL);
-    apr_table_setn(r->headers_out, "ETag", etag);
-    if (none_match(apr_table_get(r->headers_in, "If-None-Match"), etag)) {
-        rv = kmdc_http_json(r, HTTP_NOT_MODIFIED, NULL);
-        goto out;
-    }
-    body = json_pack("{s:I, s:O}", "down_next", (json_int_t)down_next,
+    body = json_pack("{s:I, s:o}", "down_next", (json_int_t)ls->down_next,
                      "deliveries", list);
+    list = NULL;                     /* "o" took it, also on failure */
     if (body == NULL) {
         goto internal;
     }
-    rv = kmdc_http_json(r, HTTP_OK, body);
-    goto out;
-
+    return kmdc_http_json(r, HTTP_OK, body);
 internal:
-    rv = kmdc_http_error(r, HTTP_INTERNAL_SERVER_ERROR, "internal", "internal error");
-    goto out;
-unavailable:
-    rv = kmdc_db_answer_unavailable(r, KMDC_DB_UNAVAILABLE);
-out:
-    kmdc_db_clear(db, res);
-    if (in_tx && rollback(db) != KMDC_DB_OK) {
-        db = NULL;
-    }
-    kmdc_db_release(db);
-    kmdc_sha256_free(sha);
     json_decref(list);
-    return rv;
+    return kmdc_http_error(r, HTTP_INTERNAL_SERVER_ERROR, "internal", "internal error");
+}
+
+/*
+ * The listing.  With ?wait=S and an If-None-Match that matches, the answer
+ * waits up to S seconds for the mailbox to change, reading it again every
+ * KMDC_WAIT_POLL (the connection goes back to the pool in between), and
+ * answers 304 when it did not.  (DESIGN 4 plans a LISTEN connection per
+ * child to be woken by the NOTIFY of POST /send instead of polling.)
+ */
+int kmdc_handle_mailbox_list(kmdc_req *kr)
+{
+    request_rec *r = kr->r;
+    const char *inm = apr_table_get(r->headers_in, "If-None-Match");
+    kmdc_db *db = NULL;
+    kmdc_db_rc dbrc;
+    listing ls;
+    apr_time_t deadline;
+    int wait = 0;
+    int st;
+
+    if (!parse_wait(r->args, &wait)) {
+        return kmdc_http_error(r, HTTP_BAD_REQUEST, "bad_request",
+                               "the only query parameter is wait=<seconds>");
+    }
+    deadline = apr_time_now() + apr_time_from_sec(wait);
+    for (;;) {
+        apr_time_t left;
+
+        if ((dbrc = kmdc_db_acquire(r, &db)) != KMDC_DB_OK) {
+            return kmdc_db_answer_unavailable(r, dbrc);
+        }
+        st = load_listing(kr, db, &ls);
+        if (st != OK) {
+            kmdc_db_release(db);
+            if (st == HTTP_NOT_FOUND) {
+                return kmdc_http_error(r, st, "not_found", "no such card");
+            }
+            if (st == HTTP_SERVICE_UNAVAILABLE) {
+                return kmdc_db_answer_unavailable(r, KMDC_DB_UNAVAILABLE);
+            }
+            return kmdc_http_error(r, st, "internal", "internal error");
+        }
+        apr_table_set(r->headers_out, "ETag", ls.etag);
+        if (!none_match(inm, ls.etag)) {
+            st = answer_listing(r, &ls);
+            kmdc_db_clear(db, ls.rows);
+            kmdc_db_release(db);
+            return st;
+        }
+        kmdc_db_clear(db, ls.rows);
+        kmdc_db_release(db);
+        db = NULL;
+        left = deadline - apr_time_now();
+        if (left <= 0 || r->connection->aborted) {
+            return kmdc_http_json(r, HTTP_NOT_MODIFIED, NULL);
+        }
+        apr_sleep(left < KMDC_WAIT_POLL ? left : KMDC_WAIT_POLL);
+    }
 }
 
 /* ------------------------------------------------------------------------ */

@@ -646,7 +646,7 @@ publish_delivery(struct intake *in, const struct rcpt *rc, uint64_t msgid,
     kmdc_db_param_bytea(&pp, head, KMDC_HEADER_LEN + kblen);
     kmdc_db_param_int8(&pp, in->sc->mailbox_ttl);
     if (kmdc_db_exec(in->db, "INSERT INTO deliveries (message_id, recipient, seq, head, "
-                     "expires_at) VALUES ($1, $2, $3, $4, now() + $5 * interval '1 second')",
+                     "expires_at) VALUES ($1, $2, $3, $4, now() + $5::bigint * interval '1 second')",
                      &pp, 0, &res) != KMDC_DB_OK)
         goto out;
     kmdc_db_clear(in->db, res);

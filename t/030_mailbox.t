@@ -19,7 +19,7 @@ use Apache::TestRequest ();
 use KmdcTest qw(:all);
 use Time::HiRes ();
 
-plan tests => 91;
+plan tests => 94;
 
 sub is_error {
     my ($res, $status, $code, $name) = @_;
@@ -56,7 +56,7 @@ sub inject {
             . "($upload, $i, decode(repeat('$byte', $rows->[$i]), 'hex'))");
         $payload .= chr(hex $byte) x $rows->[$i];
     }
-    my $msg = sprintf('%016x', 0x1000 + int(rand(2**40)));
+    my $msg = sprintf('%016x', 0x1000 + (unpack('Q>', random_bytes(8)) >> 4));
     my $sdec = dec($sender->{serial});
     $msg_seq++;
     sql("INSERT INTO messages (id, sender, sender_seq, upload_id, size, payload_len) VALUES "
@@ -182,6 +182,36 @@ my $etag1;
     is(signed($alice, 'GET', "$mb_a/" . substr($d1a->{id}, 1))->code, 404, 'fetch: an id of 15 hex digits: 404');
     is(signed($alice, 'GET', "$mb_a/000000000000000A")->code, 404, 'fetch: an id in uppercase hex: 404');
     is(signed($alice, 'GET', "$mb_a/" . hex($d1a->{id}))->code, 404, 'fetch: an id in decimal: 404');
+}
+
+# --- ?wait=S ---------------------------------------------------------------------------------------------
+{
+    my $etag = listing($carol)->header('ETag');
+    my $t0 = Time::HiRes::time();
+    my $res = listing($carol, query => '?wait=1', headers => { 'If-None-Match' => $etag });
+    my $dt = Time::HiRes::time() - $t0;
+    ok($res->code == 304 && $dt >= 0.9 && $dt < 5, '?wait=1 with the current tag: 304 after a second')
+        or diag($res->code . " after $dt s");
+    is($res->header('ETag') // '', $etag, '?wait: the 304 carries the unchanged tag');
+
+    # a delivery arrives while the listing waits
+    my $pid = fork // die "fork: $!";
+    if (!$pid) {
+        Time::HiRes::sleep(0.7);
+        inject($bob, [5], [$carol, 1, '1 day']);
+        exit 0;
+    }
+    $msg_seq++;
+    $t0 = Time::HiRes::time();
+    my $b;
+    ($res, $b) = listing($carol, query => '?wait=20', headers => { 'If-None-Match' => $etag });
+    $dt = Time::HiRes::time() - $t0;
+    waitpid($pid, 0);
+    ok($res->code == 200 && $dt >= 0.5 && $dt < 10,
+       '?wait=20: a new delivery ends the wait with 200')
+        or diag($res->code . " after $dt s");
+    ok(@{ $b->{deliveries} // [] } == 2 && ($res->header('ETag') // '') ne $etag,
+       '?wait: the answer lists the new delivery under a new tag');
 }
 
 # --- acknowledge ------------------------------------------------------------------------------------
