@@ -1271,20 +1271,25 @@ cmd_resync(globals *g, int argc, char **argv)
         rc = fail_err(&e);
         goto out;
     }
-    if (k.up_next != old_up || k.down_next != old_down) {
+    if (k.up_next == old_up && k.down_next == old_down) {
+        kmdcadm_db_rollback(db);   /* nothing to change: end the transaction */
+        intrans = 0;
+    } else {
         if (kmdcadm_db_card_keys_store(db, &k, &e) != KMDC_OK
             || (k.up_next != old_up
                 && kmdcadm_db_audit_resync(db, serial, "up", old_up, k.up_next, &e) != KMDC_OK)
             || (k.down_next != old_down
                 && kmdcadm_db_audit_resync(db, serial, "down", old_down, k.down_next,
-                                           &e) != KMDC_OK)
-            || kmdcadm_db_commit(db, &e) != KMDC_OK) {
+                                           &e) != KMDC_OK)) {
             rc = fail_err(&e);
             goto out;
         }
+        if (kmdcadm_db_commit(db, &e) != KMDC_OK) {
+            rc = fail_err(&e);   /* the rollback below ends a failed transaction */
+            goto out;
+        }
+        intrans = 0;
     }
-    intrans = 0;
-    kmdcadm_db_rollback(db);   /* nothing changed: end the read transaction */
     if (o.have_up)
         printf("card %s: up_next %" PRIu64 " -> %" PRIu64 "%s\n", hex, old_up, k.up_next,
                old_up == k.up_next ? " (unchanged)" : "");
@@ -1807,8 +1812,8 @@ static const command commands[] = {
       "           (listing the ids in use).  Destroy an old master key file only after\n"
       "           'kmdcadm rekey --check' given only the new key exits 0.\n" },
     { "purge", cmd_purge,
-      "purge [--dry-run] [--receipt-age D] [--tombstone-age D] [--upload-age D]\n"
-      "       [--nonce-age D]",
+      "purge [--dry-run] [--receipt-age D] [--tombstone-age D] [--upload-age D] "
+      "[--nonce-age D]",
       "Remove what the datacenter no longer needs, in short transactions that skip\n"
       "rows the service holds: tombstone queued deliveries past their expiry; delete\n"
       "the payload of messages with no queued delivery, uploads no message references\n"

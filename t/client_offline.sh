@@ -301,12 +301,12 @@ if ! command -v python3 >/dev/null 2>&1; then
     exit $(( failed > 0 ))
 fi
 
-mkdir -p dc/receipts dc/sent dc/mailbox/$SB
+mkdir -p dc/receipts dc/sent dc/mailbox/00000000000000e5
 cat >mockdc.py <<'PYEOF'
 import hashlib, hmac, json, os, sys, time, threading, secrets
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 state, port_file = sys.argv[1], sys.argv[2]
-lock = threading.Lock()
+lock = threading.RLock()
 nonces = set()
 def hkdf(salt, ikm, info):
     prk = hmac.new(salt, ikm, hashlib.sha256).digest()
@@ -490,7 +490,7 @@ for step in send:after-reserve send:after-card-save send:after-seal \
             send:after-outbox-commit send:after-upload; do
     before=$(nsent)
     up=$(kd card | field up_next)
-    KMDC_CRASH_AT=$step "$kmdc" --card "$work/d.card" send --to erin f1.txt >out 2>err
+    { KMDC_CRASH_AT=$step "$kmdc" --card "$work/d.card" send --to erin f1.txt >out 2>err; } 2>/dev/null
     crc=$?
     kd send --to erin f2.txt >out2 2>err2; rc=$?
     case $step in
@@ -538,7 +538,7 @@ for step in fetch:after-advance fetch:after-rename fetch:after-record fetch:befo
     rm -rf cin
     mkdir cin
     seal_down $s 00000000000000c$s crash.txt f2.txt
-    KMDC_CRASH_AT=$step "$kmdc" --card "$work/e.card" fetch -d cin >out 2>err
+    { KMDC_CRASH_AT=$step "$kmdc" --card "$work/e.card" fetch -d cin >out 2>err; } 2>/dev/null
     crc=$?
     ke fetch -d cin >out2 2>err2; rc=$?
     [ $crc -eq 137 ] && [ $rc -eq 0 ] && cmp -s cin/crash.txt f2.txt \
@@ -559,7 +559,9 @@ for _ in $(seq 40); do [ -f win/w2.txt ] && break; sleep 0.2; done
 kill -TERM $wpid 2>/dev/null
 wait $wpid; rc=$?
 [ $rc -eq 0 ] && cmp -s win/w1.txt f1.txt && cmp -s win/w2.txt f2.txt
-ok $? "watch: fetches mail as it arrives and exits 0 on SIGTERM"
+r=$?
+ok $r "watch: fetches mail as it arrives and exits 0 on SIGTERM"
+[ $r -eq 0 ] || diag "watch exit $rc" "$(cat werr)" "$(ls -A win)"
 
 # --- status, resync ------------------------------------------------------------------
 kd status 0123456789abcdef >out 2>err; rc=$?
@@ -571,7 +573,9 @@ kd card --resync >out 2>err; rc=$?
 ok $? "card --resync: moves the counters forward to the datacenter's"
 ke card --resync >out 2>err; rc=$?
 [ $rc -eq 0 ] && [ "$(field down_next <out)" = 90 ]
-ok $? "card --resync: a signed GET /card works for a second card"
+r=$?
+ok $r "card --resync: a signed GET /card works for a second card"
+[ $r -eq 0 ] || diag "resync exit $rc" "$(cat out err)"
 
 # --- activate -------------------------------------------------------------------------
 kf() { "$kmdc" --card "$work/f.card" "$@"; }

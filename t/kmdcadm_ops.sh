@@ -382,26 +382,44 @@ adm purge --tombstone-age soon >/dev/null 2>&1; r3=$?
 adm purge extra >/dev/null 2>&1; r4=$?
 [ $r1 -eq 2 ] && [ $r2 -eq 2 ] && [ $r3 -eq 2 ] && [ $r4 -eq 2 ]
 ok $? "purge: ages below their floor, bad durations and operands are usage errors"
+# hold_start SQL: run SQL in an open transaction of another session (as the
+# service would) until hold_end COMMIT|ROLLBACK.
+hold_start() {
+    rm -f "$work/hold"
+    mkfifo "$work/hold"
+    ( { echo "BEGIN; $1"; cat "$work/hold"; } | psql -X -q -At -v ON_ERROR_STOP=1 \
+        >"$work/hold.out" 2>&1 ) &
+    holder=$!
+    exec 7>"$work/hold"
+    for _ in $(seq 100); do
+        [ "$(q -c "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'psql'
+                   AND state = 'idle in transaction'")" != 0 ] && return 0
+        sleep 0.1
+    done
+    return 1
+}
+hold_end() { echo "$1;" >&7; exec 7>&-; wait "$holder"; }
 # A row the service holds is skipped, not waited for.
 q -c "INSERT INTO request_nonces (serial, nonce, seen_at) VALUES ($S, '\\x03', now() - interval '1 hour'),
                                                                ($S, '\\x04', now() - interval '1 hour')" >/dev/null
-mkfifo "$work/hold"
-( { echo "BEGIN; SELECT 1 FROM request_nonces WHERE nonce = '\\x03' FOR UPDATE;"; cat "$work/hold"; } \
-    | psql -X -q -At >/dev/null 2>&1 ) &
-holder=$!
-exec 7>"$work/hold"
-for _ in $(seq 50); do
-    [ "$(q -c "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid)
-               WHERE a.application_name = 'psql' AND a.state = 'idle in transaction'")" != 0 ] && break
-    sleep 0.1
-done
+hold_start "SELECT 1 FROM request_nonces WHERE nonce = '\\x03' FOR UPDATE;"; h=$?
 out=$(timeout 20 "$kmdcadm" purge 2>&1); rc=$?
-echo "ROLLBACK;" >&7
-exec 7>&-
-wait "$holder"
-[ $rc -eq 0 ] && [ "$(counts_of "$out" | sed 's/.*nonces \([0-9]*\).*/\1/')" = 1 ] \
+hold_end ROLLBACK
+[ $h -eq 0 ] && [ $rc -eq 0 ] && [ "$(counts_of "$out" | sed 's/.*nonces \([0-9]*\).*/\1/')" = 1 ] \
     && [ "$(q -c "SELECT string_agg(encode(nonce, 'hex'), ',' ORDER BY nonce) FROM request_nonces")" = "02,03" ]
 ok $? "purge: a row locked by another session is skipped, not waited for"
+# An intake publishing its message for an old upload at the moment purge runs.
+q -c "INSERT INTO uploads (id, created_at) VALUES (8, now() - interval '2 hours');
+      INSERT INTO upload_chunks (upload_id, idx, data) VALUES (8, 0, '\\x00')" >/dev/null
+hold_start "INSERT INTO messages (id, sender, sender_seq, upload_id, size, payload_len)
+            VALUES (107, $S, 7, 8, 1, 17);"; h=$?
+out=$(timeout 20 "$kmdcadm" purge 2>&1); rc=$?
+hold_end COMMIT
+[ $h -eq 0 ] && [ $rc -eq 0 ] && [[ $(counts_of "$out") == *"orphans 0"* ]] \
+    && [ "$(q -c "SELECT upload_id FROM messages WHERE id = 107")" = 8 ] \
+    && [ "$(q -c "SELECT count(*) FROM upload_chunks WHERE upload_id = 8")" = 1 ]
+ok $? "purge: an upload whose message is being published at that moment is kept"
+[ $rc -eq 0 ] || diag "$out" "$(cat "$work/hold.out")"
 
 # --- audit -------------------------------------------------------------------------
 out=$(adm audit 2>&1); rc=$?
