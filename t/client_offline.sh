@@ -28,7 +28,7 @@ else
 fi
 case "$kmdc" in /*) ;; *) kmdc="$(pwd)/$kmdc" ;; esac
 
-PLAN=95
+PLAN=83
 echo "1..$PLAN"
 n=0
 failed=0
@@ -551,7 +551,7 @@ done
 rm -rf win
 mkdir win
 seal_down 9 00000000000000d9 w1.txt f1.txt
-ke watch -d win >wout 2>werr &
+"$kmdc" --card "$work/e.card" watch -d win >wout 2>werr &
 wpid=$!
 sleep 1.5
 seal_down 10 00000000000000da w2.txt f2.txt
