@@ -24,6 +24,7 @@
 #include "http_protocol.h"
 
 #include "kmdc_crypto.h"
+#include "kmdc_reqparse.h"
 #include "kmdc_util.h"
 #include "kmdc_wrap.h"
 
@@ -37,7 +38,6 @@
 
 /* Longest decoded access code accepted from the form (what
  * kmdc_access_code_normalize accepts). */
-#define KMDC_FORM_CODE_MAX 64
 
 /* The three card keys, in the order they are rotated. */
 static const char *const key_fields[3] = {
@@ -47,112 +47,6 @@ static const char *const key_fields[3] = {
 static uint64_t now_ms(void)
 {
     return (uint64_t)(apr_time_now() / 1000);
-}
-
-static int hexval(char c)
-{
-    if (c >= '0' && c <= '9') return c - '0';
-    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-    return -1;
-}
-
-/*
- * Decode one application/x-www-form-urlencoded value in[0..len) ("+" is a
- * space, %XX a byte) into out (cap bytes, NUL-terminated).  0 on a broken
- * escape, a NUL byte or a value that does not fit.
- */
-static int form_decode(const char *in, size_t len, char *out, size_t cap)
-{
-    size_t i, n = 0;
-
-    for (i = 0; i < len; i++) {
-        int c = (unsigned char)in[i];
-
-        if (c == '+') {
-            c = ' ';
-        }
-        else if (c == '%') {
-            int hi, lo;
-
-            if (len - i < 3) {
-                return 0;
-            }
-            hi = hexval(in[i + 1]);
-            lo = hexval(in[i + 2]);
-            if (hi < 0 || lo < 0) {
-                return 0;
-            }
-            c = hi * 16 + lo;
-            i += 2;
-        }
-        if (c == 0 || n + 1 >= cap) {
-            return 0;
-        }
-        out[n++] = (char)c;
-    }
-    out[n] = '\0';
-    return 1;
-}
-
-/*
- * Parse the form "code=...&r=..." (either order, nothing else).  Returns 1
- * with code (NUL-terminated, wiped by the caller) and rnd set, else 0.
- */
-static int parse_form(const char *body, size_t len,
-                      char code[KMDC_FORM_CODE_MAX + 1],
-                      uint8_t rnd[KMDC_KEY_LEN])
-{
-    int have_code = 0, have_r = 0;
-    size_t pos = 0;
-    int ok = 0;
-
-    if (len == 0 || memchr(body, '\0', len) != NULL) {
-        goto out;
-    }
-    while (pos <= len) {
-        const char *field = body + pos;
-        const char *amp = memchr(field, '&', len - pos);
-        size_t flen = amp != NULL ? (size_t)(amp - field) : len - pos;
-        const char *eq = memchr(field, '=', flen);
-        size_t nlen, vlen;
-
-        if (eq == NULL) {
-            goto out;              /* an empty field or one without "=" */
-        }
-        nlen = (size_t)(eq - field);
-        vlen = flen - nlen - 1;
-        if (nlen == 4 && memcmp(field, "code", 4) == 0 && !have_code) {
-            if (!form_decode(eq + 1, vlen, code, KMDC_FORM_CODE_MAX + 1)) {
-                goto out;
-            }
-            have_code = 1;
-        }
-        else if (nlen == 1 && field[0] == 'r' && !have_r) {
-            if (vlen != 2 * KMDC_KEY_LEN
-                || kmdc_hex_decode(rnd, KMDC_KEY_LEN, eq + 1, vlen, NULL) != KMDC_OK) {
-                goto out;
-            }
-            have_r = 1;
-        }
-        else {
-            goto out;              /* another field, or one given twice */
-        }
-        if (amp == NULL) {
-            break;
-        }
-        pos += flen + 1;
-        if (pos == len) {
-            goto out;              /* a trailing "&" */
-        }
-    }
-    ok = have_code && have_r;
-out:
-    if (!ok) {
-        kmdc_wipe(code, KMDC_FORM_CODE_MAX + 1);
-        kmdc_wipe(rnd, KMDC_KEY_LEN);
-    }
-    return ok;
 }
 
 static kmdc_db_rc audit(kmdc_db *db, uint64_t serial, const char *event,
@@ -293,7 +187,7 @@ int kmdc_handle_activate(kmdc_req *kr)
 
     memset(code, 0, sizeof(code));
     memset(rnd, 0, sizeof(rnd));
-    good = parse_form(kr->body, kr->body_len, code, rnd);
+    good = kmdc_activation_form_parse(kr->body, kr->body_len, code, rnd);
     /* the body holds the access code: only the parsed copies live on (the
      * buffer is the request's own, from kmdc_http_read_body) */
     kmdc_wipe((char *)kr->body, kr->body_len);
