@@ -793,3 +793,11 @@ main(int argc, char **argv)
     free(c.card_path_alloc);
     return rc;
 }
+
+int
+kmdc_cli_is_special(const char *path)
+{
+    struct stat st;
+
+    return stat(path, &st) == 0 && !S_ISREG(st.st_mode);
+}

@@ -140,6 +140,10 @@ int kmdc_cli_write_all(int fd, const void *p, size_t len);
 /* fsync the folder that holds path (best effort is not enough: -1 on error). */
 int kmdc_cli_fsync_parent(const char *path);
 
+/* 1 when path exists and is not a regular file (a device such as /dev/null,
+ * a FIFO): outputs are then written to it directly, never renamed over it. */
+int kmdc_cli_is_special(const char *path);
+
 /* The current time in Unix milliseconds. */
 uint64_t kmdc_cli_now_ms(void);
 

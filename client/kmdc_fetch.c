@@ -730,7 +730,7 @@ kmdc_cmd_open(kmdc_cli *c, int argc, char **argv)
     char tmp[600], final[512], fallback[32], record[KMDC_CARD_MAX_FILENAME + 1];
     const char *where;
     ssize_t n;
-    int rc, first, in = -1, dirfd = -1, fd = -1, to_stdout, w;
+    int rc, first, in = -1, dirfd = -1, fd = -1, to_stdout, w, special = 0;
 
     memset(&r, 0, sizeof r);
     kmdc_err_clear(&e);
@@ -768,6 +768,13 @@ kmdc_cmd_open(kmdc_cli *c, int argc, char **argv)
                                strerror(errno));
             goto out;
         }
+    } else if (!to_stdout && kmdc_cli_is_special(oo.out)) {
+        /* a device or a pipe: write to it, never rename a file over it */
+        if ((fd = open(oo.out, O_WRONLY | O_CLOEXEC)) < 0) {
+            rc = kmdc_cli_fail(KMDC_EXIT_FAIL, "cannot open %s: %s", oo.out, strerror(errno));
+            goto out;
+        }
+        special = 1;
     } else if (!to_stdout) {
         snprintf(tmp, sizeof tmp, "%s.kmdc-XXXXXX", oo.out);
         if (strlen(oo.out) > 500 || (fd = mkostemp(tmp, O_CLOEXEC)) < 0) {
@@ -808,7 +815,7 @@ kmdc_cmd_open(kmdc_cli *c, int argc, char **argv)
         goto out;
     }
     if (!to_stdout) {
-        if (fsync(fd) != 0 || close(fd) != 0) {
+        if ((!special && fsync(fd) != 0) || close(fd) != 0) {
             fd = -1;
             rc = kmdc_cli_fail(KMDC_EXIT_FAIL, "cannot write the document: %s", strerror(errno));
             goto out;
@@ -826,9 +833,12 @@ kmdc_cmd_open(kmdc_cli *c, int argc, char **argv)
         }
         tmp[0] = '\0';
         (void)fsync(dirfd);
-        w = snprintf(record, sizeof record, "%s/%s", oo.dir, final);
+        w = strcmp(oo.dir, ".") == 0 ? snprintf(record, sizeof record, "%s", final)
+                                     : snprintf(record, sizeof record, "%s/%s", oo.dir, final);
         if (w < 0 || (size_t)w >= sizeof record)
             snprintf(record, sizeof record, "%s", final);
+    } else if (special) {
+        snprintf(record, sizeof record, "%s", oo.out);
     } else if (!to_stdout) {
         if (rename(tmp, oo.out) != 0) {
             rc = kmdc_cli_fail(KMDC_EXIT_FAIL, "cannot rename the document to %s: %s", oo.out,

@@ -371,8 +371,15 @@ kmdc_cmd_seal(kmdc_cli *c, int argc, char **argv)
     if ((rc = kmdc_cli_open_input(argv[first], &in, &size)) != KMDC_EXIT_OK ||
         (rc = build_meta(c, &o, argv[first], size, &m)) != KMDC_EXIT_OK)
         goto out;
-    /* The output file is created before a counter is spent on it. */
-    if (o.out != NULL && strcmp(o.out, "-") != 0) {
+    /* The output file is created before a counter is spent on it.  An
+     * existing device or pipe (/dev/null, a FIFO) is written to directly:
+     * renaming a temporary file over it would replace it. */
+    if (o.out != NULL && strcmp(o.out, "-") != 0 && kmdc_cli_is_special(o.out)) {
+        if ((out = open(o.out, O_WRONLY | O_CLOEXEC)) < 0) {
+            rc = kmdc_cli_fail(KMDC_EXIT_FAIL, "cannot open %s: %s", o.out, strerror(errno));
+            goto out;
+        }
+    } else if (o.out != NULL && strcmp(o.out, "-") != 0) {
         len = strlen(o.out) + sizeof ".kmdc-XXXXXX";
         if ((tmp = malloc(len)) == NULL) {
             rc = kmdc_cli_fail(KMDC_EXIT_FAIL, "out of memory");

@@ -215,7 +215,8 @@ kb open -o x -d inbox d4.kmdc >out 2>err; rc=$?
 ok $(( rc != 2 )) "open: -o and -d together is a usage error (exit 2)"
 
 # --- locks -------------------------------------------------------------------------
-flock a.card.send.lock sleep 30 &
+# flock -o: the lock belongs to flock itself (not to sleep), so killing flock frees it.
+flock -o a.card.send.lock sleep 20 &
 holder=$!
 sleep 0.3
 start=$(date +%s)
@@ -224,14 +225,14 @@ ka send --to bob doc1.txt >out 2>err; rc=$?
 ok $? "send: a second sender on the card exits 3 at once"
 [ -z "$(ls -A a.card.outbox 2>/dev/null)" ] && [ "$(ka card | field up_next)" = 4 ]
 ok $? "send: the refused sender used no counter and left nothing in the outbox"
-flock b.card.recv.lock sleep 30 &
+flock -o b.card.recv.lock sleep 20 &
 holder2=$!
 sleep 0.3
 kb fetch -d inbox >out 2>err; rc=$?
 ok $(( rc != 3 )) "fetch: a second receiver on the card exits 3"
 ka seal --to bob -o e4.kmdc doc1.txt 2>err; rc=$?
 ok $rc "seal: works while another process holds the send lock (card lock only)"
-kill $holder $holder2 2>/dev/null
+kill $holder $holder2 $(pgrep -P $holder) $(pgrep -P $holder2) 2>/dev/null
 wait $holder $holder2 2>/dev/null
 ka --wait send --to bob doc1.txt >out 2>err; rc=$?
 [ $rc -eq 6 ] && [ "$(ka card | field outbox)" = 1 ]
