@@ -17,7 +17,7 @@ use File::Copy qw(copy);
 use File::Temp qw(tempdir);
 use JSON::PP ();
 
-plan tests => 147;
+plan tests => 150;
 
 my $build = $ENV{KMDC_BUILD} or die "KMDC_BUILD not set: run t/run-suite BUILD_DIR\n";
 my $mkey = $ENV{KMDC_MASTER_KEY_FILE} or die "KMDC_MASTER_KEY_FILE not set\n";
@@ -187,6 +187,25 @@ my $carol = card('carol');
 my $dave = card('dave');
 my $erin = card('erin', inactive => 1);
 ok($alice && $bob && $carol && $dave && $erin, 'cards issued (and four activated with kmdc)');
+
+# a card file copied before activation is useless after it
+{
+    my $gina = card('gina', inactive => 1);
+    my $copy = "$dir/gina-before-activation.card";
+    copy($gina->{file}, $copy) or die;
+    chmod 0600, $copy;
+    my ($rc, $out) = run($kmdc, '--card', $gina->{file}, 'activate', $gina->{code});
+    is($rc, 0, 'copied card: the original activates') or diag($out);
+    my $path = "/kmdc/card/$gina->{serial}";
+    ($rc, $out) = run($kmdc, '--card', $copy, 'sign', 'GET', $path);
+    chomp $out;
+    $out =~ s/^Authorization:\s*//;
+    my ($crc, $code) = run('curl', '-s', '-o', '/dev/null', '-w', '%{http_code}',
+                           '-H', "Authorization: $out", "$url/card/$gina->{serial}");
+    is($code, '401', 'copied card: a request signed by the copy is refused (401)') or diag($out);
+    ($rc, $out) = run($kmdc, '--card', $gina->{file}, 'card', '--resync');
+    is($rc, 0, 'copied card: the activated original still works') or diag($out);
+}
 
 # ---- relays -------------------------------------------------------------------
 
