@@ -58,7 +58,7 @@
 #define KMDC_DEF_QUOTA_BYTES        (APR_INT64_C(1) << 30)      /* 1 GiB */
 #define KMDC_MAX_QUOTA_BYTES        (APR_INT64_C(1) << 50)      /* 1 PiB */
 #define KMDC_DEF_AUTH_SKEW          APR_INT64_C(300)
-#define KMDC_MAX_AUTH_SKEW          APR_INT64_C(3600)
+#define KMDC_MAX_AUTH_SKEW          APR_INT64_C(300)   /* nonces are kept 600 s = 2 x skew */
 
 /* Master key ids are 1 .. 2^31-1; a key is KMDC_MASTER_KEY_LEN (32) bytes,
  * read by kmdc_master_key_load (lib/kmdc_wrap.h). */
