@@ -144,6 +144,10 @@ int kmdc_cli_fsync_parent(const char *path);
  * a FIFO): outputs are then written to it directly, never renamed over it. */
 int kmdc_cli_is_special(const char *path);
 
+/* The delivery record `kmdc open` writes for down counter seq: datacenter
+ * delivery ids are below 2^63, so the top bit marks "opened offline". */
+#define KMDC_OPENED_ID(seq) ((UINT64_C(1) << 63) | (uint64_t)(seq))
+
 /* The current time in Unix milliseconds. */
 uint64_t kmdc_cli_now_ms(void);
 

@@ -164,6 +164,13 @@ done_fn(void *arg, kmdc_card *card, kmdc_err *err)
 
 /* ---- files ------------------------------------------------------------------------- */
 
+/* The temp file of one delivery, ".kmdc-<serial>-<delivery id>.part". */
+static void
+delivery_temp_name(char *name, size_t cap, uint64_t serial, uint64_t id)
+{
+    snprintf(name, cap, ".kmdc-%016" PRIx64 "-%016" PRIx64 ".part", serial, id);
+}
+
 /* A fresh temp file ".kmdc-<serial>-<random>.part" in dirfd; name gets its name. */
 static int
 open_temp(int dirfd, uint64_t serial, char *name, size_t cap)
@@ -184,9 +191,10 @@ open_temp(int dirfd, uint64_t serial, char *name, size_t cap)
     return -1;
 }
 
-/* Remove temp files a crashed fetch of this card left in dirfd. */
+/* Remove temp files a crashed fetch of this card left in dirfd, except
+ * those of deliveries the card already recorded: fetch_one finishes them. */
 static void
-sweep_temps(int dirfd, uint64_t serial)
+sweep_temps(int dirfd, uint64_t serial, const kmdc_card *card)
 {
     char prefix[32];
     DIR *d;
@@ -205,8 +213,13 @@ sweep_temps(int dirfd, uint64_t serial)
     while ((de = readdir(d)) != NULL) {
         l = strlen(de->d_name);
         if (l > pl + 5 && strncmp(de->d_name, prefix, pl) == 0 &&
-            strcmp(de->d_name + l - 5, ".part") == 0)
+            strcmp(de->d_name + l - 5, ".part") == 0) {
+            uint64_t id;
+            if (l == pl + 16 + 5 && kmdc_serial_parse(&id, de->d_name + pl, 16, NULL) == KMDC_OK &&
+                kmdc_card_delivery_lookup(card, id, NULL, NULL) == KMDC_OK)
+                continue;
             (void)unlinkat(dirfd, de->d_name, 0);
+        }
     }
     closedir(d);
 }
@@ -397,12 +410,40 @@ fetch_one(fetch_env *f, const dlv *d)
     snprintf(what, sizeof what, "delivery %016" PRIx64, d->id);
     if ((rc = kmdc_cli_load(f->c, &r.card)) != KMDC_EXIT_OK)
         return rc;
-    if (kmdc_card_delivery_lookup(r.card, d->id, &written, NULL) == KMDC_OK) {
-        kmdc_cli_info(f->c, "%s was written before; acknowledging it again", what);
+    delivery_temp_name(tmp, sizeof tmp, f->serial, d->id);
+    if (kmdc_card_delivery_lookup(r.card, d->id, &written, NULL) != KMDC_OK &&
+        kmdc_card_delivery_lookup(r.card, KMDC_OPENED_ID(d->seq), &written, NULL) == KMDC_OK) {
+        tmp[0] = '\0';
+        kmdc_cli_info(f->c, "%s was opened with kmdc open (%s); acknowledging it", what, written);
         rc = ack(f, d->id);
         goto out;
     }
-    if ((fd = open_temp(f->dirfd, f->serial, tmp, sizeof tmp)) < 0) {
+    if (kmdc_card_delivery_lookup(r.card, d->id, &written, NULL) == KMDC_OK) {
+        struct stat st;
+        const char *slash = strrchr(written, '/');
+        /* recorded, but a crash came before the rename: finish it */
+        if (fstatat(f->dirfd, tmp, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(st.st_mode)) {
+            snprintf(fallback, sizeof fallback, "delivery-%016" PRIx64, d->id);
+            if (place_file(f->dirfd, tmp, slash ? slash + 1 : written, fallback, final,
+                           sizeof final) != 0 || fsync(f->dirfd) != 0) {
+                rc = kmdc_cli_fail(KMDC_EXIT_FAIL, "%s: cannot move the document into place "
+                                   "in %s: %s", what, f->dir, strerror(errno));
+                tmp[0] = '\0';
+                goto out;
+            }
+            tmp[0] = '\0';
+            printf("%s%s%s\n", strcmp(f->dir, ".") == 0 ? "" : f->dir,
+                   strcmp(f->dir, ".") == 0 ? "" : "/", final);
+        } else {
+            tmp[0] = '\0';
+            kmdc_cli_info(f->c, "%s was written before; acknowledging it again", what);
+        }
+        rc = ack(f, d->id);
+        goto out;
+    }
+    (void)unlinkat(f->dirfd, tmp, 0);    /* a partial one of a crashed fetch */
+    if ((fd = openat(f->dirfd, tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW,
+                     0600)) < 0) {
         tmp[0] = '\0';
         rc = kmdc_cli_fail(KMDC_EXIT_FAIL, "cannot create a file in %s: %s", f->dir,
                            strerror(errno));
@@ -448,11 +489,32 @@ fetch_one(fetch_env *f, const dlv *d)
         goto out;
     }
     fd = -1;
+    /*
+     * Record "delivery -> file" (and erase the message key) BEFORE the final
+     * rename, as DESIGN 3.4 asks: the document is already safe in its .part
+     * file, which a later run finishes (see above) if a crash comes between
+     * the record and the rename.  So a crash neither loses the document nor
+     * writes it twice.
+     */
     snprintf(fallback, sizeof fallback, "delivery-%016" PRIx64, d->id);
+    {
+        const char *want = r.meta.has_name ? (const char *)r.meta.name : fallback;
+        w = strcmp(f->dir, ".") == 0 ? snprintf(record, sizeof record, "%s", want)
+                                     : snprintf(record, sizeof record, "%s/%s", f->dir, want);
+        if (w < 0 || (size_t)w >= sizeof record)
+            snprintf(record, sizeof record, "%s", fallback);
+    }
+    dn.seq = r.seq;
+    dn.id = d->id;
+    dn.name = record;
+    if ((rc = kmdc_cli_update(f->c, done_fn, &dn, NULL)) != KMDC_EXIT_OK)
+        goto out;
+    kmdc_crash_point("fetch:after-record");
     if (place_file(f->dirfd, tmp, r.meta.has_name ? (const char *)r.meta.name : fallback,
                    fallback, final, sizeof final) != 0) {
         rc = kmdc_cli_fail(KMDC_EXIT_FAIL, "%s: cannot move the document into place in %s: %s",
                            what, f->dir, strerror(errno));
+        tmp[0] = '\0';                  /* keep it: the next run finishes it */
         goto out;
     }
     tmp[0] = '\0';
@@ -465,12 +527,6 @@ fetch_one(fetch_env *f, const dlv *d)
                                  : snprintf(record, sizeof record, "%s/%s", f->dir, final);
     if (w < 0 || (size_t)w >= sizeof record)
         snprintf(record, sizeof record, "%s", final);
-    dn.seq = r.seq;
-    dn.id = d->id;
-    dn.name = record;
-    if ((rc = kmdc_cli_update(f->c, done_fn, &dn, NULL)) != KMDC_EXIT_OK)
-        goto out;
-    kmdc_crash_point("fetch:after-record");
     printf("%s\n", record);
     if (fflush(stdout) != 0)
         rc = kmdc_cli_fail(KMDC_EXIT_FAIL, "cannot write the output: %s", strerror(errno));
@@ -587,7 +643,7 @@ fetch_setup(kmdc_cli *c, const char *cmdname, int argc, char **argv, fetch_env *
     f->serial = kmdc_card_serial(f->card);
     f->ak = kmdc_card_ak(f->card);
     snprintf(f->base, sizeof f->base, "%s", kmdc_cli_base_url(c, f->card));
-    sweep_temps(f->dirfd, f->serial);
+    sweep_temps(f->dirfd, f->serial, f->card);
     return -1;
 }
 
@@ -851,9 +907,10 @@ kmdc_cmd_open(kmdc_cli *c, int argc, char **argv)
     } else {
         snprintf(record, sizeof record, "%s", STDOUT_RECORD);
     }
-    /* Erase the message key: delivery id 0 stands for "opened offline". */
+    /* Erase the message key; the record says "seq opened offline", so that a
+     * later kmdc fetch that lists this delivery just acknowledges it. */
     dn.seq = r.seq;
-    dn.id = 0;
+    dn.id = KMDC_OPENED_ID(r.seq);
     dn.name = record;
     if ((rc = kmdc_cli_update(c, done_fn, &dn, NULL)) != KMDC_EXIT_OK)
         goto out;

@@ -25,6 +25,8 @@
 #include "mod_kmdc_config.h"
 #include "mod_kmdc_db.h"
 #include "mod_kmdc_http.h"
+#include "mod_kmdc_metrics.h"
+#include "mod_kmdc_notify.h"
 
 /* ------------------------------------------------------------------------ */
 /* GET /health                                                               */
@@ -70,6 +72,7 @@ typedef struct kmdc_route {
 } kmdc_route;
 
 static const kmdc_route kmdc_routes[] = {
+    { "", 0, M_GET, 0, kmdc_handle_page },     /* {location} and {location}/ */
     { "health", 1, M_GET, 0, kmdc_handle_health },
     { "send", 1, M_POST, 0, kmdc_handle_send },
     { "activate", 2, M_POST,
@@ -134,10 +137,16 @@ static int kmdc_dispatch(request_rec *r)
     }
     kr->base = base->path;
     kr->subpath = r->uri + base->len;
+    if (strcmp(kr->subpath, "/") == 0) {
+        kr->subpath = "";   /* {location}/ is {location}: the browser page */
+    }
     kr->nseg = kmdc_http_split_path(r->pool, kr->subpath, kr->seg,
                                     KMDC_MAX_SEGMENTS);
-    if (kr->nseg <= 0) {
+    if (kr->nseg < 0) {
         return kmdc_http_error(r, HTTP_NOT_FOUND, "not_found", "no such resource");
+    }
+    if (kr->nseg == 0) {
+        kr->seg[0] = "";    /* the route named "" */
     }
     for (i = 0; i < KMDC_NROUTES; i++) {
         const kmdc_route *rt = &kmdc_routes[i];
@@ -164,6 +173,7 @@ static int kmdc_dispatch(request_rec *r)
         return kmdc_http_method_not_allowed(r, allow);
     }
     kr->route_flags = route->flags;
+    kmdc_metrics_route(r, route->name, route->nseg, route->method);
     if ((route->flags & KMDC_ROUTE_SERIAL)
         && !kmdc_http_parse_serial(kr->seg[1], &kr->serial)) {
         return kmdc_http_error(r, HTTP_NOT_FOUND, "not_found",
@@ -180,17 +190,20 @@ static int kmdc_dispatch(request_rec *r)
 
 static int kmdc_handler(request_rec *r)
 {
+    int st;
+
     if (r->handler == NULL) {
         return DECLINED;
     }
     if (strcasecmp(r->handler, KMDC_METRICS_HANDLER) == 0) {
-        return kmdc_http_error(r, HTTP_NOT_IMPLEMENTED, "not_implemented",
-                               "the metrics page is not implemented yet");
+        return kmdc_metrics_handler(r);
     }
     if (strcasecmp(r->handler, KMDC_HANDLER) != 0) {
         return DECLINED;
     }
-    return kmdc_dispatch(r);
+    st = kmdc_dispatch(r);
+    kmdc_metrics_answered(r, st);
+    return st;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -206,13 +219,18 @@ static int kmdc_check_config(apr_pool_t *pconf, apr_pool_t *plog,
 static int kmdc_post_config(apr_pool_t *pconf, apr_pool_t *plog,
                             apr_pool_t *ptemp, server_rec *s)
 {
+    int st;
+
     (void)plog;
-    return kmdc_conf_startup(pconf, ptemp, s, 1);
+    st = kmdc_conf_startup(pconf, ptemp, s, 1);
+    return st != OK ? st : kmdc_metrics_post_config(pconf, s);
 }
 
 static void kmdc_child_init(apr_pool_t *pchild, server_rec *s)
 {
     kmdc_db_child_init(pchild, s);
+    kmdc_metrics_child_init(pchild, s);
+    kmdc_notify_child_init(pchild, s);
 }
 
 static void kmdc_register_hooks(apr_pool_t *p)
@@ -222,6 +240,7 @@ static void kmdc_register_hooks(apr_pool_t *p)
     ap_hook_post_config(kmdc_post_config, NULL, NULL, APR_HOOK_MIDDLE);
     ap_hook_child_init(kmdc_child_init, NULL, NULL, APR_HOOK_MIDDLE);
     ap_hook_handler(kmdc_handler, NULL, NULL, APR_HOOK_MIDDLE);
+    kmdc_notify_register_hooks(p);
 }
 
 module AP_MODULE_DECLARE_DATA kmdc_module = {

@@ -104,4 +104,9 @@ int kmdc_handle_mailbox_fetch(kmdc_req *kr);
  * (mod_kmdc_mailbox.c). */
 int kmdc_handle_mailbox_delete(kmdc_req *kr);
 
+/* GET {location} and GET {location}/ (kr->nseg 0): the browser page, an
+ * upload form for a sealed .kmdc file and a status form for a message, with
+ * a strict Content-Security-Policy (mod_kmdc_page.c). */
+int kmdc_handle_page(kmdc_req *kr);
+
 #endif

@@ -32,6 +32,7 @@
 #include "mod_kmdc_db.h"
 #include "mod_kmdc_http.h"
 #include "mod_kmdc_keys.h"
+#include "mod_kmdc_metrics.h"
 
 /* Failed attempts that lock a card (DESIGN 3.6). */
 #define KMDC_ACTIVATION_MAX_FAILURES 5
@@ -229,6 +230,7 @@ int kmdc_handle_activate(kmdc_req *kr)
         goto out;
     }
     if (PQgetvalue(res, 0, 1)[0] != 0) {
+        kmdc_metrics_activation(KMDC_METRIC_ACT_LOCKED);
         rv = kmdc_http_error(r, HTTP_FORBIDDEN, "locked",
                              "too many failed activation attempts locked this card; "
                              "ask the administrator for a new card");
@@ -265,6 +267,7 @@ int kmdc_handle_activate(kmdc_req *kr)
                       "failure %" APR_INT64_T_FMT "%s", (apr_uint64_t)kr->serial,
                       expired ? "expired" : "wrong", failures,
                       locked ? ", card locked" : "");
+        kmdc_metrics_activation(locked ? KMDC_METRIC_ACT_LOCKED : KMDC_METRIC_ACT_FAILED);
         if (locked) {
             rv = kmdc_http_error(r, HTTP_FORBIDDEN, "locked",
                                  "too many failed activation attempts locked this "
@@ -298,6 +301,7 @@ int kmdc_handle_activate(kmdc_req *kr)
     ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r,
                   "activate: card %016" APR_UINT64_T_HEX_FMT " activated",
                   (apr_uint64_t)kr->serial);
+    kmdc_metrics_activation(KMDC_METRIC_ACT_OK);
     rv = kmdc_http_no_content(r);
     goto out;
 

@@ -288,7 +288,22 @@ static int idle_connection_alive(PGconn *pg)
     if (n < 0 || PQconsumeInput(pg) == 0) {
         return 0;
     }
-    return PQstatus(pg) == CONNECTION_OK;
+    /*
+     * An idle connection received something.  A server that closes it
+     * (shutdown, restart, pg_terminate_backend) first sends a FATAL error and
+     * only then the end of the stream, so one read can leave it looking fine:
+     * ask it, once, rather than trust it.
+     */
+    if (PQstatus(pg) != CONNECTION_OK) {
+        return 0;
+    }
+    {
+        PGresult *res = PQexec(pg, "SELECT 1");
+        int ok = res != NULL && PQresultStatus(res) == PGRES_TUPLES_OK;
+
+        PQclear(res);
+        return ok && PQstatus(pg) == CONNECTION_OK;
+    }
 }
 
 static apr_status_t db_release_cleanup(void *data)

@@ -9,8 +9,9 @@
  * created), so any change of the listing (a new delivery, an acknowledgement,
  * an expiry) changes it; If-None-Match with that tag answers 304.  With
  * ?wait=S (S clamped to 60) a matching If-None-Match makes the answer wait
- * up to S seconds for a change, then 304; for now the wait polls the
- * database twice a second rather than being woken by NOTIFY.
+ * up to S seconds for a change, then 304: the request is woken by the NOTIFY
+ * that POST /send and an acknowledgement send (mod_kmdc_notify.c), never by
+ * polling, and holds no pooled connection while it waits.
  *
  * A fetch streams head || payload: the delivery's head, then the upload rows
  * of its message in idx order, one row per query (memory stays at one row, a
@@ -38,19 +39,18 @@
 #include "util_filter.h"
 
 #include "kmdc_crypto.h"
+#include "kmdc_reqparse.h"
 #include "kmdc_util.h"
 
 #include "mod_kmdc.h"
 #include "mod_kmdc_db.h"
 #include "mod_kmdc_http.h"
+#include "mod_kmdc_notify.h"
 
 #define ENVELOPE_TYPE "application/vnd.kmdc.envelope"
 
 /* Longest ?wait=S honoured (DESIGN 3.6). */
 #define KMDC_WAIT_MAX 60
-
-/* How often a waiting listing reads the mailbox again. */
-#define KMDC_WAIT_POLL apr_time_from_msec(500)
 
 /* Bytes of SHA-256 the ETag shows. */
 #define ETAG_BYTES 16
@@ -67,74 +67,6 @@ static kmdc_db_rc rollback(kmdc_db *db)
 
 /* ------------------------------------------------------------------------ */
 /* GET /mailbox/{serial}                                                     */
-
-/*
- * The query string of a listing: empty, or wait=S with S decimal (clamped to
- * KMDC_WAIT_MAX).  Returns 1 with *wait set, 0 when it is anything else.
- */
-static int parse_wait(const char *args, int *wait)
-{
-    const char *p;
-    int v = 0;
-
-    *wait = 0;
-    if (args == NULL || *args == '\0') {
-        return 1;
-    }
-    if (strncmp(args, "wait=", 5) != 0 || args[5] == '\0') {
-        return 0;
-    }
-    for (p = args + 5; *p != '\0'; p++) {
-        if (*p < '0' || *p > '9' || p - (args + 5) >= 9) {
-            return 0;
-        }
-        v = v * 10 + (*p - '0');
-    }
-    *wait = v > KMDC_WAIT_MAX ? KMDC_WAIT_MAX : v;
-    return 1;
-}
-
-/*
- * 1 when If-None-Match lists etag ("*", or the same opaque tag, W/ ignored:
- * the weak comparison RFC 9110 asks for If-None-Match).
- */
-static int none_match(const char *header, const char *etag)
-{
-    size_t tlen = strlen(etag);
-    const char *p = header;
-
-    if (p == NULL) {
-        return 0;
-    }
-    while (*p != '\0') {
-        const char *end;
-
-        while (*p == ' ' || *p == '\t' || *p == ',') {
-            p++;
-        }
-        if (*p == '\0') {
-            break;
-        }
-        if (*p == '*') {
-            return 1;
-        }
-        if (p[0] == 'W' && p[1] == '/') {
-            p += 2;
-        }
-        if (*p != '"') {
-            return 0;                     /* malformed: no match */
-        }
-        end = strchr(p + 1, '"');
-        if (end == NULL) {
-            return 0;
-        }
-        if ((size_t)(end + 1 - p) == tlen && memcmp(p, etag, tlen) == 0) {
-            return 1;
-        }
-        p = end + 1;
-    }
-    return 0;
-}
 
 /* Feed one u64 into the ETag hash. */
 static kmdc_status hash_u64(kmdc_sha256_ctx *c, uint64_t v)
@@ -275,60 +207,77 @@ internal:
 
 /*
  * The listing.  With ?wait=S and an If-None-Match that matches, the answer
- * waits up to S seconds for the mailbox to change, reading it again every
- * KMDC_WAIT_POLL (the connection goes back to the pool in between), and
- * answers 304 when it did not.  (DESIGN 4 plans a LISTEN connection per
- * child to be woken by the NOTIFY of POST /send instead of polling.)
+ * waits up to S seconds for the mailbox to change, then answers 304.  The
+ * wait holds no pooled connection: the request registers with this child's
+ * NOTIFY listener (mod_kmdc_notify.c) before its first read, gives the
+ * connection back, and sleeps until a NOTIFY for this serial (or the
+ * listener's return after an outage) wakes it; then it reads again and
+ * compares the ETag (a NOTIFY that did not change the listing, such as one
+ * for an acknowledgement already seen, waits on).
  */
 int kmdc_handle_mailbox_list(kmdc_req *kr)
 {
     request_rec *r = kr->r;
     const char *inm = apr_table_get(r->headers_in, "If-None-Match");
+    kmdc_notify_waiter *w = NULL;
     kmdc_db *db = NULL;
     kmdc_db_rc dbrc;
     listing ls;
     apr_time_t deadline;
     int wait = 0;
+    int final;
     int st;
 
-    if (!parse_wait(r->args, &wait)) {
+    if (!kmdc_wait_query_parse(r->args, KMDC_WAIT_MAX, &wait)) {
         return kmdc_http_error(r, HTTP_BAD_REQUEST, "bad_request",
                                "the only query parameter is wait=<seconds>");
     }
     deadline = apr_time_now() + apr_time_from_sec(wait);
+    final = wait == 0 || inm == NULL;
+    if (!final) {
+        /* before the first read: a change committed after it wakes us */
+        w = kmdc_notify_watch(r, kr->serial);
+    }
     for (;;) {
-        apr_time_t left;
-
         if ((dbrc = kmdc_db_acquire(r, &db)) != KMDC_DB_OK) {
-            return kmdc_db_answer_unavailable(r, dbrc);
+            st = kmdc_db_answer_unavailable(r, dbrc);
+            goto out;
         }
         st = load_listing(kr, db, &ls);
         if (st != OK) {
             kmdc_db_release(db);
             if (st == HTTP_NOT_FOUND) {
-                return kmdc_http_error(r, st, "not_found", "no such card");
+                st = kmdc_http_error(r, st, "not_found", "no such card");
             }
-            if (st == HTTP_SERVICE_UNAVAILABLE) {
-                return kmdc_db_answer_unavailable(r, KMDC_DB_UNAVAILABLE);
+            else if (st == HTTP_SERVICE_UNAVAILABLE) {
+                st = kmdc_db_answer_unavailable(r, KMDC_DB_UNAVAILABLE);
             }
-            return kmdc_http_error(r, st, "internal", "internal error");
+            else {
+                st = kmdc_http_error(r, st, "internal", "internal error");
+            }
+            goto out;
         }
         apr_table_set(r->headers_out, "ETag", ls.etag);
-        if (!none_match(inm, ls.etag)) {
+        if (!kmdc_if_none_match(inm, ls.etag)) {
             st = answer_listing(r, &ls);
             kmdc_db_clear(db, ls.rows);
             kmdc_db_release(db);
-            return st;
+            goto out;
         }
         kmdc_db_clear(db, ls.rows);
         kmdc_db_release(db);
         db = NULL;
-        left = deadline - apr_time_now();
-        if (left <= 0 || r->connection->aborted) {
-            return kmdc_http_json(r, HTTP_NOT_MODIFIED, NULL);
+        if (final || r->connection->aborted) {
+            break;
         }
-        apr_sleep(left < KMDC_WAIT_POLL ? left : KMDC_WAIT_POLL);
+        if (kmdc_notify_wait(w, deadline) == KMDC_NOTIFY_FINAL) {
+            final = 1;        /* the deadline: one last read, then 304 */
+        }
     }
+    st = kmdc_http_json(r, HTTP_NOT_MODIFIED, NULL);
+out:
+    kmdc_notify_unwatch(w);
+    return st;
 }
 
 /* ------------------------------------------------------------------------ */

@@ -36,6 +36,7 @@
 #include "mod_kmdc_db.h"
 #include "mod_kmdc_http.h"
 #include "mod_kmdc_keys.h"
+#include "mod_kmdc_metrics.h"
 
 /* The handler's return value after an answer was written: the dispatcher
  * turns DONE into OK; AP_FILTER_ERROR passes through. */
@@ -48,6 +49,7 @@ static int answered(int rv)
 static int unauthorized(request_rec *r, const char *msg)
 {
     apr_table_setn(r->headers_out, "WWW-Authenticate", KMDC_AUTH_SCHEME);
+    kmdc_metrics_auth_failure();
     return answered(kmdc_http_error(r, HTTP_UNAUTHORIZED, "unauthorized", "%s", msg));
 }
 

@@ -33,6 +33,7 @@
 #include "mod_kmdc_db.h"
 #include "mod_kmdc_http.h"
 #include "mod_kmdc_keys.h"
+#include "mod_kmdc_metrics.h"
 
 #define ENVELOPE_TYPE "application/vnd.kmdc.envelope"
 #define PREFIX_HDR (KMDC_HEADER_LEN + 4)
@@ -1231,6 +1232,7 @@ kmdc_handle_send(kmdc_req *kr)
 
     apr_pool_cleanup_register(kr->r->pool, in, intake_pool_cleanup, apr_pool_cleanup_null);
     status = handle_send(in, kr);
+    kmdc_metrics_send(kr->r->status, in->ans.set && !in->ans.code, in->ans.spend, in->offset, in->n_rcpt);
     intake_cleanup(in);
     return status;
 }

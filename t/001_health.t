@@ -77,7 +77,7 @@ is_json_error(GET('/kmdc/health/extra'), 404, 'not_found',
               'health with an extra segment');
 is_json_error(GET('/kmdc/health/'), 404, 'not_found',
               'health with a trailing slash');
-is_json_error(GET('/kmdc'), 404, 'not_found', 'the location itself');
+is_json_error(GET('/kmdc/nothing-here'), 404, 'not_found', 'an unknown first segment');
 is_json_error(GET('/kmdc/mailbox/zz'), 404, 'not_found',
               'mailbox with a serial that is not 16 hex digits');
 is(GET('/kmdc/mailbox/0123456789ABCDEF')->code, 404,

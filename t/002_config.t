@@ -298,14 +298,14 @@ refused('pool-min', $good . "KmdcDbPoolMin 10\n" . $location,
     my $srcdir = $ENV{KMDC_SRCDIR} || '.';
     my $h = slurp("$srcdir/mod_kmdc/mod_kmdc_config.h");
     my $c = slurp("$srcdir/mod_kmdc/mod_kmdc_config.c");
-    my $doc = slurp("$srcdir/docs/_parts/directives.md");
+    my $doc = slurp("$srcdir/docs/DIRECTIVES.md");
     my %dir = $h =~ /^#define\s+(KMDC_DIR_\w+)\s+"(\w+)"/mg;
     my @missing_cmd = grep { $c !~ /AP_INIT_\w+\(\Q$_\E,/ } sort keys %dir;
     ok(keys(%dir) >= 13 && !@missing_cmd,
        'directives: every KMDC_DIR_* name is in the command table')
         or diag("not in kmdc_cmds: @missing_cmd");
     my @undoc = grep { $doc !~ /^\| `\Q$_\E` \|/m } sort values %dir;
-    ok(!@undoc, 'directives: every directive has a row in docs/_parts/directives.md')
+    ok(!@undoc, 'directives: every directive has a row in docs/DIRECTIVES.md')
         or diag("undocumented: @undoc");
     my ($fields) = $h =~ /--- directives -+ \*\/\n(.*?)\n\s*\/\* --- filled/s;
     (my $decls = $fields // '') =~ s{/\*.*?\*/}{}gs;    # drop the comments

@@ -199,6 +199,8 @@ my $etag1;
     if (!$pid) {
         Time::HiRes::sleep(0.7);
         inject($bob, [5], [$carol, 1, '1 day']);
+        # what POST /send does after its rows: wake the long-polls (DESIGN 3.6)
+        sql("SELECT pg_notify('kmdc_mailbox', '$carol->{serial}')");
         exit 0;
     }
     $msg_seq++;

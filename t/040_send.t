@@ -16,6 +16,9 @@ use File::Compare qw(compare);
 use File::Copy qw(copy);
 use File::Temp qw(tempdir);
 use JSON::PP ();
+use FindBin ();
+use lib "$FindBin::Bin/lib";
+use KmdcTest qw(run sql);
 
 plan tests => 150;
 
@@ -31,28 +34,6 @@ chmod 0700, $dir;
 my $json = JSON::PP->new;
 
 # ---- helpers ----------------------------------------------------------------
-
-# Run a command; (exit status, stdout+stderr).
-sub run {
-    my @argv = @_;
-    my $pid = open(my $fh, '-|') // die "fork: $!";
-    if (!$pid) {
-        open STDERR, '>&', \*STDOUT or die;
-        exec @argv or die "exec $argv[0]: $!";
-    }
-    local $/;
-    my $out = <$fh> // '';
-    close $fh;
-    return ($? >> 8, $out);
-}
-
-sub sql {
-    my ($q) = @_;
-    my ($rc, $out) = run('psql', '-XAtq', '-v', 'ON_ERROR_STOP=1', '-c', $q);
-    die "psql failed: $out" if $rc;
-    chomp $out;
-    return $out;
-}
 
 my $n_files = 0;
 sub tmpfile { $n_files++; return "$dir/f$n_files" . ($_[0] // '') }

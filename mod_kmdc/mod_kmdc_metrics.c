@@ -1,0 +1,478 @@
+/*
+ * mod_kmdc_metrics.c - counters in anonymous shared memory, summed over all
+ * children by construction, and the Prometheus text page of `SetHandler
+ * kmdc-metrics` (see mod_kmdc_metrics.h for the design).
+ */
+#include <stddef.h> /* before APR: APR_OFFSETOF then uses offsetof */
+#include <errno.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <string.h>
+#include <sys/types.h>
+#include <unistd.h>
+
+#include "apr_shm.h"
+#include "apr_strings.h"
+#include "apr_tables.h"
+#include "ap_mpm.h"
+#include "httpd.h"
+#include "http_log.h"
+#include "http_protocol.h"
+
+#include "mod_kmdc.h"
+#include "mod_kmdc_http.h"
+#include "mod_kmdc_metrics.h"
+
+/* Children add to the counters without a lock, from several processes: that
+ * is only sound when the atomics are lock-free (no process-local lock). */
+_Static_assert(ATOMIC_LLONG_LOCK_FREE == 2, "64-bit atomics must be lock-free");
+_Static_assert(ATOMIC_INT_LOCK_FREE == 2, "int atomics must be lock-free");
+
+/* The process-pool key of the segment (survives restarts). */
+#define KMDC_METRICS_KEY "mod_kmdc metrics segment"
+
+/* "KMDM" and the layout version: a module of another layout loaded by a
+ * restart makes a new segment instead of misreading the old one. */
+#define KMDC_METRICS_MAGIC 0x4b4d444du
+#define KMDC_METRICS_LAYOUT 1u
+
+/* Gauge slots when the MPM does not say how many children it may run. */
+#define KMDC_METRICS_DEFAULT_SLOTS 64
+#define KMDC_METRICS_MAX_SLOTS 20000
+
+#define METRICS_CONTENT_TYPE "text/plain; version=0.0.4; charset=utf-8"
+
+/* The endpoints of kmdc_requests_total: the routes of mod_kmdc.c. */
+typedef struct endpoint {
+    const char *name;         /* first path segment */
+    int nseg;                 /* segments */
+    int method;               /* M_GET (HEAD too), M_POST, M_DELETE */
+    const char *label;        /* the label value */
+} endpoint;
+
+static const endpoint endpoints[] = {
+    { "", 0, M_GET, "page" },
+    { "health", 1, M_GET, "health" },
+    { "send", 1, M_POST, "send" },
+    { "activate", 2, M_POST, "activate" },
+    { "card", 2, M_GET, "card" },
+    { "mailbox", 2, M_GET, "mailbox_list" },
+    { "mailbox", 3, M_GET, "mailbox_fetch" },
+    { "mailbox", 3, M_DELETE, "mailbox_ack" },
+    { "messages", 2, M_GET, "messages" },
+};
+
+#define N_KNOWN ((int)(sizeof(endpoints) / sizeof(endpoints[0])))
+#define EP_OTHER N_KNOWN              /* a route this table does not know */
+#define EP_UNKNOWN (N_KNOWN + 1)      /* no route matched (404, 405) */
+#define N_ENDPOINTS (N_KNOWN + 2)
+
+static const char *const send_labels[KMDC_METRIC_SEND_N] = {
+    "accepted", "rejected", "refused", "retry", "unavailable"
+};
+
+static const char *const activation_labels[KMDC_METRIC_ACT_N] = {
+    "ok", "failed", "locked"
+};
+
+/* The r->notes key the dispatcher's route is noted under. */
+#define NOTE_ENDPOINT "kmdc-endpoint"
+
+/* One child's share of the long-poll gauge. */
+typedef struct gauge_slot {
+    atomic_int pid;               /* the owner, 0 when free */
+    atomic_llong waiting;         /* its long-polls in progress */
+} gauge_slot;
+
+/* The shared segment. */
+typedef struct metrics_seg {
+    uint32_t magic;               /* KMDC_METRICS_MAGIC */
+    uint32_t layout;              /* KMDC_METRICS_LAYOUT */
+    apr_size_t size;              /* bytes of the segment */
+    int nslots;                   /* gauge slots */
+    apr_time_t start;             /* when the counters began */
+    atomic_ullong send[KMDC_METRIC_SEND_N];
+    atomic_ullong send_bytes;
+    atomic_ullong deliveries;
+    atomic_ullong requests[N_ENDPOINTS];
+    atomic_ullong auth_failures;
+    atomic_ullong activations[KMDC_METRIC_ACT_N];
+    atomic_ullong db_unavailable;
+    atomic_llong waiting_unslotted;  /* children that found no free slot */
+    gauge_slot slots[];
+} metrics_seg;
+
+/* This process's view: the segment (inherited from the parent) and, in a
+ * child, its gauge slot. */
+static metrics_seg *seg;
+static gauge_slot *my_slot;
+
+static apr_size_t seg_size(int nslots)
+{
+    return sizeof(metrics_seg) + (apr_size_t)nslots * sizeof(gauge_slot);
+}
+
+static int seg_usable(const metrics_seg *m)
+{
+    return m != NULL && m->magic == KMDC_METRICS_MAGIC
+           && m->layout == KMDC_METRICS_LAYOUT && m->nslots >= 0
+           && m->size == seg_size(m->nslots);
+}
+
+int kmdc_metrics_post_config(apr_pool_t *pconf, server_rec *s)
+{
+    apr_pool_t *pp = s->process->pool;
+    void *data = NULL;
+    apr_shm_t *shm = NULL;
+    metrics_seg *m = NULL;
+    apr_status_t rv;
+    int limit = 0;
+    int nslots = KMDC_METRICS_DEFAULT_SLOTS;
+    int i;
+
+    (void)pconf;
+    seg = NULL;
+    if (apr_pool_userdata_get(&data, KMDC_METRICS_KEY, pp) == APR_SUCCESS
+        && data != NULL) {
+        m = apr_shm_baseaddr_get(data);
+        if (seg_usable(m) && apr_shm_size_get(data) >= m->size) {
+            seg = m;
+            return OK;
+        }
+        /* another layout (a new module build): start a new segment */
+    }
+    if (ap_mpm_query(AP_MPMQ_HARD_LIMIT_DAEMONS, &limit) == APR_SUCCESS
+        && limit > 0) {
+        /* children of an old generation may still run beside the new ones */
+        nslots = limit > KMDC_METRICS_MAX_SLOTS / 2 - 8
+                 ? KMDC_METRICS_MAX_SLOTS : 2 * limit + 8;
+    }
+    rv = apr_shm_create(&shm, seg_size(nslots), NULL, pp);
+    if (rv != APR_SUCCESS) {
+        ap_log_error(APLOG_MARK, APLOG_ERR, rv, s,
+                     "kmdc: no anonymous shared memory for the metrics; the %s "
+                     "page answers 503", KMDC_METRICS_HANDLER);
+        return OK;
+    }
+    m = apr_shm_baseaddr_get(shm);
+    memset(m, 0, seg_size(nslots));
+    m->magic = KMDC_METRICS_MAGIC;
+    m->layout = KMDC_METRICS_LAYOUT;
+    m->size = seg_size(nslots);
+    m->nslots = nslots;
+    m->start = apr_time_now();
+    for (i = 0; i < KMDC_METRIC_SEND_N; i++) {
+        atomic_init(&m->send[i], 0);
+    }
+    atomic_init(&m->send_bytes, 0);
+    atomic_init(&m->deliveries, 0);
+    for (i = 0; i < N_ENDPOINTS; i++) {
+        atomic_init(&m->requests[i], 0);
+    }
+    atomic_init(&m->auth_failures, 0);
+    for (i = 0; i < KMDC_METRIC_ACT_N; i++) {
+        atomic_init(&m->activations[i], 0);
+    }
+    atomic_init(&m->db_unavailable, 0);
+    atomic_init(&m->waiting_unslotted, 0);
+    for (i = 0; i < nslots; i++) {
+        atomic_init(&m->slots[i].pid, 0);
+        atomic_init(&m->slots[i].waiting, 0);
+    }
+    /* userdata_set copies the key; the segment goes with the process pool */
+    rv = apr_pool_userdata_set(shm, KMDC_METRICS_KEY, apr_pool_cleanup_null, pp);
+    if (rv != APR_SUCCESS) {
+        ap_log_error(APLOG_MARK, APLOG_ERR, rv, s,
+                     "kmdc: cannot keep the metrics segment across restarts");
+    }
+    seg = m;
+    return OK;
+}
+
+/* 1 when a process with this pid exists (EPERM: it does, not ours). */
+static int process_alive(int pid)
+{
+    return pid > 0 && (kill((pid_t)pid, 0) == 0 || errno == EPERM);
+}
+
+static apr_status_t slot_release(void *data)
+{
+    gauge_slot *slot = data;
+
+    atomic_store(&slot->waiting, 0);
+    atomic_store(&slot->pid, 0);
+    if (my_slot == slot) {
+        my_slot = NULL;
+    }
+    return APR_SUCCESS;
+}
+
+void kmdc_metrics_child_init(apr_pool_t *pchild, server_rec *s)
+{
+    int me = (int)getpid();
+    int i;
+
+    my_slot = NULL;
+    if (seg == NULL) {
+        return;
+    }
+    for (i = 0; i < seg->nslots && my_slot == NULL; i++) {
+        gauge_slot *slot = &seg->slots[i];
+        int owner = atomic_load(&slot->pid);
+
+        if ((owner == 0 || (owner != me && !process_alive(owner)))
+            && atomic_compare_exchange_strong(&slot->pid, &owner, me)) {
+            atomic_store(&slot->waiting, 0);
+            my_slot = slot;
+        }
+    }
+    if (my_slot == NULL) {
+        ap_log_error(APLOG_MARK, APLOG_WARNING, 0, s,
+                     "kmdc: all %d metrics slots are taken; this child's "
+                     "long-polls are counted without one", seg->nslots);
+        return;
+    }
+    apr_pool_cleanup_register(pchild, my_slot, slot_release, apr_pool_cleanup_null);
+}
+
+/* ------------------------------------------------------------------------ */
+/* counting                                                                  */
+
+static void add(atomic_ullong *c, uint64_t n)
+{
+    atomic_fetch_add_explicit(c, (unsigned long long)n, memory_order_relaxed);
+}
+
+void kmdc_metrics_route(request_rec *r, const char *name, int nseg, int method)
+{
+    const char *label = "other";
+    int i;
+
+    for (i = 0; i < N_KNOWN; i++) {
+        if (endpoints[i].nseg == nseg && endpoints[i].method == method
+            && strcmp(endpoints[i].name, name) == 0) {
+            label = endpoints[i].label;
+            break;
+        }
+    }
+    apr_table_setn(r->notes, NOTE_ENDPOINT, label);
+}
+
+void kmdc_metrics_answered(request_rec *r, int rv)
+{
+    const char *label = apr_table_get(r->notes, NOTE_ENDPOINT);
+    int status = rv == OK || rv == DONE ? r->status : rv;
+    int ep = EP_UNKNOWN;
+    int i;
+
+    if (seg == NULL) {
+        return;
+    }
+    if (label != NULL) {
+        ep = EP_OTHER;
+        for (i = 0; i < N_KNOWN; i++) {
+            if (strcmp(endpoints[i].label, label) == 0) {
+                ep = i;
+                break;
+            }
+        }
+    }
+    add(&seg->requests[ep], 1);
+    if (status == HTTP_SERVICE_UNAVAILABLE) {
+        add(&seg->db_unavailable, 1);
+    }
+}
+
+void kmdc_metrics_send(int status, int from_receipt, int spent, uint64_t bytes,
+                       size_t deliveries)
+{
+    kmdc_metric_send result;
+
+    if (seg == NULL) {
+        return;
+    }
+    if (from_receipt) {
+        result = KMDC_METRIC_SEND_RETRY;
+    }
+    else if (status == HTTP_CREATED) {
+        result = KMDC_METRIC_SEND_ACCEPTED;
+        add(&seg->send_bytes, bytes);
+        add(&seg->deliveries, (uint64_t)deliveries);
+    }
+    else if (status == HTTP_SERVICE_UNAVAILABLE) {
+        result = KMDC_METRIC_SEND_UNAVAILABLE;
+    }
+    else if (spent) {
+        result = KMDC_METRIC_SEND_REFUSED;
+    }
+    else {
+        result = KMDC_METRIC_SEND_REJECTED;
+    }
+    add(&seg->send[result], 1);
+}
+
+void kmdc_metrics_auth_failure(void)
+{
+    if (seg != NULL) {
+        add(&seg->auth_failures, 1);
+    }
+}
+
+void kmdc_metrics_activation(kmdc_metric_activation result)
+{
+    if (seg != NULL && (int)result >= 0 && result < KMDC_METRIC_ACT_N) {
+        add(&seg->activations[result], 1);
+    }
+}
+
+void kmdc_metrics_longpoll(int delta)
+{
+    if (seg == NULL) {
+        return;
+    }
+    atomic_fetch_add_explicit(my_slot != NULL ? &my_slot->waiting
+                              : &seg->waiting_unslotted,
+                              (long long)delta, memory_order_relaxed);
+}
+
+/* ------------------------------------------------------------------------ */
+/* the page                                                                  */
+
+/* The text being built. */
+typedef struct page {
+    apr_pool_t *p;
+    apr_array_header_t *buf;      /* chars, not NUL-terminated */
+} page;
+
+__attribute__((format(printf, 2, 3)))
+static void emit(page *pg, const char *fmt, ...)
+{
+    va_list ap;
+    char *s;
+    apr_size_t n;
+
+    va_start(ap, fmt);
+    s = apr_pvsprintf(pg->p, fmt, ap);
+    va_end(ap);
+    n = strlen(s);
+    while (n-- > 0) {
+        APR_ARRAY_PUSH(pg->buf, char) = *s++;
+    }
+}
+
+static void header(page *pg, const char *name, const char *type, const char *help)
+{
+    emit(pg, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+static uint64_t get(atomic_ullong *c)
+{
+    return (uint64_t)atomic_load_explicit(c, memory_order_relaxed);
+}
+
+static void counter(page *pg, const char *name, const char *help, atomic_ullong *c)
+{
+    header(pg, name, "counter", help);
+    emit(pg, "%s %" APR_UINT64_T_FMT "\n", name, (apr_uint64_t)get(c));
+}
+
+static void labelled(page *pg, const char *name, const char *label,
+                     const char *value, atomic_ullong *c)
+{
+    emit(pg, "%s{%s=\"%s\"} %" APR_UINT64_T_FMT "\n", name, label, value,
+         (apr_uint64_t)get(c));
+}
+
+/* The long-polls in progress: the slots of live children. */
+static long long waiting_now(void)
+{
+    long long sum = atomic_load(&seg->waiting_unslotted);
+    int i;
+
+    for (i = 0; i < seg->nslots; i++) {
+        int pid = atomic_load(&seg->slots[i].pid);
+
+        if (pid != 0 && process_alive(pid)) {
+            sum += atomic_load(&seg->slots[i].waiting);
+        }
+    }
+    return sum < 0 ? 0 : sum;
+}
+
+int kmdc_metrics_handler(request_rec *r)
+{
+    page pg;
+    apr_time_t start;
+    int st, i;
+
+    if (r->method_number != M_GET) {
+        return kmdc_http_method_not_allowed(r, "GET, HEAD");
+    }
+    if ((st = ap_discard_request_body(r)) != OK) {
+        return st;
+    }
+    if (seg == NULL) {
+        return kmdc_http_error(r, HTTP_SERVICE_UNAVAILABLE, "unavailable",
+                               "metrics are off: no shared memory; see the "
+                               "error log of the server's start");
+    }
+    pg.p = r->pool;
+    pg.buf = apr_array_make(r->pool, 8192, sizeof(char));
+
+    header(&pg, "kmdc_send_total", "counter",
+           "POST /send answers by result: accepted (published), rejected "
+           "(refused, no counter spent), refused (refused after the keyblock "
+           "authenticated, counter spent), retry (repeated from a receipt), "
+           "unavailable (503, database).");
+    for (i = 0; i < KMDC_METRIC_SEND_N; i++) {
+        labelled(&pg, "kmdc_send_total", "result", send_labels[i], &seg->send[i]);
+    }
+    counter(&pg, "kmdc_send_bytes_total",
+            "Envelope bytes of accepted sends.", &seg->send_bytes);
+    counter(&pg, "kmdc_deliveries_total",
+            "Deliveries queued by accepted sends (one per recipient).",
+            &seg->deliveries);
+    header(&pg, "kmdc_requests_total", "counter",
+           "Requests answered by the kmdc handler, by endpoint (unknown: no "
+           "route matched).");
+    for (i = 0; i < N_KNOWN; i++) {
+        labelled(&pg, "kmdc_requests_total", "endpoint", endpoints[i].label,
+                 &seg->requests[i]);
+    }
+    labelled(&pg, "kmdc_requests_total", "endpoint", "other", &seg->requests[EP_OTHER]);
+    labelled(&pg, "kmdc_requests_total", "endpoint", "unknown",
+             &seg->requests[EP_UNKNOWN]);
+    counter(&pg, "kmdc_auth_failures_total",
+            "Requests refused 401 by request authentication.", &seg->auth_failures);
+    header(&pg, "kmdc_activations_total", "counter",
+           "Activation attempts by result: ok, failed (wrong or expired code), "
+           "locked (the card is or just became locked).");
+    for (i = 0; i < KMDC_METRIC_ACT_N; i++) {
+        labelled(&pg, "kmdc_activations_total", "result", activation_labels[i],
+                 &seg->activations[i]);
+    }
+    header(&pg, "kmdc_longpoll_waiting", "gauge",
+           "Mailbox long-polls (?wait=S) in progress, each holding a worker thread.");
+    emit(&pg, "kmdc_longpoll_waiting %" APR_INT64_T_FMT "\n", (apr_int64_t)waiting_now());
+    counter(&pg, "kmdc_db_unavailable_total",
+            "Requests answered 503 because the database could not be used.",
+            &seg->db_unavailable);
+    header(&pg, "kmdc_start_time_seconds", "gauge",
+           "When these counters started, in Unix seconds (reset only when httpd "
+           "stops, not by a restart).");
+    start = seg->start;
+    emit(&pg, "kmdc_start_time_seconds %" APR_INT64_T_FMT ".%03d\n",
+         (apr_int64_t)apr_time_sec(start), (int)(apr_time_msec(start) % 1000));
+
+    r->status = HTTP_OK;
+    ap_set_content_type(r, METRICS_CONTENT_TYPE);
+    ap_set_content_length(r, (apr_off_t)pg.buf->nelts);
+    apr_table_setn(r->headers_out, "Cache-Control", "no-store");
+    apr_table_setn(r->headers_out, "X-Content-Type-Options", "nosniff");
+    if (!r->header_only && ap_rwrite(pg.buf->elts, pg.buf->nelts, r) < 0) {
+        ap_log_rerror(APLOG_MARK, APLOG_DEBUG, 0, r,
+                      "kmdc: client went away while reading the metrics");
+    }
+    return OK;
+}

@@ -1,0 +1,641 @@
+/*
+ * mod_kmdc_notify.c - one LISTEN connection and thread per child and
+ * database, and the waiters of mailbox long-polls (see mod_kmdc_notify.h).
+ *
+ * Locking: the waiter list and each waiter's flag are under the listener's
+ * mutex; each waiter sleeps on its own condition variable with that mutex, so
+ * a NOTIFY wakes exactly the waiters of its serial.  The PGconn belongs to the
+ * thread alone.  Stopping takes no lock (prefork runs child_stopping on its
+ * exit path, which may be a signal handler): an atomic flag and one byte down
+ * a pipe; the thread then wakes every waiter.
+ *
+ * Nothing is lost while the listener is down: when LISTEN is active again on
+ * a fresh connection every waiter is woken and reads its mailbox, and at its
+ * deadline a waiter always reads once more (which also catches what sends no
+ * NOTIFY: an expiry, an administrator's purge).
+ */
+#include <stddef.h> /* before APR: APR_OFFSETOF then uses offsetof */
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <libpq-fe.h>
+
+#include "apr_strings.h"
+#include "apr_tables.h"
+#include "apr_thread_cond.h"
+#include "apr_thread_mutex.h"
+#include "apr_thread_proc.h"
+#include "ap_mmn.h"
+#include "ap_mpm.h"
+#include "httpd.h"
+#include "http_log.h"
+#include "mpm_common.h"
+
+#include "kmdc_util.h"
+
+#include "mod_kmdc.h"
+#include "mod_kmdc_config.h"
+#include "mod_kmdc_metrics.h"
+#include "mod_kmdc_notify.h"
+
+/* The channel POST /send and DELETE /mailbox/... notify (payload: serial). */
+#define CHANNEL "kmdc_mailbox"
+#define LISTEN_SQL "LISTEN " CHANNEL
+#define HEARTBEAT_SQL "SELECT 1"
+#define LISTENER_APPNAME "mod_kmdc listener"
+
+#define BACKOFF_MIN_MS 250            /* first pause after a failure */
+#define BACKOFF_MAX_MS 10000          /* longest pause between attempts */
+#define CONNECT_TIMEOUT_MS 10000      /* a connection attempt gives up */
+#define HEARTBEAT_MS 30000            /* silence before a heartbeat query, and
+                                       * the time it has to answer */
+
+#if APR_HAS_THREADS
+
+typedef struct listener listener;
+
+struct kmdc_notify_waiter {
+    listener *l;                      /* NULL once unlinked */
+    apr_pool_t *pool;                 /* the request's, holding the cleanup */
+    uint64_t serial;                  /* the mailbox watched */
+    apr_thread_cond_t *cond;          /* signalled when woken */
+    kmdc_notify_waiter *prev, *next;  /* the listener's list */
+    int woken;                        /* a NOTIFY or LISTEN came back */
+};
+
+struct listener {
+    const char *conninfo;             /* KmdcDatabase */
+    server_rec *s;                    /* for logging */
+    apr_thread_mutex_t *mu;           /* guards the fields below */
+    kmdc_notify_waiter *waiters;      /* linked waiters */
+    atomic_int stopping;              /* the child is going away (no lock) */
+    int stop_fd[2];                   /* written once to stop the thread */
+    apr_thread_t *thread;             /* NULL when it could not start */
+    int logged_down;                  /* thread only: an outage was logged */
+};
+
+/* This child's listeners (listener *), made in child_init. */
+static apr_array_header_t *listeners;
+
+/* ------------------------------------------------------------------------ */
+/* the shared state                                                          */
+
+static int is_stopping(listener *l)
+{
+    return atomic_load(&l->stopping);
+}
+
+/* Wake every waiter (LISTEN came back, or the child stops); mu held. */
+static void wake_all_locked(listener *l)
+{
+    kmdc_notify_waiter *w;
+
+    for (w = l->waiters; w != NULL; w = w->next) {
+        w->woken = 1;
+        apr_thread_cond_signal(w->cond);
+    }
+}
+
+/* LISTEN is active on a fresh connection: a NOTIFY may have been missed
+ * while there was none, so every waiter reads its mailbox again. */
+static void listening_again(listener *l)
+{
+    apr_thread_mutex_lock(l->mu);
+    wake_all_locked(l);
+    apr_thread_mutex_unlock(l->mu);
+}
+
+static void wake_serial(listener *l, uint64_t serial)
+{
+    kmdc_notify_waiter *w;
+
+    apr_thread_mutex_lock(l->mu);
+    for (w = l->waiters; w != NULL; w = w->next) {
+        if (w->serial == serial) {
+            w->woken = 1;
+            apr_thread_cond_signal(w->cond);
+        }
+    }
+    apr_thread_mutex_unlock(l->mu);
+}
+
+/*
+ * Ask the thread to finish; it wakes every waiter on its way out.
+ * Idempotent, and async-signal-safe (a lock-free atomic and write()).
+ */
+static void request_stop(listener *l)
+{
+    static const char byte = 'x';
+
+    if (!atomic_exchange(&l->stopping, 1) && l->stop_fd[1] >= 0) {
+        /* the pipe is empty and non-blocking: one byte always fits */
+        ssize_t n = write(l->stop_fd[1], &byte, 1);
+
+        (void)n;
+    }
+}
+
+/* The child is stopping: every waiter answers now. */
+static void wake_all(listener *l)
+{
+    apr_thread_mutex_lock(l->mu);
+    wake_all_locked(l);
+    apr_thread_mutex_unlock(l->mu);
+}
+
+/* ------------------------------------------------------------------------ */
+/* the thread                                                                */
+
+enum { WAIT_READY, WAIT_TIMEOUT, WAIT_STOP };
+
+/* Wait up to ms (-1: no limit) for events on fd (fd < 0: none) or the stop
+ * pipe.  A poll() failure other than EINTR counts as ready, so that libpq
+ * finds out what is wrong with the socket. */
+static int wait_fd(listener *l, int fd, short events, int ms)
+{
+    struct pollfd pfd[2];
+    int n;
+
+    pfd[0].fd = l->stop_fd[0];
+    pfd[0].events = POLLIN;
+    pfd[0].revents = 0;
+    pfd[1].fd = fd;
+    pfd[1].events = events;
+    pfd[1].revents = 0;
+    do {
+        n = poll(pfd, fd >= 0 ? 2 : 1, ms);
+    } while (n < 0 && errno == EINTR);
+    if (pfd[0].revents != 0 || is_stopping(l)) {
+        return WAIT_STOP;
+    }
+    if (n == 0) {
+        return WAIT_TIMEOUT;
+    }
+    return WAIT_READY;
+}
+
+/* Log a failure of the listening connection once per outage. */
+static void note_failure(listener *l, const char *what, PGconn *pg)
+{
+    char msg[256];
+    const char *e = pg != NULL ? PQerrorMessage(pg) : "out of memory";
+    size_t i, n = 0;
+
+    if (l->logged_down) {
+        return;
+    }
+    /* libpq's message may span lines: keep it on one */
+    for (i = 0; e[i] != '\0' && n + 1 < sizeof(msg); i++) {
+        msg[n++] = (e[i] == '\n' || e[i] == '\r' || e[i] == '\t') ? ' ' : e[i];
+    }
+    while (n > 0 && msg[n - 1] == ' ') {
+        n--;
+    }
+    msg[n] = '\0';
+    l->logged_down = 1;
+    ap_log_error(APLOG_MARK, APLOG_WARNING, 0, l->s,
+                 "kmdc: the long-poll listener (%s) %s: %s; long-polls fall back "
+                 "to reading at their deadline until it reconnects",
+                 KMDC_DIR_DATABASE, what, n > 0 ? msg : "no detail");
+}
+
+/* Connect without blocking the stop pipe.  Returns the connection or NULL
+ * (failure logged, or stopping).  The connection shows in pg_stat_activity as
+ * LISTENER_APPNAME unless KmdcDatabase names an application_name itself. */
+static PGconn *listener_connect(listener *l)
+{
+    const char *const keys[] = { "dbname", "fallback_application_name", NULL };
+    const char *const values[] = { l->conninfo, LISTENER_APPNAME, NULL };
+    PGconn *pg = PQconnectStartParams(keys, values, 1);
+    PostgresPollingStatusType st = PGRES_POLLING_WRITING;
+    apr_time_t deadline = apr_time_now() + apr_time_from_msec(CONNECT_TIMEOUT_MS);
+
+    if (pg == NULL || PQstatus(pg) == CONNECTION_BAD) {
+        note_failure(l, "cannot connect", pg);
+        goto fail;
+    }
+    while (st != PGRES_POLLING_OK) {
+        apr_time_t left = deadline - apr_time_now();
+        int w;
+
+        if (st == PGRES_POLLING_FAILED) {
+            note_failure(l, "cannot connect", pg);
+            goto fail;
+        }
+        if (left <= 0) {
+            note_failure(l, "timed out connecting", pg);
+            goto fail;
+        }
+        w = wait_fd(l, PQsocket(pg), st == PGRES_POLLING_READING ? POLLIN : POLLOUT,
+                    (int)apr_time_as_msec(left) + 1);
+        if (w == WAIT_STOP) {
+            goto fail;
+        }
+        if (w == WAIT_TIMEOUT) {
+            continue;              /* the deadline check above ends it */
+        }
+        st = PQconnectPoll(pg);
+    }
+    return pg;
+fail:
+    if (pg != NULL) {
+        PQfinish(pg);
+    }
+    return NULL;
+}
+
+/* Deliver the NOTIFYs libpq has read. */
+static void drain_notifies(listener *l, PGconn *pg)
+{
+    PGnotify *n;
+
+    while ((n = PQnotifies(pg)) != NULL) {
+        uint64_t serial = 0;
+
+        if (strcmp(n->relname, CHANNEL) == 0 && n->extra != NULL
+            && kmdc_serial_parse(&serial, n->extra, strlen(n->extra), NULL) == KMDC_OK) {
+            wake_serial(l, serial);
+        }
+        PQfreemem(n);
+    }
+}
+
+/*
+ * LISTEN on pg and deliver notifications until the connection fails or the
+ * child stops.  Returns 1 when LISTEN had become active.
+ */
+static int listener_serve(listener *l, PGconn *pg)
+{
+    int pending = 0;           /* a query (LISTEN or heartbeat) is unanswered */
+    int listening = 0;
+
+    if (!PQsendQueryParams(pg, LISTEN_SQL, 0, NULL, NULL, NULL, NULL, 0)) {
+        note_failure(l, "cannot send LISTEN", pg);
+        return 0;
+    }
+    pending = 1;
+    for (;;) {
+        int w = wait_fd(l, PQsocket(pg), POLLIN, HEARTBEAT_MS);
+
+        if (w == WAIT_STOP) {
+            return listening;
+        }
+        if (w == WAIT_TIMEOUT) {
+            if (pending) {
+                note_failure(l, "stopped answering", pg);
+                return listening;
+            }
+            if (!PQsendQueryParams(pg, HEARTBEAT_SQL, 0, NULL, NULL, NULL, NULL, 0)) {
+                note_failure(l, "lost its connection", pg);
+                return listening;
+            }
+            pending = 1;
+            continue;
+        }
+        if (!PQconsumeInput(pg)) {
+            note_failure(l, "lost its connection", pg);
+            return listening;
+        }
+        while (pending && !PQisBusy(pg)) {
+            PGresult *res = PQgetResult(pg);
+            ExecStatusType rs;
+
+            if (res == NULL) {
+                pending = 0;
+                break;
+            }
+            rs = PQresultStatus(res);
+            PQclear(res);
+            if (rs != PGRES_COMMAND_OK && rs != PGRES_TUPLES_OK) {
+                note_failure(l, listening ? "failed a heartbeat" : "cannot LISTEN", pg);
+                return listening;
+            }
+            if (!listening) {
+                listening = 1;
+                if (l->logged_down) {
+                    ap_log_error(APLOG_MARK, APLOG_NOTICE, 0, l->s,
+                                 "kmdc: the long-poll listener is listening again");
+                    l->logged_down = 0;
+                }
+                listening_again(l);
+            }
+        }
+        drain_notifies(l, pg);
+        if (PQstatus(pg) == CONNECTION_BAD) {
+            note_failure(l, "lost its connection", pg);
+            return listening;
+        }
+    }
+}
+
+static void *APR_THREAD_FUNC listener_main(apr_thread_t *thread, void *data)
+{
+    listener *l = data;
+    int backoff = BACKOFF_MIN_MS;
+
+    while (!is_stopping(l)) {
+        PGconn *pg = listener_connect(l);
+        apr_time_t since = apr_time_now();
+
+        if (pg != NULL) {
+            int listened = listener_serve(l, pg);
+
+            PQfinish(pg);
+            /* a connection that held for a while starts the backoff anew;
+             * one that fails at once keeps backing off */
+            if (listened && apr_time_now() - since >= apr_time_from_msec(BACKOFF_MAX_MS)) {
+                backoff = BACKOFF_MIN_MS;
+            }
+        }
+        if (wait_fd(l, -1, 0, backoff) == WAIT_STOP) {
+            break;
+        }
+        backoff = backoff >= BACKOFF_MAX_MS / 2 ? BACKOFF_MAX_MS : backoff * 2;
+    }
+    wake_all(l);
+    apr_thread_exit(thread, APR_SUCCESS);
+    return NULL;
+}
+
+/* ------------------------------------------------------------------------ */
+/* start and stop                                                            */
+
+/* pre-cleanup of pchild: runs before the thread's pool is destroyed. */
+static apr_status_t listener_cleanup(void *data)
+{
+    listener *l = data;
+    apr_status_t trv;
+
+    request_stop(l);
+    if (l->thread != NULL) {
+        (void)apr_thread_join(&trv, l->thread);
+        l->thread = NULL;
+    }
+    wake_all(l);
+    if (l->stop_fd[0] >= 0) {
+        close(l->stop_fd[0]);
+        l->stop_fd[0] = -1;
+    }
+    if (l->stop_fd[1] >= 0) {
+        close(l->stop_fd[1]);
+        l->stop_fd[1] = -1;
+    }
+    return APR_SUCCESS;
+}
+
+static listener *listener_start(apr_pool_t *pchild, server_rec *s, const char *conninfo)
+{
+    listener *l = apr_pcalloc(pchild, sizeof(*l));
+    sigset_t all, old;
+    apr_status_t rv;
+    int i;
+
+    l->conninfo = conninfo;
+    l->s = s;
+    l->stop_fd[0] = l->stop_fd[1] = -1;
+    atomic_init(&l->stopping, 0);
+    rv = apr_thread_mutex_create(&l->mu, APR_THREAD_MUTEX_DEFAULT, pchild);
+    if (rv != APR_SUCCESS) {
+        ap_log_error(APLOG_MARK, APLOG_ERR, rv, s,
+                     "kmdc: cannot create the long-poll listener's mutex; "
+                     "long-polls wait for their deadline");
+        return NULL;
+    }
+    if (pipe(l->stop_fd) != 0) {
+        ap_log_error(APLOG_MARK, APLOG_ERR, errno, s,
+                     "kmdc: cannot create the long-poll listener's pipe; "
+                     "long-polls wait for their deadline");
+        l->stop_fd[0] = l->stop_fd[1] = -1;
+        return NULL;
+    }
+    for (i = 0; i < 2; i++) {
+        (void)fcntl(l->stop_fd[i], F_SETFD, FD_CLOEXEC);
+        (void)fcntl(l->stop_fd[i], F_SETFL, O_NONBLOCK);
+    }
+    apr_pool_pre_cleanup_register(pchild, l, listener_cleanup);
+    /* the thread takes no signal meant for the MPM's threads */
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &old);
+    rv = apr_thread_create(&l->thread, NULL, listener_main, l, pchild);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (rv != APR_SUCCESS) {
+        ap_log_error(APLOG_MARK, APLOG_ERR, rv, s,
+                     "kmdc: cannot start the long-poll listener thread; "
+                     "long-polls wait for their deadline");
+        l->thread = NULL;
+    }
+    return l;
+}
+
+void kmdc_notify_child_init(apr_pool_t *pchild, server_rec *s)
+{
+    server_rec *vs;
+    int i;
+
+    listeners = apr_array_make(pchild, 2, sizeof(listener *));
+    for (vs = s; vs != NULL; vs = vs->next) {
+        const kmdc_srv_conf *sc = kmdc_conf_get(vs);
+        listener *l = NULL;
+        int found = 0;
+
+        if (sc == NULL || !sc->handler_used || sc->conninfo == NULL) {
+            continue;
+        }
+        for (i = 0; i < listeners->nelts && !found; i++) {
+            found = strcmp(APR_ARRAY_IDX(listeners, i, listener *)->conninfo,
+                           sc->conninfo) == 0;
+        }
+        if (!found && (l = listener_start(pchild, vs, sc->conninfo)) != NULL) {
+            APR_ARRAY_PUSH(listeners, listener *) = l;
+        }
+    }
+}
+
+#if AP_MODULE_MAGIC_AT_LEAST(20120211, 110)
+/* The MPM is stopping this child: answer every long-poll now (a graceful
+ * restart must not wait up to a minute for them). */
+static void notify_child_stopping(apr_pool_t *pchild, int graceful)
+{
+    int i;
+
+    (void)pchild;
+    (void)graceful;
+    for (i = 0; listeners != NULL && i < listeners->nelts; i++) {
+        request_stop(APR_ARRAY_IDX(listeners, i, listener *));
+    }
+}
+#endif
+
+void kmdc_notify_register_hooks(apr_pool_t *p)
+{
+    (void)p;
+#if AP_MODULE_MAGIC_AT_LEAST(20120211, 110)
+    ap_hook_child_stopping(notify_child_stopping, NULL, NULL, APR_HOOK_MIDDLE);
+#endif
+}
+
+/* ------------------------------------------------------------------------ */
+/* waiters                                                                   */
+
+static listener *listener_for(const request_rec *r)
+{
+    const kmdc_srv_conf *sc = kmdc_conf_get(r->server);
+    int i;
+
+    if (listeners == NULL || sc == NULL || sc->conninfo == NULL) {
+        return NULL;
+    }
+    for (i = 0; i < listeners->nelts; i++) {
+        listener *l = APR_ARRAY_IDX(listeners, i, listener *);
+
+        if (strcmp(l->conninfo, sc->conninfo) == 0) {
+            return l->thread != NULL ? l : NULL;
+        }
+    }
+    return NULL;
+}
+
+static apr_status_t waiter_cleanup(void *data)
+{
+    kmdc_notify_waiter *w = data;
+    listener *l = w->l;
+
+    if (l == NULL) {
+        return APR_SUCCESS;
+    }
+    apr_thread_mutex_lock(l->mu);
+    if (w->prev != NULL) {
+        w->prev->next = w->next;
+    }
+    else {
+        l->waiters = w->next;
+    }
+    if (w->next != NULL) {
+        w->next->prev = w->prev;
+    }
+    apr_thread_mutex_unlock(l->mu);
+    w->l = NULL;
+    w->prev = w->next = NULL;
+    kmdc_metrics_longpoll(-1);
+    return APR_SUCCESS;
+}
+
+kmdc_notify_waiter *kmdc_notify_watch(request_rec *r, uint64_t serial)
+{
+    listener *l = listener_for(r);
+    kmdc_notify_waiter *w;
+
+    if (l == NULL) {
+        return NULL;
+    }
+    w = apr_pcalloc(r->pool, sizeof(*w));
+    w->pool = r->pool;
+    w->serial = serial;
+    if (apr_thread_cond_create(&w->cond, r->pool) != APR_SUCCESS) {
+        return NULL;
+    }
+    apr_thread_mutex_lock(l->mu);
+    w->l = l;
+    w->next = l->waiters;
+    if (l->waiters != NULL) {
+        l->waiters->prev = w;
+    }
+    l->waiters = w;
+    apr_thread_mutex_unlock(l->mu);
+    kmdc_metrics_longpoll(1);
+    /* registered after the condition: unlinked before it is destroyed */
+    apr_pool_cleanup_register(r->pool, w, waiter_cleanup, apr_pool_cleanup_null);
+    return w;
+}
+
+void kmdc_notify_unwatch(kmdc_notify_waiter *w)
+{
+    if (w != NULL) {
+        apr_pool_cleanup_run(w->pool, w, waiter_cleanup);
+    }
+}
+
+kmdc_notify_rc kmdc_notify_wait(kmdc_notify_waiter *w, apr_time_t deadline)
+{
+    listener *l = w != NULL ? w->l : NULL;
+    kmdc_notify_rc rc;
+
+    if (l == NULL) {
+        apr_time_t left = deadline - apr_time_now();
+
+        if (left > 0) {
+            apr_sleep(left);
+        }
+        return KMDC_NOTIFY_FINAL;
+    }
+    apr_thread_mutex_lock(l->mu);
+    for (;;) {
+        apr_time_t left;
+
+        if (is_stopping(l)) {
+            rc = KMDC_NOTIFY_FINAL;
+            break;
+        }
+        if (w->woken) {
+            w->woken = 0;
+            rc = KMDC_NOTIFY_RECHECK;
+            break;
+        }
+        left = deadline - apr_time_now();
+        if (left <= 0) {
+            rc = KMDC_NOTIFY_FINAL;
+            break;
+        }
+        (void)apr_thread_cond_timedwait(w->cond, l->mu, left);
+    }
+    apr_thread_mutex_unlock(l->mu);
+    return rc;
+}
+
+#else /* !APR_HAS_THREADS: no listener; long-polls wait for their deadline */
+
+struct kmdc_notify_waiter {
+    int unused;
+};
+
+void kmdc_notify_register_hooks(apr_pool_t *p)
+{
+    (void)p;
+}
+
+void kmdc_notify_child_init(apr_pool_t *pchild, server_rec *s)
+{
+    (void)pchild;
+    (void)s;
+}
+
+kmdc_notify_waiter *kmdc_notify_watch(request_rec *r, uint64_t serial)
+{
+    (void)r;
+    (void)serial;
+    return NULL;
+}
+
+void kmdc_notify_unwatch(kmdc_notify_waiter *w)
+{
+    (void)w;
+}
+
+kmdc_notify_rc kmdc_notify_wait(kmdc_notify_waiter *w, apr_time_t deadline)
+{
+    apr_time_t left = deadline - apr_time_now();
+
+    (void)w;
+    if (left > 0) {
+        apr_sleep(left);
+    }
+    return KMDC_NOTIFY_FINAL;
+}
+
+#endif

@@ -1,0 +1,300 @@
+# t/060_metrics.t - the kmdc-metrics handler (<Location /kmdc-metrics> in
+# t/conf/extra.conf.in): Prometheus text format 0.0.4, counters shared by all
+# children.
+#
+# The page is read, then the test does a known set of things (activations
+# that succeed, fail and hit a locked card; sends that are accepted,
+# retried, refused after authentication and rejected before it; requests
+# that fail authentication; requests to each endpoint, a long-poll), reads it
+# again, and checks that every sample moved by exactly what the test did and
+# no other sample moved.  Every line must be a comment or `name{labels}
+# value`; reads over separate connections (likely different children) give
+# the same numbers.
+use strict;
+use warnings FATAL => 'all';
+
+use FindBin ();
+use lib "$FindBin::Bin/lib";
+
+use Apache::Test qw(-withtestmore);
+use Apache::TestRequest ();
+use File::Temp qw(tempdir);
+use POSIX ();
+use Time::HiRes qw(time sleep);
+use KmdcTest qw(:all);
+
+plan tests => 39;
+
+my $build = $ENV{KMDC_BUILD} or die "KMDC_BUILD not set: run t/run-suite BUILD_DIR\n";
+my $mkey = $ENV{KMDC_MASTER_KEY_FILE} or die "KMDC_MASTER_KEY_FILE not set\n";
+my $kmdcadm = "$build/client/kmdcadm";
+my $kmdc = "$build/client/kmdc";
+my $url = Apache::TestRequest::resolve_url('/kmdc');
+$url =~ s{/+$}{};
+my $metrics_url = Apache::TestRequest::resolve_url('/kmdc-metrics');
+my $dir = tempdir('kmdc-mx-XXXXXX', TMPDIR => 1, CLEANUP => 1);
+chmod 0700, $dir;
+
+# ---- helpers ----------------------------------------------------------------
+
+# The page through a new connection (curl): (status, content type, body).
+sub page {
+    my ($method) = @_;
+    my $out = "$dir/page.out";
+    my $hdr = "$dir/page.hdr";
+    my ($rc, $code) = run('curl', '-sS', '-o', $out, '-D', $hdr, '-w', '%{http_code}',
+                          '-X', $method // 'GET', $metrics_url);
+    die "curl failed: $code" if $rc;
+    open my $fh, '<:raw', $out or die;
+    local $/;
+    my $body = <$fh> // '';
+    close $fh;
+    open $fh, '<', $hdr or die;
+    my $h = <$fh> // '';
+    close $fh;
+    return ($code + 0, $h, $body);
+}
+
+# Parse the text format: {samples => {"name{labels}" => value}, types =>
+# {name => type}, bad => [lines that are neither]}.
+sub parse {
+    my ($text) = @_;
+    my (%samples, %types, @bad);
+    my $label = qr/[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\\n]|\\.)*"/;
+    for my $line (split /\n/, $text) {
+        if ($line =~ /^# HELP ([a-zA-Z_:][a-zA-Z0-9_:]*) \S.*$/) {
+            next;
+        }
+        if ($line =~ /^# TYPE ([a-zA-Z_:][a-zA-Z0-9_:]*) (counter|gauge|histogram|summary|untyped)$/) {
+            $types{$1} = $2;
+            next;
+        }
+        if ($line =~ /^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{$label(?:,$label)*\})? (-?[0-9]+(?:\.[0-9]+)?(?:e[+-]?[0-9]+)?)$/) {
+            my ($name, $labels, $v) = ($1, $2 // '', $3);
+            push @bad, "no TYPE before: $line" unless $types{$name};
+            push @bad, "twice: $line" if exists $samples{"$name$labels"};
+            $samples{"$name$labels"} = $v;
+            next;
+        }
+        push @bad, $line;
+    }
+    return { samples => \%samples, types => \%types, bad => \@bad };
+}
+
+sub snapshot {
+    my ($code, $h, $body) = page();
+    die "the metrics page answered $code" unless $code == 200;
+    return parse($body)->{samples};
+}
+
+sub client_card {
+    my ($addr) = @_;
+    my $file = "$dir/$addr.card";
+    my ($rc, $out) = run($kmdcadm, '--master-key', "1:$mkey", 'issue', '--address', $addr,
+                         '--url', $url, '--out', $file);
+    die "kmdcadm issue $addr failed: $out" if $rc;
+    my ($code) = $out =~ /access code:\s*([0-9A-Z-]+)/ or die "no code in: $out";
+    ($rc, $out) = run($kmdc, '--card', $file, 'activate', $code);
+    die "kmdc activate $addr failed ($rc): $out" if $rc;
+    return { file => $file, address => $addr };
+}
+
+my $n_env = 0;
+sub seal {
+    my ($from, $to, $bytes) = @_;
+    $n_env++;
+    my $doc = "$dir/doc$n_env";
+    open my $fh, '>:raw', $doc or die;
+    print $fh $bytes;
+    close $fh or die;
+    my $env = "$dir/doc$n_env.kmdc";
+    my ($rc, $out) = run($kmdc, '--card', $from->{file}, 'seal', '--to', $to, '-o', $env, $doc);
+    die "kmdc seal failed ($rc): $out" if $rc;
+    return $env;
+}
+
+sub post {
+    my ($env) = @_;
+    my ($rc, $code) = run('curl', '-sS', '-o', '/dev/null', '-w', '%{http_code}',
+                          '-H', 'Content-Type: application/vnd.kmdc.envelope',
+                          '--data-binary', "\@$env", "$url/send");
+    die "curl failed: $code" if $rc;
+    return $code + 0;
+}
+
+sub write_bytes {
+    my ($path, $bytes) = @_;
+    open my $fh, '>:raw', $path or die;
+    print $fh $bytes;
+    close $fh or die;
+    return $path;
+}
+
+sub slurp {
+    my ($path) = @_;
+    open my $fh, '<:raw', $path or die;
+    local $/;
+    my $b = <$fh>;
+    close $fh;
+    return $b;
+}
+
+# ---- the page itself --------------------------------------------------------------
+my @metrics = qw(kmdc_send_total kmdc_send_bytes_total kmdc_deliveries_total
+                 kmdc_requests_total kmdc_auth_failures_total kmdc_activations_total
+                 kmdc_longpoll_waiting kmdc_db_unavailable_total kmdc_start_time_seconds);
+my $start_time;
+{
+    my ($code, $h, $body) = page();
+    is($code, 200, 'GET /kmdc-metrics: 200');
+    like($h, qr{^Content-Type: text/plain; version=0\.0\.4; charset=utf-8\r?$}mi,
+         '... Content-Type text/plain; version=0.0.4');
+    like($body, qr/\n\z/, '... the text ends with a newline');
+    my $p = parse($body);
+    is_deeply($p->{bad}, [], '... every line is a comment or name{labels} value')
+        or diag(join "\n", @{ $p->{bad} });
+    my @missing = grep { !$p->{types}{$_} } @metrics;
+    is_deeply(\@missing, [], '... every metric has a TYPE line');
+    is_deeply([sort grep { !/_total$/ } grep { $p->{types}{$_} eq 'counter' } keys %{ $p->{types} }],
+              [], '... counters are named *_total');
+    is($p->{types}{kmdc_longpoll_waiting}, 'gauge', '... kmdc_longpoll_waiting is a gauge');
+    $start_time = $p->{samples}{kmdc_start_time_seconds} // 0;
+    ok($start_time > time - 86400 && $start_time <= time + 1,
+       "... kmdc_start_time_seconds is a recent Unix time ($start_time)");
+    is($p->{samples}{kmdc_longpoll_waiting}, 0, '... no long-poll waits now');
+
+    my $res = request('HEAD', '/kmdc-metrics');
+    ok($res->code == 200 && ($res->content // '') eq '', 'HEAD: 200 without a body');
+    ($code, $h, $body) = page('POST');
+    is($code, 405, 'POST: 405');
+    like($h, qr/^Allow: GET, HEAD\r?$/mi, '... Allow: GET, HEAD');
+}
+
+# ---- cards (set up before the first reading) -----------------------------------------
+my $sender = client_card('mx-sender');
+my $r1 = client_card('mx-one');
+my $r2 = client_card('mx-two');
+my $x = issue_card('mx-x');         # activated in the test, after two wrong codes
+my $y = issue_card('mx-y');         # locked in the test
+my $wrong = '00000-00000';
+
+# ---- the same numbers from every child ---------------------------------------------------
+{
+    my @texts = map { (page())[2] } 1 .. 8;
+    my %distinct = map { $_ => 1 } @texts;
+    is(scalar keys %distinct, 1, 'eight reads over new connections give the same text');
+}
+
+my $m0 = snapshot();
+my %want;     # expected deltas, "name{labels}" => n
+
+# ---- activations -----------------------------------------------------------------------
+{
+    my @codes;
+    push @codes, activate($x, code => $wrong)->code for 1 .. 2;
+    push @codes, activate($x)->code;
+    push @codes, activate($y, code => $wrong)->code for 1 .. 5;
+    push @codes, activate($y)->code;
+    is("@codes", '403 403 204 403 403 403 403 403 403',
+       'activations: two wrong codes, the right one, five wrong (locking), the right one');
+    $want{'kmdc_activations_total{result="ok"}'} = 1;
+    $want{'kmdc_activations_total{result="failed"}'} = 6;
+    $want{'kmdc_activations_total{result="locked"}'} = 2;
+    $want{'kmdc_requests_total{endpoint="activate"}'} = 9;
+}
+
+# ---- sends -----------------------------------------------------------------------------------
+{
+    my $e1 = seal($sender, 'mx-one', 'first document');
+    my $e2 = seal($sender, 'mx-one,mx-two', 'second document, two recipients');
+    my $e3 = seal($sender, 'mx-nobody', 'to nobody');
+    my $e4 = seal($sender, 'mx-one', 'tampered');
+    my $t = slurp($e4);
+    substr($t, 50, 1) = chr(ord(substr($t, 50, 1)) ^ 0x01);    # in the keyblock
+    write_bytes($e4, $t);
+    my $e5 = write_bytes("$dir/garbage.kmdc", 'KMDX' . ("\0" x 60));
+    my @codes = map { post($_) } $e1, $e2, $e1, $e3, $e4, $e5;
+    is("@codes", '201 201 200 404 403 400',
+       'sends: two accepted, a retry, an unknown recipient, a bad keyblock, bad magic');
+    $want{'kmdc_send_total{result="accepted"}'} = 2;
+    $want{'kmdc_send_total{result="retry"}'} = 1;
+    $want{'kmdc_send_total{result="refused"}'} = 1;
+    $want{'kmdc_send_total{result="rejected"}'} = 2;
+    $want{'kmdc_send_bytes_total'} = (-s $e1) + (-s $e2);
+    $want{'kmdc_deliveries_total'} = 3;
+    $want{'kmdc_requests_total{endpoint="send"}'} = 6;
+}
+
+# ---- authentication failures ----------------------------------------------------------------
+{
+    my $target = "/kmdc/mailbox/$x->{serial}";
+    my @codes;
+    push @codes, request('GET', $target)->code;                       # unsigned
+    push @codes, signed($x, 'GET', $target, ak => "\x55" x 32)->code;  # wrong key
+    my $nonce = nonce_hex();
+    push @codes, signed($x, 'GET', $target, nonce => $nonce)->code;   # fine
+    push @codes, signed($x, 'GET', $target, nonce => $nonce)->code;   # replayed
+    is("@codes", '401 401 200 401', 'requests: unsigned, wrong key, good, replayed nonce');
+    $want{'kmdc_auth_failures_total'} = 3;
+    $want{'kmdc_requests_total{endpoint="mailbox_list"}'} = 4;
+}
+
+# ---- other endpoints and unknown paths -------------------------------------------------------
+{
+    my @codes = (request('GET', '/kmdc/health')->code,
+                 request('GET', '/kmdc/no-such-thing')->code,
+                 request('DELETE', '/kmdc/health')->code,
+                 signed($x, 'GET', "/kmdc/card/$x->{serial}")->code);
+    is("@codes", '200 404 405 200', 'requests: health, an unknown path, a wrong method, card');
+    $want{'kmdc_requests_total{endpoint="health"}'} = 1;
+    $want{'kmdc_requests_total{endpoint="unknown"}'} = 2;
+    $want{'kmdc_requests_total{endpoint="card"}'} = 1;
+}
+
+# ---- the long-poll gauge ----------------------------------------------------------------------
+{
+    my $target = "/kmdc/mailbox/$x->{serial}";
+    my $etag = signed($x, 'GET', $target)->header('ETag');
+    pipe(my $rd, my $wr) or die;
+    my $pid = fork() // die "fork: $!";
+    if (!$pid) {
+        close $rd;
+        my $res = eval { signed($x, 'GET', "$target?wait=3", headers => { 'If-None-Match' => $etag }) };
+        print $wr ($res ? $res->code : 0), "\n";
+        close $wr;
+        POSIX::_exit(0);
+    }
+    close $wr;
+    my $seen = 0;
+    my $end = time + 2.5;
+    while (time < $end && !$seen) {
+        my $s = snapshot();
+        $seen = ($s->{kmdc_longpoll_waiting} // 0) == 1;
+        sleep 0.05 unless $seen;
+    }
+    ok($seen, 'kmdc_longpoll_waiting is 1 while one long-poll waits');
+    my $code = <$rd> // '';
+    chomp $code;
+    waitpid($pid, 0);
+    is($code, 304, '... which ends with 304');
+    is(snapshot()->{kmdc_longpoll_waiting}, 0, '... and then it is 0 again');
+    $want{'kmdc_requests_total{endpoint="mailbox_list"}'} += 2;
+}
+
+# ---- the deltas ---------------------------------------------------------------------------------
+my $m1 = snapshot();
+{
+    is_deeply([sort keys %$m1], [sort keys %$m0], 'the second reading has the same samples');
+    my %got;
+    for my $k (keys %$m1) {
+        next if $k eq 'kmdc_start_time_seconds' || $k eq 'kmdc_longpoll_waiting';
+        my $d = $m1->{$k} - ($m0->{$k} // 0);
+        $got{$k} = $d if $d != 0;
+    }
+    for my $k (sort keys %want) {
+        is($got{$k} // 0, $want{$k}, "delta of $k is $want{$k}");
+    }
+    my @extra = grep { !exists $want{$_} } sort keys %got;
+    is_deeply(\@extra, [], 'no other counter moved') or diag(explain({ map { $_ => $got{$_} } @extra }));
+    is($m1->{kmdc_start_time_seconds}, $start_time, 'kmdc_start_time_seconds did not change');
+}
