@@ -20,7 +20,7 @@ use FindBin ();
 use lib "$FindBin::Bin/lib";
 use KmdcTest qw(run sql);
 
-plan tests => 150;
+plan tests => 157;
 
 my $build = $ENV{KMDC_BUILD} or die "KMDC_BUILD not set: run t/run-suite BUILD_DIR\n";
 my $mkey = $ENV{KMDC_MASTER_KEY_FILE} or die "KMDC_MASTER_KEY_FILE not set\n";
@@ -362,6 +362,21 @@ sub refused_after {
     my $tb = read_file(seal($alice, 'bob', $doc));
     refused_after('bytes after the last chunk', write_file(tmpfile('.kmdc'), $tb . ('x' x 16)),
                   400, 'protocol');
+    {
+        # fill hank's mailbox to its pending count (KmdcMailboxQuota 1000 ...) with SQL
+        my $hank = card('hank');
+        my $a = "x'$alice->{serial}'::bigint";
+        my $h = "x'$hank->{serial}'::bigint";
+        sql("INSERT INTO messages (id, sender, sender_seq, size, payload_len) "
+            . "SELECT 8000000000000000 + g, $a, 5000000 + g, 0, 16 FROM generate_series(1, 1000) g");
+        sql("INSERT INTO deliveries (message_id, recipient, seq, head, expires_at) "
+            . "SELECT 8000000000000000 + g, $h, 5000000 + g, decode(repeat('00', 110), 'hex'), "
+            . "now() + interval '1 day' FROM generate_series(1, 1000) g");
+        refused_after('over the recipient\'s KmdcMailboxQuota', seal($alice, 'hank', $doc),
+                      507, 'mailbox_full');
+        sql("DELETE FROM deliveries WHERE recipient = $h");
+        sql("DELETE FROM messages WHERE id > 8000000000000000 AND id <= 8000000000001000");
+    }
     refused_after('over KmdcMaxRecipients',
                   testseal($alice, join(',', map { "r$_" } 1 .. 9), $doc), 413, 'too_large');
 }
