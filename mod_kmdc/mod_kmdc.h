@@ -27,8 +27,8 @@ APLOG_USE_MODULE(kmdc);
 
 extern module AP_MODULE_DECLARE_DATA kmdc_module;
 
-/* The handler names (SetHandler): the protocol endpoints and, later, the
- * Prometheus metrics page. */
+/* The handler names (SetHandler): the protocol endpoints and the
+ * Prometheus metrics page (mod_kmdc_metrics.c). */
 #define KMDC_HANDLER "kmdc"
 #define KMDC_METRICS_HANDLER "kmdc-metrics"
 

@@ -260,24 +260,3 @@ int kmdc_http_parse_serial(const char *seg, uint64_t *serial)
     }
     return kmdc_serial_parse(serial, seg, strlen(seg), NULL) == KMDC_OK;
 }
-
-int kmdc_http_parse_id(const char *seg, uint64_t *id)
-{
-    uint64_t v = 0;
-    const char *c = seg;
-
-    if (seg == NULL || *seg < '1' || *seg > '9') {
-        return 0;   /* empty, a sign, or a leading zero */
-    }
-    for (; *c != '\0'; c++) {
-        if (*c < '0' || *c > '9') {
-            return 0;
-        }
-        if (v > (KMDC_U63_MAX - (uint64_t)(*c - '0')) / 10) {
-            return 0;
-        }
-        v = v * 10 + (uint64_t)(*c - '0');
-    }
-    *id = v;
-    return 1;
-}

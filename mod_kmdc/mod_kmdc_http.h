@@ -76,11 +76,8 @@ int kmdc_http_split_path(apr_pool_t *p, const char *path, const char **segs,
                          int max);
 
 /* Parse a serial path segment (16 lowercase hex digits, 1 .. 2^63-1).
- * Returns 1 and sets *serial, or 0. */
+ * Returns 1 and sets *serial, or 0.  Message and delivery ids are written
+ * the same way (docs/API.md) and parsed with it too. */
 int kmdc_http_parse_serial(const char *seg, uint64_t *serial);
-
-/* Parse an id path segment: decimal without sign or leading zero, 1 ..
- * 2^63-1.  Returns 1 and sets *id, or 0. */
-int kmdc_http_parse_id(const char *seg, uint64_t *id);
 
 #endif
