@@ -50,23 +50,6 @@ static uint64_t now_ms(void)
     return (uint64_t)(apr_time_now() / 1000);
 }
 
-static kmdc_db_rc audit(kmdc_db *db, uint64_t serial, const char *event,
-                        const char *detail)
-{
-    kmdc_db_params pp;
-    PGresult *res = NULL;
-    kmdc_db_rc rc;
-
-    kmdc_db_params_init(&pp);
-    kmdc_db_param_int8(&pp, (int64_t)serial);
-    kmdc_db_param_text(&pp, event);
-    kmdc_db_param_text(&pp, detail);
-    rc = kmdc_db_exec(db, "INSERT INTO audit_log (serial, event, detail) "
-                      "VALUES ($1, $2, $3::jsonb)", &pp, 0, &res);
-    kmdc_db_clear(db, res);
-    return rc;
-}
-
 /* A failed attempt: count it (and lock at the limit) and commit.  Sets
  * *locked; KMDC_DB_OK when committed. */
 static kmdc_db_rc count_failure(kmdc_req *kr, kmdc_db *db, int *locked,
@@ -92,7 +75,7 @@ static kmdc_db_rc count_failure(kmdc_req *kr, kmdc_db *db, int *locked,
     }
     kmdc_db_clear(db, res);
     if (rc == KMDC_DB_OK) {
-        rc = audit(db, kr->serial, "card.activation_failed",
+        rc = kmdc_db_audit(db, kr->serial, "card.activation_failed",
                    apr_psprintf(kr->r->pool, "{\"failures\":%" APR_INT64_T_FMT
                                 ",\"locked\":%s}", *failures,
                                 *locked ? "true" : "false"));
@@ -161,7 +144,7 @@ static kmdc_db_rc rotate_keys(kmdc_req *kr, kmdc_db *db, const PGresult *row,
     }
     kmdc_db_clear(db, res);
     if (rc == KMDC_DB_OK) {
-        rc = audit(db, kr->serial, "card.activated",
+        rc = kmdc_db_audit(db, kr->serial, "card.activated",
                    apr_psprintf(kr->r->pool, "{\"key_id\":%u}", keys->newest));
     }
 out:

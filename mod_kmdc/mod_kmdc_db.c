@@ -693,3 +693,30 @@ const char *kmdc_db_get_text(const PGresult *res, int row, int col)
     }
     return PQgetvalue(res, row, col);
 }
+
+kmdc_db_rc kmdc_db_rollback(kmdc_db *db)
+{
+    kmdc_db_rc rc = kmdc_db_command(db, "ROLLBACK");
+
+    if (rc != KMDC_DB_OK) {
+        kmdc_db_invalidate(db);
+    }
+    return rc;
+}
+
+kmdc_db_rc kmdc_db_audit(kmdc_db *db, uint64_t serial, const char *event,
+                         const char *detail)
+{
+    kmdc_db_params pp;
+    PGresult *res = NULL;
+    kmdc_db_rc rc;
+
+    kmdc_db_params_init(&pp);
+    kmdc_db_param_int8(&pp, (int64_t)serial);
+    kmdc_db_param_text(&pp, event);
+    kmdc_db_param_text(&pp, detail);
+    rc = kmdc_db_exec(db, "INSERT INTO audit_log (serial, event, detail) "
+                      "VALUES ($1, $2, $3::jsonb)", &pp, 0, &res);
+    kmdc_db_clear(db, res);
+    return rc;
+}

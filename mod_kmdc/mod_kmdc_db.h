@@ -141,6 +141,15 @@ kmdc_db_rc kmdc_db_exec(kmdc_db *db, const char *sql, const kmdc_db_params *pp,
 /* Run a statement without parameters or rows (BEGIN, COMMIT, ...). */
 kmdc_db_rc kmdc_db_command(kmdc_db *db, const char *sql);
 
+/* ROLLBACK; a connection where even that fails is invalidated.  Returns
+ * the ROLLBACK's result. */
+kmdc_db_rc kmdc_db_rollback(kmdc_db *db);
+
+/* One audit_log row: serial (0 for none is not special), event, detail (a
+ * JSON text; never a secret, a document name or an address). */
+kmdc_db_rc kmdc_db_audit(kmdc_db *db, uint64_t serial, const char *event,
+                         const char *detail);
+
 /* Free a result from kmdc_db_exec now.  Accepts NULL. */
 void kmdc_db_clear(kmdc_db *db, PGresult *res);
 

@@ -55,16 +55,6 @@
 /* Bytes of SHA-256 the ETag shows. */
 #define ETAG_BYTES 16
 
-static kmdc_db_rc rollback(kmdc_db *db)
-{
-    kmdc_db_rc rc = kmdc_db_command(db, "ROLLBACK");
-
-    if (rc != KMDC_DB_OK) {
-        kmdc_db_invalidate(db);
-    }
-    return rc;
-}
-
 /* ------------------------------------------------------------------------ */
 /* GET /mailbox/{serial}                                                     */
 
@@ -158,7 +148,7 @@ static int load_listing(kmdc_req *kr, kmdc_db *db, listing *ls)
 out:
     kmdc_db_clear(db, res);
     if (in_tx) {
-        (void)rollback(db);
+        (void)kmdc_db_rollback(db);
     }
     kmdc_sha256_free(sha);
     return st;
@@ -451,7 +441,7 @@ unavailable:
 out:
     kmdc_db_clear(db, row);
     kmdc_db_clear(db, res);
-    if (in_tx && rollback(db) != KMDC_DB_OK) {
+    if (in_tx && kmdc_db_rollback(db) != KMDC_DB_OK) {
         db = NULL;
     }
     kmdc_db_release(db);
@@ -572,7 +562,7 @@ unavailable:
     rv = kmdc_db_answer_unavailable(r, KMDC_DB_UNAVAILABLE);
 out:
     kmdc_db_clear(db, res);
-    if (in_tx && rollback(db) != KMDC_DB_OK) {
+    if (in_tx && kmdc_db_rollback(db) != KMDC_DB_OK) {
         db = NULL;
     }
     kmdc_db_release(db);

@@ -534,30 +534,6 @@ insert_receipt(struct intake *in, const uint8_t hash[32], int keyblock_scope,
     return rc;
 }
 
-static kmdc_db_rc
-audit(struct intake *in, uint64_t serial, const char *event, const char *detail)
-{
-    kmdc_db_params pp;
-    PGresult *res = NULL;
-    kmdc_db_rc rc;
-
-    kmdc_db_params_init(&pp);
-    kmdc_db_param_int8(&pp, (int64_t)serial);
-    kmdc_db_param_text(&pp, event);
-    kmdc_db_param_text(&pp, detail);
-    rc = kmdc_db_exec(in->db, "INSERT INTO audit_log (serial, event, detail) "
-                      "VALUES ($1, $2, $3::jsonb)", &pp, 0, &res);
-    kmdc_db_clear(in->db, res);
-    return rc;
-}
-
-static void
-rollback(struct intake *in)
-{
-    if (kmdc_db_command(in->db, "ROLLBACK") != KMDC_DB_OK)
-        kmdc_db_invalidate(in->db);
-}
-
 /*
  * A refusal after authentication: advance the sender's chain past seq and
  * record the answer in a receipt, in one transaction.  If that cannot be
@@ -572,18 +548,18 @@ spend(struct intake *in)
     if (kmdc_db_command(in->db, "BEGIN") != KMDC_DB_OK)
         goto unavailable;
     if (!lock_sender(in, &rc)) {
-        rollback(in);
+        kmdc_db_rollback(in->db);
         if (rc != KMDC_DB_OK)
             goto unavailable;
         return;                          /* a concurrent retry spent it */
     }
     if (advance_sender(in) != KMDC_DB_OK ||
         insert_receipt(in, in->prefix_hash, 1, in->ans.status, text, 0) != KMDC_DB_OK ||
-        audit(in, in->serial, "send.refused",
+        kmdc_db_audit(in->db, in->serial, "send.refused",
               apr_psprintf(in->r->pool, "{\"seq\":%" APR_UINT64_T_FMT ",\"error\":\"%s\"}",
                            (apr_uint64_t)in->seq, in->ans.code)) != KMDC_DB_OK ||
         kmdc_db_command(in->db, "COMMIT") != KMDC_DB_OK) {
-        rollback(in);
+        kmdc_db_rollback(in->db);
         goto unavailable;
     }
     ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, in->r,
@@ -716,14 +692,14 @@ publish(struct intake *in)
             if ((uint64_t)up_next > in->seq) {
                 /* a byte-identical retry published first: answer from its receipt */
                 kmdc_db_clear(in->db, res);
-                rollback(in);
+                kmdc_db_rollback(in->db);
                 refuse(in, HTTP_FORBIDDEN, "rejected", 0, "the envelope was rejected");
                 in->mode = MODE_RETRY;
                 return DONE;
             }
             if (PQgetlength(res, row, 1) != 6 || memcmp(PQgetvalue(res, row, 1), "active", 6) != 0) {
                 kmdc_db_clear(in->db, res);
-                rollback(in);
+                kmdc_db_rollback(in->db);
                 rejected(in);
                 return DECLINED;
             }
@@ -740,7 +716,7 @@ publish(struct intake *in)
         }
         if (row == nrows) {
             kmdc_db_clear(in->db, res);
-            rollback(in);
+            kmdc_db_rollback(in->db);
             refuse(in, HTTP_NOT_FOUND, "unknown_recipient", 1,
                    "recipient %" APR_SIZE_T_FMT " of %" APR_SIZE_T_FMT " is unknown or not active", i + 1, in->n_rcpt);
             return DECLINED;
@@ -750,7 +726,7 @@ publish(struct intake *in)
     res = NULL;
     /* the quota again, now that the recipients' rows are locked */
     if (store_check_quota(in) != KMDC_OK) {
-        rollback(in);
+        kmdc_db_rollback(in->db);
         return DECLINED;
     }
 
@@ -792,7 +768,7 @@ publish(struct intake *in)
     text = json_dumps(body, JSON_COMPACT);
     if (text == NULL ||
         insert_receipt(in, full, 0, HTTP_OK, text, msgid) != KMDC_DB_OK ||
-        audit(in, in->serial, "send",
+        kmdc_db_audit(in->db, in->serial, "send",
               apr_psprintf(r->pool, "{\"seq\":%" APR_UINT64_T_FMT ",\"message\":\"%s\","
                            "\"deliveries\":%" APR_SIZE_T_FMT "}", (apr_uint64_t)in->seq,
                            hex16(r->pool, msgid), in->n_rcpt)) != KMDC_DB_OK) {
@@ -834,7 +810,7 @@ publish(struct intake *in)
 
 unavailable:
     kmdc_db_clear(in->db, res);
-    rollback(in);
+    kmdc_db_rollback(in->db);
     unavailable(in);
     return DECLINED;
 }
