@@ -450,7 +450,7 @@ static const char *set_auth_skew(cmd_parms *cmd, void *dc, const char *arg)
     (void)dc;
     if (err == NULL) {
         err = check_range(cmd->pool, KMDC_DIR_AUTH_SKEW, arg, v, 1,
-                          KMDC_MAX_AUTH_SKEW, "seconds (1h)");
+                          KMDC_MAX_AUTH_SKEW, "seconds (300s)");
     }
     if (err == NULL) {
         cmd_conf(cmd)->auth_skew = v;
