@@ -17,7 +17,8 @@
 #include "kmdc_err.h"
 
 /* The schema version this kmdcadm's queries are written for. */
-#define KMDCADM_SCHEMA_VERSION 1
+#include "kmdc_store.h"
+#define KMDCADM_SCHEMA_VERSION KMDC_SCHEMA_VERSION
 
 /* Length of a wrapped value (DESIGN 3.8) and of an access-code MAC. */
 #define KMDCADM_WRAPPED_LEN 76

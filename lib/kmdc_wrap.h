@@ -31,6 +31,8 @@
 #define KMDC_WRAP_SALT_LEN 24
 /* Bytes a wrapped value adds to its plaintext: key id, salt, tag. */
 #define KMDC_WRAP_OVERHEAD (4 + KMDC_WRAP_SALT_LEN + 16)
+/* Length of a wrapped 32-byte key (the cards' chain and request keys). */
+#define KMDC_WRAPPED_LEN (KMDC_WRAP_OVERHEAD + 32)
 /* Largest plaintext accepted (the values wrapped are 32-byte keys). */
 #define KMDC_WRAP_MAX_VALUE 4096
 

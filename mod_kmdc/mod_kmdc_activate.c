@@ -31,7 +31,6 @@
 #include "mod_kmdc.h"
 #include "mod_kmdc_db.h"
 #include "mod_kmdc_http.h"
-#include "mod_kmdc_keys.h"
 #include "mod_kmdc_metrics.h"
 
 /* Failed attempts that lock a card (DESIGN 3.6). */
@@ -115,10 +114,10 @@ static kmdc_db_rc rotate_keys(kmdc_req *kr, kmdc_db *db, const PGresult *row,
         size_t wlen = 0;
 
         if (!kmdc_db_get_bytea(row, 0, 7 + i, &w, &wlen)
-            || kmdc_keys_unwrap(keys, kr->serial, key_fields[i], (uint64_t)counter[i],
+            || kmdc_keyring_unwrap(keys, kr->serial, key_fields[i], (uint64_t)counter[i],
                                 w, wlen, k, &err) != KMDC_OK
             || kmdc_activate_key(k, rnd, k, key_fields[i], &err) != KMDC_OK
-            || kmdc_keys_wrap(keys, kr->serial, key_fields[i], (uint64_t)counter[i],
+            || kmdc_keyring_wrap(keys, kr->serial, key_fields[i], (uint64_t)counter[i],
                               k, wrapped[i], &err) != KMDC_OK) {
             ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, kr->r,
                           "activate: card %016" APR_UINT64_T_HEX_FMT

@@ -839,23 +839,10 @@ const kmdc_base *kmdc_conf_find_base(const request_rec *r)
 
 const kmdc_master_key *kmdc_conf_master_key(const kmdc_srv_conf *sc, uint32_t id)
 {
-    int i;
-
-    if (sc == NULL || sc->keys == NULL) {
-        return NULL;
-    }
-    for (i = 0; i < sc->keys->n; i++) {
-        if (sc->keys->keys[i].id == id) {
-            return &sc->keys->keys[i];
-        }
-    }
-    return NULL;
+    return sc != NULL ? kmdc_keyring_find(sc->keys, id) : NULL;
 }
 
 const kmdc_master_key *kmdc_conf_master_key_newest(const kmdc_srv_conf *sc)
 {
-    if (sc == NULL || sc->keys == NULL) {
-        return NULL;
-    }
-    return kmdc_conf_master_key(sc, sc->keys->newest);
+    return sc != NULL ? kmdc_keyring_newest(sc->keys) : NULL;
 }

@@ -17,6 +17,7 @@
 #include "http_config.h"
 #include "apr_tables.h"
 
+#include "kmdc_keyring.h"
 #include "kmdc_wrap.h"
 
 /* Directive names, defined once (used in the command table and messages). */
@@ -70,18 +71,9 @@ typedef struct kmdc_master_key_conf {
     const char *path;         /* absolute (ServerRoot-relative resolved) */
 } kmdc_master_key_conf;
 
-/* One loaded master key (lives in pconf memory, wiped by a cleanup). */
-typedef struct kmdc_master_key {
-    uint32_t id;
-    unsigned char key[KMDC_MASTER_KEY_LEN];
-} kmdc_master_key;
-
-/* The master keys of a server, loaded at post_config by the root parent. */
-typedef struct kmdc_master_keys {
-    int n;                    /* number of keys, >= 1 */
-    kmdc_master_key *keys;    /* n keys, in directive order */
-    uint32_t newest;          /* the highest id: it wraps new values */
-} kmdc_master_keys;
+/* The master keys of a server, loaded at post_config by the root parent
+ * (kmdc_keyring.h; the key bytes live in pconf memory, wiped by a cleanup). */
+typedef kmdc_keyring kmdc_master_keys;
 
 /* A URL prefix served by `SetHandler kmdc` (found at start-up). */
 typedef struct kmdc_base {

@@ -26,8 +26,9 @@
 
 #include "mod_kmdc_config.h"
 
-/* The schema version (max(version) of schema_migrations) this module needs. */
-#define KMDC_SCHEMA_VERSION 1
+/* KMDC_SCHEMA_VERSION, the schema version this module needs, comes from
+ * kmdc_store.h (kmdcadm uses the same one). */
+#include "kmdc_store.h"
 
 /* How long a request waits for a free pooled connection. */
 #define KMDC_DB_ACQUIRE_TIMEOUT apr_time_from_sec(10)

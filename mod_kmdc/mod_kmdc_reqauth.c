@@ -35,7 +35,6 @@
 #include "mod_kmdc.h"
 #include "mod_kmdc_db.h"
 #include "mod_kmdc_http.h"
-#include "mod_kmdc_keys.h"
 #include "mod_kmdc_metrics.h"
 
 /* The handler's return value after an answer was written: the dispatcher
@@ -183,7 +182,7 @@ int kmdc_reqauth_check(kmdc_req *kr)
     }
     /* text columns come back as their characters in binary format too */
     apr_cpystrn(status, PQgetvalue(res, 0, 0), sizeof(status));
-    ks = kmdc_keys_unwrap(kr->sc->keys, h.serial, KMDC_FIELD_AUTH_KEY, 0,
+    ks = kmdc_keyring_unwrap(kr->sc->keys, h.serial, KMDC_FIELD_AUTH_KEY, 0,
                           wrapped, wlen, ak, &err);
     kmdc_db_clear(db, res);
     res = NULL;

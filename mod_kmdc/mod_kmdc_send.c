@@ -32,7 +32,6 @@
 #include "mod_kmdc.h"
 #include "mod_kmdc_db.h"
 #include "mod_kmdc_http.h"
-#include "mod_kmdc_keys.h"
 #include "mod_kmdc_metrics.h"
 
 #define ENVELOPE_TYPE "application/vnd.kmdc.envelope"
@@ -264,7 +263,7 @@ store_load_sender(struct intake *in, uint8_t mk[32])
         kmdc_db_clear(in->db, res);
         return rejected(in);
     }
-    rc = kmdc_keys_unwrap(in->sc->keys, in->serial, KMDC_FIELD_UP_CHAIN,
+    rc = kmdc_keyring_unwrap(in->sc->keys, in->serial, KMDC_FIELD_UP_CHAIN,
                           (uint64_t)up_next, wrapped, wlen, ck, &err);
     kmdc_db_clear(in->db, res);
     if (rc != KMDC_OK) {
@@ -495,7 +494,7 @@ advance_sender(struct intake *in)
     PGresult *res = NULL;
     kmdc_db_rc rc;
 
-    if (kmdc_keys_wrap(in->sc->keys, in->serial, KMDC_FIELD_UP_CHAIN, in->seq + 1,
+    if (kmdc_keyring_wrap(in->sc->keys, in->serial, KMDC_FIELD_UP_CHAIN, in->seq + 1,
                        in->ck_next, wrapped, NULL) != KMDC_OK)
         return KMDC_DB_ERROR;
     kmdc_db_params_init(&pp);
@@ -593,7 +592,7 @@ publish_delivery(struct intake *in, const struct rcpt *rc, uint64_t msgid,
 
     if ((uint64_t)down_next >= KMDC_U63_MAX)
         goto out;
-    if (kmdc_keys_unwrap(in->sc->keys, rc->serial, KMDC_FIELD_DOWN_CHAIN,
+    if (kmdc_keyring_unwrap(in->sc->keys, rc->serial, KMDC_FIELD_DOWN_CHAIN,
                          (uint64_t)down_next, wrapped, wlen, ck, &err) != KMDC_OK) {
         ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, in->r,
                       "send: card %016" APR_UINT64_T_HEX_FMT ": cannot unwrap the down chain: %s",
@@ -606,7 +605,7 @@ publish_delivery(struct intake *in, const struct rcpt *rc, uint64_t msgid,
     md.msgid = msgid;
     md.rcvd = rcvd;
     if (kmdc_chain_step(mk, ck, ck, &err) != KMDC_OK ||
-        kmdc_keys_wrap(in->sc->keys, rc->serial, KMDC_FIELD_DOWN_CHAIN,
+        kmdc_keyring_wrap(in->sc->keys, rc->serial, KMDC_FIELD_DOWN_CHAIN,
                        (uint64_t)down_next + 1, ck, wrapped_next, &err) != KMDC_OK ||
         kmdc_meta_set_from(&md, in->sender, strlen(in->sender), &err) != KMDC_OK ||
         kmdc_header_new(&h, KMDC_DIR_DOWN, rc->serial, (uint64_t)down_next, &err) != KMDC_OK ||

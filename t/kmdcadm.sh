@@ -68,16 +68,16 @@ out=$(adm migrate 2>&1); rc=$?
 ok $? "migrate: applies 001_init.sql on an empty database"
 [ $rc -eq 0 ] || diag "$out"
 out=$(adm migrate 2>&1); rc=$?
-[ $rc -eq 0 ] && [[ $out == *"up to date at version 1"* ]] && [[ $out != *applied* ]]
+[ $rc -eq 0 ] && [[ $out == *"up to date at version 2"* ]] && [[ $out != *applied* ]]
 ok $? "migrate: a second run changes nothing and says so"
-[ "$(q -c "SELECT count(*) || ':' || max(version) FROM schema_migrations")" = "1:1" ]
-ok $? "migrate: schema_migrations records version 1 once"
+[ "$(q -c "SELECT count(*) || ':' || max(version) FROM schema_migrations")" = "2:2" ]
+ok $? "migrate: schema_migrations records versions 1 and 2 once each"
 q -c "CREATE DATABASE kmdc_race" >/dev/null
 ( PGDATABASE=kmdc_race adm migrate >"$work/m1" 2>&1; echo $? >"$work/m1.rc" ) &
 ( PGDATABASE=kmdc_race adm migrate >"$work/m2" 2>&1; echo $? >"$work/m2.rc" ) &
 wait
 [ "$(cat "$work/m1.rc")$(cat "$work/m2.rc")" = "00" ] \
-    && [ "$(PGDATABASE=kmdc_race q -c "SELECT count(*) FROM schema_migrations")" = 1 ] \
+    && [ "$(PGDATABASE=kmdc_race q -c "SELECT count(*) FROM schema_migrations")" = 2 ] \
     && [ "$(cat "$work/m1" "$work/m2" | grep -c 'applied 001_init.sql')" = 1 ]
 ok $? "migrate: two concurrent migrators apply the file exactly once"
 out=$(adm migrate --sqldir "$work/nonexistent" 2>&1); rc=$?

@@ -1,0 +1,86 @@
+/*
+ * mod_kmdc_store.c - the PostgreSQL store of mod_kmdc: its operation table,
+ * the per-request handle, and borrowing a pooled connection per operation.
+ * The operations themselves are in mod_kmdc_store_{send,cards,mailbox}.c.
+ */
+#include <string.h>
+
+#include "apr_strings.h"
+#include "httpd.h"
+#include "http_log.h"
+#include "http_protocol.h"
+
+#include "mod_kmdc.h"
+#include "mod_kmdc_http.h"
+#include "mod_kmdc_store_pg.h"
+
+static const kmdc_store_ops pg_ops = {
+    kmdc_pg_sender_load,
+    kmdc_pg_receipt_find,
+    kmdc_pg_slot_take,
+    kmdc_pg_slot_release,
+    kmdc_pg_recipients_resolve,
+    kmdc_pg_upload_append,
+    kmdc_pg_upload_drop,
+    kmdc_pg_publish,
+    kmdc_pg_spend,
+    kmdc_pg_auth_load,
+    kmdc_pg_nonce_record,
+    kmdc_pg_health,
+    kmdc_pg_card_get,
+    kmdc_pg_activate,
+    kmdc_pg_mailbox_list,
+    kmdc_pg_fetch_open,
+    kmdc_pg_fetch_next,
+    kmdc_pg_fetch_close,
+    kmdc_pg_ack,
+    kmdc_pg_message_status,
+};
+
+kmdc_store *kmdc_store_pg(request_rec *r)
+{
+    kmdc_pg_store *ps = apr_pcalloc(r->pool, sizeof(*ps));
+
+    ps->base.ops = &pg_ops;
+    ps->r = r;
+    ps->sc = kmdc_conf_get(r->server);
+    return &ps->base;
+}
+
+kmdc_store_rc kmdc_pg_borrow(kmdc_pg_store *ps, kmdc_db **db)
+{
+    kmdc_db_rc rc = kmdc_db_acquire(ps->r, db);
+
+    if (rc == KMDC_DB_OK) {
+        return KMDC_STORE_OK;
+    }
+    *db = NULL;
+    return rc == KMDC_DB_SCHEMA ? KMDC_STORE_SCHEMA : KMDC_STORE_UNAVAILABLE;
+}
+
+kmdc_store_rc kmdc_pg_failed(kmdc_db_rc rc)
+{
+    switch (rc) {
+    case KMDC_DB_OK:
+        return KMDC_STORE_OK;
+    case KMDC_DB_SCHEMA:
+        return KMDC_STORE_SCHEMA;
+    default:
+        /* an outage, or a statement the database refused (permissions, a
+         * full disk): passing, from the client's side */
+        return KMDC_STORE_UNAVAILABLE;
+    }
+}
+
+int kmdc_store_answer_failure(request_rec *r, kmdc_store_rc rc)
+{
+    switch (rc) {
+    case KMDC_STORE_SCHEMA:
+        return kmdc_db_answer_unavailable(r, KMDC_DB_SCHEMA);
+    case KMDC_STORE_UNAVAILABLE:
+        return kmdc_db_answer_unavailable(r, KMDC_DB_UNAVAILABLE);
+    default:
+        return kmdc_http_error(r, HTTP_INTERNAL_SERVER_ERROR, "internal",
+                               "internal error; see the server log");
+    }
+}

@@ -1,0 +1,28 @@
+/*
+ * mod_kmdc_store.h - the store as the endpoints see it: the PostgreSQL
+ * implementation of lib/kmdc_store.h for one request, and the answer to a
+ * store failure.  Endpoint files include this, never libpq.
+ */
+#ifndef MOD_KMDC_STORE_H
+#define MOD_KMDC_STORE_H
+
+#include "httpd.h"
+
+#include "kmdc_store.h"
+
+/*
+ * The PostgreSQL store serving r (allocated from r->pool).  Each operation
+ * borrows a pooled connection of r's server for its own duration and gives
+ * it back before it returns (fetch_open .. fetch_close excepted), so a
+ * request holds none while it waits on its client.
+ */
+kmdc_store *kmdc_store_pg(request_rec *r);
+
+/*
+ * Answer a store failure: UNAVAILABLE 503 "unavailable" and SCHEMA 503
+ * "schema_mismatch" (both with Retry-After), anything else 500 "internal".
+ * Returns OK (the handler's value).
+ */
+int kmdc_store_answer_failure(request_rec *r, kmdc_store_rc rc);
+
+#endif

@@ -1,0 +1,82 @@
+/*
+ * mod_kmdc_store_pg.h - what the files of the PostgreSQL store share (and
+ * nothing else includes): the handle, borrowing a connection for one
+ * operation, and the operations each file defines.
+ *
+ *   mod_kmdc_store.c          the operation table, kmdc_store_pg(), helpers
+ *   mod_kmdc_store_send.c     the intake: sender, receipts, slots, recipients,
+ *                             uploads, publish, spend
+ *   mod_kmdc_store_cards.c    request authentication, health, cards, activation
+ *   mod_kmdc_store_mailbox.c  mailbox listing, fetch, acknowledgement, messages
+ *
+ * Every SQL string of the module lives in these files; statements are
+ * parameterised, bigint/int/bytea travel in binary, arrays are bound as
+ * binary arrays (kmdc_db_param_array), never spelled as text literals.
+ */
+#ifndef MOD_KMDC_STORE_PG_H
+#define MOD_KMDC_STORE_PG_H
+
+#include "mod_kmdc_config.h"
+#include "mod_kmdc_db.h"
+#include "mod_kmdc_store.h"
+
+typedef struct kmdc_pg_store {
+    kmdc_store base;              /* first: a kmdc_store * is a kmdc_pg_store * */
+    request_rec *r;               /* the request served (pool, logging) */
+    const kmdc_srv_conf *sc;      /* its server's configuration */
+} kmdc_pg_store;
+
+#define KMDC_PG(st) ((kmdc_pg_store *)(st))
+
+/* Borrow a connection for one operation: KMDC_STORE_OK (*db set, give it
+ * back with kmdc_db_release), UNAVAILABLE or SCHEMA (*db NULL). */
+kmdc_store_rc kmdc_pg_borrow(kmdc_pg_store *ps, kmdc_db **db);
+
+/* The store's code for a statement that failed with rc (the connection is
+ * rolled back and given back by the caller). */
+kmdc_store_rc kmdc_pg_failed(kmdc_db_rc rc);
+
+/* mod_kmdc_store_send.c */
+kmdc_store_rc kmdc_pg_sender_load(kmdc_store *st, uint64_t serial, uint64_t seq,
+                                  kmdc_sender *out);
+kmdc_store_rc kmdc_pg_receipt_find(kmdc_store *st, uint64_t serial, uint64_t seq,
+                                   kmdc_receipt *out);
+kmdc_store_rc kmdc_pg_slot_take(kmdc_store *st, uint64_t serial, int max,
+                                kmdc_lease *lease);
+kmdc_store_rc kmdc_pg_slot_release(kmdc_store *st, const kmdc_lease *lease);
+kmdc_store_rc kmdc_pg_recipients_resolve(kmdc_store *st,
+                                         const char (*addr)[KMDC_ADDR_MAX + 1],
+                                         size_t n, kmdc_recipient *out);
+kmdc_store_rc kmdc_pg_upload_append(kmdc_store *st, int64_t *upload_id, uint64_t size,
+                                    int idx, const uint8_t *data, size_t len,
+                                    const kmdc_lease *lease);
+kmdc_store_rc kmdc_pg_upload_drop(kmdc_store *st, int64_t upload_id);
+kmdc_store_rc kmdc_pg_publish(kmdc_store *st, const kmdc_publication *pub,
+                              kmdc_publish_outcome *outcome, size_t *which);
+kmdc_store_rc kmdc_pg_spend(kmdc_store *st, const kmdc_spending *sp);
+
+/* mod_kmdc_store_cards.c */
+kmdc_store_rc kmdc_pg_auth_load(kmdc_store *st, uint64_t serial, kmdc_auth_card *out);
+kmdc_store_rc kmdc_pg_nonce_record(kmdc_store *st, uint64_t serial,
+                                   const uint8_t *nonce, size_t len);
+kmdc_store_rc kmdc_pg_health(kmdc_store *st);
+kmdc_store_rc kmdc_pg_card_get(kmdc_store *st, uint64_t serial, kmdc_card_info *out);
+kmdc_store_rc kmdc_pg_activate(kmdc_store *st, uint64_t serial, int failure_limit,
+                               kmdc_activation_fn decide, void *arg,
+                               kmdc_activation_result *result);
+
+/* mod_kmdc_store_mailbox.c */
+kmdc_store_rc kmdc_pg_mailbox_list(kmdc_store *st, uint64_t serial, uint64_t *down_next,
+                                   kmdc_mailbox_row_fn row, void *arg);
+kmdc_store_rc kmdc_pg_fetch_open(kmdc_store *st, uint64_t serial, uint64_t id,
+                                 kmdc_fetch **f, const uint8_t **head, size_t *head_len,
+                                 uint64_t *payload_len);
+kmdc_store_rc kmdc_pg_fetch_next(kmdc_fetch *f, const uint8_t **data, size_t *len);
+void kmdc_pg_fetch_close(kmdc_fetch *f);
+kmdc_store_rc kmdc_pg_ack(kmdc_store *st, uint64_t serial, uint64_t id, int *acked,
+                          int *payload_deleted);
+kmdc_store_rc kmdc_pg_message_status(kmdc_store *st, uint64_t id, uint64_t sender,
+                                     kmdc_message_info *out, kmdc_message_rcpt_fn fn,
+                                     void *arg);
+
+#endif
