@@ -539,6 +539,72 @@ void kmdc_db_param_null(kmdc_db_params *pp)
     }
 }
 
+void kmdc_db_param_array(kmdc_db_params *pp, apr_pool_t *p, uint32_t elem_oid,
+                         int n, const void *const *vals, const int *lens)
+{
+    size_t total = 20;
+    unsigned char *buf, *w;
+    int i = param_slot(pp);
+
+    if (i < 0) {
+        return;
+    }
+    for (int k = 0; k < n; k++) {
+        total += 4 + (size_t)lens[k];
+    }
+    if (n < 0 || total > (size_t)0x7fffffff) {
+        pp->overflow = 1;
+        return;
+    }
+    /* ndim, has-null flag, element type, then (size, lower bound) of the one
+     * dimension, then each element as u32 length || bytes (array_recv) */
+    w = buf = apr_palloc(p, total);
+    kmdc_put_u32(w, 1);
+    kmdc_put_u32(w + 4, 0);
+    kmdc_put_u32(w + 8, elem_oid);
+    kmdc_put_u32(w + 12, (uint32_t)n);
+    kmdc_put_u32(w + 16, 1);
+    w += 20;
+    for (int k = 0; k < n; k++) {
+        kmdc_put_u32(w, (uint32_t)lens[k]);
+        if (lens[k] > 0) {
+            memcpy(w + 4, vals[k], (size_t)lens[k]);
+        }
+        w += 4 + lens[k];
+    }
+    pp->values[i] = (const char *)buf;
+    pp->lengths[i] = (int)total;
+    pp->formats[i] = 1;
+}
+
+void kmdc_db_param_int8_array(kmdc_db_params *pp, apr_pool_t *p,
+                              const int64_t *v, int n)
+{
+    const void **vals = apr_palloc(p, sizeof(*vals) * (size_t)(n > 0 ? n : 1));
+    int *lens = apr_palloc(p, sizeof(*lens) * (size_t)(n > 0 ? n : 1));
+    unsigned char *be = apr_palloc(p, 8 * (size_t)(n > 0 ? n : 1));
+
+    for (int k = 0; k < n; k++) {
+        kmdc_put_u64(be + 8 * k, (uint64_t)v[k]);
+        vals[k] = be + 8 * k;
+        lens[k] = 8;
+    }
+    kmdc_db_param_array(pp, p, KMDC_DB_INT8OID, n, vals, lens);
+}
+
+void kmdc_db_param_text_array(kmdc_db_params *pp, apr_pool_t *p,
+                              const char *const *v, int n)
+{
+    const void **vals = apr_palloc(p, sizeof(*vals) * (size_t)(n > 0 ? n : 1));
+    int *lens = apr_palloc(p, sizeof(*lens) * (size_t)(n > 0 ? n : 1));
+
+    for (int k = 0; k < n; k++) {
+        vals[k] = v[k];
+        lens[k] = (int)strlen(v[k]);
+    }
+    kmdc_db_param_array(pp, p, KMDC_DB_TEXTOID, n, vals, lens);
+}
+
 static apr_status_t res_cleanup(void *data)
 {
     PQclear(data);

@@ -127,6 +127,30 @@ void kmdc_db_param_bytea(kmdc_db_params *pp, const void *b, size_t len);
 /* Add a SQL NULL. */
 void kmdc_db_param_null(kmdc_db_params *pp);
 
+/* Element types of kmdc_db_param_array (PostgreSQL type oids). */
+#define KMDC_DB_BYTEAOID 17
+#define KMDC_DB_INT8OID 20
+#define KMDC_DB_TEXTOID 25
+
+/*
+ * Add a one-dimensional array parameter in PostgreSQL's binary array format,
+ * so that no element is ever read as anything but itself (a text literal
+ * would read an unquoted element `null` as NULL).  Element i is vals[i] of
+ * lens[i] bytes (int8: 8 bytes in network order, see kmdc_db_int8_array);
+ * the memory comes from p.  The statement casts the parameter to the
+ * matching array type, e.g. $1::text[].
+ */
+void kmdc_db_param_array(kmdc_db_params *pp, apr_pool_t *p, uint32_t elem_oid,
+                         int n, const void *const *vals, const int *lens);
+
+/* Add a bigint[] parameter of the n values v (binary, see above). */
+void kmdc_db_param_int8_array(kmdc_db_params *pp, apr_pool_t *p,
+                              const int64_t *v, int n);
+
+/* Add a text[] parameter of the n NUL-terminated strings v (binary). */
+void kmdc_db_param_text_array(kmdc_db_params *pp, apr_pool_t *p,
+                              const char *const *v, int n);
+
 /*
  * Run one parameterised statement (pp may be NULL for none).  binary_result
  * 1 asks for every result column in binary (needed for bytea).  On
