@@ -1,29 +1,799 @@
-/* mod_kmdc_store_send.c - the PostgreSQL store: the intake (being written). */
+/*
+ * mod_kmdc_store_send.c - the PostgreSQL store: the operations of the send
+ * intake (lib/kmdc_store.h).
+ *
+ * Before publication every operation is one autocommitted statement on a
+ * connection borrowed for it alone: the sender and its receipt in one read,
+ * a slot lease, the recipients with their mailbox totals in one read, and
+ * one statement per upload batch (which also renews the lease and the
+ * upload's touched_at).  Publication is one READ COMMITTED transaction:
+ * lock the sender and the recipients in serial order, read their quotas
+ * again, let the intake seal each delivery with the locked down counter,
+ * write message, chains, deliveries, receipt, audit row, drop the lease,
+ * NOTIFY, COMMIT.
+ */
+#include <string.h>
+
+#include <jansson.h>
+
+#include "apr_strings.h"
+#include "httpd.h"
+#include "http_log.h"
+
+#include "kmdc_util.h"
+
+#include "mod_kmdc.h"
 #include "mod_kmdc_store_pg.h"
+
+/* A lease left by a front-end that died frees itself after this long; the
+ * intake renews it with every batch. */
+#define KMDC_LEASE_SECONDS 900
+
+/* ---- helpers ---------------------------------------------------------------- */
+
+/* Copy a text column (binary results hold its characters) into buf. */
+static int get_text(const PGresult *res, int row, int col, char *buf, size_t cap)
+{
+    int len;
+
+    if (PQgetisnull(res, row, col)) {
+        return 0;
+    }
+    len = PQgetlength(res, row, col);
+    if (len < 0 || (size_t)len >= cap) {
+        return 0;
+    }
+    memcpy(buf, PQgetvalue(res, row, col), (size_t)len);
+    buf[len] = '\0';
+    return 1;
+}
+
+/* Copy a bytea column of exactly len bytes. */
+static int get_bytes(const PGresult *res, int row, int col, uint8_t *out, size_t len)
+{
+    const unsigned char *p = NULL;
+    size_t n = 0;
+
+    if (!kmdc_db_get_bytea(res, row, col, &p, &n) || n != len) {
+        return 0;
+    }
+    memcpy(out, p, len);
+    return 1;
+}
+
+/*
+ * Read a receipt from columns col.. of a binary result: envelope_sha256,
+ * hash_scope, http_status, answer, message_id (0 for NULL), prefix_sha256.
+ * 0 when the row is unreadable.
+ */
+static int get_receipt(const PGresult *res, int row, int col, kmdc_receipt *rc)
+{
+    char scope[16];
+    int64_t status = 0, msg = 0;
+
+    memset(rc, 0, sizeof(*rc));
+    if (!get_bytes(res, row, col, rc->hash, 32)
+        || !get_text(res, row, col + 1, scope, sizeof(scope))
+        || !kmdc_db_get_int64(res, row, col + 2, &status)
+        || !get_text(res, row, col + 3, rc->answer, sizeof(rc->answer))
+        || !kmdc_db_get_int64(res, row, col + 4, &msg)) {
+        return 0;
+    }
+    rc->scope = strcmp(scope, "keyblock") == 0 ? KMDC_SCOPE_KEYBLOCK : KMDC_SCOPE_ENVELOPE;
+    rc->http_status = (int)status;
+    rc->message_id = (uint64_t)msg;
+    rc->has_prefix_hash = get_bytes(res, row, col + 5, rc->prefix_hash, 32);
+    return 1;
+}
+
+#define RECEIPT_COLUMNS "r.envelope_sha256, r.hash_scope, r.http_status, r.answer, " \
+                        "coalesce(r.message_id, 0), r.prefix_sha256"
+
+/* One audit row whose detail is the JSON object o (reference taken). */
+static kmdc_db_rc audit(kmdc_db *db, uint64_t serial, const char *event, json_t *o)
+{
+    char *text = o != NULL ? json_dumps(o, JSON_COMPACT) : NULL;
+    kmdc_db_rc rc = text != NULL ? kmdc_db_audit(db, serial, event, text) : KMDC_DB_ERROR;
+
+    free(text);
+    json_decref(o);
+    return rc;
+}
+
+/* Run one statement that returns nothing of interest. */
+static kmdc_db_rc run(kmdc_db *db, const char *sql, const kmdc_db_params *pp)
+{
+    PGresult *res = NULL;
+    kmdc_db_rc rc = kmdc_db_exec(db, sql, pp, 0, &res);
+
+    kmdc_db_clear(db, res);
+    return rc;
+}
+
+static kmdc_db_rc release_lease(kmdc_db *db, const kmdc_lease *lease)
+{
+    kmdc_db_params pp;
+
+    if (lease == NULL) {
+        return KMDC_DB_OK;
+    }
+    kmdc_db_params_init(&pp);
+    kmdc_db_param_int8(&pp, (int64_t)lease->serial);
+    kmdc_db_param_int4(&pp, lease->slot);
+    kmdc_db_param_int8(&pp, (int64_t)lease->holder);
+    return run(db, "DELETE FROM upload_leases WHERE serial = $1 AND slot = $2 "
+               "AND holder = $3", &pp);
+}
+
+/* ---- step 1 ------------------------------------------------------------------ */
 
 kmdc_store_rc kmdc_pg_sender_load(kmdc_store *st, uint64_t serial, uint64_t seq,
                                   kmdc_sender *out)
-{ (void)st; (void)serial; (void)seq; (void)out; return KMDC_STORE_ERROR; }
+{
+    kmdc_db *db = NULL;
+    kmdc_db_params pp;
+    PGresult *res = NULL;
+    kmdc_store_rc rc;
+    kmdc_db_rc dbrc;
+    char status[16];
+    int64_t up_next = 0;
+
+    memset(out, 0, sizeof(*out));
+    if ((rc = kmdc_pg_borrow(KMDC_PG(st), &db)) != KMDC_STORE_OK) {
+        return rc;
+    }
+    kmdc_db_params_init(&pp);
+    kmdc_db_param_int8(&pp, (int64_t)serial);
+    kmdc_db_param_int8(&pp, (int64_t)seq);
+    dbrc = kmdc_db_exec(db, "SELECT c.status, c.address, c.up_next, c.up_chain, "
+                        RECEIPT_COLUMNS " FROM cards c LEFT JOIN receipts r "
+                        "ON r.serial = c.serial AND r.seq = $2 WHERE c.serial = $1",
+                        &pp, 1, &res);
+    if (dbrc != KMDC_DB_OK) {
+        rc = kmdc_pg_failed(dbrc);
+        goto out;
+    }
+    if (PQntuples(res) != 1) {
+        rc = KMDC_STORE_NOTFOUND;
+        goto out;
+    }
+    if (!get_text(res, 0, 0, status, sizeof(status))
+        || !get_text(res, 0, 1, out->address, sizeof(out->address))
+        || !kmdc_db_get_int64(res, 0, 2, &up_next) || up_next < 0
+        || !get_bytes(res, 0, 3, out->up_chain, sizeof(out->up_chain))) {
+        ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, KMDC_PG(st)->r,
+                      "store: card %016" APR_UINT64_T_HEX_FMT " has an unreadable row",
+                      (apr_uint64_t)serial);
+        rc = KMDC_STORE_ERROR;
+        goto out;
+    }
+    out->status = kmdc_card_status_parse(status);
+    out->up_next = (uint64_t)up_next;
+    out->has_receipt = !PQgetisnull(res, 0, 4) && get_receipt(res, 0, 4, &out->receipt);
+    rc = KMDC_STORE_OK;
+out:
+    kmdc_db_clear(db, res);
+    kmdc_db_release(db);
+    return rc;
+}
+
 kmdc_store_rc kmdc_pg_receipt_find(kmdc_store *st, uint64_t serial, uint64_t seq,
                                    kmdc_receipt *out)
-{ (void)st; (void)serial; (void)seq; (void)out; return KMDC_STORE_ERROR; }
-kmdc_store_rc kmdc_pg_slot_take(kmdc_store *st, uint64_t serial, int max, kmdc_lease *lease)
-{ (void)st; (void)serial; (void)max; (void)lease; return KMDC_STORE_ERROR; }
+{
+    kmdc_db *db = NULL;
+    kmdc_db_params pp;
+    PGresult *res = NULL;
+    kmdc_store_rc rc;
+    kmdc_db_rc dbrc;
+
+    if ((rc = kmdc_pg_borrow(KMDC_PG(st), &db)) != KMDC_STORE_OK) {
+        return rc;
+    }
+    kmdc_db_params_init(&pp);
+    kmdc_db_param_int8(&pp, (int64_t)serial);
+    kmdc_db_param_int8(&pp, (int64_t)seq);
+    dbrc = kmdc_db_exec(db, "SELECT " RECEIPT_COLUMNS " FROM receipts r "
+                        "WHERE r.serial = $1 AND r.seq = $2", &pp, 1, &res);
+    if (dbrc != KMDC_DB_OK) {
+        rc = kmdc_pg_failed(dbrc);
+    }
+    else if (PQntuples(res) != 1) {
+        rc = KMDC_STORE_NOTFOUND;
+    }
+    else {
+        rc = get_receipt(res, 0, 0, out) ? KMDC_STORE_OK : KMDC_STORE_ERROR;
+    }
+    kmdc_db_clear(db, res);
+    kmdc_db_release(db);
+    return rc;
+}
+
+/* ---- step 2 ------------------------------------------------------------------ */
+
+kmdc_store_rc kmdc_pg_slot_take(kmdc_store *st, uint64_t serial, int max,
+                                kmdc_lease *lease)
+{
+    kmdc_db *db = NULL;
+    kmdc_db_params pp;
+    PGresult *res = NULL;
+    kmdc_store_rc rc;
+    kmdc_db_rc dbrc;
+    uint64_t holder = 0;
+    int attempt;
+
+    if (kmdc_random_u63(&holder, NULL) != KMDC_OK) {
+        return KMDC_STORE_ERROR;
+    }
+    if ((rc = kmdc_pg_borrow(KMDC_PG(st), &db)) != KMDC_STORE_OK) {
+        return rc;
+    }
+    /*
+     * The lowest slot without a live lease, taken in one statement.  Two
+     * uploads of one card that pick the same slot at once: the second finds
+     * the first's lease (the conflict waits for it) and takes nothing; it
+     * tries again, and sees that lease then.  "free" tells that case from
+     * no free slot at all.
+     */
+    rc = KMDC_STORE_BUSY;
+    for (attempt = 0; attempt < max + 1; attempt++) {
+        int64_t slot = -1, free_seen = 0;
+
+        kmdc_db_params_init(&pp);
+        kmdc_db_param_int8(&pp, (int64_t)serial);
+        kmdc_db_param_int4(&pp, max);
+        kmdc_db_param_int8(&pp, (int64_t)holder);
+        kmdc_db_param_int4(&pp, KMDC_LEASE_SECONDS);
+        dbrc = kmdc_db_exec(db,
+            "WITH free AS ("
+            "  SELECT s FROM generate_series(0, $2::int - 1) AS s"
+            "  WHERE NOT EXISTS (SELECT 1 FROM upload_leases x WHERE x.serial = $1::bigint"
+            "                    AND x.slot = s AND x.expires_at > now())"
+            "  ORDER BY s LIMIT 1),"
+            " taken AS ("
+            "  INSERT INTO upload_leases AS l (serial, slot, holder, expires_at)"
+            "  SELECT $1::bigint, s, $3::bigint, now() + $4::int * interval '1 second' FROM free"
+            "  ON CONFLICT (serial, slot) DO UPDATE SET holder = excluded.holder,"
+            "     expires_at = excluded.expires_at WHERE l.expires_at <= now()"
+            "  RETURNING slot)"
+            " SELECT coalesce((SELECT slot FROM taken), -1)::bigint,"
+            "        (SELECT count(*) FROM free)",
+            &pp, 1, &res);
+        if (dbrc != KMDC_DB_OK || !kmdc_db_get_int64(res, 0, 0, &slot)
+            || !kmdc_db_get_int64(res, 0, 1, &free_seen)) {
+            rc = dbrc != KMDC_DB_OK ? kmdc_pg_failed(dbrc) : KMDC_STORE_ERROR;
+            break;
+        }
+        kmdc_db_clear(db, res);
+        res = NULL;
+        if (slot >= 0) {
+            lease->serial = serial;
+            lease->slot = (int)slot;
+            lease->holder = holder;
+            rc = KMDC_STORE_OK;
+            break;
+        }
+        if (free_seen == 0) {
+            break;                       /* every slot is held: BUSY */
+        }
+    }
+    kmdc_db_clear(db, res);
+    kmdc_db_release(db);
+    return rc;
+}
+
 kmdc_store_rc kmdc_pg_slot_release(kmdc_store *st, const kmdc_lease *lease)
-{ (void)st; (void)lease; return KMDC_STORE_ERROR; }
+{
+    kmdc_db *db = NULL;
+    kmdc_store_rc rc;
+    kmdc_db_rc dbrc;
+
+    if ((rc = kmdc_pg_borrow(KMDC_PG(st), &db)) != KMDC_STORE_OK) {
+        return rc;       /* the lease expires by itself */
+    }
+    dbrc = release_lease(db, lease);
+    kmdc_db_release(db);
+    return kmdc_pg_failed(dbrc);
+}
+
 kmdc_store_rc kmdc_pg_recipients_resolve(kmdc_store *st,
                                          const char (*addr)[KMDC_ADDR_MAX + 1],
                                          size_t n, kmdc_recipient *out)
-{ (void)st; (void)addr; (void)n; (void)out; return KMDC_STORE_ERROR; }
+{
+    kmdc_pg_store *ps = KMDC_PG(st);
+    const char *list[KMDC_RCPT_MAX];
+    kmdc_db *db = NULL;
+    kmdc_db_params pp;
+    PGresult *res = NULL;
+    kmdc_store_rc rc;
+    kmdc_db_rc dbrc;
+    size_t i;
+    int row;
+
+    if (n > KMDC_RCPT_MAX) {
+        return KMDC_STORE_ERROR;
+    }
+    memset(out, 0, n * sizeof(*out));
+    for (i = 0; i < n; i++) {
+        list[i] = addr[i];
+    }
+    if ((rc = kmdc_pg_borrow(ps, &db)) != KMDC_STORE_OK) {
+        return rc;
+    }
+    kmdc_db_params_init(&pp);
+    kmdc_db_param_text_array(&pp, ps->r->pool, list, (int)n);
+    dbrc = kmdc_db_exec(db,
+        "SELECT a.i, c.serial, q.n, q.b"
+        " FROM unnest($1::text[]) WITH ORDINALITY AS a(address, i)"
+        " JOIN cards c ON c.address = a.address AND c.status = 'active'"
+        " CROSS JOIN LATERAL (SELECT count(*) AS n,"
+        "   coalesce(sum(octet_length(d.head)::bigint + m.payload_len), 0)::bigint AS b"
+        "   FROM deliveries d JOIN messages m ON m.id = d.message_id"
+        "   WHERE d.recipient = c.serial AND d.state = 'queued') AS q",
+        &pp, 1, &res);
+    if (dbrc != KMDC_DB_OK) {
+        rc = kmdc_pg_failed(dbrc);
+        goto out;
+    }
+    rc = KMDC_STORE_OK;
+    for (row = 0; row < PQntuples(res); row++) {
+        int64_t idx = 0, serial = 0, count = 0, bytes = 0;
+
+        if (!kmdc_db_get_int64(res, row, 0, &idx) || idx < 1 || (size_t)idx > n
+            || !kmdc_db_get_int64(res, row, 1, &serial)
+            || !kmdc_db_get_int64(res, row, 2, &count)
+            || !kmdc_db_get_int64(res, row, 3, &bytes)) {
+            rc = KMDC_STORE_ERROR;
+            goto out;
+        }
+        out[idx - 1].serial = (uint64_t)serial;
+        out[idx - 1].pending_count = count;
+        out[idx - 1].pending_bytes = bytes;
+    }
+out:
+    kmdc_db_clear(db, res);
+    kmdc_db_release(db);
+    return rc;
+}
+
 kmdc_store_rc kmdc_pg_upload_append(kmdc_store *st, int64_t *upload_id, uint64_t size,
                                     int idx, const uint8_t *data, size_t len,
                                     const kmdc_lease *lease)
-{ (void)st; (void)upload_id; (void)size; (void)idx; (void)data; (void)len; (void)lease;
-  return KMDC_STORE_ERROR; }
+{
+    kmdc_db *db = NULL;
+    kmdc_db_params pp;
+    PGresult *res = NULL;
+    kmdc_store_rc rc;
+    kmdc_db_rc dbrc;
+    int64_t id = *upload_id;
+
+    if ((rc = kmdc_pg_borrow(KMDC_PG(st), &db)) != KMDC_STORE_OK) {
+        return rc;
+    }
+    kmdc_db_params_init(&pp);
+    kmdc_db_param_int8(&pp, id);
+    kmdc_db_param_int8(&pp, (int64_t)size);
+    kmdc_db_param_int4(&pp, idx);
+    kmdc_db_param_bytea(&pp, data, len);
+    kmdc_db_param_int8(&pp, lease != NULL ? (int64_t)lease->serial : 0);
+    kmdc_db_param_int4(&pp, lease != NULL ? lease->slot : -1);
+    kmdc_db_param_int8(&pp, lease != NULL ? (int64_t)lease->holder : 0);
+    kmdc_db_param_int4(&pp, KMDC_LEASE_SECONDS);
+    /* the upload (created on the first batch, touched on the others), the
+     * batch, and the lease renewed: one autocommitted statement */
+    dbrc = kmdc_db_exec(db,
+        "WITH made AS (INSERT INTO uploads (size) SELECT $2::bigint WHERE $1::bigint = 0"
+        "   RETURNING id),"
+        " touched AS (UPDATE uploads SET touched_at = now() WHERE id = $1::bigint"
+        "   RETURNING id),"
+        " up AS (SELECT id FROM made UNION ALL SELECT id FROM touched),"
+        " renewed AS (UPDATE upload_leases SET expires_at = now() + $8::int * interval '1 second'"
+        "   WHERE serial = $5::bigint AND slot = $6::int AND holder = $7::bigint RETURNING 1)"
+        " INSERT INTO upload_chunks (upload_id, idx, data)"
+        " SELECT id, $3::int, $4::bytea FROM up RETURNING upload_id",
+        &pp, 1, &res);
+    if (dbrc != KMDC_DB_OK) {
+        rc = kmdc_pg_failed(dbrc);
+    }
+    else if (PQntuples(res) != 1 || !kmdc_db_get_int64(res, 0, 0, &id)) {
+        rc = KMDC_STORE_ERROR;           /* the upload is gone (purged?) */
+    }
+    else {
+        *upload_id = id;
+        rc = KMDC_STORE_OK;
+    }
+    kmdc_db_clear(db, res);
+    kmdc_db_release(db);
+    return rc;
+}
+
 kmdc_store_rc kmdc_pg_upload_drop(kmdc_store *st, int64_t upload_id)
-{ (void)st; (void)upload_id; return KMDC_STORE_ERROR; }
+{
+    kmdc_db *db = NULL;
+    kmdc_db_params pp;
+    kmdc_store_rc rc;
+    kmdc_db_rc dbrc;
+
+    if ((rc = kmdc_pg_borrow(KMDC_PG(st), &db)) != KMDC_STORE_OK) {
+        return rc;       /* an orphan for `kmdcadm purge` */
+    }
+    kmdc_db_params_init(&pp);
+    kmdc_db_param_int8(&pp, upload_id);
+    dbrc = run(db, "DELETE FROM uploads WHERE id = $1", &pp);
+    kmdc_db_release(db);
+    return kmdc_pg_failed(dbrc);
+}
+
+/* ---- step 3 ------------------------------------------------------------------ */
+
+/* The locked row of one card in the publication. */
+typedef struct locked_card {
+    uint64_t serial;
+    int active;
+    uint64_t up_next, down_next;
+    uint8_t down_chain[KMDC_WRAPPED_LEN];
+    int64_t count, bytes;                  /* its queued deliveries */
+} locked_card;
+
+static locked_card *find_locked(locked_card *rows, int n, uint64_t serial)
+{
+    int i;
+
+    for (i = 0; i < n; i++) {
+        if (rows[i].serial == serial) {
+            return &rows[i];
+        }
+    }
+    return NULL;
+}
+
+/*
+ * Lock the sender and the recipients in serial order (rows), then read the
+ * recipients' mailbox totals with the rows held.  KMDC_DB_OK and *n rows.
+ */
+static kmdc_db_rc lock_cards(kmdc_pg_store *ps, kmdc_db *db, const kmdc_publication *pub,
+                             locked_card *rows, int *n)
+{
+    int64_t serials[KMDC_RCPT_MAX + 1];
+    kmdc_db_params pp;
+    PGresult *res = NULL;
+    kmdc_db_rc rc;
+    size_t i;
+    int row;
+
+    *n = 0;
+    serials[0] = (int64_t)pub->serial;
+    for (i = 0; i < pub->n_rcpt; i++) {
+        serials[i + 1] = (int64_t)pub->rcpt[i];
+    }
+    kmdc_db_params_init(&pp);
+    kmdc_db_param_int8_array(&pp, ps->r->pool, serials, (int)pub->n_rcpt + 1);
+    rc = kmdc_db_exec(db, "SELECT serial, status = 'active', up_next, down_next, down_chain "
+                      "FROM cards WHERE serial = ANY($1::bigint[]) ORDER BY serial "
+                      "FOR NO KEY UPDATE", &pp, 1, &res);
+    if (rc != KMDC_DB_OK) {
+        goto out;
+    }
+    for (row = 0; row < PQntuples(res) && row <= KMDC_RCPT_MAX; row++) {
+        locked_card *c = &rows[row];
+        int64_t s = 0, up = 0, down = 0;
+
+        if (!kmdc_db_get_int64(res, row, 0, &s) || PQgetlength(res, row, 1) != 1
+            || !kmdc_db_get_int64(res, row, 2, &up) || !kmdc_db_get_int64(res, row, 3, &down)
+            || !get_bytes(res, row, 4, c->down_chain, sizeof(c->down_chain))) {
+            rc = KMDC_DB_ERROR;
+            goto out;
+        }
+        c->serial = (uint64_t)s;
+        c->active = PQgetvalue(res, row, 1)[0] != 0;
+        c->up_next = (uint64_t)up;
+        c->down_next = (uint64_t)down;
+        c->count = c->bytes = 0;
+        (*n)++;
+    }
+    kmdc_db_clear(db, res);
+    res = NULL;
+    rc = kmdc_db_exec(db, "SELECT d.recipient, count(*), "
+                      "coalesce(sum(octet_length(d.head)::bigint + m.payload_len), 0)::bigint "
+                      "FROM deliveries d JOIN messages m ON m.id = d.message_id "
+                      "WHERE d.recipient = ANY($1::bigint[]) AND d.state = 'queued' "
+                      "GROUP BY d.recipient", &pp, 1, &res);
+    if (rc != KMDC_DB_OK) {
+        goto out;
+    }
+    for (row = 0; row < PQntuples(res); row++) {
+        int64_t s = 0, count = 0, bytes = 0;
+        locked_card *c;
+
+        if (!kmdc_db_get_int64(res, row, 0, &s) || !kmdc_db_get_int64(res, row, 1, &count)
+            || !kmdc_db_get_int64(res, row, 2, &bytes)) {
+            rc = KMDC_DB_ERROR;
+            goto out;
+        }
+        if ((c = find_locked(rows, *n, (uint64_t)s)) != NULL) {
+            c->count = count;
+            c->bytes = bytes;
+        }
+    }
+out:
+    kmdc_db_clear(db, res);
+    return rc;
+}
+
+/* Check the locked rows again; KMDC_PUBLISHED when the publication may go on. */
+static kmdc_publish_outcome recheck(const kmdc_publication *pub, locked_card *rows, int n,
+                                    size_t *which)
+{
+    locked_card *s = find_locked(rows, n, pub->serial);
+    size_t i;
+
+    if (s == NULL || s->up_next > pub->seq) {
+        return s == NULL ? KMDC_PUBLISH_SENDER_INACTIVE : KMDC_PUBLISH_SPENT;
+    }
+    if (!s->active) {
+        return KMDC_PUBLISH_SENDER_INACTIVE;
+    }
+    for (i = 0; i < pub->n_rcpt; i++) {
+        locked_card *c = find_locked(rows, n, pub->rcpt[i]);
+
+        *which = i;
+        if (c == NULL || !c->active) {
+            return KMDC_PUBLISH_RECIPIENT_INACTIVE;
+        }
+    }
+    for (i = 0; i < pub->n_rcpt; i++) {
+        locked_card *c = find_locked(rows, n, pub->rcpt[i]);
+
+        *which = i;
+        if (c->count + 1 > pub->quota_count
+            || (uint64_t)c->bytes + pub->quota_add > (uint64_t)pub->quota_bytes) {
+            return KMDC_PUBLISH_QUOTA;
+        }
+    }
+    *which = 0;
+    return KMDC_PUBLISHED;
+}
+
+/* Seal and write every delivery and advance each recipient's down chain. */
+static kmdc_store_rc write_deliveries(kmdc_pg_store *ps, kmdc_db *db,
+                                      const kmdc_publication *pub, locked_card *rows, int n)
+{
+    apr_pool_t *p = ps->r->pool;
+    int count = (int)pub->n_rcpt;
+    int64_t *serials = apr_palloc(p, sizeof(int64_t) * (size_t)count);
+    int64_t *seqs = apr_palloc(p, sizeof(int64_t) * (size_t)count);
+    const void **heads = apr_palloc(p, sizeof(void *) * (size_t)count);
+    int *head_lens = apr_palloc(p, sizeof(int) * (size_t)count);
+    const void **chains = apr_palloc(p, sizeof(void *) * (size_t)count);
+    int *chain_lens = apr_palloc(p, sizeof(int) * (size_t)count);
+    kmdc_db_params pp;
+    kmdc_db_rc dbrc;
+    size_t i;
+
+    for (i = 0; i < pub->n_rcpt; i++) {
+        locked_card *c = find_locked(rows, n, pub->rcpt[i]);
+        uint8_t *head = apr_palloc(p, KMDC_HEAD_MAX);
+        uint8_t *next = apr_palloc(p, KMDC_WRAPPED_LEN);
+        size_t head_len = 0;
+
+        if (c == NULL || pub->seal(pub->seal_arg, i, c->serial, c->down_next, c->down_chain,
+                                   head, KMDC_HEAD_MAX, &head_len, next) != KMDC_OK) {
+            return KMDC_STORE_ERROR;
+        }
+        serials[i] = (int64_t)c->serial;
+        seqs[i] = (int64_t)c->down_next;
+        heads[i] = head;
+        head_lens[i] = (int)head_len;
+        chains[i] = next;
+        chain_lens[i] = KMDC_WRAPPED_LEN;
+    }
+    kmdc_db_params_init(&pp);
+    kmdc_db_param_int8(&pp, (int64_t)pub->message_id);
+    kmdc_db_param_int8_array(&pp, p, serials, count);
+    kmdc_db_param_int8_array(&pp, p, seqs, count);
+    kmdc_db_param_array(&pp, p, KMDC_DB_BYTEAOID, count, heads, head_lens);
+    kmdc_db_param_int8(&pp, pub->ttl);
+    dbrc = run(db, "INSERT INTO deliveries (message_id, recipient, seq, head, expires_at) "
+               "SELECT $1::bigint, r, s, h, now() + $5::bigint * interval '1 second' "
+               "FROM unnest($2::bigint[], $3::bigint[], $4::bytea[]) WITH ORDINALITY "
+               "AS u(r, s, h, i) ORDER BY i", &pp);
+    if (dbrc != KMDC_DB_OK) {
+        return kmdc_pg_failed(dbrc);
+    }
+    kmdc_db_params_init(&pp);
+    kmdc_db_param_int8_array(&pp, p, serials, count);
+    kmdc_db_param_array(&pp, p, KMDC_DB_BYTEAOID, count, chains, chain_lens);
+    dbrc = run(db, "UPDATE cards c SET down_next = c.down_next + 1, down_chain = u.k "
+               "FROM unnest($1::bigint[], $2::bytea[]) AS u(s, k) WHERE c.serial = u.s",
+               &pp);
+    return kmdc_pg_failed(dbrc);
+}
+
 kmdc_store_rc kmdc_pg_publish(kmdc_store *st, const kmdc_publication *pub,
                               kmdc_publish_outcome *outcome, size_t *which)
-{ (void)st; (void)pub; (void)outcome; (void)which; return KMDC_STORE_ERROR; }
+{
+    kmdc_pg_store *ps = KMDC_PG(st);
+    locked_card rows[KMDC_RCPT_MAX + 1];
+    const char *notify[KMDC_RCPT_MAX];
+    char idhex[17];
+    kmdc_db *db = NULL;
+    kmdc_db_params pp;
+    kmdc_store_rc rc;
+    kmdc_db_rc dbrc;
+    int in_tx = 0, n = 0;
+    size_t i;
+
+    *outcome = KMDC_PUBLISHED;
+    *which = 0;
+    if (pub->n_rcpt == 0 || pub->n_rcpt > KMDC_RCPT_MAX) {
+        return KMDC_STORE_ERROR;
+    }
+    if ((rc = kmdc_pg_borrow(ps, &db)) != KMDC_STORE_OK) {
+        return rc;
+    }
+    if ((dbrc = kmdc_db_command(db, "BEGIN")) != KMDC_DB_OK) {
+        goto failed;
+    }
+    in_tx = 1;
+    if ((dbrc = lock_cards(ps, db, pub, rows, &n)) != KMDC_DB_OK) {
+        goto failed;
+    }
+    if ((*outcome = recheck(pub, rows, n, which)) != KMDC_PUBLISHED) {
+        rc = KMDC_STORE_OK;              /* nothing written: the intake answers */
+        goto out;
+    }
+
+    /* the message and the sender's chain */
+    kmdc_db_params_init(&pp);
+    kmdc_db_param_int8(&pp, (int64_t)pub->message_id);
+    kmdc_db_param_int8(&pp, (int64_t)pub->serial);
+    kmdc_db_param_int8(&pp, (int64_t)pub->seq);
+    kmdc_db_param_int8(&pp, pub->upload_id);
+    kmdc_db_param_int8(&pp, (int64_t)pub->size);
+    kmdc_db_param_int8(&pp, (int64_t)pub->payload_len);
+    kmdc_db_param_bytea(&pp, pub->up_chain_next, KMDC_WRAPPED_LEN);
+    if ((dbrc = run(db, "WITH m AS (INSERT INTO messages (id, sender, sender_seq, upload_id, "
+                    "size, payload_len) VALUES ($1::bigint, $2::bigint, $3::bigint, $4::bigint, $5::bigint, "
+                    "$6::bigint)) UPDATE cards SET up_next = $3::bigint + 1, up_chain = $7::bytea "
+                    "WHERE serial = $2::bigint",
+                    &pp)) != KMDC_DB_OK) {
+        goto failed;
+    }
+    if ((rc = write_deliveries(ps, db, pub, rows, n)) != KMDC_STORE_OK) {
+        if (rc == KMDC_STORE_ERROR) {
+            ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, ps->r,
+                          "send: card %016" APR_UINT64_T_HEX_FMT " seq %" APR_UINT64_T_FMT
+                          ": a delivery could not be sealed",
+                          (apr_uint64_t)pub->serial, (apr_uint64_t)pub->seq);
+        }
+        goto out;
+    }
+
+    /* the receipt, the audit row, the lease */
+    kmdc_db_params_init(&pp);
+    kmdc_db_param_int8(&pp, (int64_t)pub->serial);
+    kmdc_db_param_int8(&pp, (int64_t)pub->seq);
+    kmdc_db_param_bytea(&pp, pub->envelope_hash, 32);
+    kmdc_db_param_text(&pp, pub->answer);
+    kmdc_db_param_int8(&pp, (int64_t)pub->message_id);
+    kmdc_db_param_bytea(&pp, pub->prefix_hash, 32);
+    if ((dbrc = run(db, "INSERT INTO receipts (serial, seq, envelope_sha256, hash_scope, "
+                    "http_status, answer, message_id, prefix_sha256) "
+                    "VALUES ($1, $2, $3, 'envelope', 201, $4, $5, $6)", &pp)) != KMDC_DB_OK) {
+        goto failed;
+    }
+    kmdc_serial_format(idhex, pub->message_id);
+    if ((dbrc = audit(db, pub->serial, "send",
+                      json_pack("{s:I, s:s, s:I}", "seq", (json_int_t)pub->seq,
+                                "message", idhex, "deliveries",
+                                (json_int_t)pub->n_rcpt))) != KMDC_DB_OK
+        || (dbrc = release_lease(db, pub->lease)) != KMDC_DB_OK) {
+        goto failed;
+    }
+    for (i = 0; i < pub->n_rcpt; i++) {
+        char *hex = apr_palloc(ps->r->pool, 17);
+
+        kmdc_serial_format(hex, pub->rcpt[i]);
+        notify[i] = hex;
+    }
+    kmdc_db_params_init(&pp);
+    kmdc_db_param_text_array(&pp, ps->r->pool, notify, (int)pub->n_rcpt);
+    if ((dbrc = run(db, "SELECT pg_notify('kmdc_mailbox', s) FROM unnest($1::text[]) AS s",
+                    &pp)) != KMDC_DB_OK) {
+        goto failed;
+    }
+    in_tx = 0;
+    if ((dbrc = kmdc_db_command(db, "COMMIT")) != KMDC_DB_OK) {
+        /* the outcome is unknown here; a byte-identical retry is answered
+         * from the receipt if it committed */
+        kmdc_db_invalidate(db);
+        db = NULL;
+        rc = KMDC_STORE_UNAVAILABLE;
+        goto out;
+    }
+    rc = KMDC_STORE_OK;
+    goto out;
+
+failed:
+    rc = kmdc_pg_failed(dbrc);
+out:
+    if (in_tx && db != NULL && kmdc_db_rollback(db) != KMDC_DB_OK) {
+        db = NULL;                       /* invalidated */
+    }
+    kmdc_db_release(db);
+    kmdc_wipe(rows, sizeof(rows));
+    return rc;
+}
+
 kmdc_store_rc kmdc_pg_spend(kmdc_store *st, const kmdc_spending *sp)
-{ (void)st; (void)sp; return KMDC_STORE_ERROR; }
+{
+    kmdc_db *db = NULL;
+    kmdc_db_params pp;
+    PGresult *res = NULL;
+    kmdc_store_rc rc;
+    kmdc_db_rc dbrc;
+    int64_t up_next = 0;
+    int in_tx = 0;
+
+    if ((rc = kmdc_pg_borrow(KMDC_PG(st), &db)) != KMDC_STORE_OK) {
+        return rc;
+    }
+    if ((dbrc = kmdc_db_command(db, "BEGIN")) != KMDC_DB_OK) {
+        goto failed;
+    }
+    in_tx = 1;
+    kmdc_db_params_init(&pp);
+    kmdc_db_param_int8(&pp, (int64_t)sp->serial);
+    dbrc = kmdc_db_exec(db, "SELECT up_next FROM cards WHERE serial = $1 FOR NO KEY UPDATE",
+                        &pp, 1, &res);
+    if (dbrc != KMDC_DB_OK) {
+        goto failed;
+    }
+    if (PQntuples(res) != 1 || !kmdc_db_get_int64(res, 0, 0, &up_next)
+        || (uint64_t)up_next > sp->seq) {
+        rc = KMDC_STORE_CONFLICT;        /* a concurrent retry spent it */
+        goto out;
+    }
+    kmdc_db_clear(db, res);
+    res = NULL;
+    kmdc_db_params_init(&pp);
+    kmdc_db_param_int8(&pp, (int64_t)sp->serial);
+    kmdc_db_param_int8(&pp, (int64_t)sp->seq);
+    kmdc_db_param_bytea(&pp, sp->up_chain_next, KMDC_WRAPPED_LEN);
+    kmdc_db_param_bytea(&pp, sp->prefix_hash, 32);
+    kmdc_db_param_int4(&pp, sp->http_status);
+    kmdc_db_param_text(&pp, sp->answer);
+    if ((dbrc = run(db, "WITH c AS (UPDATE cards SET up_next = $2::bigint + 1, up_chain = $3::bytea "
+                    "WHERE serial = $1::bigint) "
+                    "INSERT INTO receipts (serial, seq, envelope_sha256, hash_scope, "
+                    "http_status, answer, prefix_sha256) "
+                    "VALUES ($1::bigint, $2::bigint, $4::bytea, 'keyblock', $5::int, $6::text, $4::bytea)", &pp)) != KMDC_DB_OK
+        || (dbrc = audit(db, sp->serial, "send.refused",
+                         json_pack("{s:I, s:s}", "seq", (json_int_t)sp->seq,
+                                   "error", sp->error))) != KMDC_DB_OK
+        || (dbrc = release_lease(db, sp->lease)) != KMDC_DB_OK) {
+        goto failed;
+    }
+    in_tx = 0;
+    if ((dbrc = kmdc_db_command(db, "COMMIT")) != KMDC_DB_OK) {
+        kmdc_db_invalidate(db);
+        db = NULL;
+        rc = KMDC_STORE_UNAVAILABLE;
+        goto out;
+    }
+    ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, KMDC_PG(st)->r,
+                  "send: card %016" APR_UINT64_T_HEX_FMT " seq %" APR_UINT64_T_FMT
+                  " refused after authentication: %s (counter spent)",
+                  (apr_uint64_t)sp->serial, (apr_uint64_t)sp->seq, sp->error);
+    rc = KMDC_STORE_OK;
+    goto out;
+
+failed:
+    rc = kmdc_pg_failed(dbrc);
+out:
+    kmdc_db_clear(db, res);
+    if (in_tx && db != NULL && kmdc_db_rollback(db) != KMDC_DB_OK) {
+        db = NULL;
+    }
+    kmdc_db_release(db);
+    return rc;
+}
