@@ -1140,16 +1140,18 @@ static const purge_kind purge_kinds[] = {
       "WHERE NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.message_id = m.id "
       "AND d.state = 'queued' AND d.expires_at > now())",
       0 },
-    /* (b') uploads no message references, older than the longest intake.
+    /* (b') uploads no message references whose last batch is older than the
+     * longest intake (touched_at moves with every batch, so an upload still
+     * streaming is never taken for an orphan).
      * REPEATABLE READ: should an intake publish a message referencing one of
      * them after our snapshot, the ON DELETE SET NULL would otherwise strip
      * that new message of its payload; under REPEATABLE READ it fails with a
      * serialization error instead, and the batch is retried. */
     { "orphans",
       "DELETE FROM uploads WHERE id IN (SELECT u.id FROM uploads u "
-      "WHERE u.created_at < " AGO("$3") " AND NOT EXISTS (SELECT 1 FROM messages m "
+      "WHERE u.touched_at < " AGO("$3") " AND NOT EXISTS (SELECT 1 FROM messages m "
       "WHERE m.upload_id = u.id) ORDER BY u.id LIMIT 100 FOR UPDATE SKIP LOCKED)",
-      "SELECT count(*) FROM uploads u WHERE u.created_at < " AGO("$3")
+      "SELECT count(*) FROM uploads u WHERE u.touched_at < " AGO("$3")
       " AND NOT EXISTS (SELECT 1 FROM messages m WHERE m.upload_id = u.id)",
       1 },
     /* (c) receipts past the retry horizon */

@@ -19,6 +19,7 @@
 #include "http_log.h"
 #include "util_cfgtree.h"
 
+#include "kmdc_intake.h"
 #include "kmdc_util.h"
 #include "kmdc_wrap.h"
 
@@ -497,8 +498,19 @@ typedef struct scan_ctx {
     apr_pool_t *p;
     server_rec *main_s;
     apr_array_header_t *bases;
+    apr_array_header_t *body_limits;   /* every LimitRequestBody (body_limit) */
     const char *error;
 } scan_ctx;
+
+/* A LimitRequestBody directive of the tree and where it stands. */
+typedef struct body_limit {
+    server_rec *vhost;        /* NULL: the main server (or every server) */
+    const char *loc;          /* its <Location> path, NULL: server level */
+    apr_off_t bytes;          /* 0: no limit */
+} body_limit;
+
+/* httpd's own LimitRequestBody when none is set (2.4.54 and later). */
+#define KMDC_HTTPD_DEFAULT_BODY_LIMIT ((apr_off_t)1 << 30)
 
 /* Where a node sits: inside a literal <Location> (loc != NULL), inside some
  * other section that SetHandler kmdc may not use (bad != NULL), or neither. */
@@ -564,6 +576,18 @@ static void scan_tree(scan_ctx *c, const ap_directive_t *d, scan_where w)
                 b->s = w.vhost;
                 b->path = w.loc;
                 b->len = strlen(w.loc);
+            }
+            continue;
+        }
+        if (strcasecmp(name, "LimitRequestBody") == 0 && w.bad == NULL) {
+            body_limit *l = apr_array_push(c->body_limits);
+            char *end = NULL;
+
+            l->vhost = w.vhost;
+            l->loc = w.loc;
+            if (apr_strtoff(&l->bytes, d->args != NULL ? d->args : "", &end, 10)
+                != APR_SUCCESS || l->bytes < 0) {
+                apr_array_pop(c->body_limits);   /* httpd itself refuses it */
             }
             continue;
         }
@@ -691,6 +715,111 @@ out:
 }
 
 /* ------------------------------------------------------------------------ */
+/* start-up: limits that agree                                               */
+
+static const char *server_name(apr_pool_t *p, const server_rec *s)
+{
+    if (s->defn_name == NULL) {
+        return "the main server";
+    }
+    return apr_psprintf(p, "the virtual host on line %u of %s",
+                        s->defn_line_number, s->defn_name);
+}
+
+/* 1 when location path loc covers uri (at a "/" boundary). */
+static int covers(const char *loc, const char *uri)
+{
+    apr_size_t n = strlen(loc);
+
+    return strncmp(loc, uri, n) == 0 && (uri[n] == '\0' || uri[n] == '/' || n == 0);
+}
+
+/*
+ * The LimitRequestBody that applies to {base}/send: the longest <Location>
+ * of the base's server that covers it, else the server's own, else the main
+ * server's, else httpd's default.  (Sections other than <Location> are not
+ * followed: they do not apply to the handler's URLs.)
+ */
+static apr_off_t send_body_limit(apr_pool_t *p, const apr_array_header_t *limits,
+                                 const kmdc_base *b)
+{
+    const char *uri = apr_pstrcat(p, b->path, "/send", NULL);
+    const body_limit *best = NULL, *server = NULL, *main_level = NULL;
+    int i;
+
+    for (i = 0; i < limits->nelts; i++) {
+        const body_limit *l = &APR_ARRAY_IDX(limits, i, body_limit);
+
+        if (l->vhost != NULL && l->vhost != b->s) {
+            continue;
+        }
+        if (l->loc == NULL) {
+            if (l->vhost != NULL) {
+                server = l;
+            }
+            else {
+                main_level = l;
+            }
+        }
+        else if (covers(l->loc, uri)
+                 && (best == NULL || strlen(l->loc) >= strlen(best->loc))) {
+            best = l;
+        }
+    }
+    best = best != NULL ? best : server != NULL ? server : main_level;
+    return best != NULL ? best->bytes : KMDC_HTTPD_DEFAULT_BODY_LIMIT;
+}
+
+/*
+ * KmdcMailboxQuota must hold one envelope of KmdcMaxDocumentSize (else no
+ * document of that size can ever be delivered): an error.  httpd's
+ * LimitRequestBody below that envelope refuses such uploads before the
+ * module sees them: a warning (logged by the check pass only, so once).
+ */
+static const char *check_limits(apr_pool_t *pconf, apr_pool_t *ptemp, server_rec *vs,
+                                const kmdc_srv_conf *sc, const apr_array_header_t *limits,
+                                int warn)
+{
+    uint64_t envelope = kmdc_intake_envelope_max((uint64_t)sc->max_document_size);
+    int i;
+
+    if (!sc->handler_used) {
+        return NULL;
+    }
+    if ((uint64_t)sc->mailbox_quota_bytes < envelope) {
+        return apr_psprintf(pconf, "%s of %" APR_INT64_T_FMT " bytes for %s cannot hold "
+                            "one document of %s %" APR_INT64_T_FMT " bytes, whose envelope "
+                            "takes up to %" APR_UINT64_T_FMT " bytes: raise the byte "
+                            "limit of %s to at least %" APR_UINT64_T_FMT " or lower %s",
+                            KMDC_DIR_MAILBOX_QUOTA, sc->mailbox_quota_bytes,
+                            server_name(ptemp, vs), KMDC_DIR_MAX_DOCUMENT_SIZE,
+                            sc->max_document_size, (apr_uint64_t)envelope,
+                            KMDC_DIR_MAILBOX_QUOTA, (apr_uint64_t)envelope,
+                            KMDC_DIR_MAX_DOCUMENT_SIZE);
+    }
+    for (i = 0; warn && i < sc->bases->nelts; i++) {
+        const kmdc_base *b = &APR_ARRAY_IDX(sc->bases, i, kmdc_base);
+        apr_off_t limit;
+
+        if (b->s != NULL && b->s != vs) {
+            continue;
+        }
+        limit = send_body_limit(ptemp, limits, b);
+        if (limit != 0 && (uint64_t)limit < envelope) {
+            ap_log_error(APLOG_MARK, APLOG_WARNING, 0, vs,
+                         "kmdc: LimitRequestBody %" APR_OFF_T_FMT " for %s/send is below "
+                         "the envelope of a document of %s (up to %" APR_UINT64_T_FMT
+                         " bytes): httpd refuses such uploads with 413 before the module "
+                         "reads them; set LimitRequestBody %" APR_UINT64_T_FMT
+                         " (or 0) in <Location %s>", limit, b->path,
+                         KMDC_DIR_MAX_DOCUMENT_SIZE, (apr_uint64_t)envelope,
+                         (apr_uint64_t)envelope, b->path[0] != '\0' ? b->path : "/");
+        }
+    }
+    return NULL;
+}
+
+/* ------------------------------------------------------------------------ */
 /* start-up: the whole pass                                                  */
 
 static void fill_defaults(kmdc_srv_conf *sc)
@@ -710,15 +839,6 @@ static void fill_defaults(kmdc_srv_conf *sc)
 #undef DEF
 }
 
-static const char *server_name(apr_pool_t *p, const server_rec *s)
-{
-    if (s->defn_name == NULL) {
-        return "the main server";
-    }
-    return apr_psprintf(p, "the virtual host on line %u of %s",
-                        s->defn_line_number, s->defn_name);
-}
-
 int kmdc_conf_startup(apr_pool_t *pconf, apr_pool_t *ptemp, server_rec *s,
                       int load_keys_now)
 {
@@ -735,6 +855,7 @@ int kmdc_conf_startup(apr_pool_t *pconf, apr_pool_t *ptemp, server_rec *s,
     c.p = pconf;
     c.main_s = s;
     c.bases = apr_array_make(pconf, 4, sizeof(kmdc_base));
+    c.body_limits = apr_array_make(ptemp, 4, sizeof(body_limit));
     memset(&top, 0, sizeof(top));
     scan_tree(&c, ap_conftree, top);
     if (c.error != NULL) {
@@ -764,6 +885,10 @@ int kmdc_conf_startup(apr_pool_t *pconf, apr_pool_t *ptemp, server_rec *s,
                                KMDC_DIR_DB_POOL_MIN, sc->db_pool_min,
                                KMDC_DIR_DB_POOL_MAX, sc->db_pool_max,
                                server_name(ptemp, vs));
+            goto out;
+        }
+        if ((msg = check_limits(pconf, ptemp, vs, sc, c.body_limits,
+                                !load_keys_now)) != NULL) {
             goto out;
         }
         if (sc->handler_used && sc->conninfo == NULL) {

@@ -56,7 +56,7 @@
 #define KMDC_MAX_MAILBOX_TTL        APR_INT64_C(315360000)      /* 3650 d */
 #define KMDC_DEF_QUOTA_COUNT        APR_INT64_C(1000)
 #define KMDC_MAX_QUOTA_COUNT        APR_INT64_C(2147483647)
-#define KMDC_DEF_QUOTA_BYTES        (APR_INT64_C(1) << 30)      /* 1 GiB */
+#define KMDC_DEF_QUOTA_BYTES        (APR_INT64_C(2) << 30)      /* 2 GiB: holds one envelope of the largest default document */
 #define KMDC_MAX_QUOTA_BYTES        (APR_INT64_C(1) << 50)      /* 1 PiB */
 #define KMDC_DEF_AUTH_SKEW          APR_INT64_C(300)
 #define KMDC_MAX_AUTH_SKEW          APR_INT64_C(300)   /* nonces are kept 600 s = 2 x skew */

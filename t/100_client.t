@@ -15,8 +15,9 @@
 #     exit status 3, or with --wait sends after the first; no counter spent
 #     twice), and by a sender beside a receiver (both work).
 # The server configuration for 1 GiB (t/conf/extra.conf.in): LimitRequestBody
-# 0 in <Location /kmdc>, KmdcMaxDocumentSize 2G and a KmdcMailboxQuota above
-# 1 GiB (the envelope of a 1 GiB document is slightly larger than 1 GiB).
+# 0 in <Location /kmdc> (the envelope of a 1 GiB document is slightly larger
+# than 1 GiB) and the default limits: 1 GiB is exactly the default
+# KmdcMaxDocumentSize, and the default KmdcMailboxQuota holds its envelope.
 use strict;
 use warnings FATAL => 'all';
 

@@ -300,9 +300,14 @@ HEAD="decode(repeat('00', 120), 'hex')"
 q -c "
 INSERT INTO uploads (id, created_at) VALUES
   (1, now()), (2, now()), (3, now() - interval '40 days'), (4, now() - interval '2 hours'),
-  (5, now() - interval '10 minutes'), (6, now() - interval '40 days'), (7, now() - interval '40 days');
+  (5, now() - interval '10 minutes'), (6, now() - interval '40 days'), (7, now() - interval '40 days'),
+  (9, now() - interval '2 hours');
+-- the purge goes by the last batch: 9 is an old upload still streaming
+UPDATE uploads SET touched_at = created_at WHERE id <> 9;
+UPDATE uploads SET touched_at = now() - interval '1 minute' WHERE id = 9;
 INSERT INTO upload_chunks (upload_id, idx, data) VALUES
-  (1, 0, '\\x00'), (2, 0, '\\x00'), (4, 0, '\\x00'), (4, 1, '\\x00'), (5, 0, '\\x00'), (6, 0, '\\x00');
+  (1, 0, '\\x00'), (2, 0, '\\x00'), (4, 0, '\\x00'), (4, 1, '\\x00'), (5, 0, '\\x00'), (6, 0, '\\x00'),
+  (9, 0, '\\x00');
 INSERT INTO messages (id, sender, sender_seq, upload_id, size, payload_len, created_at) VALUES
   (101, $S, 1, 1, 1, 17, now()),
   (102, $S, 2, 2, 1, 17, now()),
@@ -351,9 +356,9 @@ out=$(adm purge 2>&1); rc=$?
 ok $? "purge: removes what the dry run counted"
 [ $rc -eq 0 ] || diag "$out"
 IFS='|' read -r t_up t_chunks t_msg t_del t_rc t_nonce <<<"$(tables)"
-[ "$(echo $t_up)" = "2,5,7" ]
-ok $? "purge: uploads kept: the one with a queued delivery, the young orphan, the old message still queued"
-[ "$(echo $t_chunks)" = "2.0,5.0" ]
+[ "$(echo $t_up)" = "2,5,7,9" ]
+ok $? "purge: uploads kept: the one with a queued delivery, the young orphan, the old message still queued, the old upload that received a batch a minute ago"
+[ "$(echo $t_chunks)" = "2.0,5.0,9.0" ]
 ok $? "purge: upload_chunks went with their uploads"
 [ "$(echo $t_msg)" = "101,102,104,106" ]
 ok $? "purge: messages kept: with a delivery, with a receipt; the others went"
@@ -409,7 +414,7 @@ hold_end ROLLBACK
     && [ "$(q -c "SELECT string_agg(encode(nonce, 'hex'), ',' ORDER BY nonce) FROM request_nonces")" = "02,03" ]
 ok $? "purge: a row locked by another session is skipped, not waited for"
 # An intake publishing its message for an old upload at the moment purge runs.
-q -c "INSERT INTO uploads (id, created_at) VALUES (8, now() - interval '2 hours');
+q -c "INSERT INTO uploads (id, created_at, touched_at) VALUES (8, now() - interval '2 hours', now() - interval '2 hours');
       INSERT INTO upload_chunks (upload_id, idx, data) VALUES (8, 0, '\\x00')" >/dev/null
 hold_start "INSERT INTO messages (id, sender, sender_seq, upload_id, size, payload_len)
             VALUES (107, $S, 7, 8, 1, 17);"; h=$?
