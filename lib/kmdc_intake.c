@@ -21,6 +21,10 @@
 #include "kmdc_util.h"
 
 #define PREFIX_HDR (KMDC_HEADER_LEN + 4)
+/* A batch that has waited this long is written even if not full: each
+ * write renews the upload's slot lease and its touched_at (the orphan
+ * purge's clock), so a slow upload keeps both. */
+#define BATCH_MAX_WAIT_MS 60000
 #define PREFIX_MAX (PREFIX_HDR + KMDC_KB_MAX)
 
 typedef enum state {
@@ -72,6 +76,7 @@ struct kmdc_intake {
     uint8_t *batch;
     size_t batch_len, batch_cap;
     int batch_idx;
+    uint64_t batch_since;                /* when the last batch was written */
     int64_t upload_id;
 
     /* PUBLISH */
@@ -322,8 +327,8 @@ derive(kmdc_intake *in, int real, uint8_t mk[32])
             goto out;
         }
     }
-    /* pad to W steps in all: d + 1 (the real ones) + the rest */
-    for (i = d + 1; i < window; i++)
+    /* W steps in all: the real path took d + 1, the dummy one none yet */
+    for (i = real ? d + 1 : 0; i < window; i++)
         (void)kmdc_chain_step(NULL, ck, ck, NULL);
 out:
     kmdc_wipe(ck, sizeof(ck));
@@ -461,6 +466,7 @@ step_recipients(kmdc_intake *in)
         internal(in, "internal error");
         return;
     }
+    in->batch_since = now_ms(in);
     in->st = ST_PAYLOAD;
 }
 
@@ -483,6 +489,7 @@ flush_batch(kmdc_intake *in)
     }
     in->batch_idx++;
     in->batch_len = 0;
+    in->batch_since = now_ms(in);
     return KMDC_OK;
 }
 
@@ -499,7 +506,8 @@ emit_ciphertext(void *arg, const uint8_t *p, size_t len, kmdc_err *err)
     }
     memcpy(in->batch + in->batch_len, p, len);
     in->batch_len += len;
-    if (in->batch_len + KMDC_CHUNK_CT_MAX > in->batch_cap)
+    if (in->batch_len + KMDC_CHUNK_CT_MAX > in->batch_cap ||
+        now_ms(in) - in->batch_since >= BATCH_MAX_WAIT_MS)
         return flush_batch(in);
     return KMDC_OK;
 }
@@ -625,9 +633,15 @@ answer_from_receipt(kmdc_intake *in)
     kmdc_receipt rc;
     const uint8_t *mine;
 
-    if (in->store->ops->receipt_find(in->store, in->hdr.serial, in->hdr.seq, &rc)
-        != KMDC_STORE_OK) {
+    kmdc_store_rc src = in->store->ops->receipt_find(in->store, in->hdr.serial,
+                                                      in->hdr.seq, &rc);
+
+    if (src == KMDC_STORE_NOTFOUND) {
         rejected(in);
+        return;
+    }
+    if (src != KMDC_STORE_OK) {
+        store_failed(in, src);
         return;
     }
     mine = rc.scope == KMDC_SCOPE_KEYBLOCK ? in->prefix_hash : in->full_hash;
@@ -778,15 +792,15 @@ advance(kmdc_intake *in)
 int
 kmdc_intake_feed(kmdc_intake *in, const uint8_t *p, size_t len)
 {
+    size_t over = 0;
+
     if (in->st == ST_ANSWERED)
         return 0;
     if (len > in->max_len - in->fed) {
-        if (in->st == ST_RETRY)
-            rejected(in);
-        else
-            answer_error(in, KMDC_INTAKE_REJECTED, 413, "too_large",
-                         "the upload is larger than the largest allowed envelope");
-        return 0;
+        /* the bytes up to the largest envelope first, so the answer does not
+         * depend on how the body was sliced */
+        over = len - (size_t)(in->max_len - in->fed);
+        len -= over;
     }
     in->fed += len;
     if (kmdc_sha256_update(in->sha_full, p, len, NULL) != KMDC_OK) {
@@ -814,6 +828,13 @@ kmdc_intake_feed(kmdc_intake *in, const uint8_t *p, size_t len)
             internal(in, "internal error");
             break;
         }
+    }
+    if (over > 0 && in->st != ST_ANSWERED) {
+        if (in->st == ST_RETRY)
+            rejected(in);
+        else
+            answer_error(in, KMDC_INTAKE_REJECTED, 413, "too_large",
+                         "the upload is larger than the largest allowed envelope");
     }
     return in->st != ST_ANSWERED;
 }

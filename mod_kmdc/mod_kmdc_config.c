@@ -485,7 +485,7 @@ const command_rec kmdc_cmds[] = {
     AP_INIT_TAKE1(KMDC_DIR_MAILBOX_TTL, set_mailbox_ttl, NULL, RSRC_CONF,
                   "how long an unfetched delivery is kept (default 7d)"),
     AP_INIT_TAKE2(KMDC_DIR_MAILBOX_QUOTA, set_mailbox_quota, NULL, RSRC_CONF,
-                  "COUNT BYTES pending per mailbox (default 1000 1G)"),
+                  "COUNT BYTES pending per mailbox (default 1000 2G)"),
     AP_INIT_TAKE1(KMDC_DIR_AUTH_SKEW, set_auth_skew, NULL, RSRC_CONF,
                   "allowed clock difference of signed requests (default 300s)"),
     { .name = NULL }

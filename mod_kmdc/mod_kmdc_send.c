@@ -149,18 +149,22 @@ int kmdc_handle_send(kmdc_req *kr)
     /* 1. the framing */
     kmdc_err_clear(&err);
     if ((c->in = kmdc_intake_new(conf, kmdc_store_pg(r), &err)) == NULL) {
+        kmdc_metrics_send(HTTP_INTERNAL_SERVER_ERROR, 0, 0, 0, 0);
         return kmdc_http_error(r, HTTP_INTERNAL_SERVER_ERROR, "internal", "internal error");
     }
     if ((c->body = kmdc_sendbody_new(apr_table_get(r->headers_in, "Content-Type"), c->in,
                                      &err)) == NULL) {
-        if (err.code == KMDC_ERR_ARG) {
-            return kmdc_http_error(r, HTTP_UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type",
-                                   "%s", err.msg);
+        status = err.code == KMDC_ERR_ARG ? HTTP_UNSUPPORTED_MEDIA_TYPE
+                 : err.code == KMDC_ERR_FORMAT ? HTTP_BAD_REQUEST
+                 : HTTP_INTERNAL_SERVER_ERROR;
+        kmdc_metrics_send(status, 0, 0, 0, 0);
+        if (status == HTTP_UNSUPPORTED_MEDIA_TYPE) {
+            return kmdc_http_error(r, status, "unsupported_media_type", "%s", err.msg);
         }
-        if (err.code == KMDC_ERR_FORMAT) {
-            return kmdc_http_error(r, HTTP_BAD_REQUEST, "bad_multipart", "%s", err.msg);
+        if (status == HTTP_BAD_REQUEST) {
+            return kmdc_http_error(r, status, "bad_multipart", "%s", err.msg);
         }
-        return kmdc_http_error(r, HTTP_INTERNAL_SERVER_ERROR, "internal", "internal error");
+        return kmdc_http_error(r, status, "internal", "internal error");
     }
 
     /* 2, 3. the body through the intake */

@@ -418,7 +418,10 @@ kmdc_store_rc kmdc_pg_upload_drop(kmdc_store *st, int64_t upload_id)
     }
     kmdc_db_params_init(&pp);
     kmdc_db_param_int8(&pp, upload_id);
-    dbrc = run(db, "DELETE FROM uploads WHERE id = $1", &pp);
+    /* never the upload of a message: a publication whose COMMIT answer was
+     * lost may have committed, and the message then owns this upload */
+    dbrc = run(db, "DELETE FROM uploads WHERE id = $1::bigint AND NOT EXISTS "
+               "(SELECT 1 FROM messages WHERE upload_id = $1::bigint)", &pp);
     kmdc_db_release(db);
     return kmdc_pg_failed(dbrc);
 }

@@ -7,7 +7,8 @@
 -- upload holding it (holder, random) and expires by itself, so a front-end
 -- that dies mid-upload frees its slots; the intake renews it while the upload
 -- streams and deletes it when the upload ends.  Keyed by the whole serial:
--- two cards never share a slot.  Expired rows are free and purged.
+-- two cards never share a slot.  An expired row is free: the next upload of
+-- that card that wants the slot takes it over.
 CREATE TABLE upload_leases (
     serial     bigint      NOT NULL CHECK (serial > 0),
     slot       int         NOT NULL CHECK (slot >= 0),
