@@ -27,6 +27,7 @@
 #include "mod_kmdc_http.h"
 #include "mod_kmdc_metrics.h"
 #include "mod_kmdc_notify.h"
+#include "mod_kmdc_store.h"
 
 /* ------------------------------------------------------------------------ */
 /* GET /health                                                               */
@@ -34,26 +35,12 @@
 static int kmdc_handle_health(kmdc_req *kr)
 {
     request_rec *r = kr->r;
-    kmdc_db *db = NULL;
-    kmdc_db_rc rc;
+    kmdc_store *st = kmdc_store_pg(r);
+    kmdc_store_rc rc;
 
-    rc = kmdc_db_acquire(r, &db);
-    if (rc != KMDC_DB_OK) {
-        return kmdc_db_answer_unavailable(r, rc);
-    }
-    rc = kmdc_db_check_schema(db);
-    if (rc == KMDC_DB_UNAVAILABLE) {
-        /* the pooled connection died since its last use: one fresh try */
-        kmdc_db_invalidate(db);
-        db = NULL;
-        rc = kmdc_db_acquire(r, &db);
-        if (rc == KMDC_DB_OK) {
-            rc = kmdc_db_check_schema(db);
-        }
-    }
-    kmdc_db_release(db);
-    if (rc != KMDC_DB_OK) {
-        return kmdc_db_answer_unavailable(r, rc);
+    rc = st->ops->health(st);
+    if (rc != KMDC_STORE_OK) {
+        return kmdc_store_answer_failure(r, rc);
     }
     return kmdc_http_json(r, HTTP_OK,
                           json_pack("{s:s, s:i}", "status", "ok", "schema",

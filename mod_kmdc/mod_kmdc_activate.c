@@ -5,16 +5,19 @@
  * Activation, after request authentication (signed with the issued AK):
  *  1. parse the form body strictly: exactly the fields code and r, once
  *     each, in either order (400 bad_request otherwise);
- *  2. lock the card row; an active card answers 409 already_active, a locked
- *     one 403 locked;
+ *  2. the store locks the card row and hands it to decide() below; an
+ *     active card answers 409 already_active, a locked one 403 locked;
  *  3. check the access code (not expired, HMAC under the master key of the
  *     card's key_id, compared in constant time).  A failure counts: the
  *     failure counter (and at 5 the lock) is committed although the request
  *     fails, 403 activation_failed or 403 locked;
  *  4. in the same transaction: unwrap the three keys at their counters,
  *     rotate each with HKDF(r, K, "KMDC/1 activate " || name), rewrap them
- *     under the newest master key, mark the card active, drop the code,
- *     write the audit row, COMMIT; 204.
+ *     under the newest master key; the store marks the card active, drops
+ *     the code, writes the audit row and commits; 204.
+ * The code check and the key rotation (steps 3 and 4: crypto and the master
+ * keys) happen here, in decide(); the store owns the row, its lock and the
+ * transaction (kmdc_store.h, activate).
  */
 #include <string.h>
 
@@ -24,20 +27,19 @@
 #include "http_protocol.h"
 
 #include "kmdc_crypto.h"
+#include "kmdc_keyring.h"
 #include "kmdc_reqparse.h"
+#include "kmdc_store.h"
 #include "kmdc_util.h"
 #include "kmdc_wrap.h"
 
 #include "mod_kmdc.h"
-#include "mod_kmdc_db.h"
 #include "mod_kmdc_http.h"
 #include "mod_kmdc_metrics.h"
+#include "mod_kmdc_store.h"
 
 /* Failed attempts that lock a card (DESIGN 3.6). */
 #define KMDC_ACTIVATION_MAX_FAILURES 5
-
-/* Longest decoded access code accepted from the form (what
- * kmdc_access_code_normalize accepts). */
 
 /* The three card keys, in the order they are rotated. */
 static const char *const key_fields[3] = {
@@ -49,127 +51,136 @@ static uint64_t now_ms(void)
     return (uint64_t)(apr_time_now() / 1000);
 }
 
-/* A failed attempt: count it (and lock at the limit) and commit.  Sets
- * *locked; KMDC_DB_OK when committed. */
-static kmdc_db_rc count_failure(kmdc_req *kr, kmdc_db *db, int *locked,
-                                int64_t *failures)
-{
-    kmdc_db_params pp;
-    PGresult *res = NULL;
-    kmdc_db_rc rc;
+/* Why decide() gave up (KMDC_ACTIVATION_ABORT), for the answer. */
+typedef enum abort_reason {
+    ABORT_NONE = 0,
+    ABORT_ACTIVE,           /* 409 already_active */
+    ABORT_NOT_ISSUED,       /* 403 forbidden: suspended or revoked */
+    ABORT_LOCKED,           /* 403 locked */
+    ABORT_INTERNAL          /* 500: a key cannot be read or written */
+} abort_reason;
 
-    kmdc_db_params_init(&pp);
-    kmdc_db_param_int8(&pp, (int64_t)kr->serial);
-    kmdc_db_param_int4(&pp, KMDC_ACTIVATION_MAX_FAILURES);
-    rc = kmdc_db_exec(db, "UPDATE cards SET activation_failures = activation_failures + 1, "
-                      "locked = locked OR activation_failures + 1 >= $2 "
-                      "WHERE serial = $1 RETURNING activation_failures, locked",
-                      &pp, 0, &res);
-    if (rc == KMDC_DB_OK && (PQntuples(res) != 1
-                             || !kmdc_db_get_int64(res, 0, 0, failures))) {
-        rc = KMDC_DB_ERROR;
-    }
-    if (rc == KMDC_DB_OK) {
-        *locked = PQgetvalue(res, 0, 1)[0] == 't';
-    }
-    kmdc_db_clear(db, res);
-    if (rc == KMDC_DB_OK) {
-        rc = kmdc_db_audit(db, kr->serial, "card.activation_failed",
-                   apr_psprintf(kr->r->pool, "{\"failures\":%" APR_INT64_T_FMT
-                                ",\"locked\":%s}", *failures,
-                                *locked ? "true" : "false"));
-    }
-    if (rc == KMDC_DB_OK) {
-        rc = kmdc_db_command(db, "COMMIT");
-    }
-    return rc;
-}
+/* What decide() works with and leaves behind. */
+typedef struct activation_ctx {
+    kmdc_req *kr;
+    const char *code;                 /* the access code from the form */
+    const uint8_t *rnd;               /* r from the form, KMDC_KEY_LEN bytes */
+    abort_reason why;                 /* after ABORT */
+    kmdc_card_status status;          /* the row's status */
+    int expired;                      /* after FAIL: the code had expired */
+} activation_ctx;
 
 /*
- * Rotate and rewrap the three keys of the locked row res (columns 5..9:
- * up_next, down_next, up_chain, down_chain, auth_key) and store the active
- * card.  KMDC_DB_OK when the UPDATE and the audit row went through (not yet
- * committed); *internal set when a key could not be read or written.
+ * Rotate and rewrap the three keys of the locked row into keys.  0 when a key
+ * could not be read or written (logged).
  */
-static kmdc_db_rc rotate_keys(kmdc_req *kr, kmdc_db *db, const PGresult *row,
-                              const uint8_t rnd[KMDC_KEY_LEN], int *internal)
+static int rotate_keys(const activation_ctx *ctx, const kmdc_activation *row,
+                       kmdc_activation_keys *keys)
 {
-    const kmdc_master_keys *keys = kr->sc->keys;
+    const kmdc_req *kr = ctx->kr;
+    const kmdc_master_keys *ring = kr->sc->keys;
+    const uint8_t *in[3] = { row->up_chain, row->down_chain, row->auth_key };
+    uint8_t *out[3] = { keys->up_chain, keys->down_chain, keys->auth_key };
+    const uint64_t counter[3] = { row->up_next, row->down_next, 0 };
     uint8_t k[KMDC_KEY_LEN];
-    uint8_t wrapped[3][KMDC_WRAPPED_LEN];
-    int64_t counter[3] = { 0, 0, 0 };
-    kmdc_db_params pp;
-    PGresult *res = NULL;
     kmdc_err err;
-    kmdc_db_rc rc = KMDC_DB_ERROR;
+    int ok = 0;
     int i;
 
-    *internal = 1;
-    if (!kmdc_db_get_int64(row, 0, 5, &counter[0])
-        || !kmdc_db_get_int64(row, 0, 6, &counter[1])) {
-        goto out;
-    }
+    kmdc_err_clear(&err);
     for (i = 0; i < 3; i++) {
-        const unsigned char *w = NULL;
-        size_t wlen = 0;
-
-        if (!kmdc_db_get_bytea(row, 0, 7 + i, &w, &wlen)
-            || kmdc_keyring_unwrap(keys, kr->serial, key_fields[i], (uint64_t)counter[i],
-                                w, wlen, k, &err) != KMDC_OK
-            || kmdc_activate_key(k, rnd, k, key_fields[i], &err) != KMDC_OK
-            || kmdc_keyring_wrap(keys, kr->serial, key_fields[i], (uint64_t)counter[i],
-                              k, wrapped[i], &err) != KMDC_OK) {
+        if (kmdc_keyring_unwrap(ring, kr->serial, key_fields[i], counter[i],
+                                in[i], KMDC_WRAPPED_LEN, k, &err) != KMDC_OK
+            || kmdc_activate_key(k, ctx->rnd, k, key_fields[i], &err) != KMDC_OK
+            || kmdc_keyring_wrap(ring, kr->serial, key_fields[i], counter[i],
+                                 k, out[i], &err) != KMDC_OK) {
             ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, kr->r,
                           "activate: card %016" APR_UINT64_T_HEX_FMT
                           ": cannot rotate %s: %s", (apr_uint64_t)kr->serial,
-                          key_fields[i], w == NULL ? "missing" : err.msg);
+                          key_fields[i], err.msg);
             goto out;
         }
     }
-    *internal = 0;
-    kmdc_db_params_init(&pp);
-    kmdc_db_param_int8(&pp, (int64_t)kr->serial);
-    kmdc_db_param_bytea(&pp, wrapped[0], KMDC_WRAPPED_LEN);
-    kmdc_db_param_bytea(&pp, wrapped[1], KMDC_WRAPPED_LEN);
-    kmdc_db_param_bytea(&pp, wrapped[2], KMDC_WRAPPED_LEN);
-    kmdc_db_param_int4(&pp, (int32_t)keys->newest);
-    rc = kmdc_db_exec(db, "UPDATE cards SET status = 'active', activated_at = now(), "
-                      "access_mac = NULL, access_expires = NULL, "
-                      "activation_failures = 0, locked = false, "
-                      "up_chain = $2, down_chain = $3, auth_key = $4, key_id = $5 "
-                      "WHERE serial = $1 AND status = 'issued'", &pp, 0, &res);
-    if (rc == KMDC_DB_OK && strcmp(PQcmdTuples(res), "1") != 0) {
-        rc = KMDC_DB_ERROR;
-    }
-    kmdc_db_clear(db, res);
-    if (rc == KMDC_DB_OK) {
-        rc = kmdc_db_audit(db, kr->serial, "card.activated",
-                   apr_psprintf(kr->r->pool, "{\"key_id\":%u}", keys->newest));
-    }
+    keys->key_id = ring->newest;
+    ok = 1;
 out:
     kmdc_wipe(k, sizeof(k));
-    kmdc_wipe(wrapped, sizeof(wrapped));
-    return rc;
+    return ok;
+}
+
+/* The kmdc_activation_fn: judge the locked row (steps 2 to 4). */
+static kmdc_activation_verdict decide(void *arg, const kmdc_activation *row,
+                                      kmdc_activation_keys *keys)
+{
+    activation_ctx *ctx = arg;
+    const kmdc_req *kr = ctx->kr;
+    const kmdc_master_key *mk;
+    int good;
+
+    ctx->status = row->status;
+    if (row->status == KMDC_CARD_ST_ACTIVE) {
+        ctx->why = ABORT_ACTIVE;
+        return KMDC_ACTIVATION_ABORT;
+    }
+    if (row->status != KMDC_CARD_ST_ISSUED) {
+        ctx->why = ABORT_NOT_ISSUED;
+        return KMDC_ACTIVATION_ABORT;
+    }
+    if (row->locked) {
+        ctx->why = ABORT_LOCKED;
+        return KMDC_ACTIVATION_ABORT;
+    }
+    ctx->expired = row->code_expired;
+    if (!row->code_expired && !row->has_access_mac) {
+        ctx->why = ABORT_INTERNAL;
+        return KMDC_ACTIVATION_ABORT;
+    }
+    mk = kmdc_conf_master_key(kr->sc, row->key_id);
+    if (mk == NULL) {
+        ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, kr->r,
+                      "activate: card %016" APR_UINT64_T_HEX_FMT ": master key id %"
+                      APR_INT64_T_FMT " is not configured (%s)",
+                      (apr_uint64_t)kr->serial, (apr_int64_t)row->key_id,
+                      KMDC_DIR_MASTER_KEY);
+        ctx->why = ABORT_INTERNAL;
+        return KMDC_ACTIVATION_ABORT;
+    }
+    good = !row->code_expired && row->has_access_mac
+           && kmdc_access_code_verify(row->access_mac, mk->key, kr->serial, ctx->code,
+                                      strlen(ctx->code), NULL) == KMDC_OK;
+    if (!good) {
+        return KMDC_ACTIVATION_FAIL;
+    }
+    if (!rotate_keys(ctx, row, keys)) {
+        ctx->why = ABORT_INTERNAL;
+        return KMDC_ACTIVATION_ABORT;
+    }
+    return KMDC_ACTIVATION_ACCEPT;
+}
+
+/* 403 locked, the answer of a card locked now or before. */
+static int answer_locked(request_rec *r)
+{
+    return kmdc_http_error(r, HTTP_FORBIDDEN, "locked",
+                           "too many failed activation attempts locked this card; "
+                           "ask the administrator for a new card");
 }
 
 int kmdc_handle_activate(kmdc_req *kr)
 {
     request_rec *r = kr->r;
-    kmdc_db *db = NULL;
-    kmdc_db_params pp;
-    PGresult *res = NULL;
-    kmdc_db_rc dbrc;
+    kmdc_store *st = kmdc_store_pg(r);
+    kmdc_activation_result result;
+    activation_ctx ctx;
+    kmdc_store_rc src;
     char code[KMDC_FORM_CODE_MAX + 1];
     uint8_t rnd[KMDC_KEY_LEN];
-    const kmdc_master_key *mk;
-    const unsigned char *mac = NULL;
-    size_t maclen = 0;
-    int64_t key_id = 0, failures = 0;
-    int in_tx = 0, locked = 0, expired, good, internal = 0;
+    int good;
     int rv = OK;
 
     memset(code, 0, sizeof(code));
     memset(rnd, 0, sizeof(rnd));
+    memset(&ctx, 0, sizeof(ctx));
     good = kmdc_activation_form_parse(kr->body, kr->body_len, code, rnd);
     /* the body holds the access code: only the parsed copies live on (the
      * buffer is the request's own, from kmdc_http_read_body) */
@@ -179,83 +190,39 @@ int kmdc_handle_activate(kmdc_req *kr)
                              "the body must be the form code=<access code>&r=<64 hex>");
         goto out;
     }
-    if ((dbrc = kmdc_db_acquire(r, &db)) != KMDC_DB_OK) {
-        db = NULL;
-        rv = kmdc_db_answer_unavailable(r, dbrc);
-        goto out;
-    }
-    if (kmdc_db_command(db, "BEGIN") != KMDC_DB_OK) {
-        goto unavailable;
-    }
-    in_tx = 1;
-    kmdc_db_params_init(&pp);
-    kmdc_db_param_int8(&pp, (int64_t)kr->serial);
-    if (kmdc_db_exec(db, "SELECT status, locked, access_mac, "
-                     "coalesce(access_expires <= now(), true), key_id, "
-                     "up_next, down_next, up_chain, down_chain, auth_key "
-                     "FROM cards WHERE serial = $1 FOR NO KEY UPDATE",
-                     &pp, 1, &res) != KMDC_DB_OK) {
-        goto unavailable;
-    }
-    if (PQntuples(res) != 1) {
+    ctx.kr = kr;
+    ctx.code = code;
+    ctx.rnd = rnd;
+    src = st->ops->activate(st, kr->serial, KMDC_ACTIVATION_MAX_FAILURES, decide, &ctx,
+                            &result);
+    if (src == KMDC_STORE_NOTFOUND) {
         rv = kmdc_http_error(r, HTTP_NOT_FOUND, "not_found", "no such card");
         goto out;
     }
-    if (strcmp(PQgetvalue(res, 0, 0), "active") == 0) {
-        rv = kmdc_http_error(r, HTTP_CONFLICT, "already_active",
-                             "the card is already active");
+    if (src != KMDC_STORE_OK) {
+        rv = kmdc_store_answer_failure(r, src);
         goto out;
     }
-    if (strcmp(PQgetvalue(res, 0, 0), "issued") != 0) {
-        rv = kmdc_http_error(r, HTTP_FORBIDDEN, "forbidden", "the card is %s",
-                             PQgetvalue(res, 0, 0));
-        goto out;
-    }
-    if (PQgetvalue(res, 0, 1)[0] != 0) {
-        kmdc_metrics_activation(KMDC_METRIC_ACT_LOCKED);
-        rv = kmdc_http_error(r, HTTP_FORBIDDEN, "locked",
-                             "too many failed activation attempts locked this card; "
-                             "ask the administrator for a new card");
-        goto out;
-    }
-    expired = PQgetvalue(res, 0, 3)[0] != 0;
-    if (!kmdc_db_get_int64(res, 0, 4, &key_id)
-        || (!expired && !kmdc_db_get_bytea(res, 0, 2, &mac, &maclen))) {
-        internal = 1;
-        goto out;
-    }
-    mk = key_id >= 0 && key_id <= (int64_t)UINT32_MAX
-         ? kmdc_conf_master_key(kr->sc, (uint32_t)key_id) : NULL;
-    if (mk == NULL) {
-        ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r,
-                      "activate: card %016" APR_UINT64_T_HEX_FMT ": master key id %"
-                      APR_INT64_T_FMT " is not configured (%s)",
-                      (apr_uint64_t)kr->serial, key_id, KMDC_DIR_MASTER_KEY);
-        internal = 1;
-        goto out;
-    }
-    good = !expired && maclen == 32
-           && kmdc_access_code_verify(mac, mk->key, kr->serial, code, strlen(code),
-                                      NULL) == KMDC_OK;
-    if (!good) {
-        kmdc_db_clear(db, res);
-        res = NULL;
-        if (count_failure(kr, db, &locked, &failures) != KMDC_DB_OK) {
-            goto unavailable;
-        }
-        in_tx = 0;
+    switch (result.verdict) {
+    case KMDC_ACTIVATION_ACCEPT:
+        ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r,
+                      "activate: card %016" APR_UINT64_T_HEX_FMT " activated",
+                      (apr_uint64_t)kr->serial);
+        kmdc_metrics_activation(KMDC_METRIC_ACT_OK);
+        rv = kmdc_http_no_content(r);
+        break;
+    case KMDC_ACTIVATION_FAIL:
         ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r,
                       "activate: card %016" APR_UINT64_T_HEX_FMT ": %s access code, "
                       "failure %" APR_INT64_T_FMT "%s", (apr_uint64_t)kr->serial,
-                      expired ? "expired" : "wrong", failures,
-                      locked ? ", card locked" : "");
-        kmdc_metrics_activation(locked ? KMDC_METRIC_ACT_LOCKED : KMDC_METRIC_ACT_FAILED);
-        if (locked) {
-            rv = kmdc_http_error(r, HTTP_FORBIDDEN, "locked",
-                                 "too many failed activation attempts locked this "
-                                 "card; ask the administrator for a new card");
+                      ctx.expired ? "expired" : "wrong", (apr_int64_t)result.failures,
+                      result.locked ? ", card locked" : "");
+        kmdc_metrics_activation(result.locked ? KMDC_METRIC_ACT_LOCKED
+                                : KMDC_METRIC_ACT_FAILED);
+        if (result.locked) {
+            rv = answer_locked(r);
         }
-        else if (expired) {
+        else if (ctx.expired) {
             rv = kmdc_http_error(r, HTTP_FORBIDDEN, "activation_failed",
                                  "the access code has expired; ask the administrator "
                                  "for a new card");
@@ -263,87 +230,61 @@ int kmdc_handle_activate(kmdc_req *kr)
         else {
             rv = kmdc_http_error(r, HTTP_FORBIDDEN, "activation_failed",
                                  "wrong access code (%" APR_INT64_T_FMT " of %d "
-                                 "attempts used)", failures,
+                                 "attempts used)", (apr_int64_t)result.failures,
                                  KMDC_ACTIVATION_MAX_FAILURES);
         }
-        goto out;
-    }
-    if (rotate_keys(kr, db, res, rnd, &internal) != KMDC_DB_OK) {
-        if (internal) {
-            goto out;
+        break;
+    default:
+        switch (ctx.why) {
+        case ABORT_ACTIVE:
+            rv = kmdc_http_error(r, HTTP_CONFLICT, "already_active",
+                                 "the card is already active");
+            break;
+        case ABORT_NOT_ISSUED:
+            rv = kmdc_http_error(r, HTTP_FORBIDDEN, "forbidden", "the card is %s",
+                                 kmdc_card_status_name(ctx.status));
+            break;
+        case ABORT_LOCKED:
+            kmdc_metrics_activation(KMDC_METRIC_ACT_LOCKED);
+            rv = answer_locked(r);
+            break;
+        default:
+            rv = kmdc_http_error(r, HTTP_INTERNAL_SERVER_ERROR, "internal",
+                                 "the card's keys cannot be read at the datacenter; "
+                                 "see the server log");
+            break;
         }
-        goto unavailable;
+        break;
     }
-    kmdc_db_clear(db, res);
-    res = NULL;
-    if (kmdc_db_command(db, "COMMIT") != KMDC_DB_OK) {
-        goto unavailable;
-    }
-    in_tx = 0;
-    ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r,
-                  "activate: card %016" APR_UINT64_T_HEX_FMT " activated",
-                  (apr_uint64_t)kr->serial);
-    kmdc_metrics_activation(KMDC_METRIC_ACT_OK);
-    rv = kmdc_http_no_content(r);
-    goto out;
-
-unavailable:
-    rv = kmdc_db_answer_unavailable(r, KMDC_DB_UNAVAILABLE);
 out:
-    if (internal) {
-        rv = kmdc_http_error(r, HTTP_INTERNAL_SERVER_ERROR, "internal",
-                             "the card's keys cannot be read at the datacenter; "
-                             "see the server log");
-    }
-    kmdc_db_clear(db, res);
-    if (in_tx && db != NULL && kmdc_db_command(db, "ROLLBACK") != KMDC_DB_OK) {
-        kmdc_db_invalidate(db);
-        db = NULL;
-    }
-    kmdc_db_release(db);
     kmdc_wipe(code, sizeof(code));
     kmdc_wipe(rnd, sizeof(rnd));
+    kmdc_wipe(&ctx, sizeof(ctx));
     return rv;
 }
 
 int kmdc_handle_card(kmdc_req *kr)
 {
     request_rec *r = kr->r;
-    kmdc_db *db = NULL;
-    kmdc_db_params pp;
-    PGresult *res = NULL;
-    kmdc_db_rc dbrc;
-    int64_t up_next = 0, down_next = 0;
+    kmdc_store *st = kmdc_store_pg(r);
+    kmdc_card_info info;
+    kmdc_store_rc src;
     char serial[17];
-    json_t *body;
-    int rv;
 
-    if ((dbrc = kmdc_db_acquire(r, &db)) != KMDC_DB_OK) {
-        return kmdc_db_answer_unavailable(r, dbrc);
+    src = st->ops->card_get(st, kr->serial, &info);
+    if (src == KMDC_STORE_NOTFOUND) {
+        return kmdc_http_error(r, HTTP_NOT_FOUND, "not_found", "no such card");
     }
-    kmdc_db_params_init(&pp);
-    kmdc_db_param_int8(&pp, (int64_t)kr->serial);
-    if (kmdc_db_exec(db, "SELECT status, locked, up_next, down_next FROM cards "
-                     "WHERE serial = $1", &pp, 0, &res) != KMDC_DB_OK) {
-        rv = kmdc_db_answer_unavailable(r, KMDC_DB_UNAVAILABLE);
-        goto out;
-    }
-    if (PQntuples(res) != 1 || !kmdc_db_get_int64(res, 0, 2, &up_next)
-        || !kmdc_db_get_int64(res, 0, 3, &down_next)) {
-        rv = kmdc_http_error(r, HTTP_NOT_FOUND, "not_found", "no such card");
-        goto out;
+    if (src != KMDC_STORE_OK) {
+        return kmdc_store_answer_failure(r, src);
     }
     kmdc_serial_format(serial, kr->serial);
-    body = json_pack("{s:s, s:s, s:b, s:I, s:I, s:I}",
-                     "serial", serial,
-                     "status", PQgetvalue(res, 0, 0),
-                     "locked", PQgetvalue(res, 0, 1)[0] == 't',
-                     "up_next", (json_int_t)up_next,
-                     "down_next", (json_int_t)down_next,
-                     "time", (json_int_t)now_ms());
-    rv = kmdc_http_json(r, HTTP_OK, body);
-out:
-    kmdc_db_clear(db, res);
-    kmdc_db_release(db);
-    return rv;
+    return kmdc_http_json(r, HTTP_OK,
+                          json_pack("{s:s, s:s, s:b, s:I, s:I, s:I}",
+                                    "serial", serial,
+                                    "status", kmdc_card_status_name(info.status),
+                                    "locked", info.locked,
+                                    "up_next", (json_int_t)info.up_next,
+                                    "down_next", (json_int_t)info.down_next,
+                                    "time", (json_int_t)now_ms()));
 }

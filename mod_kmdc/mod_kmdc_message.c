@@ -15,83 +15,56 @@
 #include "http_log.h"
 #include "http_protocol.h"
 
+#include "kmdc_store.h"
 #include "kmdc_util.h"
 
 #include "mod_kmdc.h"
-#include "mod_kmdc_db.h"
 #include "mod_kmdc_http.h"
+#include "mod_kmdc_store.h"
+
+/* The kmdc_message_rcpt_fn: one recipient into the JSON array arg. */
+static int add_recipient(void *arg, const char *address, const char *state)
+{
+    json_t *recipients = arg;
+
+    return json_array_append_new(recipients,
+                                 json_pack("{s:s, s:s}", "address", address,
+                                           "state", state)) != 0;
+}
 
 int kmdc_handle_message(kmdc_req *kr)
 {
     request_rec *r = kr->r;
-    kmdc_db *db = NULL;
-    kmdc_db_params pp;
-    PGresult *res = NULL;
-    kmdc_db_rc dbrc;
+    kmdc_store *st = kmdc_store_pg(r);
+    kmdc_message_info info;
+    kmdc_store_rc src;
     uint64_t id = 0;
-    int64_t created = 0, size = 0;
     json_t *recipients = NULL, *body = NULL;
     char idhex[17];
-    int in_tx = 0;
     int rv = OK;
-    int i, n;
 
     if (!kmdc_http_parse_serial(kr->seg[1], &id)) {
         return kmdc_http_error(r, HTTP_NOT_FOUND, "not_found",
                                "no such message: an id is 16 lowercase hex digits");
     }
-    if ((dbrc = kmdc_db_acquire(r, &db)) != KMDC_DB_OK) {
-        return kmdc_db_answer_unavailable(r, dbrc);
-    }
-    if (kmdc_db_command(db, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        != KMDC_DB_OK) {
-        goto unavailable;
-    }
-    in_tx = 1;
-    kmdc_db_params_init(&pp);
-    kmdc_db_param_int8(&pp, (int64_t)id);
-    kmdc_db_param_int8(&pp, (int64_t)kr->signer);
-    if (kmdc_db_exec(db, "SELECT floor(extract(epoch FROM created_at) * 1000)::bigint, size "
-                     "FROM messages WHERE id = $1 AND sender = $2",
-                     &pp, 1, &res) != KMDC_DB_OK) {
-        goto unavailable;
-    }
-    if (PQntuples(res) != 1) {
-        rv = kmdc_http_error(r, HTTP_NOT_FOUND, "not_found", "no such message");
-        goto out;
-    }
-    if (!kmdc_db_get_int64(res, 0, 0, &created) || !kmdc_db_get_int64(res, 0, 1, &size)) {
-        goto internal;
-    }
-    kmdc_db_clear(db, res);
-    res = NULL;
-    kmdc_db_params_init(&pp);
-    kmdc_db_param_int8(&pp, (int64_t)id);
-    if (kmdc_db_exec(db, "SELECT c.address, CASE WHEN d.state = 'queued' "
-                     "AND d.expires_at <= now() THEN 'expired' ELSE d.state END "
-                     "FROM deliveries d JOIN cards c ON c.serial = d.recipient "
-                     "WHERE d.message_id = $1 ORDER BY d.id", &pp, 0, &res) != KMDC_DB_OK) {
-        goto unavailable;
-    }
-    if (kmdc_db_command(db, "COMMIT") != KMDC_DB_OK) {
-        goto unavailable;
-    }
-    in_tx = 0;
     if ((recipients = json_array()) == NULL) {
         goto internal;
     }
-    n = PQntuples(res);
-    for (i = 0; i < n; i++) {
-        if (json_array_append_new(recipients,
-                                  json_pack("{s:s, s:s}",
-                                            "address", PQgetvalue(res, i, 0),
-                                            "state", PQgetvalue(res, i, 1))) != 0) {
-            goto internal;
-        }
+    src = st->ops->message_status(st, id, kr->signer, &info, add_recipient, recipients);
+    if (src == KMDC_STORE_NOTFOUND) {
+        rv = kmdc_http_error(r, HTTP_NOT_FOUND, "not_found", "no such message");
+        goto out;
+    }
+    if (src == KMDC_STORE_ERROR) {
+        goto internal;
+    }
+    if (src != KMDC_STORE_OK) {
+        rv = kmdc_store_answer_failure(r, src);
+        goto out;
     }
     kmdc_serial_format(idhex, id);
     body = json_pack("{s:s, s:I, s:I, s:O}", "message", idhex,
-                     "created", (json_int_t)created, "size", (json_int_t)size,
+                     "created", (json_int_t)info.created_ms, "size", (json_int_t)info.size,
                      "recipients", recipients);
     if (body == NULL) {
         goto internal;
@@ -101,16 +74,7 @@ int kmdc_handle_message(kmdc_req *kr)
 
 internal:
     rv = kmdc_http_error(r, HTTP_INTERNAL_SERVER_ERROR, "internal", "internal error");
-    goto out;
-unavailable:
-    rv = kmdc_db_answer_unavailable(r, KMDC_DB_UNAVAILABLE);
 out:
-    kmdc_db_clear(db, res);
-    if (in_tx && kmdc_db_command(db, "ROLLBACK") != KMDC_DB_OK) {
-        kmdc_db_invalidate(db);
-        db = NULL;
-    }
-    kmdc_db_release(db);
     json_decref(recipients);
     return rv;
 }

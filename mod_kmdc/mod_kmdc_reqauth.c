@@ -6,12 +6,18 @@
  *  1. parse the Authorization header strictly (401 when missing/malformed);
  *  2. read the body (at most KMDC_AUTH_BODY_MAX bytes; none for GET, HEAD and
  *     DELETE: 400) and hash it;
- *  3. load the signer's card (unknown: 401), unwrap its AK, verify the
- *     signature over the raw request-target and the clock (401);
- *  4. record (serial, nonce) with INSERT ... ON CONFLICT DO NOTHING in its
- *     own autocommitted statement, so the record stays whatever happens next;
- *     nothing inserted means a replay (401);
- *  5. with a good signature: the path serial must be the signer's, and the
+ *  3. the clock: a ts more than KmdcAuthSkew from now is 401 whatever card
+ *     the header names, before the card is looked up, so the answer cannot
+ *     tell whether the card exists;
+ *  4. load the signer's card, unwrap its AK and verify the signature (401).
+ *     An unknown serial gets the same 401 body as a bad signature and costs
+ *     the same work: a decoy wrapped key is unwrapped and the signature
+ *     checked against a random key, so neither the answer nor its timing
+ *     tells which serials exist;
+ *  5. record (serial, nonce) through the store, in its own autocommitted
+ *     statement, so the record stays whatever happens next; a nonce recorded
+ *     before means a replay (401);
+ *  6. with a good signature: the path serial must be the signer's, and the
  *     card's status must allow the route (403 forbidden).
  *
  * Status rules (docs/API.md): an active card may use every route; an issued
@@ -29,13 +35,15 @@
 
 #include "kmdc_auth.h"
 #include "kmdc_crypto.h"
+#include "kmdc_keyring.h"
+#include "kmdc_store.h"
 #include "kmdc_util.h"
 #include "kmdc_wrap.h"
 
 #include "mod_kmdc.h"
-#include "mod_kmdc_db.h"
 #include "mod_kmdc_http.h"
 #include "mod_kmdc_metrics.h"
+#include "mod_kmdc_store.h"
 
 /* The handler's return value after an answer was written: the dispatcher
  * turns DONE into OK; AP_FILTER_ERROR passes through. */
@@ -96,46 +104,59 @@ static int read_body(kmdc_req *kr, uint8_t sha[KMDC_HASH_LEN])
     return OK;
 }
 
-/* Step 4: 1 when (serial, nonce) was new, 0 when seen before, -1 on a
- * database failure. */
-static int record_nonce(kmdc_db *db, uint64_t serial,
-                        const uint8_t nonce[KMDC_AUTH_NONCE_LEN])
+/* Step 3: 1 when ts lies more than skew seconds from now, either way. */
+static int is_stale(int64_t ts, int64_t now, int64_t skew)
 {
-    kmdc_db_params pp;
-    PGresult *res = NULL;
-    int fresh = -1;
+    uint64_t diff = now >= ts ? (uint64_t)now - (uint64_t)ts
+                              : (uint64_t)ts - (uint64_t)now;
 
-    kmdc_db_params_init(&pp);
-    kmdc_db_param_int8(&pp, (int64_t)serial);
-    kmdc_db_param_bytea(&pp, nonce, KMDC_AUTH_NONCE_LEN);
-    if (kmdc_db_exec(db, "INSERT INTO request_nonces (serial, nonce) VALUES ($1, $2) "
-                     "ON CONFLICT DO NOTHING", &pp, 0, &res) == KMDC_DB_OK) {
-        fresh = strcmp(PQcmdTuples(res), "1") == 0 ? 1 : 0;
+    return diff > (uint64_t)skew;
+}
+
+/*
+ * Step 4 for a serial that is no card's: the work a known card costs, whose
+ * outcome is thrown away.  A fixed value of a wrapped key's shape, naming the
+ * newest master key, is unwrapped with the ring (HKDF and AES-GCM, failing at
+ * the tag as a real unwrap would succeed there), then the signature is checked
+ * against a random key.  The caller answers exactly as for a bad signature.
+ */
+static void decoy_verify(const kmdc_req *kr, const kmdc_auth_hdr *h,
+                         const uint8_t sha[KMDC_HASH_LEN], int64_t now)
+{
+    const kmdc_keyring *ring = kr->sc->keys;
+    uint8_t wrapped[KMDC_WRAPPED_LEN];
+    uint8_t ak[KMDC_KEY_LEN];
+    kmdc_err err;
+
+    memset(wrapped, 0x5a, sizeof(wrapped));
+    kmdc_put_u32(wrapped, ring != NULL ? ring->newest : 0);
+    (void)kmdc_keyring_unwrap(ring, h->serial, KMDC_FIELD_AUTH_KEY, 0, wrapped,
+                              sizeof(wrapped), ak, &err);
+    if (kmdc_random(ak, sizeof(ak), &err) != KMDC_OK) {
+        memset(ak, 0x5a, sizeof(ak));  /* the outcome is ignored either way */
     }
-    kmdc_db_clear(db, res);
-    return fresh;
+    (void)kmdc_auth_verify(h, ak, kr->r->method, kr->r->unparsed_uri, sha, now,
+                           (int64_t)kr->sc->auth_skew, &err);
+    kmdc_wipe(ak, sizeof(ak));
 }
 
 int kmdc_reqauth_check(kmdc_req *kr)
 {
     request_rec *r = kr->r;
     const char *value = apr_table_get(r->headers_in, "Authorization");
+    kmdc_store *st = kmdc_store_pg(r);
     kmdc_auth_hdr h;
-    kmdc_db *db = NULL;
-    kmdc_db_params pp;
-    PGresult *res = NULL;
-    kmdc_db_rc dbrc;
+    kmdc_auth_card card;
+    kmdc_store_rc src;
     kmdc_err err;
     kmdc_status ks;
     uint8_t sha[KMDC_HASH_LEN];
     uint8_t ak[KMDC_KEY_LEN];
-    const unsigned char *wrapped = NULL;
-    size_t wlen = 0;
-    char status[16];
-    int fresh;
+    int64_t now;
     int rv;
 
     memset(&h, 0, sizeof(h));
+    memset(&card, 0, sizeof(card));
     kmdc_wipe(ak, sizeof(ak));
 
     /* 1. the header */
@@ -154,51 +175,9 @@ int kmdc_reqauth_check(kmdc_req *kr)
         goto out;
     }
 
-    /* 3. the card and the signature */
-    if ((dbrc = kmdc_db_acquire(r, &db)) != KMDC_DB_OK) {
-        db = NULL;
-        rv = answered(kmdc_db_answer_unavailable(r, dbrc));
-        goto out;
-    }
-    kmdc_db_params_init(&pp);
-    kmdc_db_param_int8(&pp, (int64_t)h.serial);
-    dbrc = kmdc_db_exec(db, "SELECT status, auth_key FROM cards WHERE serial = $1",
-                        &pp, 1, &res);
-    if (dbrc != KMDC_DB_OK) {
-        rv = answered(kmdc_db_answer_unavailable(r, KMDC_DB_UNAVAILABLE));
-        goto out;
-    }
-    if (PQntuples(res) != 1) {
-        ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r,
-                      "reqauth: unknown card %016" APR_UINT64_T_HEX_FMT,
-                      (apr_uint64_t)h.serial);
-        rv = unauthorized(r, "the request is not signed by a known card");
-        goto out;
-    }
-    if (PQgetisnull(res, 0, 0) || !kmdc_db_get_bytea(res, 0, 1, &wrapped, &wlen)) {
-        rv = answered(kmdc_http_error(r, HTTP_INTERNAL_SERVER_ERROR, "internal",
-                                      "internal error; see the server log"));
-        goto out;
-    }
-    /* text columns come back as their characters in binary format too */
-    apr_cpystrn(status, PQgetvalue(res, 0, 0), sizeof(status));
-    ks = kmdc_keyring_unwrap(kr->sc->keys, h.serial, KMDC_FIELD_AUTH_KEY, 0,
-                          wrapped, wlen, ak, &err);
-    kmdc_db_clear(db, res);
-    res = NULL;
-    if (ks != KMDC_OK) {
-        ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r,
-                      "reqauth: cannot unwrap the request key: %s", err.msg);
-        rv = answered(kmdc_http_error(r, HTTP_INTERNAL_SERVER_ERROR, "internal",
-                                      "the card's keys cannot be read at the "
-                                      "datacenter; see the server log"));
-        goto out;
-    }
-    ks = kmdc_auth_verify(&h, ak, r->method, r->unparsed_uri, sha,
-                          (int64_t)apr_time_sec(apr_time_now()),
-                          (int64_t)kr->sc->auth_skew, &err);
-    kmdc_wipe(ak, sizeof(ak));
-    if (ks == KMDC_ERR_STALE) {
+    /* 3. the clock, whatever card the header names */
+    now = (int64_t)apr_time_sec(apr_time_now());
+    if (is_stale(h.ts, now, (int64_t)kr->sc->auth_skew)) {
         ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r,
                       "reqauth: card %016" APR_UINT64_T_HEX_FMT ": stale timestamp",
                       (apr_uint64_t)h.serial);
@@ -207,7 +186,37 @@ int kmdc_reqauth_check(kmdc_req *kr)
                                           "clock; check the clock", kr->sc->auth_skew));
         goto out;
     }
+
+    /* 4. the card and the signature: an unknown card costs the same work and
+     * gets the same answer as a bad signature */
+    src = st->ops->auth_load(st, h.serial, &card);
+    if (src == KMDC_STORE_NOTFOUND) {
+        decoy_verify(kr, &h, sha, now);
+        ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r,
+                      "reqauth: unknown card %016" APR_UINT64_T_HEX_FMT,
+                      (apr_uint64_t)h.serial);
+        rv = unauthorized(r, "the request's signature does not verify");
+        goto out;
+    }
+    if (src != KMDC_STORE_OK) {
+        rv = answered(kmdc_store_answer_failure(r, src));
+        goto out;
+    }
+    ks = kmdc_keyring_unwrap(kr->sc->keys, h.serial, KMDC_FIELD_AUTH_KEY, 0,
+                             card.auth_key, sizeof(card.auth_key), ak, &err);
     if (ks != KMDC_OK) {
+        ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r,
+                      "reqauth: cannot unwrap the request key: %s", err.msg);
+        rv = answered(kmdc_http_error(r, HTTP_INTERNAL_SERVER_ERROR, "internal",
+                                      "the card's keys cannot be read at the "
+                                      "datacenter; see the server log"));
+        goto out;
+    }
+    ks = kmdc_auth_verify(&h, ak, r->method, r->unparsed_uri, sha, now,
+                          (int64_t)kr->sc->auth_skew, &err);
+    kmdc_wipe(ak, sizeof(ak));
+    if (ks != KMDC_OK) {
+        /* not KMDC_ERR_STALE: step 3 checked the clock with the same now */
         ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r,
                       "reqauth: card %016" APR_UINT64_T_HEX_FMT ": bad signature",
                       (apr_uint64_t)h.serial);
@@ -215,13 +224,9 @@ int kmdc_reqauth_check(kmdc_req *kr)
         goto out;
     }
 
-    /* 4. the nonce, kept whatever happens next */
-    fresh = record_nonce(db, h.serial, h.nonce);
-    if (fresh < 0) {
-        rv = answered(kmdc_db_answer_unavailable(r, KMDC_DB_UNAVAILABLE));
-        goto out;
-    }
-    if (fresh == 0) {
+    /* 5. the nonce, kept whatever happens next */
+    src = st->ops->nonce_record(st, h.serial, h.nonce, sizeof(h.nonce));
+    if (src == KMDC_STORE_CONFLICT) {
         ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r,
                       "reqauth: card %016" APR_UINT64_T_HEX_FMT ": replayed nonce",
                       (apr_uint64_t)h.serial);
@@ -229,16 +234,20 @@ int kmdc_reqauth_check(kmdc_req *kr)
                           "sign every request anew");
         goto out;
     }
+    if (src != KMDC_STORE_OK) {
+        rv = answered(kmdc_store_answer_failure(r, src));
+        goto out;
+    }
 
-    /* 5. may this card do this? */
+    /* 6. may this card do this? */
     if (kr->serial != 0 && kr->serial != h.serial) {
         rv = forbidden(r, "a card may only use its own resources");
         goto out;
     }
-    if (strcmp(status, "active") == 0) {
+    if (card.status == KMDC_CARD_ST_ACTIVE) {
         rv = OK;
     }
-    else if (strcmp(status, "issued") == 0) {
+    else if (card.status == KMDC_CARD_ST_ISSUED) {
         rv = (kr->route_flags & KMDC_ROUTE_INACTIVE)
              ? OK : forbidden(r, "the card is not activated yet; run kmdc activate");
     }
@@ -247,7 +256,7 @@ int kmdc_reqauth_check(kmdc_req *kr)
     }
     else {
         rv = forbidden(r, apr_psprintf(r->pool, "the card is %s",
-                                       strcmp(status, "suspended") == 0
+                                       card.status == KMDC_CARD_ST_SUSPENDED
                                        ? "suspended" : "revoked"));
     }
     if (rv == OK) {
@@ -255,9 +264,8 @@ int kmdc_reqauth_check(kmdc_req *kr)
     }
 
 out:
-    kmdc_db_clear(db, res);
-    kmdc_db_release(db);
     kmdc_wipe(ak, sizeof(ak));
+    kmdc_wipe(&card, sizeof(card));
     kmdc_wipe(&h, sizeof(h));
     return rv;
 }

@@ -1,25 +1,493 @@
 /*
  * mod_kmdc_store_mailbox.c - the PostgreSQL store: mailbox listing, fetch,
- * acknowledgement and message status.  (Being written: the endpoints do not
- * use these operations yet.)
+ * acknowledgement and message status.
+ *
+ * Reads that must agree with each other (a listing and its down_next, a
+ * delivery's head and its payload rows, a message and its deliveries) run in
+ * one REPEATABLE READ READ ONLY transaction.  A listing and a message status
+ * give their connection back before the caller's callback sees the rows (the
+ * results do not need it), so a slow caller holds nothing.
+ *
+ * A fetch keeps its connection and its snapshot from fetch_open to
+ * fetch_close: an acknowledgement that deletes the upload meanwhile cannot
+ * cut the stream.  The payload is read one upload row per query, each freed
+ * before the next, so memory stays at one row (a few MiB).
+ *
+ * An acknowledgement locks the message row first, so two recipients
+ * acknowledging at once cannot both miss that they were the last one with the
+ * message queued (then the upload is deleted and its rows cascade).
  */
+#include <string.h>
+
+#include "apr_strings.h"
+#include "httpd.h"
+#include "http_log.h"
+
+#include "kmdc_util.h"
+
+#include "mod_kmdc.h"
 #include "mod_kmdc_store_pg.h"
+
+/* ------------------------------------------------------------------------ */
+/* the listing                                                               */
 
 kmdc_store_rc kmdc_pg_mailbox_list(kmdc_store *st, uint64_t serial, uint64_t *down_next,
                                    kmdc_mailbox_row_fn row, void *arg)
-{ (void)st; (void)serial; (void)down_next; (void)row; (void)arg; return KMDC_STORE_ERROR; }
+{
+    kmdc_pg_store *ps = KMDC_PG(st);
+    kmdc_db *db = NULL;
+    kmdc_db_params pp;
+    PGresult *res = NULL;
+    kmdc_db_rc dbrc;
+    kmdc_store_rc rc;
+    int64_t dn = 0;
+    int in_tx = 0;
+    int i, n;
+
+    *down_next = 0;
+    if ((rc = kmdc_pg_borrow(ps, &db)) != KMDC_STORE_OK) {
+        goto out;
+    }
+    if ((dbrc = kmdc_db_command(db, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"))
+        != KMDC_DB_OK) {
+        rc = kmdc_pg_failed(dbrc);
+        goto out;
+    }
+    in_tx = 1;
+    kmdc_db_params_init(&pp);
+    kmdc_db_param_int8(&pp, (int64_t)serial);
+    if ((dbrc = kmdc_db_exec(db, "SELECT down_next FROM cards WHERE serial = $1",
+                             &pp, 1, &res)) != KMDC_DB_OK) {
+        rc = kmdc_pg_failed(dbrc);
+        goto out;
+    }
+    if (!kmdc_db_get_int64(res, 0, 0, &dn) || dn < 0) {
+        rc = KMDC_STORE_NOTFOUND;
+        goto out;
+    }
+    kmdc_db_clear(db, res);
+    res = NULL;
+    if ((dbrc = kmdc_db_exec(db, "SELECT d.id, d.seq, octet_length(d.head)::bigint + m.payload_len, "
+                             "floor(extract(epoch FROM d.created_at) * 1000)::bigint "
+                             "FROM deliveries d JOIN messages m ON m.id = d.message_id "
+                             "WHERE d.recipient = $1 AND d.state = 'queued' "
+                             "AND d.expires_at > now() ORDER BY d.seq",
+                             &pp, 1, &res)) != KMDC_DB_OK
+        || (dbrc = kmdc_db_command(db, "COMMIT")) != KMDC_DB_OK) {
+        rc = kmdc_pg_failed(dbrc);
+        goto out;
+    }
+    in_tx = 0;
+    /* the rows live in res, not in the connection: give it back first */
+    kmdc_db_release(db);
+
+    *down_next = (uint64_t)dn;
+    n = PQntuples(res);
+    for (i = 0; i < n; i++) {
+        kmdc_mailbox_entry e;
+        int64_t id = 0, seq = 0;
+
+        if (!kmdc_db_get_int64(res, i, 0, &id) || !kmdc_db_get_int64(res, i, 1, &seq)
+            || !kmdc_db_get_int64(res, i, 2, &e.size)
+            || !kmdc_db_get_int64(res, i, 3, &e.created_ms)) {
+            ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, ps->r,
+                          "store: card %016" APR_UINT64_T_HEX_FMT ": a delivery of "
+                          "its mailbox cannot be read", (apr_uint64_t)serial);
+            rc = KMDC_STORE_ERROR;
+            goto out;
+        }
+        e.id = (uint64_t)id;
+        e.seq = (uint64_t)seq;
+        if (row(arg, &e) != 0) {
+            rc = KMDC_STORE_ERROR;
+            goto out;
+        }
+    }
+    rc = KMDC_STORE_OK;
+out:
+    kmdc_db_clear(db, res);
+    if (in_tx) {
+        (void)kmdc_db_rollback(db);
+    }
+    kmdc_db_release(db);
+    return rc;
+}
+
+/* ------------------------------------------------------------------------ */
+/* fetch                                                                     */
+
+struct kmdc_fetch {
+    kmdc_pg_store *ps;
+    kmdc_db *db;                  /* held, in its transaction, until close */
+    uint64_t serial, id;          /* the mailbox and the delivery (logging) */
+    PGresult *head_res;           /* holds the head until close */
+    PGresult *row;                /* the payload row handed out last */
+    int64_t upload_id;
+    uint64_t payload_len;         /* bytes of payload */
+    uint64_t sent;                /* bytes handed out so far */
+    int32_t idx;                  /* index of the row in row */
+    int pending;                  /* row was read but not yet handed out */
+    int in_tx;
+};
+
+/* Read payload row f->idx into f->row, checking it is not empty and fits in
+ * what remains of the payload; logs why when a row after the first is
+ * missing or wrong. */
+static kmdc_store_rc load_row(kmdc_fetch *f)
+{
+    kmdc_db_params pp;
+    kmdc_db_rc dbrc;
+    const unsigned char *data = NULL;
+    size_t len = 0;
+    const char *why = "could not be read";
+    kmdc_store_rc rc;
+
+    kmdc_db_params_init(&pp);
+    kmdc_db_param_int8(&pp, f->upload_id);
+    kmdc_db_param_int4(&pp, f->idx);
+    dbrc = kmdc_db_exec(f->db, "SELECT data FROM upload_chunks WHERE upload_id = $1 "
+                        "AND idx = $2", &pp, 1, &f->row);
+    if (dbrc != KMDC_DB_OK) {
+        rc = kmdc_pg_failed(dbrc);
+    }
+    else if (!kmdc_db_get_bytea(f->row, 0, 0, &data, &len)) {
+        rc = KMDC_STORE_ERROR;                  /* the row is missing */
+    }
+    else if (len == 0 || (uint64_t)len > f->payload_len - f->sent) {
+        why = "has the wrong length";
+        rc = KMDC_STORE_ERROR;
+    }
+    else {
+        return KMDC_STORE_OK;
+    }
+    if (f->idx > 0) {
+        /* the first row fails before any answer: the caller says why */
+        ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, f->ps->r,
+                      "mailbox: card %016" APR_UINT64_T_HEX_FMT " delivery %016"
+                      APR_UINT64_T_HEX_FMT ": payload row %d %s; the answer was cut",
+                      (apr_uint64_t)f->serial, (apr_uint64_t)f->id, (int)f->idx, why);
+    }
+    kmdc_db_clear(f->db, f->row);
+    f->row = NULL;
+    return rc;
+}
+
 kmdc_store_rc kmdc_pg_fetch_open(kmdc_store *st, uint64_t serial, uint64_t id,
-                                 kmdc_fetch **f, const uint8_t **head, size_t *head_len,
+                                 kmdc_fetch **fp, const uint8_t **head, size_t *head_len,
                                  uint64_t *payload_len)
-{ (void)st; (void)serial; (void)id; (void)f; (void)head; (void)head_len; (void)payload_len;
-  return KMDC_STORE_ERROR; }
+{
+    kmdc_pg_store *ps = KMDC_PG(st);
+    kmdc_fetch *f = apr_pcalloc(ps->r->pool, sizeof(*f));
+    kmdc_db_params pp;
+    kmdc_db_rc dbrc;
+    kmdc_store_rc rc;
+    const unsigned char *h = NULL;
+    size_t hlen = 0;
+    int64_t plen = 0;
+
+    *fp = NULL;
+    *head = NULL;
+    *head_len = 0;
+    *payload_len = 0;
+    f->ps = ps;
+    f->serial = serial;
+    f->id = id;
+    if ((rc = kmdc_pg_borrow(ps, &f->db)) != KMDC_STORE_OK) {
+        goto out;
+    }
+    if ((dbrc = kmdc_db_command(f->db, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"))
+        != KMDC_DB_OK) {
+        rc = kmdc_pg_failed(dbrc);
+        goto out;
+    }
+    f->in_tx = 1;
+    kmdc_db_params_init(&pp);
+    kmdc_db_param_int8(&pp, (int64_t)id);
+    kmdc_db_param_int8(&pp, (int64_t)serial);
+    if ((dbrc = kmdc_db_exec(f->db, "SELECT d.head, coalesce(m.upload_id, 0), m.payload_len "
+                             "FROM deliveries d JOIN messages m ON m.id = d.message_id "
+                             "WHERE d.id = $1 AND d.recipient = $2 AND d.state = 'queued' "
+                             "AND d.expires_at > now()", &pp, 1, &f->head_res))
+        != KMDC_DB_OK) {
+        rc = kmdc_pg_failed(dbrc);
+        goto out;
+    }
+    if (PQntuples(f->head_res) != 1) {
+        rc = KMDC_STORE_NOTFOUND;
+        goto out;
+    }
+    if (!kmdc_db_get_bytea(f->head_res, 0, 0, &h, &hlen)
+        || !kmdc_db_get_int64(f->head_res, 0, 1, &f->upload_id)
+        || !kmdc_db_get_int64(f->head_res, 0, 2, &plen) || plen < 0
+        || (f->upload_id == 0 && plen > 0)) {
+        rc = KMDC_STORE_ERROR;
+        goto out;
+    }
+    f->payload_len = (uint64_t)plen;
+    /* the first row now, so a lost upload is known before any answer */
+    if (f->payload_len > 0) {
+        if ((rc = load_row(f)) != KMDC_STORE_OK) {
+            goto out;
+        }
+        f->pending = 1;
+    }
+    *fp = f;
+    *head = h;
+    *head_len = hlen;
+    *payload_len = f->payload_len;
+    rc = KMDC_STORE_OK;
+out:
+    if (rc != KMDC_STORE_OK) {
+        kmdc_pg_fetch_close(f);
+    }
+    return rc;
+}
+
 kmdc_store_rc kmdc_pg_fetch_next(kmdc_fetch *f, const uint8_t **data, size_t *len)
-{ (void)f; (void)data; (void)len; return KMDC_STORE_ERROR; }
-void kmdc_pg_fetch_close(kmdc_fetch *f) { (void)f; }
+{
+    const unsigned char *p = NULL;
+    size_t n = 0;
+    kmdc_store_rc rc;
+
+    *data = NULL;
+    *len = 0;
+    if (!f->pending) {
+        /* the row handed out last is done with: one row in memory at a time */
+        kmdc_db_clear(f->db, f->row);
+        f->row = NULL;
+        if (f->sent == f->payload_len) {
+            return KMDC_STORE_OK;               /* the end */
+        }
+        f->idx++;
+        if ((rc = load_row(f)) != KMDC_STORE_OK) {
+            return rc;
+        }
+    }
+    f->pending = 0;
+    (void)kmdc_db_get_bytea(f->row, 0, 0, &p, &n);   /* checked by load_row */
+    f->sent += (uint64_t)n;
+    *data = p;
+    *len = n;
+    return KMDC_STORE_OK;
+}
+
+void kmdc_pg_fetch_close(kmdc_fetch *f)
+{
+    if (f == NULL) {
+        return;
+    }
+    kmdc_db_clear(f->db, f->row);
+    kmdc_db_clear(f->db, f->head_res);
+    f->row = NULL;
+    f->head_res = NULL;
+    if (f->in_tx && f->db != NULL) {
+        /* read only: COMMIT and ROLLBACK end it alike */
+        (void)kmdc_db_rollback(f->db);
+    }
+    f->in_tx = 0;
+    kmdc_db_release(f->db);
+    f->db = NULL;
+}
+
+/* ------------------------------------------------------------------------ */
+/* acknowledgement                                                           */
+
 kmdc_store_rc kmdc_pg_ack(kmdc_store *st, uint64_t serial, uint64_t id, int *acked,
                           int *payload_deleted)
-{ (void)st; (void)serial; (void)id; (void)acked; (void)payload_deleted; return KMDC_STORE_ERROR; }
+{
+    kmdc_pg_store *ps = KMDC_PG(st);
+    kmdc_db *db = NULL;
+    kmdc_db_params pp;
+    PGresult *res = NULL;
+    kmdc_db_rc dbrc;
+    kmdc_store_rc rc;
+    int64_t message = 0, queued = 0;
+    char hex[17];
+    int in_tx = 0;
+
+    *acked = 0;
+    *payload_deleted = 0;
+    if ((rc = kmdc_pg_borrow(ps, &db)) != KMDC_STORE_OK) {
+        goto out;
+    }
+    if ((dbrc = kmdc_db_command(db, "BEGIN")) != KMDC_DB_OK) {
+        goto failed;
+    }
+    in_tx = 1;
+    kmdc_db_params_init(&pp);
+    kmdc_db_param_int8(&pp, (int64_t)id);
+    kmdc_db_param_int8(&pp, (int64_t)serial);
+    if ((dbrc = kmdc_db_exec(db, "SELECT message_id FROM deliveries WHERE id = $1 "
+                             "AND recipient = $2", &pp, 0, &res)) != KMDC_DB_OK) {
+        goto failed;
+    }
+    if (PQntuples(res) != 1) {
+        rc = KMDC_STORE_NOTFOUND;
+        goto out;
+    }
+    if (!kmdc_db_get_int64(res, 0, 0, &message)) {
+        rc = KMDC_STORE_ERROR;
+        goto out;
+    }
+    kmdc_db_clear(db, res);
+    res = NULL;
+
+    /* the message first: acknowledgements of one message take turns */
+    kmdc_db_params_init(&pp);
+    kmdc_db_param_int8(&pp, message);
+    if ((dbrc = kmdc_db_exec(db, "SELECT 1 FROM messages WHERE id = $1 FOR NO KEY UPDATE",
+                             &pp, 0, &res)) != KMDC_DB_OK) {
+        goto failed;
+    }
+    kmdc_db_clear(db, res);
+    res = NULL;
+    kmdc_db_params_init(&pp);
+    kmdc_db_param_int8(&pp, (int64_t)id);
+    if ((dbrc = kmdc_db_exec(db, "UPDATE deliveries SET state = 'delivered', acked_at = now(), "
+                             "head = NULL WHERE id = $1 AND state = 'queued'",
+                             &pp, 0, &res)) != KMDC_DB_OK) {
+        goto failed;
+    }
+    *acked = strcmp(PQcmdTuples(res), "1") == 0;
+    kmdc_db_clear(db, res);
+    res = NULL;
+
+    /* no delivery of the message queued any more: the bytes go */
+    kmdc_db_params_init(&pp);
+    kmdc_db_param_int8(&pp, message);
+    if ((dbrc = kmdc_db_exec(db, "SELECT count(*) FROM deliveries WHERE message_id = $1 "
+                             "AND state = 'queued'", &pp, 0, &res)) != KMDC_DB_OK) {
+        goto failed;
+    }
+    if (!kmdc_db_get_int64(res, 0, 0, &queued)) {
+        rc = KMDC_STORE_ERROR;
+        goto out;
+    }
+    kmdc_db_clear(db, res);
+    res = NULL;
+    if (queued == 0) {
+        if ((dbrc = kmdc_db_exec(db, "DELETE FROM uploads u USING messages m "
+                                 "WHERE m.id = $1 AND u.id = m.upload_id",
+                                 &pp, 0, &res)) != KMDC_DB_OK) {
+            goto failed;
+        }
+        kmdc_db_clear(db, res);
+        res = NULL;
+    }
+    if (*acked) {
+        /* wake long-polls of this mailbox: its listing changed */
+        kmdc_serial_format(hex, serial);
+        kmdc_db_params_init(&pp);
+        kmdc_db_param_text(&pp, hex);
+        if ((dbrc = kmdc_db_exec(db, "SELECT pg_notify('kmdc_mailbox', $1)", &pp, 0, &res))
+            != KMDC_DB_OK) {
+            goto failed;
+        }
+        kmdc_db_clear(db, res);
+        res = NULL;
+    }
+    if ((dbrc = kmdc_db_command(db, "COMMIT")) != KMDC_DB_OK) {
+        goto failed;
+    }
+    in_tx = 0;
+    *payload_deleted = queued == 0;
+    rc = KMDC_STORE_OK;
+    goto out;
+
+failed:
+    rc = kmdc_pg_failed(dbrc);
+out:
+    if (rc != KMDC_STORE_OK) {
+        *acked = 0;
+    }
+    kmdc_db_clear(db, res);
+    if (in_tx) {
+        (void)kmdc_db_rollback(db);
+    }
+    kmdc_db_release(db);
+    return rc;
+}
+
+/* ------------------------------------------------------------------------ */
+/* a message as its sender sees it                                           */
+
 kmdc_store_rc kmdc_pg_message_status(kmdc_store *st, uint64_t id, uint64_t sender,
                                      kmdc_message_info *out, kmdc_message_rcpt_fn fn,
                                      void *arg)
-{ (void)st; (void)id; (void)sender; (void)out; (void)fn; (void)arg; return KMDC_STORE_ERROR; }
+{
+    kmdc_pg_store *ps = KMDC_PG(st);
+    kmdc_db *db = NULL;
+    kmdc_db_params pp;
+    PGresult *res = NULL;
+    kmdc_db_rc dbrc = KMDC_DB_ERROR;
+    kmdc_store_rc rc;
+    int64_t size = 0;
+    int in_tx = 0;
+    int i, n;
+
+    memset(out, 0, sizeof(*out));
+    if ((rc = kmdc_pg_borrow(ps, &db)) != KMDC_STORE_OK) {
+        goto out;
+    }
+    if ((dbrc = kmdc_db_command(db, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"))
+        != KMDC_DB_OK) {
+        goto failed;
+    }
+    in_tx = 1;
+    kmdc_db_params_init(&pp);
+    kmdc_db_param_int8(&pp, (int64_t)id);
+    kmdc_db_param_int8(&pp, (int64_t)sender);
+    if ((dbrc = kmdc_db_exec(db, "SELECT floor(extract(epoch FROM created_at) * 1000)::bigint, "
+                             "size FROM messages WHERE id = $1 AND sender = $2",
+                             &pp, 1, &res)) != KMDC_DB_OK) {
+        goto failed;
+    }
+    if (PQntuples(res) != 1) {
+        rc = KMDC_STORE_NOTFOUND;
+        goto out;
+    }
+    if (!kmdc_db_get_int64(res, 0, 0, &out->created_ms)
+        || !kmdc_db_get_int64(res, 0, 1, &size) || size < 0) {
+        rc = KMDC_STORE_ERROR;
+        goto out;
+    }
+    out->size = (uint64_t)size;
+    kmdc_db_clear(db, res);
+    res = NULL;
+    kmdc_db_params_init(&pp);
+    kmdc_db_param_int8(&pp, (int64_t)id);
+    if ((dbrc = kmdc_db_exec(db, "SELECT c.address, CASE WHEN d.state = 'queued' "
+                             "AND d.expires_at <= now() THEN 'expired' ELSE d.state END "
+                             "FROM deliveries d JOIN cards c ON c.serial = d.recipient "
+                             "WHERE d.message_id = $1 ORDER BY d.id", &pp, 0, &res))
+        != KMDC_DB_OK
+        || (dbrc = kmdc_db_command(db, "COMMIT")) != KMDC_DB_OK) {
+        goto failed;
+    }
+    in_tx = 0;
+    /* the rows live in res, not in the connection: give it back first */
+    kmdc_db_release(db);
+
+    n = PQntuples(res);
+    for (i = 0; i < n; i++) {
+        const char *address = kmdc_db_get_text(res, i, 0);
+        const char *state = kmdc_db_get_text(res, i, 1);
+
+        if (address == NULL || state == NULL || fn(arg, address, state) != 0) {
+            rc = KMDC_STORE_ERROR;
+            goto out;
+        }
+    }
+    rc = KMDC_STORE_OK;
+    goto out;
+
+failed:
+    rc = kmdc_pg_failed(dbrc);
+out:
+    kmdc_db_clear(db, res);
+    if (in_tx) {
+        (void)kmdc_db_rollback(db);
+    }
+    kmdc_db_release(db);
+    return rc;
+}

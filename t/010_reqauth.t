@@ -2,7 +2,8 @@
 # server and database: missing, malformed, wrong, stale and replayed
 # Authorization headers answer 401 with WWW-Authenticate; a good signature
 # for a card that may not do this answers 403; bodies are bounded; nonces are
-# recorded even when the request then fails.
+# recorded even when the request then fails.  An unknown serial, a bad
+# signature and a stale timestamp answer alike whether the card exists or not.
 use strict;
 use warnings FATAL => 'all';
 
@@ -12,7 +13,7 @@ use lib "$FindBin::Bin/lib";
 use Apache::Test qw(-withtestmore);
 use KmdcTest qw(:all);
 
-plan tests => 90;
+plan tests => 101;
 
 my $alice = issue_card('ra-alice');
 my $bob = issue_card('ra-bob');
@@ -46,6 +47,16 @@ sub is_error {
     ok($res->code == $status && $b && ($b->{error} // '') eq $code,
        "$name: $status $code")
         or diag($res->code . ' ' . ($res->content // ''));
+}
+
+# The headers the server sent, as text, without Date (and without LWP's own
+# Client-* lines, which the server never sends).
+sub server_headers {
+    my ($res) = @_;
+    my $h = $res->headers->clone;
+    $h->remove_header('Date');
+    $h->remove_header($_) for grep { /^Client-/i } $h->header_field_names;
+    return $h->as_string;
 }
 
 sub nonces { return sql("SELECT count(*) FROM request_nonces WHERE serial = x'$_[0]'::bigint") }
@@ -110,6 +121,33 @@ is_401(request('GET', "/kmdc/card/$alice->{serial}",
 }
 is_401(signed($alice, 'GET', $card_a, serial => '7fffffffffff0001', ak => $alice->{ak}),
        'an unknown serial');
+
+# --- a 401 does not tell whether the card exists -------------------------------------------
+{
+    my $unknown = '7fffffffffff0002';
+    my $u = signed($alice, 'GET', $card_a, serial => $unknown);
+    my $b = signed($alice, 'GET', $card_a, ak => $bob->{ak});
+    is_401($u, 'unknown serial vs bad signature: the unknown serial');
+    is_401($b, 'unknown serial vs bad signature: the bad signature of a known card');
+    is($u->content, $b->content,
+       'an unknown serial and a bad signature get byte-identical 401 bodies')
+        or diag("unknown serial: " . $u->content . "\nbad signature: " . $b->content);
+    is(server_headers($u), server_headers($b),
+       'an unknown serial and a bad signature get the same headers (but Date)')
+        or diag("unknown serial:\n" . server_headers($u) . "bad signature:\n" . server_headers($b));
+
+    # the clock is checked whatever the card: the same 401 with a good
+    # signature, a bad one and an unknown serial
+    my $ts = time - 310;
+    my @stale = (signed($alice, 'GET', $card_a, ts => $ts),
+                 signed($alice, 'GET', $card_a, ts => $ts, ak => $bob->{ak}),
+                 signed($alice, 'GET', $card_a, ts => $ts, serial => $unknown));
+    ok(!grep({ $_->code != 401 || (body_json($_) // {})->{message} !~ /^the request's time is more than/ }
+             @stale), 'a stale ts: 401 with the clock message, signed well, badly or by nobody')
+        or diag(join("\n", map { $_->code . ' ' . $_->content } @stale));
+    is($stale[1]->content, $stale[0]->content, 'a stale ts: a bad signature gets the same body');
+    is($stale[2]->content, $stale[0]->content, 'a stale ts: an unknown serial gets the same body');
+}
 
 # --- the clock ----------------------------------------------------------------------------
 is_401(signed($alice, 'GET', $card_a, ts => time - 310), 'ts 310 s in the past (stale)');
