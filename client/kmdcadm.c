@@ -625,6 +625,31 @@ print_access_code(const char *code)
            "another channel than the card file. It expires in %d days.\n", ACCESS_DAYS);
 }
 
+/*
+ * The serial of a new card: random, or in a build with test hooks (configure
+ * --enable-test-hooks) the one in KMDC_TEST_SERIAL (16 lowercase hex digits),
+ * so that a test can issue cards whose serials it chooses (t/048_slots.t:
+ * two serials that fold to the same 32 bits).  *fixed is set when the serial
+ * was chosen: a taken serial is then an error, not a reason to draw again.
+ */
+static kmdc_status
+draw_serial(uint64_t *serial, int *fixed, kmdc_err *e)
+{
+#ifdef KMDC_TEST_HOOKS
+    const char *s = getenv("KMDC_TEST_SERIAL");
+
+    if (s != NULL && s[0] != '\0') {
+        *fixed = 1;
+        if (kmdc_serial_parse(serial, s, strlen(s), NULL) != KMDC_OK)
+            return kmdc_err_set(e, KMDC_ERR_FORMAT, "KMDC_TEST_SERIAL: '%s' is not a serial "
+                                "(16 lowercase hex digits, 1 .. 7fffffffffffffff)", s);
+        return KMDC_OK;
+    }
+#endif
+    *fixed = 0;
+    return kmdc_random_u63(serial, e);
+}
+
 static int
 cmd_issue(globals *g, int argc, char **argv)
 {
@@ -652,7 +677,7 @@ cmd_issue(globals *g, int argc, char **argv)
     uint64_t serial = 0;
     struct stat sb;
     kmdc_err e;
-    int rc, first, attempt, intrans = 0, committed = 0;
+    int rc, first, attempt, intrans = 0, committed = 0, fixed = 0;
 
     memset(&o, 0, sizeof o);
     memset(&row, 0, sizeof row);
@@ -695,11 +720,14 @@ cmd_issue(globals *g, int argc, char **argv)
     row.access_days = ACCESS_DAYS;
     /* 1. store the row (retrying on a serial collision), uncommitted */
     for (attempt = 0;; attempt++) {
-        if (attempt == SERIAL_ATTEMPTS) {
-            rc = fail("could not find a free serial in %d draws", SERIAL_ATTEMPTS);
+        if (attempt == SERIAL_ATTEMPTS || (fixed && attempt > 0)) {
+            if (fixed)
+                rc = fail("KMDC_TEST_SERIAL: serial %016" PRIx64 " is taken", serial);
+            else
+                rc = fail("could not find a free serial in %d draws", SERIAL_ATTEMPTS);
             goto out;
         }
-        if (kmdc_random_u63(&serial, &e) != KMDC_OK
+        if (draw_serial(&serial, &fixed, &e) != KMDC_OK
             || kmdc_wrap(row.up_chain, sizeof row.up_chain, &wlen, mk->id, mk->key, serial,
                          KMDC_FIELD_UP_CHAIN, 0, uck, sizeof uck, &e) != KMDC_OK
             || wlen != KMDCADM_WRAPPED_LEN
