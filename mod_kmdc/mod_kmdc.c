@@ -7,9 +7,11 @@
  * `SetHandler kmdc` (kmdc_conf_startup), and a request is served relative to
  * the longest of those paths that its URI starts with.  Nested sections such
  * as <Location /kmdc/send> (to raise LimitRequestBody) therefore do not move
- * the base.  The dispatcher answers 404 for unknown paths and 405 (with Allow)
- * for a known path with a wrong method, then hands the request to the
- * endpoint of mod_kmdc.h.
+ * the base.  The routes are the table of lib/kmdc_route.h; the dispatcher
+ * answers what its router decides: 404 for unknown paths and malformed
+ * serials or ids, 405 (with Allow) for a known path with a wrong method, 204
+ * (with Allow) for OPTIONS, and otherwise hands the request to the endpoint
+ * of mod_kmdc.h.
  */
 #include <stddef.h> /* before APR: APR_OFFSETOF then uses offsetof */
 #include <string.h>
@@ -50,65 +52,44 @@ static int kmdc_handle_health(kmdc_req *kr)
 /* ------------------------------------------------------------------------ */
 /* routing                                                                   */
 
-typedef struct kmdc_route {
-    const char *name;           /* the first path segment */
-    int nseg;                   /* the number of segments */
-    int method;                 /* M_GET (HEAD included), M_POST, M_DELETE */
-    int flags;                  /* KMDC_ROUTE_* */
-    kmdc_endpoint_fn *fn;
-} kmdc_route;
-
-static const kmdc_route kmdc_routes[] = {
-    { "", 0, M_GET, 0, kmdc_handle_page },     /* {location} and {location}/ */
-    { "health", 1, M_GET, 0, kmdc_handle_health },
-    { "send", 1, M_POST, 0, kmdc_handle_send },
-    { "activate", 2, M_POST,
-      KMDC_ROUTE_AUTH | KMDC_ROUTE_INACTIVE | KMDC_ROUTE_SERIAL,
-      kmdc_handle_activate },
-    { "card", 2, M_GET, KMDC_ROUTE_AUTH | KMDC_ROUTE_INACTIVE | KMDC_ROUTE_SERIAL,
-      kmdc_handle_card },
-    { "mailbox", 2, M_GET, KMDC_ROUTE_AUTH | KMDC_ROUTE_SERIAL,
-      kmdc_handle_mailbox_list },
-    { "mailbox", 3, M_GET, KMDC_ROUTE_AUTH | KMDC_ROUTE_SERIAL,
-      kmdc_handle_mailbox_fetch },
-    { "mailbox", 3, M_DELETE, KMDC_ROUTE_AUTH | KMDC_ROUTE_SERIAL,
-      kmdc_handle_mailbox_delete },
-    { "messages", 2, M_GET, KMDC_ROUTE_AUTH, kmdc_handle_message },
+/* The endpoint of every route of lib/kmdc_route.h. */
+static kmdc_endpoint_fn *const kmdc_endpoints[KMDC_RT_N] = {
+    [KMDC_RT_PAGE] = kmdc_handle_page,          /* {location} and {location}/ */
+    [KMDC_RT_HEALTH] = kmdc_handle_health,
+    [KMDC_RT_SEND] = kmdc_handle_send,
+    [KMDC_RT_ACTIVATE] = kmdc_handle_activate,
+    [KMDC_RT_CARD] = kmdc_handle_card,
+    [KMDC_RT_MAILBOX_LIST] = kmdc_handle_mailbox_list,
+    [KMDC_RT_MAILBOX_FETCH] = kmdc_handle_mailbox_fetch,
+    [KMDC_RT_MAILBOX_DELETE] = kmdc_handle_mailbox_delete,
+    [KMDC_RT_MESSAGE] = kmdc_handle_message,
 };
 
-#define KMDC_NROUTES ((int)(sizeof(kmdc_routes) / sizeof(kmdc_routes[0])))
-
-/* The Allow header value for every route of this path shape. */
-static const char *allow_for(apr_pool_t *p, const char *name, int nseg)
+/* The router's name of r's method (HEAD is M_GET in httpd). */
+static kmdc_method kmdc_method_of(const request_rec *r)
 {
-    const char *allow = NULL;
-    int i;
-
-    for (i = 0; i < KMDC_NROUTES; i++) {
-        const kmdc_route *rt = &kmdc_routes[i];
-        const char *m = NULL;
-
-        if (rt->nseg != nseg || strcmp(rt->name, name) != 0) {
-            continue;
-        }
-        switch (rt->method) {
-        case M_GET: m = "GET, HEAD"; break;
-        case M_POST: m = "POST"; break;
-        case M_DELETE: m = "DELETE"; break;
-        default: continue;
-        }
-        allow = allow == NULL ? m : apr_pstrcat(p, allow, ", ", m, NULL);
+    switch (r->method_number) {
+    case M_GET: return KMDC_METHOD_GET;
+    case M_POST: return KMDC_METHOD_POST;
+    case M_DELETE: return KMDC_METHOD_DELETE;
+    case M_OPTIONS: return KMDC_METHOD_OPTIONS;
+    default: return KMDC_METHOD_OTHER;
     }
-    return allow;
 }
 
+/*
+ * Route r and answer it.  A malformed serial is answered 404 before request
+ * authentication, a malformed message or delivery id after it (the order the
+ * endpoints had when they parsed ids themselves).  Neither is counted under
+ * the route's endpoint: kmdc_metrics_route is called for a found route only,
+ * so kmdc_requests_total counts them as "unknown".
+ */
 static int kmdc_dispatch(request_rec *r)
 {
     kmdc_req *kr = apr_pcalloc(r->pool, sizeof(*kr));
     const kmdc_base *base = kmdc_conf_find_base(r);
-    const kmdc_route *route = NULL;
-    int found_path = 0;
-    int st;
+    kmdc_route_match m;
+    int rv = OK;
     int i;
 
     kr->r = r;
@@ -119,60 +100,62 @@ static int kmdc_dispatch(request_rec *r)
                       "<Location> that holds SetHandler %s at start-up "
                       "(.htaccess or a rewrite rule?); set it in a <Location>",
                       KMDC_HANDLER, KMDC_HANDLER);
-        return kmdc_http_error(r, HTTP_INTERNAL_SERVER_ERROR, "internal",
-                               "the server is misconfigured; see its error log");
+        rv = kmdc_http_error(r, HTTP_INTERNAL_SERVER_ERROR, "internal",
+                             "the server is misconfigured; see its error log");
+        goto out;
     }
     kr->base = base->path;
     kr->subpath = r->uri + base->len;
     if (strcmp(kr->subpath, "/") == 0) {
         kr->subpath = "";   /* {location}/ is {location}: the browser page */
     }
-    kr->nseg = kmdc_http_split_path(r->pool, kr->subpath, kr->seg,
-                                    KMDC_MAX_SEGMENTS);
-    if (kr->nseg < 0) {
-        return kmdc_http_error(r, HTTP_NOT_FOUND, "not_found", "no such resource");
+    switch (kmdc_route_lookup(kr->subpath, strlen(kr->subpath), kmdc_method_of(r), &m)) {
+    case KMDC_ROUTE_FOUND:
+    case KMDC_ROUTE_BAD_ID:
+        break;
+    case KMDC_ROUTE_OPTIONS:
+        apr_table_setn(r->headers_out, "Allow", apr_pstrdup(r->pool, m.allow));
+        rv = kmdc_http_no_content(r);
+        goto out;
+    case KMDC_ROUTE_METHOD_NOT_ALLOWED:
+        rv = kmdc_http_method_not_allowed(r, apr_pstrdup(r->pool, m.allow));
+        goto out;
+    case KMDC_ROUTE_BAD_SERIAL:
+        rv = kmdc_http_error(r, HTTP_NOT_FOUND, "not_found",
+                             "no such card: a serial is 16 lowercase hex digits");
+        goto out;
+    case KMDC_ROUTE_NOT_FOUND:
+    default:
+        rv = kmdc_http_error(r, HTTP_NOT_FOUND, "not_found", "no such resource");
+        goto out;
     }
-    if (kr->nseg == 0) {
-        kr->seg[0] = "";    /* the route named "" */
+    kr->nseg = m.nseg;
+    kr->seg[0] = "";        /* the route named "" (the page) */
+    for (i = 0; i < m.nseg; i++) {
+        kr->seg[i] = apr_pstrmemdup(r->pool, kr->subpath + m.seg[i].off, m.seg[i].len);
     }
-    for (i = 0; i < KMDC_NROUTES; i++) {
-        const kmdc_route *rt = &kmdc_routes[i];
-
-        if (rt->nseg != kr->nseg || strcmp(rt->name, kr->seg[0]) != 0) {
-            continue;
-        }
-        found_path = 1;
-        if (rt->method == r->method_number) {
-            route = rt;
-            break;
-        }
+    kr->route_flags = m.route->flags;
+    kr->serial = m.serial;
+    kr->id = m.id;
+    if (m.status == KMDC_ROUTE_FOUND) {
+        kmdc_metrics_route(r, m.route->name, m.route->nseg, r->method_number);
     }
-    if (!found_path) {
-        return kmdc_http_error(r, HTTP_NOT_FOUND, "not_found", "no such resource");
-    }
-    if (route == NULL) {
-        const char *allow = allow_for(r->pool, kr->seg[0], kr->nseg);
-
-        if (r->method_number == M_OPTIONS) {
-            apr_table_setn(r->headers_out, "Allow", allow);
-            return kmdc_http_no_content(r);
-        }
-        return kmdc_http_method_not_allowed(r, allow);
-    }
-    kr->route_flags = route->flags;
-    kmdc_metrics_route(r, route->name, route->nseg, route->method);
-    if ((route->flags & KMDC_ROUTE_SERIAL)
-        && !kmdc_http_parse_serial(kr->seg[1], &kr->serial)) {
-        return kmdc_http_error(r, HTTP_NOT_FOUND, "not_found",
-                               "no such card: a serial is 16 lowercase hex digits");
-    }
-    if (route->flags & KMDC_ROUTE_AUTH) {
-        st = kmdc_reqauth_check(kr);
-        if (st != OK) {
-            return st == DONE ? OK : st;
+    if (m.route->flags & KMDC_ROUTE_AUTH) {
+        rv = kmdc_reqauth_check(kr);
+        if (rv != OK) {
+            rv = rv == DONE ? OK : rv;
+            goto out;
         }
     }
-    return route->fn(kr);
+    if (m.status == KMDC_ROUTE_BAD_ID) {
+        rv = kmdc_http_error(r, HTTP_NOT_FOUND, "not_found",
+                             "no such %s: an id is 16 lowercase hex digits",
+                             m.route->id == KMDC_RT_MESSAGE ? "message" : "delivery");
+        goto out;
+    }
+    rv = kmdc_endpoints[m.route->id](kr);
+out:
+    return rv;
 }
 
 static int kmdc_handler(request_rec *r)

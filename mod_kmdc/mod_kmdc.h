@@ -4,9 +4,10 @@
  * endpoint files.
  *
  * The dispatcher (mod_kmdc.c) works out the path below the <Location> that
- * holds `SetHandler kmdc`, splits it, finds the route, answers 404/405 itself,
- * checks a serial in the path, runs request authentication for the routes
- * that need it (mod_kmdc_reqauth.c) and then calls one endpoint function.
+ * holds `SetHandler kmdc`, has the router of lib/kmdc_route.h find the route
+ * and parse the serial and id in the path, answers 404/405 itself, runs
+ * request authentication for the routes that need it (mod_kmdc_reqauth.c)
+ * and then calls one endpoint function.
  * Each endpoint function answers the request completely and returns what the
  * httpd handler returns (normally OK, from the kmdc_http_* answer helpers).
  */
@@ -19,6 +20,7 @@
 #include "http_config.h"
 #include "http_log.h"
 
+#include "kmdc_route.h"
 #include "mod_kmdc_config.h"
 
 #ifdef APLOG_USE_MODULE
@@ -32,16 +34,15 @@ extern module AP_MODULE_DECLARE_DATA kmdc_module;
 #define KMDC_HANDLER "kmdc"
 #define KMDC_METRICS_HANDLER "kmdc-metrics"
 
-/* Most path segments below the location any route has (mailbox/S/ID). */
+/* Room for the path segments below the location (at least
+ * KMDC_ROUTE_MAX_SEGMENTS, the most any route has: mailbox/S/ID). */
 #define KMDC_MAX_SEGMENTS 4
 
 /* Largest authenticated request body (DESIGN 3.5). */
 #define KMDC_AUTH_BODY_MAX 4096
 
-/* Route flags. */
-#define KMDC_ROUTE_AUTH 0x01       /* request authentication (3.5) required */
-#define KMDC_ROUTE_INACTIVE 0x02   /* a not yet activated card may use it */
-#define KMDC_ROUTE_SERIAL 0x04     /* segment 1 is a card serial */
+/* The route flags (KMDC_ROUTE_AUTH, KMDC_ROUTE_INACTIVE, KMDC_ROUTE_SERIAL)
+ * are those of the route table in lib/kmdc_route.h. */
 
 /*
  * One request as the dispatcher hands it to an endpoint.  Everything is
@@ -57,6 +58,8 @@ typedef struct kmdc_req {
     const char *seg[KMDC_MAX_SEGMENTS]; /* the segments, decoded, no "/" */
     int route_flags;             /* KMDC_ROUTE_* of the matched route */
     uint64_t serial;             /* serial in the path (ROUTE_SERIAL), else 0 */
+    uint64_t id;                 /* message or delivery id in the path
+                                  * (messages/ID, mailbox/S/ID), else 0 */
     uint64_t signer;             /* serial that signed the request, else 0 */
     const char *body;            /* authenticated body, NUL terminated */
     apr_size_t body_len;         /* its length (<= KMDC_AUTH_BODY_MAX) */
@@ -81,7 +84,8 @@ int kmdc_reqauth_check(kmdc_req *kr);
 int kmdc_handle_send(kmdc_req *kr);
 
 /* GET {location}/messages/{id}: the sender's view of one message, each
- * recipient's state (mod_kmdc_send.c).  seg[1] is the id, unparsed. */
+ * recipient's state (mod_kmdc_message.c).  kr->id is the id (seg[1] its
+ * text). */
 int kmdc_handle_message(kmdc_req *kr);
 
 /* POST {location}/activate/{serial}: key rotation of DESIGN 3.2/3.6
@@ -97,11 +101,11 @@ int kmdc_handle_card(kmdc_req *kr);
 int kmdc_handle_mailbox_list(kmdc_req *kr);
 
 /* GET {location}/mailbox/{serial}/{id}: one down envelope, streamed
- * (mod_kmdc_mailbox.c).  seg[2] is the delivery id, unparsed. */
+ * (mod_kmdc_mailbox.c).  kr->id is the delivery id (seg[2] its text). */
 int kmdc_handle_mailbox_fetch(kmdc_req *kr);
 
 /* DELETE {location}/mailbox/{serial}/{id}: acknowledge a delivery, 204
- * (mod_kmdc_mailbox.c). */
+ * (mod_kmdc_mailbox.c).  kr->id is the delivery id. */
 int kmdc_handle_mailbox_delete(kmdc_req *kr);
 
 /* GET {location} and GET {location}/ (kr->nseg 0): the browser page, an

@@ -1,5 +1,6 @@
 /*
- * mod_kmdc_http.c - JSON answers, bounded body reading, path helpers.
+ * mod_kmdc_http.c - JSON answers, bounded body reading, the serial parser of
+ * path segments.
  */
 #include <stddef.h> /* before APR: APR_OFFSETOF then uses offsetof */
 #include <stdarg.h>
@@ -220,37 +221,6 @@ out:
         kmdc_wipe(buf, have);
     }
     return status;
-}
-
-int kmdc_http_split_path(apr_pool_t *p, const char *path, const char **segs,
-                         int max)
-{
-    char *copy = NULL;
-    char *cur = NULL;
-    int n = 0;
-
-    if (path == NULL || *path == '\0') {
-        return 0;
-    }
-    if (*path != '/') {
-        return -1;
-    }
-    copy = apr_pstrdup(p, path + 1);
-    cur = copy;
-    for (;;) {
-        char *slash = strchr(cur, '/');
-
-        if (*cur == '\0' || slash == cur || n >= max) {
-            return -1;   /* empty segment (//, trailing /) or too many */
-        }
-        segs[n++] = cur;
-        if (slash == NULL) {
-            break;
-        }
-        *slash = '\0';
-        cur = slash + 1;
-    }
-    return n;
 }
 
 int kmdc_http_parse_serial(const char *seg, uint64_t *serial)

@@ -1,7 +1,7 @@
 /*
  * mod_kmdc_http.h - the HTTP side every endpoint shares: JSON answers and
- * errors, reading a small request body, splitting the path, parsing serials
- * and ids from it.
+ * errors, reading a small request body, parsing a serial or id from a path
+ * segment (the path itself is split by the router, lib/kmdc_route.h).
  *
  * Answer helpers (kmdc_http_json, kmdc_http_error, ...) write the whole
  * response themselves (status, headers, body) and return OK, the value the
@@ -65,15 +65,6 @@ int kmdc_http_no_content(request_rec *r);
  */
 int kmdc_http_read_body(request_rec *r, apr_size_t limit, char **body,
                         apr_size_t *len);
-
-/*
- * Split path ("/a/b/c") into at most max segments, stored in segs (pointers
- * into a copy from p).  "" gives 0 segments.  Returns the number of segments,
- * or -1 when path does not start with "/", has an empty segment ("//", a
- * trailing "/") or more than max segments.
- */
-int kmdc_http_split_path(apr_pool_t *p, const char *path, const char **segs,
-                         int max);
 
 /* Parse a serial path segment (16 lowercase hex digits, 1 .. 2^63-1).
  * Returns 1 and sets *serial, or 0.  Message and delivery ids are written

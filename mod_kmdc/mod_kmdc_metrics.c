@@ -65,7 +65,8 @@ static const endpoint endpoints[] = {
 
 #define N_KNOWN ((int)(sizeof(endpoints) / sizeof(endpoints[0])))
 #define EP_OTHER N_KNOWN              /* a route this table does not know */
-#define EP_UNKNOWN (N_KNOWN + 1)      /* no route matched (404, 405) */
+#define EP_UNKNOWN (N_KNOWN + 1)      /* no route matched (404, 405), or a
+                                       * malformed serial or id (404) */
 #define N_ENDPOINTS (N_KNOWN + 2)
 
 static const char *const send_labels[KMDC_METRIC_SEND_N] = {

@@ -70,16 +70,16 @@ int kmdc_metrics_handler(request_rec *r);
 
 /*
  * Note which endpoint serves r (called by the dispatcher once a route
- * matched: its first segment, segment count and method number).  The request
- * is counted by kmdc_metrics_answered().
+ * matched with well-formed identifiers: its first segment, segment count and
+ * method number).  The request is counted by kmdc_metrics_answered().
  */
 void kmdc_metrics_route(request_rec *r, const char *name, int nseg, int method);
 
 /*
  * Count a request the kmdc handler answered (rv: what the handler returns):
  * kmdc_requests_total under the endpoint noted by kmdc_metrics_route
- * ("unknown" when no route matched), and kmdc_db_unavailable_total when the
- * answer was 503.
+ * ("unknown" when none was noted: no route matched, or its serial or id
+ * was malformed), and kmdc_db_unavailable_total when the answer was 503.
  */
 void kmdc_metrics_answered(request_rec *r, int rv);
 

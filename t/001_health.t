@@ -1,5 +1,6 @@
-# t/001_health.t - GET {location}/health and the dispatcher's 404/405 answers,
-# against the Apache::Test server (t/conf/extra.conf.in: <Location /kmdc>).
+# t/001_health.t - GET {location}/health and the dispatcher's 404/405/OPTIONS
+# answers, against the Apache::Test server (t/conf/extra.conf.in: <Location
+# /kmdc>).
 use strict;
 use warnings FATAL => 'all';
 
@@ -8,7 +9,7 @@ use Apache::TestRequest qw(GET HEAD POST);
 use HTTP::Request ();
 use JSON::PP ();
 
-plan tests => 40;
+plan tests => 53;
 
 my $json = JSON::PP->new;
 
@@ -87,6 +88,25 @@ is(GET('/kmdc/mailbox/0000000000000000')->code, 404,
 is(GET("/kmdc/mailbox/$serial/1/2")->code, 404,
    'mailbox with too many segments: 404');
 
+{
+    my $b = body_json(GET('/kmdc/mailbox/XYZ'));
+    is($b && $b->{message}, 'no such card: a serial is 16 lowercase hex digits',
+       'a malformed serial: the message names the rule');
+}
+{
+    # httpd decodes %XX into r->uri before the handler routes it
+    my $b = body_json(GET('/kmdc/mail%62ox/zz'));
+    is($b && $b->{message}, 'no such card: a serial is 16 lowercase hex digits',
+       'a percent-encoded name is routed decoded');
+}
+is(request(DELETE => '/kmdc/mailbox/XYZ/0000000000000001')->code, 404,
+   'DELETE with a malformed serial: 404');
+# a malformed id is answered after request authentication, a serial before it
+is(GET('/kmdc/messages/notanid')->code, 401,
+   'a malformed message id, unsigned: 401 (authentication first)');
+is(GET("/kmdc/mailbox/$serial/notanid")->code, 401,
+   'a malformed delivery id, unsigned: 401 (authentication first)');
+
 # --- 405 -------------------------------------------------------------------
 {
     my $res = POST '/kmdc/health', content => '';
@@ -109,3 +129,23 @@ is(GET("/kmdc/mailbox/$serial/1/2")->code, 404,
     is($res->code, 405, 'GET /activate/S: 405');
     is($res->header('Allow') // '', 'POST', 'GET /activate/S: Allow: POST');
 }
+{
+    # the method is checked before the serial
+    my $res = POST '/kmdc/mailbox/XYZ', content => '';
+    is($res->code, 405, 'POST /mailbox/XYZ: 405 (the method before the serial)');
+}
+
+# --- OPTIONS ---------------------------------------------------------------
+{
+    my $res = request(OPTIONS => "/kmdc/mailbox/$serial/0000000000000001");
+    is($res->code, 204, 'OPTIONS /mailbox/S/ID: 204');
+    is($res->header('Allow') // '', 'GET, HEAD, DELETE',
+       'OPTIONS /mailbox/S/ID: Allow: GET, HEAD, DELETE');
+    is(length($res->content // ''), 0, 'OPTIONS /mailbox/S/ID: no body');
+}
+{
+    my $res = request(OPTIONS => '/kmdc');
+    ok($res->code == 204 && ($res->header('Allow') // '') eq 'GET, HEAD',
+       'OPTIONS on the page: 204, Allow: GET, HEAD');
+}
+is_json_error(request(OPTIONS => '/kmdc/nope'), 404, 'not_found', 'OPTIONS on an unknown path');

@@ -71,7 +71,8 @@ sub new_key_file {
     return $file;
 }
 
-# Write CASE/httpd.conf: a minimal server plus $body.
+# Write CASE/httpd.conf: a minimal server (with mod_reqtimeout as
+# conf/httpd-example.conf recommends) plus $body.
 sub write_conf {
     my ($dir, $port, $body) = @_;
     my $user = $is_root ? "User nobody\nGroup nogroup\n" : '';
@@ -81,7 +82,9 @@ Listen 127.0.0.1:$port
 ServerName localhost
 LoadModule mpm_event_module "$modules/mod_mpm_event.so"
 LoadModule authz_core_module "$modules/mod_authz_core.so"
+LoadModule reqtimeout_module "$modules/mod_reqtimeout.so"
 LoadModule kmdc_module "$ENV{KMDC_MODULE}"
+RequestReadTimeout header=20-40,MinRate=500 body=20,MinRate=500
 ${user}PidFile "$dir/httpd.pid"
 ErrorLog "$dir/error_log"
 LogLevel info

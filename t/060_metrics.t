@@ -5,9 +5,9 @@
 # The page is read, then the test does a known set of things (activations
 # that succeed, fail and hit a locked card; sends that are accepted,
 # retried, refused after authentication and rejected before it; requests
-# that fail authentication; requests to each endpoint, a long-poll), reads it
-# again, and checks that every sample moved by exactly what the test did and
-# no other sample moved.  Every line must be a comment or `name{labels}
+# that fail authentication; requests to each endpoint, paths with a malformed
+# serial or id, a long-poll), reads it again, and checks that every sample
+# moved by exactly what the test did and no other sample moved.  Every line must be a comment or `name{labels}
 # value`; reads over separate connections (likely different children) give
 # the same numbers.
 use strict;
@@ -23,7 +23,7 @@ use POSIX ();
 use Time::HiRes qw(time sleep);
 use KmdcTest qw(:all);
 
-plan tests => 39;
+plan tests => 42;
 
 my $build = $ENV{KMDC_BUILD} or die "KMDC_BUILD not set: run t/run-suite BUILD_DIR\n";
 my $mkey = $ENV{KMDC_MASTER_KEY_FILE} or die "KMDC_MASTER_KEY_FILE not set\n";
@@ -249,6 +249,32 @@ my %want;     # expected deltas, "name{labels}" => n
     $want{'kmdc_requests_total{endpoint="health"}'} = 1;
     $want{'kmdc_requests_total{endpoint="unknown"}'} = 2;
     $want{'kmdc_requests_total{endpoint="card"}'} = 1;
+}
+
+# ---- malformed serials and ids count as "unknown" --------------------------------------------
+# (docs/ADMIN.md: a path that matched no endpoint.)  The route of such a path
+# is known, but its serial or id is not one: neither the endpoint's counter
+# nor any other moves.
+{
+    my $before = snapshot();
+    my $mb = "/kmdc/mailbox/$x->{serial}";
+    my @codes = (request('GET', '/kmdc/mailbox/XYZ')->code,
+                 signed($x, 'GET', "$mb/notanid")->code,
+                 signed($x, 'DELETE', "$mb/0000000000000000")->code,
+                 signed($x, 'GET', '/kmdc/messages/notanid')->code);
+    is("@codes", '404 404 404 404',
+       'requests: a malformed serial, a malformed delivery id (GET, DELETE), a malformed message id');
+    my $after = snapshot();
+    my %moved;
+    for my $ep (qw(unknown mailbox_list mailbox_fetch mailbox_ack messages other)) {
+        my $k = "kmdc_requests_total{endpoint=\"$ep\"}";
+        $moved{$ep} = ($after->{$k} // 0) - ($before->{$k} // 0);
+    }
+    is($moved{unknown}, 4, '... kmdc_requests_total{endpoint="unknown"} moved by 4');
+    is_deeply([map { "$_=$moved{$_}" } qw(mailbox_list mailbox_fetch mailbox_ack messages other)],
+              [qw(mailbox_list=0 mailbox_fetch=0 mailbox_ack=0 messages=0 other=0)],
+              '... the endpoints of those routes did not move');
+    $want{'kmdc_requests_total{endpoint="unknown"}'} += 4;
 }
 
 # ---- the long-poll gauge ----------------------------------------------------------------------

@@ -123,9 +123,10 @@ sub modules_dir {
     return $d ne '' ? $d : '/usr/lib/apache2/modules';
 }
 
-# The text of an httpd.conf: event MPM, the built module, the extra
-# LoadModule lines of $o{modules} (name => file), and $o{body}.  Listens on
-# $o{listen} (a list of "addr:port [proto]").
+# The text of an httpd.conf: event MPM, mod_reqtimeout with the values
+# conf/httpd-example.conf recommends, the built module, the extra LoadModule
+# lines of $o{modules} (name => file), and $o{body}.  Listens on $o{listen}
+# (a list of "addr:port [proto]").
 sub httpd_conf {
     my (%o) = @_;
     my $dir = $o{dir};
@@ -142,7 +143,9 @@ ServerRoot "$dir"
 ${listen}ServerName localhost
 LoadModule mpm_event_module "$mods/mod_mpm_event.so"
 LoadModule authz_core_module "$mods/mod_authz_core.so"
+LoadModule reqtimeout_module "$mods/mod_reqtimeout.so"
 ${load}LoadModule kmdc_module "$ENV{KMDC_MODULE}"
+RequestReadTimeout header=20-40,MinRate=500 body=20,MinRate=500
 ${user}PidFile "$dir/httpd.pid"
 ErrorLog "$dir/error_log"
 LogLevel info
