@@ -25,7 +25,6 @@
 
 #include "mod_kmdc.h"
 #include "mod_kmdc_config.h"
-#include "mod_kmdc_db.h"
 #include "mod_kmdc_http.h"
 #include "mod_kmdc_metrics.h"
 #include "mod_kmdc_notify.h"
@@ -198,7 +197,7 @@ static int kmdc_post_config(apr_pool_t *pconf, apr_pool_t *plog,
 
 static void kmdc_child_init(apr_pool_t *pchild, server_rec *s)
 {
-    kmdc_db_child_init(pchild, s);
+    kmdc_store_child_init(pchild, s);
     kmdc_metrics_child_init(pchild, s);
     kmdc_notify_child_init(pchild, s);
 }

@@ -37,6 +37,11 @@ static const kmdc_store_ops pg_ops = {
     kmdc_pg_message_status,
 };
 
+void kmdc_store_child_init(apr_pool_t *pchild, server_rec *s)
+{
+    kmdc_db_child_init(pchild, s);
+}
+
 kmdc_store *kmdc_store_pg(request_rec *r)
 {
     kmdc_pg_store *ps = apr_pcalloc(r->pool, sizeof(*ps));

@@ -18,6 +18,10 @@
  */
 kmdc_store *kmdc_store_pg(request_rec *r);
 
+/* Create this child's connection pools for the servers that use the handler
+ * (child_init; see mod_kmdc_db.h). */
+void kmdc_store_child_init(apr_pool_t *pchild, server_rec *s);
+
 /*
  * Answer a store failure: UNAVAILABLE 503 "unavailable" and SCHEMA 503
  * "schema_mismatch" (both with Retry-After), anything else 500 "internal".
