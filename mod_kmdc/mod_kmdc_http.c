@@ -222,11 +222,3 @@ out:
     }
     return status;
 }
-
-int kmdc_http_parse_serial(const char *seg, uint64_t *serial)
-{
-    if (seg == NULL) {
-        return 0;
-    }
-    return kmdc_serial_parse(serial, seg, strlen(seg), NULL) == KMDC_OK;
-}

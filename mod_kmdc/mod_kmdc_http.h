@@ -66,9 +66,5 @@ int kmdc_http_no_content(request_rec *r);
 int kmdc_http_read_body(request_rec *r, apr_size_t limit, char **body,
                         apr_size_t *len);
 
-/* Parse a serial path segment (16 lowercase hex digits, 1 .. 2^63-1).
- * Returns 1 and sets *serial, or 0.  Message and delivery ids are written
- * the same way (docs/API.md) and parsed with it too. */
-int kmdc_http_parse_serial(const char *seg, uint64_t *serial);
 
 #endif

@@ -269,10 +269,7 @@ int kmdc_handle_mailbox_fetch(kmdc_req *kr)
     size_t head_len = 0, len = 0;
     int rv = OK;
 
-    if (!kmdc_http_parse_serial(kr->seg[2], &id)) {
-        return kmdc_http_error(r, HTTP_NOT_FOUND, "not_found",
-                               "no such delivery: an id is 16 lowercase hex digits");
-    }
+    id = kr->id;           /* parsed by the router (404 when malformed) */
     src = st->ops->fetch_open(st, kr->serial, id, &f, &head, &head_len, &payload_len);
     if (src == KMDC_STORE_NOTFOUND) {
         rv = kmdc_http_error(r, HTTP_NOT_FOUND, "not_found",
@@ -357,10 +354,7 @@ int kmdc_handle_mailbox_delete(kmdc_req *kr)
     uint64_t id = 0;
     int acked = 0, payload_deleted = 0;
 
-    if (!kmdc_http_parse_serial(kr->seg[2], &id)) {
-        return kmdc_http_error(r, HTTP_NOT_FOUND, "not_found",
-                               "no such delivery: an id is 16 lowercase hex digits");
-    }
+    id = kr->id;           /* parsed by the router (404 when malformed) */
     src = st->ops->ack(st, kr->serial, id, &acked, &payload_deleted);
     if (src == KMDC_STORE_NOTFOUND) {
         return kmdc_http_error(r, HTTP_NOT_FOUND, "not_found",

@@ -43,10 +43,7 @@ int kmdc_handle_message(kmdc_req *kr)
     char idhex[17];
     int rv = OK;
 
-    if (!kmdc_http_parse_serial(kr->seg[1], &id)) {
-        return kmdc_http_error(r, HTTP_NOT_FOUND, "not_found",
-                               "no such message: an id is 16 lowercase hex digits");
-    }
+    id = kr->id;           /* parsed by the router (404 when malformed) */
     if ((recipients = json_array()) == NULL) {
         goto internal;
     }

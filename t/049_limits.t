@@ -179,6 +179,34 @@ subtest 'the default limits agree' => sub {
     done_testing();
 };
 
+# LimitRequestBody (httpd's own, 1 GiB when unset) below the largest envelope
+# is warned about at start-up, naming the location; the server still starts.
+subtest 'a LimitRequestBody below the largest envelope is warned about' => sub {
+    my $warned = sub {
+        my ($h, $limit) = @_;
+        return scalar grep { /LimitRequestBody \Q$limit\E for \/kmdc\/send is below/ }
+            split /\n/, $h->{log};
+    };
+    my @cases = (
+        [ 'lrb-default', '', 1073741824, 1,
+          'no LimitRequestBody: httpd\'s 1 GiB is below the 1G document\'s envelope' ],
+        [ 'lrb-unlimited', "LimitRequestBody 0", 0, 0, 'LimitRequestBody 0: no warning' ],
+        [ 'lrb-below', "KmdcMaxDocumentSize 1M\nKmdcMailboxQuota 1000 $bound\n"
+          . 'LimitRequestBody ' . ($bound - 1), $bound - 1, 1,
+          'one byte below the largest envelope of 1M: warned' ],
+        [ 'lrb-exact', "KmdcMaxDocumentSize 1M\nKmdcMailboxQuota 1000 $bound\n"
+          . "LimitRequestBody $bound", $bound, 0, 'exactly the largest envelope of 1M: no warning' ],
+    );
+    for my $c (@cases) {
+        my ($case, $limits, $limit, $want, $name) = @$c;
+        my $h = start_httpd($case, $limits);
+        ok($h->{started}, "$name (httpd starts)") or diag($h->{log});
+        stop_httpd($h);
+        is($warned->($h, $limit) ? 1 : 0, $want, $name) or diag("log:\n$h->{log}");
+    }
+    done_testing();
+};
+
 subtest 'the largest document fits an empty mailbox' => sub {
     my $h = start_httpd('exact', "KmdcMaxDocumentSize 1M\nKmdcMailboxQuota 1000 $bound");
     ok($h->{started}, "httpd starts with KmdcMaxDocumentSize 1M, KmdcMailboxQuota 1000 $bound")

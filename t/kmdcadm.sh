@@ -84,8 +84,8 @@ out=$(adm migrate --sqldir "$work/nonexistent" 2>&1); rc=$?
 [ $rc -eq 1 ] && [[ $out == kmdcadm:* ]]
 ok $? "migrate: a missing migrations folder fails with exit 1 and a message"
 mkdir -p "$work/sql-newer"
-cp "$top/sql/001_init.sql" "$work/sql-newer/"
-printf 'CREATE TABLE t_bad (x int);\n' >"$work/sql-newer/002_norecord.sql"
+cp "$top/sql/001_init.sql" "$top/sql/002_intake.sql" "$work/sql-newer/"
+printf 'CREATE TABLE t_bad (x int);\n' >"$work/sql-newer/003_norecord.sql"
 out=$(adm migrate --sqldir "$work/sql-newer" 2>&1); rc=$?
 [ $rc -eq 1 ] && [[ $out == *"does not record itself"* ]] \
     && [ "$(q -c "SELECT to_regclass('t_bad') IS NULL")" = t ]
