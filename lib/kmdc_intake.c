@@ -82,6 +82,7 @@ struct kmdc_intake {
     /* PUBLISH */
     uint64_t msgid, rcvd;
     int published;
+    int keep_upload;                     /* publication outcome unknown */
 };
 
 /* ---- answers --------------------------------------------------------------- */
@@ -115,13 +116,17 @@ answer_text(kmdc_intake *in, kmdc_intake_result result, int status, const char *
     in->ans.retry_after = status == 503 ? 5 : 0;
 }
 
-/* The JSON error body {"error":code,"message":message}; malloc'd. */
-static char *
-error_json(const char *code, const char *message)
+/* The JSON error body {"error":code,"message":...} (printf style); malloc'd. */
+__attribute__((format(printf, 2, 0))) static char *
+error_json(const char *code, const char *fmt, va_list ap)
 {
-    json_t *o = json_pack("{s:s, s:s}", "error", code, "message", message);
-    char *s = o != NULL ? json_dumps(o, JSON_COMPACT) : NULL;
+    char message[200];
+    json_t *o;
+    char *s;
 
+    vsnprintf(message, sizeof(message), fmt, ap);
+    o = json_pack("{s:s, s:s}", "error", code, "message", message);
+    s = o != NULL ? json_dumps(o, JSON_COMPACT) : NULL;
     json_decref(o);
     return s;
 }
@@ -130,14 +135,12 @@ __attribute__((format(printf, 5, 6))) static void
 answer_error(kmdc_intake *in, kmdc_intake_result result, int status, const char *code,
              const char *fmt, ...)
 {
-    char msg[200];
     char *text;
     va_list ap;
 
     va_start(ap, fmt);
-    vsnprintf(msg, sizeof(msg), fmt, ap);
+    text = error_json(code, fmt, ap);
     va_end(ap);
-    text = error_json(code, msg);
     answer_text(in, result, status, code, text, 0);
     free(text);
 }
@@ -180,6 +183,49 @@ repeat(kmdc_intake *in, const kmdc_receipt *rc)
 }
 
 /*
+ * The counter was spent by another upload while this one ran (the client
+ * retried before the first answer came).  Its receipt answers if it is for
+ * these same bytes: a keyblock-scope receipt is judged on the prefix; an
+ * envelope-scope one on the whole envelope, at once when the body was read
+ * to its end, else by reading on as a retry (RETRY).  Any other bytes are
+ * 403 rejected.
+ */
+static void
+spent_meanwhile(kmdc_intake *in)
+{
+    kmdc_receipt rc;
+    kmdc_store_rc src = in->store->ops->receipt_find(in->store, in->hdr.serial,
+                                                      in->hdr.seq, &rc);
+
+    if (src == KMDC_STORE_NOTFOUND) {
+        rejected(in);
+        return;
+    }
+    if (src != KMDC_STORE_OK) {
+        store_failed(in, src);
+        return;
+    }
+    if (rc.scope == KMDC_SCOPE_KEYBLOCK ||
+        (rc.has_prefix_hash && !kmdc_ct_eq(rc.prefix_hash, 32, in->prefix_hash, 32))) {
+        if (rc.scope == KMDC_SCOPE_KEYBLOCK && kmdc_ct_eq(rc.hash, 32, in->prefix_hash, 32))
+            repeat(in, &rc);
+        else
+            rejected(in);
+        return;
+    }
+    if (in->st == ST_PUBLISH) {          /* the whole envelope was hashed */
+        if (kmdc_ct_eq(rc.hash, 32, in->full_hash, 32))
+            repeat(in, &rc);
+        else
+            rejected(in);
+        return;
+    }
+    in->sender.receipt = rc;             /* compare at the end of the body */
+    in->sender.has_receipt = 1;
+    in->st = ST_RETRY;
+}
+
+/*
  * A refusal after the keyblock authenticated: spend the counter (advance the
  * chain past seq, a receipt over the prefix), then answer.  If the store
  * cannot, the answer is 503 and nothing was spent.
@@ -189,14 +235,13 @@ spend(kmdc_intake *in, int status, const char *code, const char *fmt, ...)
 {
     kmdc_spending sp;
     kmdc_store_rc rc;
-    char msg[200];
     char *text;
     va_list ap;
 
     va_start(ap, fmt);
-    vsnprintf(msg, sizeof(msg), fmt, ap);
+    text = error_json(code, fmt, ap);
     va_end(ap);
-    if ((text = error_json(code, msg)) == NULL) {
+    if (text == NULL) {
         internal(in, "internal error");
         return;
     }
@@ -217,9 +262,10 @@ spend(kmdc_intake *in, int status, const char *code, const char *fmt, ...)
     rc = in->store->ops->spend(in->store, &sp);
     if (rc == KMDC_STORE_OK && sp.lease != NULL)
         in->lease_held = 0;
-    if (rc == KMDC_STORE_OK || rc == KMDC_STORE_CONFLICT)
-        /* CONFLICT: a concurrent retry spent it first; the refusal stands */
+    if (rc == KMDC_STORE_OK)
         answer_text(in, KMDC_INTAKE_REFUSED, status, code, text, 0);
+    else if (rc == KMDC_STORE_CONFLICT)
+        spent_meanwhile(in);             /* a concurrent retry spent it first */
     else
         unavailable(in);
     kmdc_wipe(&sp, sizeof(sp));
@@ -460,7 +506,8 @@ step_recipients(kmdc_intake *in)
     }
     in->n_rcpt = in->meta.n_rcpt;
     kmdc_err_clear(&err);
-    if (kmdc_random(in->dek, sizeof(in->dek), &err) != KMDC_OK ||
+    if ((in->batch = malloc(in->batch_cap)) == NULL ||
+        kmdc_random(in->dek, sizeof(in->dek), &err) != KMDC_OK ||
         (in->dec = kmdc_payload_dec_new(in->dek_in, in->meta.size, &err)) == NULL ||
         (in->enc = kmdc_payload_enc_new(in->dek, in->meta.size, &err)) == NULL) {
         internal(in, "internal error");
@@ -483,6 +530,14 @@ flush_batch(kmdc_intake *in)
     rc = in->store->ops->upload_append(in->store, &in->upload_id, in->meta.size,
                                        in->batch_idx, in->batch, in->batch_len,
                                        in->lease_held ? &in->lease : NULL);
+    if (rc == KMDC_STORE_BUSY) {
+        /* the slot's lease expired while this upload waited and another
+         * upload of the card took it: passing, like any full slot table */
+        answer_error(in, KMDC_INTAKE_REJECTED, 429, "too_many_uploads",
+                     "this card has %d uploads in progress; try again when one finished",
+                     in->conf->max_uploads_per_card);
+        return KMDC_ERR_IO;
+    }
     if (rc != KMDC_STORE_OK) {
         store_failed(in, rc);
         return KMDC_ERR_IO;
@@ -626,31 +681,6 @@ out:
     return rc;
 }
 
-/* The stored answer of a counter spent meanwhile, if it is for these bytes. */
-static void
-answer_from_receipt(kmdc_intake *in)
-{
-    kmdc_receipt rc;
-    const uint8_t *mine;
-
-    kmdc_store_rc src = in->store->ops->receipt_find(in->store, in->hdr.serial,
-                                                      in->hdr.seq, &rc);
-
-    if (src == KMDC_STORE_NOTFOUND) {
-        rejected(in);
-        return;
-    }
-    if (src != KMDC_STORE_OK) {
-        store_failed(in, src);
-        return;
-    }
-    mine = rc.scope == KMDC_SCOPE_KEYBLOCK ? in->prefix_hash : in->full_hash;
-    if (kmdc_ct_eq(rc.hash, 32, mine, 32))
-        repeat(in, &rc);
-    else
-        rejected(in);
-}
-
 /* Step 3: publish in one transaction of the store. */
 static void
 step_publish(kmdc_intake *in)
@@ -700,7 +730,10 @@ step_publish(kmdc_intake *in)
     rc = in->store->ops->publish(in->store, pub, &outcome, &which);
     if (rc != KMDC_STORE_OK) {
         /* UNAVAILABLE: a lost COMMIT answer leaves the outcome unknown; the
-         * client retries byte for byte and the receipt (if any) answers */
+         * client retries byte for byte and the receipt (if any) answers.
+         * The upload may belong to a message now: leave it to the purge. */
+        if (rc == KMDC_STORE_UNAVAILABLE && outcome == KMDC_PUBLISH_UNKNOWN)
+            in->keep_upload = 1;
         if (rc == KMDC_STORE_ERROR)
             internal(in, "the card's keys cannot be read at the datacenter");
         else
@@ -716,7 +749,7 @@ step_publish(kmdc_intake *in)
         answer_text(in, KMDC_INTAKE_ACCEPTED, 201, NULL, text, in->msgid);
         break;
     case KMDC_PUBLISH_SPENT:
-        answer_from_receipt(in);
+        spent_meanwhile(in);
         break;
     case KMDC_PUBLISH_SENDER_INACTIVE:
         rejected(in);
@@ -727,6 +760,9 @@ step_publish(kmdc_intake *in)
         break;
     case KMDC_PUBLISH_QUOTA:
         spend(in, 507, "mailbox_full", "the mailbox of recipient %zu is full", which + 1);
+        break;
+    case KMDC_PUBLISH_UNKNOWN:           /* only with UNAVAILABLE, above */
+        unavailable(in);
         break;
     }
 out:
@@ -914,8 +950,7 @@ kmdc_intake_new(const kmdc_intake_conf *conf, kmdc_store *store, kmdc_err *err)
     in->max_len = kmdc_intake_envelope_max(conf->max_document_size);
     in->batch_cap = (conf->batch_bytes != 0 ? conf->batch_bytes : KMDC_INTAKE_BATCH_DEFAULT)
                     + KMDC_CHUNK_CT_MAX;
-    if ((in->sha_full = kmdc_sha256_new(err)) == NULL ||
-        (in->batch = malloc(in->batch_cap)) == NULL) {
+    if ((in->sha_full = kmdc_sha256_new(err)) == NULL) {
         kmdc_err_set(err, KMDC_ERR_INTERNAL, "out of memory");
         kmdc_intake_free(in);
         return NULL;
@@ -964,13 +999,12 @@ kmdc_intake_free(kmdc_intake *in)
         return;
     if (in->lease_held)
         (void)in->store->ops->slot_release(in->store, &in->lease);
-    if (in->upload_id != 0 && !in->published)
+    if (in->upload_id != 0 && !in->published && !in->keep_upload)
         (void)in->store->ops->upload_drop(in->store, in->upload_id);
     kmdc_payload_dec_free(in->dec);
     kmdc_payload_enc_free(in->enc);
     kmdc_sha256_free(in->sha_full);
-    if (in->batch != NULL)
-        kmdc_freezero(in->batch, in->batch_cap);
+    free(in->batch);                     /* ciphertext only */
     free(in->body);
     kmdc_wipe(in, sizeof(*in));
     free(in);

@@ -151,7 +151,9 @@ typedef enum kmdc_publish_outcome {
     KMDC_PUBLISH_SPENT,             /* the counter was spent meanwhile */
     KMDC_PUBLISH_SENDER_INACTIVE,   /* the sender is no longer active */
     KMDC_PUBLISH_RECIPIENT_INACTIVE,/* recipient *which is no longer active */
-    KMDC_PUBLISH_QUOTA              /* recipient *which is over its quota */
+    KMDC_PUBLISH_QUOTA,             /* recipient *which is over its quota */
+    KMDC_PUBLISH_UNKNOWN            /* with UNAVAILABLE: the COMMIT was sent and
+                                     * its answer lost; it may have committed */
 } kmdc_publish_outcome;
 
 /* A refusal after authentication: spend the counter (docs/PROTOCOL.md 4). */
@@ -268,7 +270,8 @@ typedef struct kmdc_store_ops {
                                         size_t n, kmdc_recipient *out);
     /* Append batch idx (from 0, consecutive) of an upload's payload; *upload_id
      * 0 creates the upload (of `size` document bytes) first and sets it.  The
-     * lease (may be NULL) is renewed. */
+     * lease (may be NULL) is renewed; BUSY (nothing written) when it expired
+     * and another upload took its slot meanwhile. */
     kmdc_store_rc (*upload_append)(kmdc_store *st, int64_t *upload_id, uint64_t size,
                                    int idx, const uint8_t *data, size_t len,
                                    const kmdc_lease *lease);
@@ -280,7 +283,9 @@ typedef struct kmdc_store_ops {
      * chains, receipt and audit row, release the lease, COMMIT, wake the
      * recipients' long-polls.  OK with *outcome KMDC_PUBLISHED, or OK with
      * another outcome (nothing written; *which names the recipient index);
-     * UNAVAILABLE; ERROR (a seal failed or a row is unreadable). */
+     * UNAVAILABLE (nothing written, or *outcome KMDC_PUBLISH_UNKNOWN when the
+     * COMMIT's answer was lost); ERROR (a seal failed or a row is
+     * unreadable). */
     kmdc_store_rc (*publish)(kmdc_store *st, const kmdc_publication *pub,
                              kmdc_publish_outcome *outcome, size_t *which);
     /* Spend a counter refused after authentication: advance the chain, write

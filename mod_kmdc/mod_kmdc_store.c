@@ -3,6 +3,7 @@
  * the per-request handle, and borrowing a pooled connection per operation.
  * The operations themselves are in mod_kmdc_store_{send,cards,mailbox}.c.
  */
+#include <stdlib.h>
 #include <string.h>
 
 #include "apr_strings.h"
@@ -75,6 +76,93 @@ kmdc_store_rc kmdc_pg_failed(kmdc_db_rc rc)
          * full disk): passing, from the client's side */
         return KMDC_STORE_UNAVAILABLE;
     }
+}
+
+int kmdc_pg_get_bytes(const PGresult *res, int row, int col, uint8_t *out, size_t len)
+{
+    const unsigned char *p = NULL;
+    size_t n = 0;
+
+    if (!kmdc_db_get_bytea(res, row, col, &p, &n) || n != len) {
+        return 0;
+    }
+    memcpy(out, p, len);
+    return 1;
+}
+
+int kmdc_pg_get_text(const PGresult *res, int row, int col, char *buf, size_t cap)
+{
+    int len;
+
+    if (row < 0 || row >= PQntuples(res) || col < 0 || col >= PQnfields(res)
+        || PQgetisnull(res, row, col)) {
+        return 0;
+    }
+    len = PQgetlength(res, row, col);
+    if (len < 0 || (size_t)len >= cap) {
+        return 0;
+    }
+    memcpy(buf, PQgetvalue(res, row, col), (size_t)len);
+    buf[len] = '\0';
+    return 1;
+}
+
+int kmdc_pg_get_counter(const PGresult *res, int row, int col, uint64_t *v)
+{
+    int64_t t = 0;
+
+    if (!kmdc_db_get_int64(res, row, col, &t) || t < 0) {
+        return 0;
+    }
+    *v = (uint64_t)t;
+    return 1;
+}
+
+/* PostgreSQL's bool type oid (pg_type.h). */
+#define KMDC_BOOLOID 16
+
+/* A boolean column: binary (one byte 0/1) or text ("t"/"f").  Returns 1 and
+ * sets *v, 0 for NULL or anything else. */
+int kmdc_pg_get_bool(const PGresult *res, int row, int col, int *v)
+{
+    const char *p;
+
+    if (row < 0 || row >= PQntuples(res) || col < 0 || col >= PQnfields(res)
+        || PQgetisnull(res, row, col) || PQftype(res, col) != KMDC_BOOLOID) {
+        return 0;
+    }
+    p = PQgetvalue(res, row, col);
+    if (PQfformat(res, col) == 1) {
+        if (PQgetlength(res, row, col) != 1) {
+            return 0;
+        }
+        *v = p[0] != 0;
+        return 1;
+    }
+    if (strcmp(p, "t") == 0 || strcmp(p, "f") == 0) {
+        *v = p[0] == 't';
+        return 1;
+    }
+    return 0;
+}
+
+kmdc_db_rc kmdc_pg_run(kmdc_db *db, const char *sql, const kmdc_db_params *pp)
+{
+    PGresult *res = NULL;
+    kmdc_db_rc rc = kmdc_db_exec(db, sql, pp, 0, &res);
+
+    kmdc_db_clear(db, res);
+    return rc;
+}
+
+kmdc_db_rc kmdc_pg_audit(kmdc_db *db, uint64_t serial, const char *event, json_t *obj)
+{
+    char *detail = obj != NULL ? json_dumps(obj, JSON_COMPACT) : NULL;
+    kmdc_db_rc rc = detail != NULL ? kmdc_db_audit(db, serial, event, detail) : KMDC_DB_ERROR;
+
+    free(detail);
+    json_decref(obj);
+    return rc;
 }
 
 int kmdc_store_answer_failure(request_rec *r, kmdc_store_rc rc)

@@ -21,65 +21,10 @@
 #include "mod_kmdc.h"
 #include "mod_kmdc_store_pg.h"
 
-/* PostgreSQL's bool type oid (pg_type.h). */
-#define KMDC_BOOLOID 16
-
-/* A boolean column: binary (one byte 0/1) or text ("t"/"f").  Returns 1 and
- * sets *v, 0 for NULL or anything else. */
-static int get_bool(const PGresult *res, int row, int col, int *v)
-{
-    const char *p;
-
-    if (row < 0 || row >= PQntuples(res) || col < 0 || col >= PQnfields(res)
-        || PQgetisnull(res, row, col) || PQftype(res, col) != KMDC_BOOLOID) {
-        return 0;
-    }
-    p = PQgetvalue(res, row, col);
-    if (PQfformat(res, col) == 1) {
-        if (PQgetlength(res, row, col) != 1) {
-            return 0;
-        }
-        *v = p[0] != 0;
-        return 1;
-    }
-    if (strcmp(p, "t") == 0 || strcmp(p, "f") == 0) {
-        *v = p[0] == 't';
-        return 1;
-    }
-    return 0;
-}
-
 /* The status column (text, in either result format); 0 when unreadable. */
 static kmdc_card_status get_status(const PGresult *res, int row, int col)
 {
     return kmdc_card_status_parse(kmdc_db_get_text(res, row, col));
-}
-
-/* A wrapped key column of a binary result into out; 1 when it has exactly
- * KMDC_WRAPPED_LEN bytes. */
-static int get_wrapped(const PGresult *res, int row, int col,
-                       uint8_t out[KMDC_WRAPPED_LEN])
-{
-    const unsigned char *p = NULL;
-    size_t len = 0;
-
-    if (!kmdc_db_get_bytea(res, row, col, &p, &len) || len != KMDC_WRAPPED_LEN) {
-        return 0;
-    }
-    memcpy(out, p, KMDC_WRAPPED_LEN);
-    return 1;
-}
-
-/* A counter column (bigint >= 0). */
-static int get_counter(const PGresult *res, int row, int col, uint64_t *v)
-{
-    int64_t t = 0;
-
-    if (!kmdc_db_get_int64(res, row, col, &t) || t < 0) {
-        return 0;
-    }
-    *v = (uint64_t)t;
-    return 1;
 }
 
 /* Log that card serial's row could not be read (column what). */
@@ -88,20 +33,6 @@ static void log_unreadable(kmdc_pg_store *ps, uint64_t serial, const char *what)
     ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, ps->r,
                   "store: card %016" APR_UINT64_T_HEX_FMT ": its %s cannot be read",
                   (apr_uint64_t)serial, what);
-}
-
-/* One audit row whose detail is the JSON object obj (taken). */
-static kmdc_db_rc audit_json(kmdc_db *db, uint64_t serial, const char *event, json_t *obj)
-{
-    char *detail = obj != NULL ? json_dumps(obj, JSON_COMPACT) : NULL;
-    kmdc_db_rc rc = KMDC_DB_ERROR;
-
-    if (detail != NULL) {
-        rc = kmdc_db_audit(db, serial, event, detail);
-    }
-    free(detail);
-    json_decref(obj);
-    return rc;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -133,7 +64,7 @@ kmdc_store_rc kmdc_pg_auth_load(kmdc_store *st, uint64_t serial, kmdc_auth_card 
         goto out;
     }
     out->status = get_status(res, 0, 0);
-    if (out->status == 0 || !get_wrapped(res, 0, 1, out->auth_key)) {
+    if (out->status == 0 || !kmdc_pg_get_bytes(res, 0, 1, out->auth_key, KMDC_WRAPPED_LEN)) {
         log_unreadable(ps, serial, "status or auth_key");
         rc = KMDC_STORE_ERROR;
         goto out;
@@ -233,9 +164,9 @@ kmdc_store_rc kmdc_pg_card_get(kmdc_store *st, uint64_t serial, kmdc_card_info *
         goto out;
     }
     out->status = get_status(res, 0, 0);
-    if (out->status == 0 || !get_bool(res, 0, 1, &out->locked)
-        || !get_counter(res, 0, 2, &out->up_next)
-        || !get_counter(res, 0, 3, &out->down_next)) {
+    if (out->status == 0 || !kmdc_pg_get_bool(res, 0, 1, &out->locked)
+        || !kmdc_pg_get_counter(res, 0, 2, &out->up_next)
+        || !kmdc_pg_get_counter(res, 0, 3, &out->down_next)) {
         log_unreadable(ps, serial, "row");
         rc = KMDC_STORE_ERROR;
         goto out;
@@ -258,15 +189,15 @@ static int read_activation(const PGresult *res, kmdc_activation *row)
     int64_t key_id = 0;
 
     row->status = get_status(res, 0, 0);
-    if (row->status == 0 || !get_bool(res, 0, 1, &row->locked)
-        || !get_bool(res, 0, 3, &row->code_expired)
+    if (row->status == 0 || !kmdc_pg_get_bool(res, 0, 1, &row->locked)
+        || !kmdc_pg_get_bool(res, 0, 3, &row->code_expired)
         || !kmdc_db_get_int64(res, 0, 4, &key_id) || key_id < 0
         || key_id > (int64_t)UINT32_MAX
-        || !get_counter(res, 0, 5, &row->up_next)
-        || !get_counter(res, 0, 6, &row->down_next)
-        || !get_wrapped(res, 0, 7, row->up_chain)
-        || !get_wrapped(res, 0, 8, row->down_chain)
-        || !get_wrapped(res, 0, 9, row->auth_key)) {
+        || !kmdc_pg_get_counter(res, 0, 5, &row->up_next)
+        || !kmdc_pg_get_counter(res, 0, 6, &row->down_next)
+        || !kmdc_pg_get_bytes(res, 0, 7, row->up_chain, KMDC_WRAPPED_LEN)
+        || !kmdc_pg_get_bytes(res, 0, 8, row->down_chain, KMDC_WRAPPED_LEN)
+        || !kmdc_pg_get_bytes(res, 0, 9, row->auth_key, KMDC_WRAPPED_LEN)) {
         return 0;
     }
     row->key_id = (uint32_t)key_id;
@@ -298,12 +229,12 @@ static kmdc_db_rc count_failure(kmdc_db *db, uint64_t serial, int failure_limit,
                       &pp, 1, &res);
     if (rc == KMDC_DB_OK && (PQntuples(res) != 1
                              || !kmdc_db_get_int64(res, 0, 0, &result->failures)
-                             || !get_bool(res, 0, 1, &result->locked))) {
+                             || !kmdc_pg_get_bool(res, 0, 1, &result->locked))) {
         rc = KMDC_DB_ERROR;
     }
     kmdc_db_clear(db, res);
     if (rc == KMDC_DB_OK) {
-        rc = audit_json(db, serial, "card.activation_failed",
+        rc = kmdc_pg_audit(db, serial, "card.activation_failed",
                         json_pack("{s:I, s:b}", "failures", (json_int_t)result->failures,
                                   "locked", result->locked));
     }
@@ -338,7 +269,7 @@ static kmdc_db_rc store_activation(kmdc_db *db, uint64_t serial,
     }
     kmdc_db_clear(db, res);
     if (rc == KMDC_DB_OK) {
-        rc = audit_json(db, serial, "card.activated",
+        rc = kmdc_pg_audit(db, serial, "card.activated",
                         json_pack("{s:I}", "key_id", (json_int_t)keys->key_id));
     }
     if (rc == KMDC_DB_OK) {

@@ -16,6 +16,8 @@
 #ifndef MOD_KMDC_STORE_PG_H
 #define MOD_KMDC_STORE_PG_H
 
+#include <jansson.h>
+
 #include "mod_kmdc_config.h"
 #include "mod_kmdc_db.h"
 #include "mod_kmdc_store.h"
@@ -35,6 +37,28 @@ kmdc_store_rc kmdc_pg_borrow(kmdc_pg_store *ps, kmdc_db **db);
 /* The store's code for a statement that failed with rc (the connection is
  * rolled back and given back by the caller). */
 kmdc_store_rc kmdc_pg_failed(kmdc_db_rc rc);
+
+/* ---- column readers and statements every store file uses ------------------ */
+
+/* A bytea column of a binary result of exactly len bytes, copied to out. */
+int kmdc_pg_get_bytes(const PGresult *res, int row, int col, uint8_t *out, size_t len);
+
+/* A text column (binary results hold its characters) copied NUL-terminated
+ * into buf (cap bytes); 0 for NULL or a value that does not fit. */
+int kmdc_pg_get_text(const PGresult *res, int row, int col, char *buf, size_t cap);
+
+/* A counter column (bigint >= 0). */
+int kmdc_pg_get_counter(const PGresult *res, int row, int col, uint64_t *v);
+
+/* A boolean column, binary or text; 0 for NULL or another type. */
+int kmdc_pg_get_bool(const PGresult *res, int row, int col, int *v);
+
+/* Run one statement whose result does not matter beyond its success. */
+kmdc_db_rc kmdc_pg_run(kmdc_db *db, const char *sql, const kmdc_db_params *pp);
+
+/* One audit row whose detail is the JSON object obj (the reference is
+ * taken); never a secret, an address or a document name in it. */
+kmdc_db_rc kmdc_pg_audit(kmdc_db *db, uint64_t serial, const char *event, json_t *obj);
 
 /* mod_kmdc_store_send.c */
 kmdc_store_rc kmdc_pg_sender_load(kmdc_store *st, uint64_t serial, uint64_t seq,

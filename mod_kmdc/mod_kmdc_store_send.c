@@ -31,36 +31,6 @@
 
 /* ---- helpers ---------------------------------------------------------------- */
 
-/* Copy a text column (binary results hold its characters) into buf. */
-static int get_text(const PGresult *res, int row, int col, char *buf, size_t cap)
-{
-    int len;
-
-    if (PQgetisnull(res, row, col)) {
-        return 0;
-    }
-    len = PQgetlength(res, row, col);
-    if (len < 0 || (size_t)len >= cap) {
-        return 0;
-    }
-    memcpy(buf, PQgetvalue(res, row, col), (size_t)len);
-    buf[len] = '\0';
-    return 1;
-}
-
-/* Copy a bytea column of exactly len bytes. */
-static int get_bytes(const PGresult *res, int row, int col, uint8_t *out, size_t len)
-{
-    const unsigned char *p = NULL;
-    size_t n = 0;
-
-    if (!kmdc_db_get_bytea(res, row, col, &p, &n) || n != len) {
-        return 0;
-    }
-    memcpy(out, p, len);
-    return 1;
-}
-
 /*
  * Read a receipt from columns col.. of a binary result: envelope_sha256,
  * hash_scope, http_status, answer, message_id (0 for NULL), prefix_sha256.
@@ -72,43 +42,22 @@ static int get_receipt(const PGresult *res, int row, int col, kmdc_receipt *rc)
     int64_t status = 0, msg = 0;
 
     memset(rc, 0, sizeof(*rc));
-    if (!get_bytes(res, row, col, rc->hash, 32)
-        || !get_text(res, row, col + 1, scope, sizeof(scope))
+    if (!kmdc_pg_get_bytes(res, row, col, rc->hash, 32)
+        || !kmdc_pg_get_text(res, row, col + 1, scope, sizeof(scope))
         || !kmdc_db_get_int64(res, row, col + 2, &status)
-        || !get_text(res, row, col + 3, rc->answer, sizeof(rc->answer))
+        || !kmdc_pg_get_text(res, row, col + 3, rc->answer, sizeof(rc->answer))
         || !kmdc_db_get_int64(res, row, col + 4, &msg)) {
         return 0;
     }
     rc->scope = strcmp(scope, "keyblock") == 0 ? KMDC_SCOPE_KEYBLOCK : KMDC_SCOPE_ENVELOPE;
     rc->http_status = (int)status;
     rc->message_id = (uint64_t)msg;
-    rc->has_prefix_hash = get_bytes(res, row, col + 5, rc->prefix_hash, 32);
+    rc->has_prefix_hash = kmdc_pg_get_bytes(res, row, col + 5, rc->prefix_hash, 32);
     return 1;
 }
 
 #define RECEIPT_COLUMNS "r.envelope_sha256, r.hash_scope, r.http_status, r.answer, " \
                         "coalesce(r.message_id, 0), r.prefix_sha256"
-
-/* One audit row whose detail is the JSON object o (reference taken). */
-static kmdc_db_rc audit(kmdc_db *db, uint64_t serial, const char *event, json_t *o)
-{
-    char *text = o != NULL ? json_dumps(o, JSON_COMPACT) : NULL;
-    kmdc_db_rc rc = text != NULL ? kmdc_db_audit(db, serial, event, text) : KMDC_DB_ERROR;
-
-    free(text);
-    json_decref(o);
-    return rc;
-}
-
-/* Run one statement that returns nothing of interest. */
-static kmdc_db_rc run(kmdc_db *db, const char *sql, const kmdc_db_params *pp)
-{
-    PGresult *res = NULL;
-    kmdc_db_rc rc = kmdc_db_exec(db, sql, pp, 0, &res);
-
-    kmdc_db_clear(db, res);
-    return rc;
-}
 
 static kmdc_db_rc release_lease(kmdc_db *db, const kmdc_lease *lease)
 {
@@ -121,7 +70,7 @@ static kmdc_db_rc release_lease(kmdc_db *db, const kmdc_lease *lease)
     kmdc_db_param_int8(&pp, (int64_t)lease->serial);
     kmdc_db_param_int4(&pp, lease->slot);
     kmdc_db_param_int8(&pp, (int64_t)lease->holder);
-    return run(db, "DELETE FROM upload_leases WHERE serial = $1 AND slot = $2 "
+    return kmdc_pg_run(db, "DELETE FROM upload_leases WHERE serial = $1 AND slot = $2 "
                "AND holder = $3", &pp);
 }
 
@@ -157,10 +106,10 @@ kmdc_store_rc kmdc_pg_sender_load(kmdc_store *st, uint64_t serial, uint64_t seq,
         rc = KMDC_STORE_NOTFOUND;
         goto out;
     }
-    if (!get_text(res, 0, 0, status, sizeof(status))
-        || !get_text(res, 0, 1, out->address, sizeof(out->address))
+    if (!kmdc_pg_get_text(res, 0, 0, status, sizeof(status))
+        || !kmdc_pg_get_text(res, 0, 1, out->address, sizeof(out->address))
         || !kmdc_db_get_int64(res, 0, 2, &up_next) || up_next < 0
-        || !get_bytes(res, 0, 3, out->up_chain, sizeof(out->up_chain))) {
+        || !kmdc_pg_get_bytes(res, 0, 3, out->up_chain, sizeof(out->up_chain))) {
         ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, KMDC_PG(st)->r,
                       "store: card %016" APR_UINT64_T_HEX_FMT " has an unreadable row",
                       (apr_uint64_t)serial);
@@ -169,7 +118,15 @@ kmdc_store_rc kmdc_pg_sender_load(kmdc_store *st, uint64_t serial, uint64_t seq,
     }
     out->status = kmdc_card_status_parse(status);
     out->up_next = (uint64_t)up_next;
-    out->has_receipt = !PQgetisnull(res, 0, 4) && get_receipt(res, 0, 4, &out->receipt);
+    out->has_receipt = !PQgetisnull(res, 0, 4);
+    if (out->has_receipt && !get_receipt(res, 0, 4, &out->receipt)) {
+        ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, KMDC_PG(st)->r,
+                      "store: card %016" APR_UINT64_T_HEX_FMT " seq %" APR_UINT64_T_FMT
+                      ": its receipt cannot be read", (apr_uint64_t)serial,
+                      (apr_uint64_t)seq);
+        rc = KMDC_STORE_ERROR;
+        goto out;
+    }
     rc = KMDC_STORE_OK;
 out:
     kmdc_db_clear(db, res);
@@ -365,6 +322,7 @@ kmdc_store_rc kmdc_pg_upload_append(kmdc_store *st, int64_t *upload_id, uint64_t
     kmdc_store_rc rc;
     kmdc_db_rc dbrc;
     int64_t id = *upload_id;
+    int held = 0;
 
     if ((rc = kmdc_pg_borrow(KMDC_PG(st), &db)) != KMDC_STORE_OK) {
         return rc;
@@ -378,23 +336,34 @@ kmdc_store_rc kmdc_pg_upload_append(kmdc_store *st, int64_t *upload_id, uint64_t
     kmdc_db_param_int4(&pp, lease != NULL ? lease->slot : -1);
     kmdc_db_param_int8(&pp, lease != NULL ? (int64_t)lease->holder : 0);
     kmdc_db_param_int4(&pp, KMDC_LEASE_SECONDS);
-    /* the upload (created on the first batch, touched on the others), the
-     * batch, and the lease renewed: one autocommitted statement */
+    /* the lease renewed, then (only while it is held) the upload created on
+     * the first batch or touched on the others, and the batch: one
+     * autocommitted statement */
     dbrc = kmdc_db_exec(db,
-        "WITH made AS (INSERT INTO uploads (size) SELECT $2::bigint WHERE $1::bigint = 0"
-        "   RETURNING id),"
-        " touched AS (UPDATE uploads SET touched_at = now() WHERE id = $1::bigint"
-        "   RETURNING id),"
+        "WITH renewed AS (UPDATE upload_leases"
+        "   SET expires_at = now() + $8::int * interval '1 second'"
+        "   WHERE serial = $5::bigint AND slot = $6::int AND holder = $7::bigint RETURNING 1),"
+        " ok AS (SELECT $5::bigint = 0 OR EXISTS (SELECT 1 FROM renewed) AS held),"
+        " made AS (INSERT INTO uploads (size) SELECT $2::bigint FROM ok"
+        "   WHERE held AND $1::bigint = 0 RETURNING id),"
+        " touched AS (UPDATE uploads SET touched_at = now()"
+        "   WHERE id = $1::bigint AND (SELECT held FROM ok) RETURNING id),"
         " up AS (SELECT id FROM made UNION ALL SELECT id FROM touched),"
-        " renewed AS (UPDATE upload_leases SET expires_at = now() + $8::int * interval '1 second'"
-        "   WHERE serial = $5::bigint AND slot = $6::int AND holder = $7::bigint RETURNING 1)"
-        " INSERT INTO upload_chunks (upload_id, idx, data)"
-        " SELECT id, $3::int, $4::bytea FROM up RETURNING upload_id",
+        " ins AS (INSERT INTO upload_chunks (upload_id, idx, data)"
+        "   SELECT id, $3::int, $4::bytea FROM up RETURNING upload_id)"
+        " SELECT (SELECT held FROM ok), coalesce((SELECT upload_id FROM ins), 0)::bigint",
         &pp, 1, &res);
     if (dbrc != KMDC_DB_OK) {
         rc = kmdc_pg_failed(dbrc);
     }
-    else if (PQntuples(res) != 1 || !kmdc_db_get_int64(res, 0, 0, &id)) {
+    else if (PQntuples(res) != 1 || !kmdc_pg_get_bool(res, 0, 0, &held)
+             || !kmdc_db_get_int64(res, 0, 1, &id)) {
+        rc = KMDC_STORE_ERROR;
+    }
+    else if (!held) {
+        rc = KMDC_STORE_BUSY;            /* the lease expired and was taken */
+    }
+    else if (id == 0) {
         rc = KMDC_STORE_ERROR;           /* the upload is gone (purged?) */
     }
     else {
@@ -420,7 +389,7 @@ kmdc_store_rc kmdc_pg_upload_drop(kmdc_store *st, int64_t upload_id)
     kmdc_db_param_int8(&pp, upload_id);
     /* never the upload of a message: a publication whose COMMIT answer was
      * lost may have committed, and the message then owns this upload */
-    dbrc = run(db, "DELETE FROM uploads WHERE id = $1::bigint AND NOT EXISTS "
+    dbrc = kmdc_pg_run(db, "DELETE FROM uploads WHERE id = $1::bigint AND NOT EXISTS "
                "(SELECT 1 FROM messages WHERE upload_id = $1::bigint)", &pp);
     kmdc_db_release(db);
     return kmdc_pg_failed(dbrc);
@@ -482,7 +451,7 @@ static kmdc_db_rc lock_cards(kmdc_pg_store *ps, kmdc_db *db, const kmdc_publicat
 
         if (!kmdc_db_get_int64(res, row, 0, &s) || PQgetlength(res, row, 1) != 1
             || !kmdc_db_get_int64(res, row, 2, &up) || !kmdc_db_get_int64(res, row, 3, &down)
-            || !get_bytes(res, row, 4, c->down_chain, sizeof(c->down_chain))) {
+            || !kmdc_pg_get_bytes(res, row, 4, c->down_chain, sizeof(c->down_chain))) {
             rc = KMDC_DB_ERROR;
             goto out;
         }
@@ -595,7 +564,7 @@ static kmdc_store_rc write_deliveries(kmdc_pg_store *ps, kmdc_db *db,
     kmdc_db_param_int8_array(&pp, p, seqs, count);
     kmdc_db_param_array(&pp, p, KMDC_DB_BYTEAOID, count, heads, head_lens);
     kmdc_db_param_int8(&pp, pub->ttl);
-    dbrc = run(db, "INSERT INTO deliveries (message_id, recipient, seq, head, expires_at) "
+    dbrc = kmdc_pg_run(db, "INSERT INTO deliveries (message_id, recipient, seq, head, expires_at) "
                "SELECT $1::bigint, r, s, h, now() + $5::bigint * interval '1 second' "
                "FROM unnest($2::bigint[], $3::bigint[], $4::bytea[]) WITH ORDINALITY "
                "AS u(r, s, h, i) ORDER BY i", &pp);
@@ -605,7 +574,7 @@ static kmdc_store_rc write_deliveries(kmdc_pg_store *ps, kmdc_db *db,
     kmdc_db_params_init(&pp);
     kmdc_db_param_int8_array(&pp, p, serials, count);
     kmdc_db_param_array(&pp, p, KMDC_DB_BYTEAOID, count, chains, chain_lens);
-    dbrc = run(db, "UPDATE cards c SET down_next = c.down_next + 1, down_chain = u.k "
+    dbrc = kmdc_pg_run(db, "UPDATE cards c SET down_next = c.down_next + 1, down_chain = u.k "
                "FROM unnest($1::bigint[], $2::bytea[]) AS u(s, k) WHERE c.serial = u.s",
                &pp);
     return kmdc_pg_failed(dbrc);
@@ -654,7 +623,7 @@ kmdc_store_rc kmdc_pg_publish(kmdc_store *st, const kmdc_publication *pub,
     kmdc_db_param_int8(&pp, (int64_t)pub->size);
     kmdc_db_param_int8(&pp, (int64_t)pub->payload_len);
     kmdc_db_param_bytea(&pp, pub->up_chain_next, KMDC_WRAPPED_LEN);
-    if ((dbrc = run(db, "WITH m AS (INSERT INTO messages (id, sender, sender_seq, upload_id, "
+    if ((dbrc = kmdc_pg_run(db, "WITH m AS (INSERT INTO messages (id, sender, sender_seq, upload_id, "
                     "size, payload_len) VALUES ($1::bigint, $2::bigint, $3::bigint, $4::bigint, $5::bigint, "
                     "$6::bigint)) UPDATE cards SET up_next = $3::bigint + 1, up_chain = $7::bytea "
                     "WHERE serial = $2::bigint",
@@ -679,13 +648,13 @@ kmdc_store_rc kmdc_pg_publish(kmdc_store *st, const kmdc_publication *pub,
     kmdc_db_param_text(&pp, pub->answer);
     kmdc_db_param_int8(&pp, (int64_t)pub->message_id);
     kmdc_db_param_bytea(&pp, pub->prefix_hash, 32);
-    if ((dbrc = run(db, "INSERT INTO receipts (serial, seq, envelope_sha256, hash_scope, "
+    if ((dbrc = kmdc_pg_run(db, "INSERT INTO receipts (serial, seq, envelope_sha256, hash_scope, "
                     "http_status, answer, message_id, prefix_sha256) "
                     "VALUES ($1, $2, $3, 'envelope', 201, $4, $5, $6)", &pp)) != KMDC_DB_OK) {
         goto failed;
     }
     kmdc_serial_format(idhex, pub->message_id);
-    if ((dbrc = audit(db, pub->serial, "send",
+    if ((dbrc = kmdc_pg_audit(db, pub->serial, "send",
                       json_pack("{s:I, s:s, s:I}", "seq", (json_int_t)pub->seq,
                                 "message", idhex, "deliveries",
                                 (json_int_t)pub->n_rcpt))) != KMDC_DB_OK
@@ -700,7 +669,7 @@ kmdc_store_rc kmdc_pg_publish(kmdc_store *st, const kmdc_publication *pub,
     }
     kmdc_db_params_init(&pp);
     kmdc_db_param_text_array(&pp, ps->r->pool, notify, (int)pub->n_rcpt);
-    if ((dbrc = run(db, "SELECT pg_notify('kmdc_mailbox', s) FROM unnest($1::text[]) AS s",
+    if ((dbrc = kmdc_pg_run(db, "SELECT pg_notify('kmdc_mailbox', s) FROM unnest($1::text[]) AS s",
                     &pp)) != KMDC_DB_OK) {
         goto failed;
     }
@@ -710,6 +679,7 @@ kmdc_store_rc kmdc_pg_publish(kmdc_store *st, const kmdc_publication *pub,
          * from the receipt if it committed */
         kmdc_db_invalidate(db);
         db = NULL;
+        *outcome = KMDC_PUBLISH_UNKNOWN;
         rc = KMDC_STORE_UNAVAILABLE;
         goto out;
     }
@@ -765,12 +735,12 @@ kmdc_store_rc kmdc_pg_spend(kmdc_store *st, const kmdc_spending *sp)
     kmdc_db_param_bytea(&pp, sp->prefix_hash, 32);
     kmdc_db_param_int4(&pp, sp->http_status);
     kmdc_db_param_text(&pp, sp->answer);
-    if ((dbrc = run(db, "WITH c AS (UPDATE cards SET up_next = $2::bigint + 1, up_chain = $3::bytea "
+    if ((dbrc = kmdc_pg_run(db, "WITH c AS (UPDATE cards SET up_next = $2::bigint + 1, up_chain = $3::bytea "
                     "WHERE serial = $1::bigint) "
                     "INSERT INTO receipts (serial, seq, envelope_sha256, hash_scope, "
                     "http_status, answer, prefix_sha256) "
                     "VALUES ($1::bigint, $2::bigint, $4::bytea, 'keyblock', $5::int, $6::text, $4::bytea)", &pp)) != KMDC_DB_OK
-        || (dbrc = audit(db, sp->serial, "send.refused",
+        || (dbrc = kmdc_pg_audit(db, sp->serial, "send.refused",
                          json_pack("{s:I, s:s}", "seq", (json_int_t)sp->seq,
                                    "error", sp->error))) != KMDC_DB_OK
         || (dbrc = release_lease(db, sp->lease)) != KMDC_DB_OK) {

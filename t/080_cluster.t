@@ -629,13 +629,13 @@ my $K2 = 8;
        . 'is available again"');
 
     # An upload in flight when the database went away could not drop its rows
-    # (mod_kmdc_send.c leaves them to kmdcadm purge, --upload-age at least
-    # 10m): age them and purge.
+    # (the intake leaves them to kmdcadm purge, which takes an upload whose
+    # last batch is older than --upload-age, at least 10m): age them, purge.
     my $orphaned = q{FROM uploads u WHERE NOT EXISTS
                      (SELECT 1 FROM messages m WHERE m.upload_id = u.id)};
     my $n_orph = sql($db, "SELECT count(*) $orphaned");
-    sql($db, "UPDATE uploads SET created_at = created_at - interval '2 hours' WHERE id IN "
-        . "(SELECT u.id $orphaned)");
+    sql($db, "UPDATE uploads SET created_at = created_at - interval '2 hours', "
+        . "touched_at = touched_at - interval '2 hours' WHERE id IN (SELECT u.id $orphaned)");
     my ($prc, $pout) = run($kmdcadm, '--db', $conninfo, 'purge');
     ok($prc == 0 && sql($db, "SELECT count(*) $orphaned") == 0,
        "outage: kmdcadm purge removes the $n_orph upload(s) the outage left behind")

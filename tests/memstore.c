@@ -279,6 +279,12 @@ op_recipients_resolve(kmdc_store *st, const char (*addr)[KMDC_ADDR_MAX + 1], siz
     memstore *ms = MS(st);
     size_t i;
 
+    if (ms->before_resolve != NULL) {
+        void (*fn)(void *) = ms->before_resolve;
+
+        ms->before_resolve = NULL;
+        fn(ms->before_resolve_arg);
+    }
     if (called(ms, MS_RECIPIENTS_RESOLVE))
         return KMDC_STORE_UNAVAILABLE;
     if (n < 1 || n > KMDC_RCPT_MAX)
@@ -573,6 +579,7 @@ op_publish(kmdc_store *st, const kmdc_publication *pub, kmdc_publish_outcome *ou
     if (lost) {
         ms->publish_lost_fired = 1;
         ms->failures++;
+        *outcome = KMDC_PUBLISH_UNKNOWN;  /* committed, the answer lost */
         ret = KMDC_STORE_UNAVAILABLE;
     }
 out:
@@ -879,6 +886,13 @@ void
 memstore_fail_always(memstore *ms, memstore_op op, int on)
 {
     ms->fail_always[op] = on;
+}
+
+void
+memstore_before_resolve(memstore *ms, void (*fn)(void *), void *arg)
+{
+    ms->before_resolve = fn;
+    ms->before_resolve_arg = arg;
 }
 
 void

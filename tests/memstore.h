@@ -134,6 +134,9 @@ typedef struct memstore {
     unsigned long publish_lost_at;           /* this publish commits, then UNAVAILABLE */
     int publish_lost_fired;
     int publish_concurrent;                  /* next publish: 1 same hash, 2 other hash */
+    void (*before_resolve)(void *);          /* run once, first thing in the next
+                                              * recipients_resolve (a race) */
+    void *before_resolve_arg;
     int publish_concurrent_fired;
 
     /* what a correct caller never does */
@@ -219,6 +222,10 @@ void memstore_publish_lost_nth(memstore *ms, unsigned long n);
  * or other ones (same = 0).  Nothing else is written; the sender's up_next
  * moves past the counter. */
 void memstore_publish_concurrent(memstore *ms, int same);
+
+/* Run fn(arg) once, at the start of the next recipients_resolve: another
+ * upload that commits between this one's sender_load and its recipients. */
+void memstore_before_resolve(memstore *ms, void (*fn)(void *), void *arg);
 
 /* Clear every injected failure and hook. */
 void memstore_fail_clear(memstore *ms);

@@ -1888,6 +1888,67 @@ test_concurrent(void)
     }
 }
 
+/*
+ * A refusal that loses the race to spend: the retry B read the card before
+ * A (the same bytes) published, and finds the mailbox full of A's own
+ * delivery.  Its spend finds the counter spent, and the receipt answers:
+ * the same envelope repeats A's 201 as 200 (B reads on to compare the whole
+ * envelope); another envelope with that seq is 403 rejected.
+ */
+struct race {
+    struct fx *f;
+    const struct buf *env;
+    struct res first;
+};
+
+static void
+race_publish_first(void *arg)
+{
+    struct race *rc = arg;
+
+    run(rc->f, rc->env, 0, &rc->first);
+}
+
+static void
+test_spend_race(void)
+{
+    int same;
+
+    for (same = 1; same >= 0; same--) {
+        struct fx f;
+        struct buf env = { 0 }, other = { 0 };
+        struct res r;
+        struct race race;
+        uint8_t *doc = make_doc(3 * CH, 93);
+        struct spec sp = { .serial = ALICE, .seq = 0, .to = "bob", .doc = doc, .len = 3 * CH };
+        const char *what = same ? "spend race, the same envelope" : "spend race, another envelope";
+
+        fx_std(&f);
+        f.conf.quota_count = 1;          /* A's delivery fills bob's mailbox */
+        seal(&env, &sp);
+        if (!same)
+            seal(&other, &sp);           /* seq 0 sealed again: a fresh salt and DEK */
+        memset(&race, 0, sizeof(race));
+        race.f = &f;
+        race.env = &env;
+        memstore_before_resolve(f.ms, race_publish_first, &race);
+        run(&f, same ? &env : &other, 7, &r);
+        tap_ok(race.first.decided && race.first.status == 201,
+               "%s: the first upload published (201)", what);
+        if (same)
+            expect_repeat(&r, 200, race.first.body, race.first.msg, what);
+        else
+            expect_error(&r, 403, "rejected", KMDC_INTAKE_REJECTED, what);
+        tap_ok(up_next(&f, ALICE) == 1 && f.ms->n_messages == 1 && f.ms->n_receipts == 1 &&
+               memstore_leases(f.ms, 0, 0) == 0 && memstore_orphans(f.ms) == 0,
+               "%s: one message, one receipt, nothing left behind", what);
+        fx_done(&f, what);
+        buf_free(&env);
+        buf_free(&other);
+        free(doc);
+    }
+}
+
 /* ------------------------------------------------------------------ */
 /* the body adapter                                                   */
 
@@ -2272,6 +2333,7 @@ main(int argc, char **argv)
     test_quota();
     test_null_address();
     test_concurrent();
+    test_spend_race();
     test_sendbody();
     return tap_done();
 }
