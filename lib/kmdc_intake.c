@@ -888,9 +888,12 @@ kmdc_intake_finish(kmdc_intake *in)
                          "the body ended before the envelope did; send it again");
         break;
     case ST_PAYLOAD:
+        in->st = ST_END;
         step_end(in);
         if (in->st == ST_PUBLISH)
             step_publish(in);
+        else if (in->st == ST_RETRY)     /* a spend lost to a retry: compare */
+            step_retry(in, 1);
         break;
     case ST_RETRY:
         step_retry(in, 1);

@@ -135,7 +135,7 @@ static kmdc_activation_verdict decide(void *arg, const kmdc_activation *row,
         ctx->why = ABORT_INTERNAL;
         return KMDC_ACTIVATION_ABORT;
     }
-    mk = kmdc_conf_master_key(kr->sc, row->key_id);
+    mk = kmdc_keyring_find(kr->sc->keys, row->key_id);
     if (mk == NULL) {
         ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, kr->r,
                       "activate: card %016" APR_UINT64_T_HEX_FMT ": master key id %"

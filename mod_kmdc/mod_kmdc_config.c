@@ -666,11 +666,7 @@ static const char *read_key_file(apr_pool_t *p, const char *path,
 
 static apr_status_t wipe_keys(void *data)
 {
-    kmdc_master_keys *mk = data;
-
-    if (mk->keys != NULL) {
-        kmdc_wipe(mk->keys, (size_t)mk->n * sizeof(*mk->keys));
-    }
+    kmdc_keyring_wipe(data);
     return APR_SUCCESS;
 }
 
@@ -960,14 +956,4 @@ const kmdc_base *kmdc_conf_find_base(const request_rec *r)
         }
     }
     return best;
-}
-
-const kmdc_master_key *kmdc_conf_master_key(const kmdc_srv_conf *sc, uint32_t id)
-{
-    return sc != NULL ? kmdc_keyring_find(sc->keys, id) : NULL;
-}
-
-const kmdc_master_key *kmdc_conf_master_key_newest(const kmdc_srv_conf *sc)
-{
-    return sc != NULL ? kmdc_keyring_newest(sc->keys) : NULL;
 }

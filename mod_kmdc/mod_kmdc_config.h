@@ -141,13 +141,6 @@ int kmdc_conf_startup(apr_pool_t *pconf, apr_pool_t *ptemp, server_rec *s,
  */
 const kmdc_base *kmdc_conf_find_base(const request_rec *r);
 
-/* The loaded master key with this id, or NULL (no such key, or before
- * post_config). */
-const kmdc_master_key *kmdc_conf_master_key(const kmdc_srv_conf *sc, uint32_t id);
-
-/* The master key that wraps new values (the highest id), or NULL. */
-const kmdc_master_key *kmdc_conf_master_key_newest(const kmdc_srv_conf *sc);
-
 /*
  * Parse a duration: decimal seconds, or with one suffix s, m, h or d.
  * Returns NULL and sets *out, or an error message (from p) naming directive.

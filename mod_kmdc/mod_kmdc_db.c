@@ -528,17 +528,6 @@ void kmdc_db_param_bytea(kmdc_db_params *pp, const void *b, size_t len)
     }
 }
 
-void kmdc_db_param_null(kmdc_db_params *pp)
-{
-    int i = param_slot(pp);
-
-    if (i >= 0) {
-        pp->values[i] = NULL;
-        pp->lengths[i] = 0;
-        pp->formats[i] = 0;
-    }
-}
-
 void kmdc_db_param_array(kmdc_db_params *pp, apr_pool_t *p, uint32_t elem_oid,
                          int n, const void *const *vals, const int *lens)
 {
@@ -767,22 +756,5 @@ kmdc_db_rc kmdc_db_rollback(kmdc_db *db)
     if (rc != KMDC_DB_OK) {
         kmdc_db_invalidate(db);
     }
-    return rc;
-}
-
-kmdc_db_rc kmdc_db_audit(kmdc_db *db, uint64_t serial, const char *event,
-                         const char *detail)
-{
-    kmdc_db_params pp;
-    PGresult *res = NULL;
-    kmdc_db_rc rc;
-
-    kmdc_db_params_init(&pp);
-    kmdc_db_param_int8(&pp, (int64_t)serial);
-    kmdc_db_param_text(&pp, event);
-    kmdc_db_param_text(&pp, detail);
-    rc = kmdc_db_exec(db, "INSERT INTO audit_log (serial, event, detail) "
-                      "VALUES ($1, $2, $3::jsonb)", &pp, 0, &res);
-    kmdc_db_clear(db, res);
     return rc;
 }

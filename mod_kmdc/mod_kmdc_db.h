@@ -124,9 +124,6 @@ void kmdc_db_param_int4(kmdc_db_params *pp, int32_t v);
 /* Add a bytea parameter, sent in binary (must stay valid until the query). */
 void kmdc_db_param_bytea(kmdc_db_params *pp, const void *b, size_t len);
 
-/* Add a SQL NULL. */
-void kmdc_db_param_null(kmdc_db_params *pp);
-
 /* Element types of kmdc_db_param_array (PostgreSQL type oids). */
 #define KMDC_DB_BYTEAOID 17
 #define KMDC_DB_INT8OID 20
@@ -169,11 +166,6 @@ kmdc_db_rc kmdc_db_command(kmdc_db *db, const char *sql);
 /* ROLLBACK; a connection where even that fails is invalidated.  Returns
  * the ROLLBACK's result. */
 kmdc_db_rc kmdc_db_rollback(kmdc_db *db);
-
-/* One audit_log row: serial (0 for none is not special), event, detail (a
- * JSON text; never a secret, a document name or an address). */
-kmdc_db_rc kmdc_db_audit(kmdc_db *db, uint64_t serial, const char *event,
-                         const char *detail);
 
 /* Free a result from kmdc_db_exec now.  Accepts NULL. */
 void kmdc_db_clear(kmdc_db *db, PGresult *res);

@@ -146,6 +146,24 @@ int kmdc_pg_get_bool(const PGresult *res, int row, int col, int *v)
     return 0;
 }
 
+kmdc_store_rc kmdc_pg_row(kmdc_db *db, const char *sql, const kmdc_db_params *pp,
+                          int binary, PGresult **res)
+{
+    kmdc_db_rc rc = kmdc_db_exec(db, sql, pp, binary, res);
+
+    if (rc != KMDC_DB_OK) {
+        return kmdc_pg_failed(rc);
+    }
+    switch (PQntuples(*res)) {
+    case 1:
+        return KMDC_STORE_OK;
+    case 0:
+        return KMDC_STORE_NOTFOUND;
+    default:
+        return KMDC_STORE_ERROR;
+    }
+}
+
 kmdc_db_rc kmdc_pg_run(kmdc_db *db, const char *sql, const kmdc_db_params *pp)
 {
     PGresult *res = NULL;
@@ -158,8 +176,17 @@ kmdc_db_rc kmdc_pg_run(kmdc_db *db, const char *sql, const kmdc_db_params *pp)
 kmdc_db_rc kmdc_pg_audit(kmdc_db *db, uint64_t serial, const char *event, json_t *obj)
 {
     char *detail = obj != NULL ? json_dumps(obj, JSON_COMPACT) : NULL;
-    kmdc_db_rc rc = detail != NULL ? kmdc_db_audit(db, serial, event, detail) : KMDC_DB_ERROR;
+    kmdc_db_params pp;
+    kmdc_db_rc rc = KMDC_DB_ERROR;
 
+    if (detail != NULL) {
+        kmdc_db_params_init(&pp);
+        kmdc_db_param_int8(&pp, (int64_t)serial);
+        kmdc_db_param_text(&pp, event);
+        kmdc_db_param_text(&pp, detail);
+        rc = kmdc_pg_run(db, "INSERT INTO audit_log (serial, event, detail) "
+                         "VALUES ($1::bigint, $2::text, $3::jsonb)", &pp);
+    }
     free(detail);
     json_decref(obj);
     return rc;

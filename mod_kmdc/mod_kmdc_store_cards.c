@@ -44,7 +44,6 @@ kmdc_store_rc kmdc_pg_auth_load(kmdc_store *st, uint64_t serial, kmdc_auth_card 
     kmdc_db *db = NULL;
     kmdc_db_params pp;
     PGresult *res = NULL;
-    kmdc_db_rc dbrc;
     kmdc_store_rc rc;
 
     memset(out, 0, sizeof(*out));
@@ -53,14 +52,9 @@ kmdc_store_rc kmdc_pg_auth_load(kmdc_store *st, uint64_t serial, kmdc_auth_card 
     }
     kmdc_db_params_init(&pp);
     kmdc_db_param_int8(&pp, (int64_t)serial);
-    dbrc = kmdc_db_exec(db, "SELECT status, auth_key FROM cards WHERE serial = $1",
-                        &pp, 1, &res);
-    if (dbrc != KMDC_DB_OK) {
-        rc = kmdc_pg_failed(dbrc);
-        goto out;
-    }
-    if (PQntuples(res) != 1) {
-        rc = KMDC_STORE_NOTFOUND;
+    rc = kmdc_pg_row(db, "SELECT status, auth_key FROM cards WHERE serial = $1",
+                     &pp, 1, &res);
+    if (rc != KMDC_STORE_OK) {
         goto out;
     }
     out->status = get_status(res, 0, 0);
@@ -144,7 +138,6 @@ kmdc_store_rc kmdc_pg_card_get(kmdc_store *st, uint64_t serial, kmdc_card_info *
     kmdc_db *db = NULL;
     kmdc_db_params pp;
     PGresult *res = NULL;
-    kmdc_db_rc dbrc;
     kmdc_store_rc rc;
 
     memset(out, 0, sizeof(*out));
@@ -153,14 +146,9 @@ kmdc_store_rc kmdc_pg_card_get(kmdc_store *st, uint64_t serial, kmdc_card_info *
     }
     kmdc_db_params_init(&pp);
     kmdc_db_param_int8(&pp, (int64_t)serial);
-    dbrc = kmdc_db_exec(db, "SELECT status, locked, up_next, down_next FROM cards "
-                        "WHERE serial = $1", &pp, 1, &res);
-    if (dbrc != KMDC_DB_OK) {
-        rc = kmdc_pg_failed(dbrc);
-        goto out;
-    }
-    if (PQntuples(res) != 1) {
-        rc = KMDC_STORE_NOTFOUND;
+    rc = kmdc_pg_row(db, "SELECT status, locked, up_next, down_next FROM cards "
+                     "WHERE serial = $1", &pp, 1, &res);
+    if (rc != KMDC_STORE_OK) {
         goto out;
     }
     out->status = get_status(res, 0, 0);
@@ -306,17 +294,12 @@ kmdc_store_rc kmdc_pg_activate(kmdc_store *st, uint64_t serial, int failure_limi
     in_tx = 1;
     kmdc_db_params_init(&pp);
     kmdc_db_param_int8(&pp, (int64_t)serial);
-    dbrc = kmdc_db_exec(db, "SELECT status, locked, access_mac, "
-                        "coalesce(access_expires <= now(), true), key_id, "
-                        "up_next, down_next, up_chain, down_chain, auth_key "
-                        "FROM cards WHERE serial = $1 FOR NO KEY UPDATE",
-                        &pp, 1, &res);
-    if (dbrc != KMDC_DB_OK) {
-        rc = kmdc_pg_failed(dbrc);
-        goto out;
-    }
-    if (PQntuples(res) != 1) {
-        rc = KMDC_STORE_NOTFOUND;
+    rc = kmdc_pg_row(db, "SELECT status, locked, access_mac, "
+                     "coalesce(access_expires <= now(), true), key_id, "
+                     "up_next, down_next, up_chain, down_chain, auth_key "
+                     "FROM cards WHERE serial = $1 FOR NO KEY UPDATE",
+                     &pp, 1, &res);
+    if (rc != KMDC_STORE_OK) {
         goto out;
     }
     if (!read_activation(res, &row)) {

@@ -317,12 +317,8 @@ kmdc_store_rc kmdc_pg_ack(kmdc_store *st, uint64_t serial, uint64_t id, int *ack
     kmdc_db_params_init(&pp);
     kmdc_db_param_int8(&pp, (int64_t)id);
     kmdc_db_param_int8(&pp, (int64_t)serial);
-    if ((dbrc = kmdc_db_exec(db, "SELECT message_id FROM deliveries WHERE id = $1 "
-                             "AND recipient = $2", &pp, 0, &res)) != KMDC_DB_OK) {
-        goto failed;
-    }
-    if (PQntuples(res) != 1) {
-        rc = KMDC_STORE_NOTFOUND;
+    if ((rc = kmdc_pg_row(db, "SELECT message_id FROM deliveries WHERE id = $1 "
+                          "AND recipient = $2", &pp, 0, &res)) != KMDC_STORE_OK) {
         goto out;
     }
     if (!kmdc_db_get_int64(res, 0, 0, &message)) {
@@ -437,13 +433,9 @@ kmdc_store_rc kmdc_pg_message_status(kmdc_store *st, uint64_t id, uint64_t sende
     kmdc_db_params_init(&pp);
     kmdc_db_param_int8(&pp, (int64_t)id);
     kmdc_db_param_int8(&pp, (int64_t)sender);
-    if ((dbrc = kmdc_db_exec(db, "SELECT floor(extract(epoch FROM created_at) * 1000)::bigint, "
-                             "size FROM messages WHERE id = $1 AND sender = $2",
-                             &pp, 1, &res)) != KMDC_DB_OK) {
-        goto failed;
-    }
-    if (PQntuples(res) != 1) {
-        rc = KMDC_STORE_NOTFOUND;
+    if ((rc = kmdc_pg_row(db, "SELECT floor(extract(epoch FROM created_at) * 1000)::bigint, "
+                          "size FROM messages WHERE id = $1 AND sender = $2",
+                          &pp, 1, &res)) != KMDC_STORE_OK) {
         goto out;
     }
     if (!kmdc_db_get_int64(res, 0, 0, &out->created_ms)

@@ -53,6 +53,13 @@ int kmdc_pg_get_counter(const PGresult *res, int row, int col, uint64_t *v);
 /* A boolean column, binary or text; 0 for NULL or another type. */
 int kmdc_pg_get_bool(const PGresult *res, int row, int col, int *v);
 
+/* Run one statement that reads one row (binary: every column in binary):
+ * OK with *res that row, NOTFOUND for none, ERROR for more, else the
+ * failure's code (kmdc_pg_failed).  *res is cleared with r->pool or by the
+ * caller with kmdc_db_clear, whatever the result. */
+kmdc_store_rc kmdc_pg_row(kmdc_db *db, const char *sql, const kmdc_db_params *pp,
+                          int binary, PGresult **res);
+
 /* Run one statement whose result does not matter beyond its success. */
 kmdc_db_rc kmdc_pg_run(kmdc_db *db, const char *sql, const kmdc_db_params *pp);
 

@@ -83,7 +83,6 @@ kmdc_store_rc kmdc_pg_sender_load(kmdc_store *st, uint64_t serial, uint64_t seq,
     kmdc_db_params pp;
     PGresult *res = NULL;
     kmdc_store_rc rc;
-    kmdc_db_rc dbrc;
     char status[16];
     int64_t up_next = 0;
 
@@ -94,16 +93,11 @@ kmdc_store_rc kmdc_pg_sender_load(kmdc_store *st, uint64_t serial, uint64_t seq,
     kmdc_db_params_init(&pp);
     kmdc_db_param_int8(&pp, (int64_t)serial);
     kmdc_db_param_int8(&pp, (int64_t)seq);
-    dbrc = kmdc_db_exec(db, "SELECT c.status, c.address, c.up_next, c.up_chain, "
-                        RECEIPT_COLUMNS " FROM cards c LEFT JOIN receipts r "
-                        "ON r.serial = c.serial AND r.seq = $2 WHERE c.serial = $1",
-                        &pp, 1, &res);
-    if (dbrc != KMDC_DB_OK) {
-        rc = kmdc_pg_failed(dbrc);
-        goto out;
-    }
-    if (PQntuples(res) != 1) {
-        rc = KMDC_STORE_NOTFOUND;
+    rc = kmdc_pg_row(db, "SELECT c.status, c.address, c.up_next, c.up_chain, "
+                     RECEIPT_COLUMNS " FROM cards c LEFT JOIN receipts r "
+                     "ON r.serial = c.serial AND r.seq = $2 WHERE c.serial = $1",
+                     &pp, 1, &res);
+    if (rc != KMDC_STORE_OK) {
         goto out;
     }
     if (!kmdc_pg_get_text(res, 0, 0, status, sizeof(status))
@@ -141,7 +135,6 @@ kmdc_store_rc kmdc_pg_receipt_find(kmdc_store *st, uint64_t serial, uint64_t seq
     kmdc_db_params pp;
     PGresult *res = NULL;
     kmdc_store_rc rc;
-    kmdc_db_rc dbrc;
 
     if ((rc = kmdc_pg_borrow(KMDC_PG(st), &db)) != KMDC_STORE_OK) {
         return rc;
@@ -149,16 +142,10 @@ kmdc_store_rc kmdc_pg_receipt_find(kmdc_store *st, uint64_t serial, uint64_t seq
     kmdc_db_params_init(&pp);
     kmdc_db_param_int8(&pp, (int64_t)serial);
     kmdc_db_param_int8(&pp, (int64_t)seq);
-    dbrc = kmdc_db_exec(db, "SELECT " RECEIPT_COLUMNS " FROM receipts r "
-                        "WHERE r.serial = $1 AND r.seq = $2", &pp, 1, &res);
-    if (dbrc != KMDC_DB_OK) {
-        rc = kmdc_pg_failed(dbrc);
-    }
-    else if (PQntuples(res) != 1) {
-        rc = KMDC_STORE_NOTFOUND;
-    }
-    else {
-        rc = get_receipt(res, 0, 0, out) ? KMDC_STORE_OK : KMDC_STORE_ERROR;
+    rc = kmdc_pg_row(db, "SELECT " RECEIPT_COLUMNS " FROM receipts r "
+                     "WHERE r.serial = $1 AND r.seq = $2", &pp, 1, &res);
+    if (rc == KMDC_STORE_OK && !get_receipt(res, 0, 0, out)) {
+        rc = KMDC_STORE_ERROR;
     }
     kmdc_db_clear(db, res);
     kmdc_db_release(db);
