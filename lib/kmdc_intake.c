@@ -77,6 +77,7 @@ struct kmdc_intake {
     size_t batch_len, batch_cap;
     int batch_idx;
     uint64_t batch_since;                /* when the last batch was written */
+    size_t ahead;                        /* bytes of this feed after the prefix */
     int64_t upload_id;
 
     /* PUBLISH */
@@ -470,8 +471,14 @@ step_recipients(kmdc_intake *in)
     kmdc_err err;
     size_t i;
 
-    rc = in->store->ops->slot_take(in->store, in->hdr.serial,
-                                   in->conf->max_uploads_per_card, &in->lease);
+    /* an envelope whose every byte has arrived waits on nothing but the
+     * store: it takes no slot (and no round trip for one) */
+    if (in->ahead >= kmdc_payload_len(in->meta.size))
+        rc = KMDC_STORE_OK;
+    else if ((rc = in->store->ops->slot_take(in->store, in->hdr.serial,
+                                             in->conf->max_uploads_per_card,
+                                             &in->lease)) == KMDC_STORE_OK)
+        in->lease_held = 1;
     if (rc == KMDC_STORE_BUSY) {
         answer_error(in, KMDC_INTAKE_REJECTED, 429, "too_many_uploads",
                      "this card has %d uploads in progress; try again when one finished",
@@ -482,7 +489,6 @@ step_recipients(kmdc_intake *in)
         store_failed(in, rc);
         return;
     }
-    in->lease_held = 1;
     rc = in->store->ops->recipients_resolve(in->store,
                                             (const char (*)[KMDC_ADDR_MAX + 1])in->meta.rcpt,
                                             in->meta.n_rcpt, in->rcpt);
@@ -621,7 +627,9 @@ step_end(kmdc_intake *in)
         payload_failed(in, rc, &err);
         return;
     }
-    if (flush_batch(in) != KMDC_OK)
+    /* a payload that fit one batch travels inside the publication; a
+     * longer one has its last batch written now */
+    if (in->upload_id != 0 && flush_batch(in) != KMDC_OK)
         return;
     if (kmdc_sha256_final(in->sha_full, in->full_hash, NULL) != KMDC_OK) {
         internal(in, "internal error");
@@ -713,6 +721,10 @@ step_publish(kmdc_intake *in)
     pub->size = in->meta.size;
     pub->payload_len = kmdc_payload_len(in->meta.size);
     pub->upload_id = in->upload_id;
+    if (in->upload_id == 0) {
+        pub->inline_data = in->batch;
+        pub->inline_len = in->batch_len;
+    }
     pub->n_rcpt = in->n_rcpt;
     for (i = 0; i < in->n_rcpt; i++)
         pub->rcpt[i] = in->rcpt[i].serial;
@@ -851,7 +863,9 @@ kmdc_intake_feed(kmdc_intake *in, const uint8_t *p, size_t len)
             used = step_prefix(in, p, len);
             p += used;
             len -= used;
+            in->ahead = len;
             advance(in);
+            in->ahead = 0;
             break;
         case ST_PAYLOAD:
             step_payload(in, p, len);

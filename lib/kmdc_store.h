@@ -132,7 +132,9 @@ typedef struct kmdc_publication {
     uint64_t message_id;                        /* random, 1 .. 2^63-1 */
     uint64_t size;                              /* SIZE of the document */
     uint64_t payload_len;                       /* bytes of the stored payload */
-    int64_t upload_id;                          /* upload_append's id */
+    int64_t upload_id;                          /* upload_append's id, or 0: */
+    const uint8_t *inline_data;                 /* the whole payload, stored */
+    size_t inline_len;                          /* with the publication */
     size_t n_rcpt;
     uint64_t rcpt[KMDC_RCPT_MAX];               /* recipients, in RCPT order */
     int64_t quota_count, quota_bytes;           /* KmdcMailboxQuota, checked again */

@@ -42,6 +42,7 @@ struct kmdc_db_pool {
     int max;                      /* KmdcDbPoolMax */
     server_rec *s;                /* the first server using it, for logging */
     volatile apr_uint32_t state;  /* KMDC_STATE_* last logged */
+    int prepare;                  /* connections prepare their statements */
 };
 
 /* ------------------------------------------------------------------------ */
@@ -179,6 +180,11 @@ static apr_status_t db_construct(void **resource, void *params, apr_pool_t *p)
         note_down(pool, PQerrorMessage(pg));
         goto out;
     }
+    if (pool->prepare && !kmdc_db_stmt_register(pg)) {
+        note_down(pool, "out of memory");
+        rv = APR_ENOMEM;
+        goto out;
+    }
     rc = kmdc_db_schema_version(pg, &version);
     if (rc != KMDC_DB_OK) {
         note_down(pool, rc == KMDC_DB_UNAVAILABLE
@@ -244,6 +250,7 @@ void kmdc_db_child_init(apr_pool_t *pchild, server_rec *s)
             pool->max = sc->db_pool_max;
             pool->s = vs;
             pool->state = KMDC_STATE_UNKNOWN;
+            pool->prepare = 1;
             rv = apr_reslist_create(&pool->list, pool->min, pool->max, pool->max,
                                     0, db_construct, db_destruct, pool, pchild);
             if (rv != APR_SUCCESS && pool->min > 0) {
@@ -605,8 +612,6 @@ kmdc_db_rc kmdc_db_exec(kmdc_db *db, const char *sql, const kmdc_db_params *pp,
 {
     request_rec *r = db->r;
     PGresult *pr = NULL;
-    ExecStatusType st;
-    const char *primary = NULL;
 
     *res = NULL;
     if (db->pg == NULL) {
@@ -618,10 +623,7 @@ kmdc_db_rc kmdc_db_exec(kmdc_db *db, const char *sql, const kmdc_db_params *pp,
                       KMDC_DB_MAX_PARAMS);
         return KMDC_DB_ERROR;
     }
-    pr = PQexecParams(db->pg, sql, pp != NULL ? pp->n : 0, NULL,
-                      pp != NULL ? pp->values : NULL,
-                      pp != NULL ? pp->lengths : NULL,
-                      pp != NULL ? pp->formats : NULL, binary_result ? 1 : 0);
+    pr = kmdc_db_stmt_exec(db->pg, sql, pp, binary_result);
     if (pr == NULL) {
         db->broken = 1;
         ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r,
@@ -630,7 +632,15 @@ kmdc_db_rc kmdc_db_exec(kmdc_db *db, const char *sql, const kmdc_db_params *pp,
     }
     apr_pool_cleanup_register(r->pool, pr, res_cleanup, apr_pool_cleanup_null);
     *res = pr;
-    st = PQresultStatus(pr);
+    return kmdc_db_check_result(db, pr);
+}
+
+kmdc_db_rc kmdc_db_check_result(kmdc_db *db, const PGresult *pr)
+{
+    request_rec *r = db->r;
+    ExecStatusType st = PQresultStatus(pr);
+    const char *primary = NULL;
+
     if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK) {
         return KMDC_DB_OK;
     }
@@ -658,6 +668,11 @@ kmdc_db_rc kmdc_db_command(kmdc_db *db, const char *sql)
 
     kmdc_db_clear(db, res);
     return rc;
+}
+
+void kmdc_db_keep_result(kmdc_db *db, PGresult *res)
+{
+    apr_pool_cleanup_register(db->r->pool, res, res_cleanup, apr_pool_cleanup_null);
 }
 
 void kmdc_db_clear(kmdc_db *db, PGresult *res)

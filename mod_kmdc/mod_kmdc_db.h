@@ -160,12 +160,81 @@ void kmdc_db_param_text_array(kmdc_db_params *pp, apr_pool_t *p,
 kmdc_db_rc kmdc_db_exec(kmdc_db *db, const char *sql, const kmdc_db_params *pp,
                         int binary_result, PGresult **res);
 
+/*
+ * The result of one statement: KMDC_DB_OK for PGRES_COMMAND_OK or
+ * PGRES_TUPLES_OK; KMDC_DB_UNAVAILABLE (db marked broken) when the
+ * connection is gone; otherwise KMDC_DB_ERROR, logged with its SQLSTATE.
+ */
+kmdc_db_rc kmdc_db_check_result(kmdc_db *db, const PGresult *res);
+
+/* ---- mod_kmdc_dbexec.c: prepared statements and batches ------------------- */
+
+/* Most statements one connection keeps prepared. */
+#define KMDC_DB_MAX_PREPARED 128
+
+/* Most statements in one batch. */
+#define KMDC_DB_BATCH_MAX 16
+
+/* Let pg prepare the statements it runs (once each, by SQL text).  Called
+ * by the pool on a new connection; 0 when libpq refused. */
+int kmdc_db_stmt_register(PGconn *pg);
+
+/* Run one statement on pg: prepared when pg keeps a table of them, else
+ * PQexecParams.  The result as PQexecParams gives it. */
+PGresult *kmdc_db_stmt_exec(PGconn *pg, const char *sql, const kmdc_db_params *pp,
+                            int binary_result);
+
+typedef struct kmdc_db_batch_item {
+    const char *sql;
+    kmdc_db_params pp;        /* a copy: the caller may reuse its own */
+    int binary;
+    int prepare_slot;         /* a Prepare was sent before it (-1: none) */
+    PGresult *res;            /* its result after kmdc_db_batch_run */
+} kmdc_db_batch_item;
+
+/* Statements sent in one round trip (pipeline mode) and answered in order. */
+typedef struct kmdc_db_batch {
+    kmdc_db *db;
+    int n;
+    int overflow;             /* more than KMDC_DB_BATCH_MAX were added */
+    int failed;               /* after a failed run: the statement that failed */
+    kmdc_db_batch_item items[KMDC_DB_BATCH_MAX];
+} kmdc_db_batch;
+
+/* An empty batch for db. */
+void kmdc_db_batch_init(kmdc_db_batch *b, kmdc_db *db);
+
+/* Add a statement (pp may be NULL; its integers are copied, its text,
+ * bytea and array values must stay valid until the run).  Returns its
+ * index, -1 when the batch is full (the run then fails). */
+int kmdc_db_batch_add(kmdc_db_batch *b, const char *sql, const kmdc_db_params *pp,
+                      int binary_result);
+
+/* Add a statement without parameters (BEGIN, COMMIT, ...). */
+int kmdc_db_batch_command(kmdc_db_batch *b, const char *sql);
+
+/*
+ * Send every statement, then read every result.  KMDC_DB_OK when all
+ * succeeded.  Otherwise b->failed is the first that did not and the return
+ * is its kmdc_db_check_result (the statements after it were skipped by the
+ * server), or KMDC_DB_UNAVAILABLE when the connection was lost (db marked
+ * broken; a COMMIT in the batch may or may not have been carried out).
+ */
+kmdc_db_rc kmdc_db_batch_run(kmdc_db_batch *b);
+
+/* Statement i's result after a run (NULL when it has none); freed with the
+ * request's pool. */
+PGresult *kmdc_db_batch_result(const kmdc_db_batch *b, int i);
+
 /* Run a statement without parameters or rows (BEGIN, COMMIT, ...). */
 kmdc_db_rc kmdc_db_command(kmdc_db *db, const char *sql);
 
 /* ROLLBACK; a connection where even that fails is invalidated.  Returns
  * the ROLLBACK's result. */
 kmdc_db_rc kmdc_db_rollback(kmdc_db *db);
+
+/* Tie res to the request (freed with its pool, or by kmdc_db_clear). */
+void kmdc_db_keep_result(kmdc_db *db, PGresult *res);
 
 /* Free a result from kmdc_db_exec now.  Accepts NULL. */
 void kmdc_db_clear(kmdc_db *db, PGresult *res);

@@ -192,6 +192,26 @@ kmdc_db_rc kmdc_pg_audit(kmdc_db *db, uint64_t serial, const char *event, json_t
     return rc;
 }
 
+void kmdc_pg_audit_add(kmdc_db_batch *b, uint64_t serial, const char *event, json_t *obj)
+{
+    char *detail = obj != NULL ? json_dumps(obj, JSON_COMPACT) : NULL;
+    kmdc_db_params pp;
+
+    if (detail == NULL) {
+        b->overflow = 1;                 /* out of memory: the batch fails */
+        json_decref(obj);
+        return;
+    }
+    kmdc_db_params_init(&pp);
+    kmdc_db_param_int8(&pp, (int64_t)serial);
+    kmdc_db_param_text(&pp, event);
+    kmdc_db_param_text(&pp, apr_pstrdup(b->db->r->pool, detail));
+    kmdc_db_batch_add(b, "INSERT INTO audit_log (serial, event, detail) "
+                      "VALUES ($1::bigint, $2::text, $3::jsonb)", &pp, 0);
+    free(detail);
+    json_decref(obj);
+}
+
 int kmdc_store_answer_failure(request_rec *r, kmdc_store_rc rc)
 {
     switch (rc) {

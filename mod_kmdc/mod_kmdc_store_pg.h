@@ -67,6 +67,10 @@ kmdc_db_rc kmdc_pg_run(kmdc_db *db, const char *sql, const kmdc_db_params *pp);
  * taken); never a secret, an address or a document name in it. */
 kmdc_db_rc kmdc_pg_audit(kmdc_db *db, uint64_t serial, const char *event, json_t *obj);
 
+/* The same, added to a batch (the batch fails when obj is NULL or cannot
+ * be printed: no memory). */
+void kmdc_pg_audit_add(kmdc_db_batch *b, uint64_t serial, const char *event, json_t *obj);
+
 /* mod_kmdc_store_send.c */
 kmdc_store_rc kmdc_pg_sender_load(kmdc_store *st, uint64_t serial, uint64_t seq,
                                   kmdc_sender *out);

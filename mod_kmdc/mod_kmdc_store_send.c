@@ -406,18 +406,21 @@ static locked_card *find_locked(locked_card *rows, int n, uint64_t serial)
 }
 
 /*
- * Lock the sender and the recipients in serial order (rows), then read the
- * recipients' mailbox totals with the rows held.  KMDC_DB_OK and *n rows.
+ * One round trip: BEGIN, lock the sender and the recipients in serial order
+ * (rows), then read the recipients' mailbox totals with the rows held (a
+ * statement of its own, so that its snapshot sees what a publication that
+ * held a lock before us committed).  KMDC_DB_OK and *n rows.
  */
 static kmdc_db_rc lock_cards(kmdc_pg_store *ps, kmdc_db *db, const kmdc_publication *pub,
                              locked_card *rows, int *n)
 {
     int64_t serials[KMDC_RCPT_MAX + 1];
+    kmdc_db_batch b;
     kmdc_db_params pp;
-    PGresult *res = NULL;
+    PGresult *res;
     kmdc_db_rc rc;
     size_t i;
-    int row;
+    int row, locked, totals;
 
     *n = 0;
     serials[0] = (int64_t)pub->serial;
@@ -426,12 +429,20 @@ static kmdc_db_rc lock_cards(kmdc_pg_store *ps, kmdc_db *db, const kmdc_publicat
     }
     kmdc_db_params_init(&pp);
     kmdc_db_param_int8_array(&pp, ps->r->pool, serials, (int)pub->n_rcpt + 1);
-    rc = kmdc_db_exec(db, "SELECT serial, status = 'active', up_next, down_next, down_chain "
-                      "FROM cards WHERE serial = ANY($1::bigint[]) ORDER BY serial "
-                      "FOR NO KEY UPDATE", &pp, 1, &res);
-    if (rc != KMDC_DB_OK) {
-        goto out;
+    kmdc_db_batch_init(&b, db);
+    kmdc_db_batch_command(&b, "BEGIN");
+    locked = kmdc_db_batch_add(&b, "SELECT serial, status = 'active', up_next, down_next, "
+                               "down_chain FROM cards WHERE serial = ANY($1::bigint[]) "
+                               "ORDER BY serial FOR NO KEY UPDATE", &pp, 1);
+    totals = kmdc_db_batch_add(&b, "SELECT d.recipient, count(*), "
+                               "coalesce(sum(octet_length(d.head)::bigint + m.payload_len), "
+                               "0)::bigint FROM deliveries d JOIN messages m "
+                               "ON m.id = d.message_id WHERE d.recipient = ANY($1::bigint[]) "
+                               "AND d.state = 'queued' GROUP BY d.recipient", &pp, 1);
+    if ((rc = kmdc_db_batch_run(&b)) != KMDC_DB_OK) {
+        return rc;
     }
+    res = kmdc_db_batch_result(&b, locked);
     for (row = 0; row < PQntuples(res) && row <= KMDC_RCPT_MAX; row++) {
         locked_card *c = &rows[row];
         int64_t s = 0, up = 0, down = 0;
@@ -439,8 +450,7 @@ static kmdc_db_rc lock_cards(kmdc_pg_store *ps, kmdc_db *db, const kmdc_publicat
         if (!kmdc_db_get_int64(res, row, 0, &s) || PQgetlength(res, row, 1) != 1
             || !kmdc_db_get_int64(res, row, 2, &up) || !kmdc_db_get_int64(res, row, 3, &down)
             || !kmdc_pg_get_bytes(res, row, 4, c->down_chain, sizeof(c->down_chain))) {
-            rc = KMDC_DB_ERROR;
-            goto out;
+            return KMDC_DB_ERROR;
         }
         c->serial = (uint64_t)s;
         c->active = PQgetvalue(res, row, 1)[0] != 0;
@@ -450,32 +460,22 @@ static kmdc_db_rc lock_cards(kmdc_pg_store *ps, kmdc_db *db, const kmdc_publicat
         (*n)++;
     }
     kmdc_db_clear(db, res);
-    res = NULL;
-    rc = kmdc_db_exec(db, "SELECT d.recipient, count(*), "
-                      "coalesce(sum(octet_length(d.head)::bigint + m.payload_len), 0)::bigint "
-                      "FROM deliveries d JOIN messages m ON m.id = d.message_id "
-                      "WHERE d.recipient = ANY($1::bigint[]) AND d.state = 'queued' "
-                      "GROUP BY d.recipient", &pp, 1, &res);
-    if (rc != KMDC_DB_OK) {
-        goto out;
-    }
+    res = kmdc_db_batch_result(&b, totals);
     for (row = 0; row < PQntuples(res); row++) {
         int64_t s = 0, count = 0, bytes = 0;
         locked_card *c;
 
         if (!kmdc_db_get_int64(res, row, 0, &s) || !kmdc_db_get_int64(res, row, 1, &count)
             || !kmdc_db_get_int64(res, row, 2, &bytes)) {
-            rc = KMDC_DB_ERROR;
-            goto out;
+            return KMDC_DB_ERROR;
         }
         if ((c = find_locked(rows, *n, (uint64_t)s)) != NULL) {
             c->count = count;
             c->bytes = bytes;
         }
     }
-out:
     kmdc_db_clear(db, res);
-    return rc;
+    return KMDC_DB_OK;
 }
 
 /* Check the locked rows again; KMDC_PUBLISHED when the publication may go on. */
@@ -512,9 +512,43 @@ static kmdc_publish_outcome recheck(const kmdc_publication *pub, locked_card *ro
     return KMDC_PUBLISHED;
 }
 
-/* Seal and write every delivery and advance each recipient's down chain. */
-static kmdc_store_rc write_deliveries(kmdc_pg_store *ps, kmdc_db *db,
-                                      const kmdc_publication *pub, locked_card *rows, int n)
+/* The message (with its payload when it travels inside the publication) and
+ * the sender's chain, into b. */
+static void add_message(kmdc_db_batch *b, const kmdc_publication *pub)
+{
+    kmdc_db_params pp;
+
+    kmdc_db_params_init(&pp);
+    kmdc_db_param_int8(&pp, (int64_t)pub->message_id);
+    kmdc_db_param_int8(&pp, (int64_t)pub->serial);
+    kmdc_db_param_int8(&pp, (int64_t)pub->seq);
+    kmdc_db_param_int8(&pp, pub->upload_id);
+    kmdc_db_param_int8(&pp, (int64_t)pub->size);
+    kmdc_db_param_int8(&pp, (int64_t)pub->payload_len);
+    kmdc_db_param_bytea(&pp, pub->up_chain_next, KMDC_WRAPPED_LEN);
+    if (pub->upload_id != 0) {
+        kmdc_db_batch_add(b, "WITH m AS (INSERT INTO messages (id, sender, sender_seq, "
+                          "upload_id, size, payload_len) VALUES ($1::bigint, $2::bigint, "
+                          "$3::bigint, $4::bigint, $5::bigint, $6::bigint)) UPDATE cards "
+                          "SET up_next = $3::bigint + 1, up_chain = $7::bytea "
+                          "WHERE serial = $2::bigint", &pp, 0);
+        return;
+    }
+    /* a payload that fits one batch: its upload is made here, in the same
+     * transaction, and no upload row ever exists without its message */
+    kmdc_db_param_bytea(&pp, pub->inline_data, pub->inline_len);
+    kmdc_db_batch_add(b, "WITH u AS (INSERT INTO uploads (size) VALUES ($5::bigint) "
+                      "RETURNING id), c AS (INSERT INTO upload_chunks (upload_id, idx, data) "
+                      "SELECT id, 0, $8::bytea FROM u), m AS (INSERT INTO messages (id, "
+                      "sender, sender_seq, upload_id, size, payload_len) SELECT $1::bigint, "
+                      "$2::bigint, $3::bigint, id + 0 * $4::bigint, $5::bigint, $6::bigint "
+                      "FROM u) UPDATE cards SET up_next = $3::bigint + 1, "
+                      "up_chain = $7::bytea WHERE serial = $2::bigint", &pp, 0);
+}
+
+/* Seal every delivery; add its rows and the recipients' down chains to b. */
+static kmdc_store_rc add_deliveries(kmdc_pg_store *ps, kmdc_db_batch *b,
+                                    const kmdc_publication *pub, locked_card *rows, int n)
 {
     apr_pool_t *p = ps->r->pool;
     int count = (int)pub->n_rcpt;
@@ -525,7 +559,6 @@ static kmdc_store_rc write_deliveries(kmdc_pg_store *ps, kmdc_db *db,
     const void **chains = apr_palloc(p, sizeof(void *) * (size_t)count);
     int *chain_lens = apr_palloc(p, sizeof(int) * (size_t)count);
     kmdc_db_params pp;
-    kmdc_db_rc dbrc;
     size_t i;
 
     for (i = 0; i < pub->n_rcpt; i++) {
@@ -551,20 +584,33 @@ static kmdc_store_rc write_deliveries(kmdc_pg_store *ps, kmdc_db *db,
     kmdc_db_param_int8_array(&pp, p, seqs, count);
     kmdc_db_param_array(&pp, p, KMDC_DB_BYTEAOID, count, heads, head_lens);
     kmdc_db_param_int8(&pp, pub->ttl);
-    dbrc = kmdc_pg_run(db, "INSERT INTO deliveries (message_id, recipient, seq, head, expires_at) "
-               "SELECT $1::bigint, r, s, h, now() + $5::bigint * interval '1 second' "
-               "FROM unnest($2::bigint[], $3::bigint[], $4::bytea[]) WITH ORDINALITY "
-               "AS u(r, s, h, i) ORDER BY i", &pp);
-    if (dbrc != KMDC_DB_OK) {
-        return kmdc_pg_failed(dbrc);
-    }
+    kmdc_db_batch_add(b, "INSERT INTO deliveries (message_id, recipient, seq, head, expires_at) "
+                      "SELECT $1::bigint, r, s, h, now() + $5::bigint * interval '1 second' "
+                      "FROM unnest($2::bigint[], $3::bigint[], $4::bytea[]) WITH ORDINALITY "
+                      "AS u(r, s, h, i) ORDER BY i", &pp, 0);
     kmdc_db_params_init(&pp);
     kmdc_db_param_int8_array(&pp, p, serials, count);
     kmdc_db_param_array(&pp, p, KMDC_DB_BYTEAOID, count, chains, chain_lens);
-    dbrc = kmdc_pg_run(db, "UPDATE cards c SET down_next = c.down_next + 1, down_chain = u.k "
-               "FROM unnest($1::bigint[], $2::bytea[]) AS u(s, k) WHERE c.serial = u.s",
-               &pp);
-    return kmdc_pg_failed(dbrc);
+    kmdc_db_batch_add(b, "UPDATE cards c SET down_next = c.down_next + 1, down_chain = u.k "
+                      "FROM unnest($1::bigint[], $2::bytea[]) AS u(s, k) WHERE c.serial = u.s",
+                      &pp, 0);
+    return KMDC_STORE_OK;
+}
+
+/* Give the lease back, into b (nothing when there is none). */
+static void add_release(kmdc_db_batch *b, const kmdc_lease *lease)
+{
+    kmdc_db_params pp;
+
+    if (lease == NULL) {
+        return;
+    }
+    kmdc_db_params_init(&pp);
+    kmdc_db_param_int8(&pp, (int64_t)lease->serial);
+    kmdc_db_param_int4(&pp, lease->slot);
+    kmdc_db_param_int8(&pp, (int64_t)lease->holder);
+    kmdc_db_batch_add(b, "DELETE FROM upload_leases WHERE serial = $1 AND slot = $2 "
+                      "AND holder = $3", &pp, 0);
 }
 
 kmdc_store_rc kmdc_pg_publish(kmdc_store *st, const kmdc_publication *pub,
@@ -575,59 +621,42 @@ kmdc_store_rc kmdc_pg_publish(kmdc_store *st, const kmdc_publication *pub,
     const char *notify[KMDC_RCPT_MAX];
     char idhex[17];
     kmdc_db *db = NULL;
+    kmdc_db_batch b;
     kmdc_db_params pp;
     kmdc_store_rc rc;
     kmdc_db_rc dbrc;
-    int in_tx = 0, n = 0;
+    int n = 0;
     size_t i;
 
     *outcome = KMDC_PUBLISHED;
     *which = 0;
-    if (pub->n_rcpt == 0 || pub->n_rcpt > KMDC_RCPT_MAX) {
+    if (pub->n_rcpt == 0 || pub->n_rcpt > KMDC_RCPT_MAX
+        || (pub->upload_id == 0 && pub->inline_data == NULL)) {
         return KMDC_STORE_ERROR;
     }
     if ((rc = kmdc_pg_borrow(ps, &db)) != KMDC_STORE_OK) {
         return rc;
     }
-    if ((dbrc = kmdc_db_command(db, "BEGIN")) != KMDC_DB_OK) {
-        goto failed;
-    }
-    in_tx = 1;
+    /* round trip 1: BEGIN, the rows locked, the quotas */
     if ((dbrc = lock_cards(ps, db, pub, rows, &n)) != KMDC_DB_OK) {
-        goto failed;
+        rc = kmdc_pg_failed(dbrc);
+        goto out;
     }
     if ((*outcome = recheck(pub, rows, n, which)) != KMDC_PUBLISHED) {
         rc = KMDC_STORE_OK;              /* nothing written: the intake answers */
         goto out;
     }
 
-    /* the message and the sender's chain */
-    kmdc_db_params_init(&pp);
-    kmdc_db_param_int8(&pp, (int64_t)pub->message_id);
-    kmdc_db_param_int8(&pp, (int64_t)pub->serial);
-    kmdc_db_param_int8(&pp, (int64_t)pub->seq);
-    kmdc_db_param_int8(&pp, pub->upload_id);
-    kmdc_db_param_int8(&pp, (int64_t)pub->size);
-    kmdc_db_param_int8(&pp, (int64_t)pub->payload_len);
-    kmdc_db_param_bytea(&pp, pub->up_chain_next, KMDC_WRAPPED_LEN);
-    if ((dbrc = kmdc_pg_run(db, "WITH m AS (INSERT INTO messages (id, sender, sender_seq, upload_id, "
-                    "size, payload_len) VALUES ($1::bigint, $2::bigint, $3::bigint, $4::bigint, $5::bigint, "
-                    "$6::bigint)) UPDATE cards SET up_next = $3::bigint + 1, up_chain = $7::bytea "
-                    "WHERE serial = $2::bigint",
-                    &pp)) != KMDC_DB_OK) {
-        goto failed;
-    }
-    if ((rc = write_deliveries(ps, db, pub, rows, n)) != KMDC_STORE_OK) {
-        if (rc == KMDC_STORE_ERROR) {
-            ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, ps->r,
-                          "send: card %016" APR_UINT64_T_HEX_FMT " seq %" APR_UINT64_T_FMT
-                          ": a delivery could not be sealed",
-                          (apr_uint64_t)pub->serial, (apr_uint64_t)pub->seq);
-        }
+    /* round trip 2: every row written, the waiters woken, COMMIT */
+    kmdc_db_batch_init(&b, db);
+    add_message(&b, pub);
+    if ((rc = add_deliveries(ps, &b, pub, rows, n)) != KMDC_STORE_OK) {
+        ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, ps->r,
+                      "send: card %016" APR_UINT64_T_HEX_FMT " seq %" APR_UINT64_T_FMT
+                      ": a delivery could not be sealed",
+                      (apr_uint64_t)pub->serial, (apr_uint64_t)pub->seq);
         goto out;
     }
-
-    /* the receipt, the audit row, the lease */
     kmdc_db_params_init(&pp);
     kmdc_db_param_int8(&pp, (int64_t)pub->serial);
     kmdc_db_param_int8(&pp, (int64_t)pub->seq);
@@ -635,19 +664,14 @@ kmdc_store_rc kmdc_pg_publish(kmdc_store *st, const kmdc_publication *pub,
     kmdc_db_param_text(&pp, pub->answer);
     kmdc_db_param_int8(&pp, (int64_t)pub->message_id);
     kmdc_db_param_bytea(&pp, pub->prefix_hash, 32);
-    if ((dbrc = kmdc_pg_run(db, "INSERT INTO receipts (serial, seq, envelope_sha256, hash_scope, "
-                    "http_status, answer, message_id, prefix_sha256) "
-                    "VALUES ($1, $2, $3, 'envelope', 201, $4, $5, $6)", &pp)) != KMDC_DB_OK) {
-        goto failed;
-    }
+    kmdc_db_batch_add(&b, "INSERT INTO receipts (serial, seq, envelope_sha256, hash_scope, "
+                      "http_status, answer, message_id, prefix_sha256) "
+                      "VALUES ($1, $2, $3, 'envelope', 201, $4, $5, $6)", &pp, 0);
     kmdc_serial_format(idhex, pub->message_id);
-    if ((dbrc = kmdc_pg_audit(db, pub->serial, "send",
+    kmdc_pg_audit_add(&b, pub->serial, "send",
                       json_pack("{s:I, s:s, s:I}", "seq", (json_int_t)pub->seq,
-                                "message", idhex, "deliveries",
-                                (json_int_t)pub->n_rcpt))) != KMDC_DB_OK
-        || (dbrc = release_lease(db, pub->lease)) != KMDC_DB_OK) {
-        goto failed;
-    }
+                                "message", idhex, "deliveries", (json_int_t)pub->n_rcpt));
+    add_release(&b, pub->lease);
     for (i = 0; i < pub->n_rcpt; i++) {
         char *hex = apr_palloc(ps->r->pool, 17);
 
@@ -656,29 +680,19 @@ kmdc_store_rc kmdc_pg_publish(kmdc_store *st, const kmdc_publication *pub,
     }
     kmdc_db_params_init(&pp);
     kmdc_db_param_text_array(&pp, ps->r->pool, notify, (int)pub->n_rcpt);
-    if ((dbrc = kmdc_pg_run(db, "SELECT pg_notify('kmdc_mailbox', s) FROM unnest($1::text[]) AS s",
-                    &pp)) != KMDC_DB_OK) {
-        goto failed;
-    }
-    in_tx = 0;
-    if ((dbrc = kmdc_db_command(db, "COMMIT")) != KMDC_DB_OK) {
-        /* the outcome is unknown here; a byte-identical retry is answered
-         * from the receipt if it committed */
-        kmdc_db_invalidate(db);
-        db = NULL;
+    kmdc_db_batch_add(&b, "SELECT pg_notify('kmdc_mailbox', s) FROM unnest($1::text[]) AS s",
+                      &pp, 0);
+    kmdc_db_batch_command(&b, "COMMIT");
+    dbrc = kmdc_db_batch_run(&b);
+    if (dbrc == KMDC_DB_UNAVAILABLE) {
+        /* the COMMIT may have been carried out and its answer lost; a
+         * byte-identical retry is answered from the receipt if it was */
         *outcome = KMDC_PUBLISH_UNKNOWN;
-        rc = KMDC_STORE_UNAVAILABLE;
-        goto out;
     }
-    rc = KMDC_STORE_OK;
-    goto out;
-
-failed:
     rc = kmdc_pg_failed(dbrc);
+
 out:
-    if (in_tx && db != NULL && kmdc_db_rollback(db) != KMDC_DB_OK) {
-        db = NULL;                       /* invalidated */
-    }
+    /* not committed: the transaction is rolled back when db goes back */
     kmdc_db_release(db);
     kmdc_wipe(rows, sizeof(rows));
     return rc;
@@ -687,34 +701,36 @@ out:
 kmdc_store_rc kmdc_pg_spend(kmdc_store *st, const kmdc_spending *sp)
 {
     kmdc_db *db = NULL;
+    kmdc_db_batch b;
     kmdc_db_params pp;
-    PGresult *res = NULL;
+    PGresult *res;
     kmdc_store_rc rc;
     kmdc_db_rc dbrc;
     int64_t up_next = 0;
-    int in_tx = 0;
+    int row;
 
     if ((rc = kmdc_pg_borrow(KMDC_PG(st), &db)) != KMDC_STORE_OK) {
         return rc;
     }
-    if ((dbrc = kmdc_db_command(db, "BEGIN")) != KMDC_DB_OK) {
-        goto failed;
-    }
-    in_tx = 1;
+    /* round trip 1: BEGIN and the card locked */
     kmdc_db_params_init(&pp);
     kmdc_db_param_int8(&pp, (int64_t)sp->serial);
-    dbrc = kmdc_db_exec(db, "SELECT up_next FROM cards WHERE serial = $1 FOR NO KEY UPDATE",
-                        &pp, 1, &res);
-    if (dbrc != KMDC_DB_OK) {
-        goto failed;
+    kmdc_db_batch_init(&b, db);
+    kmdc_db_batch_command(&b, "BEGIN");
+    row = kmdc_db_batch_add(&b, "SELECT up_next FROM cards WHERE serial = $1 "
+                            "FOR NO KEY UPDATE", &pp, 1);
+    if ((dbrc = kmdc_db_batch_run(&b)) != KMDC_DB_OK) {
+        rc = kmdc_pg_failed(dbrc);
+        goto out;
     }
+    res = kmdc_db_batch_result(&b, row);
     if (PQntuples(res) != 1 || !kmdc_db_get_int64(res, 0, 0, &up_next)
         || (uint64_t)up_next > sp->seq) {
         rc = KMDC_STORE_CONFLICT;        /* a concurrent retry spent it */
         goto out;
     }
-    kmdc_db_clear(db, res);
-    res = NULL;
+    /* round trip 2: the chain, the receipt, the audit row, the lease, COMMIT */
+    kmdc_db_batch_init(&b, db);
     kmdc_db_params_init(&pp);
     kmdc_db_param_int8(&pp, (int64_t)sp->serial);
     kmdc_db_param_int8(&pp, (int64_t)sp->seq);
@@ -722,22 +738,17 @@ kmdc_store_rc kmdc_pg_spend(kmdc_store *st, const kmdc_spending *sp)
     kmdc_db_param_bytea(&pp, sp->prefix_hash, 32);
     kmdc_db_param_int4(&pp, sp->http_status);
     kmdc_db_param_text(&pp, sp->answer);
-    if ((dbrc = kmdc_pg_run(db, "WITH c AS (UPDATE cards SET up_next = $2::bigint + 1, up_chain = $3::bytea "
-                    "WHERE serial = $1::bigint) "
-                    "INSERT INTO receipts (serial, seq, envelope_sha256, hash_scope, "
-                    "http_status, answer, prefix_sha256) "
-                    "VALUES ($1::bigint, $2::bigint, $4::bytea, 'keyblock', $5::int, $6::text, $4::bytea)", &pp)) != KMDC_DB_OK
-        || (dbrc = kmdc_pg_audit(db, sp->serial, "send.refused",
-                         json_pack("{s:I, s:s}", "seq", (json_int_t)sp->seq,
-                                   "error", sp->error))) != KMDC_DB_OK
-        || (dbrc = release_lease(db, sp->lease)) != KMDC_DB_OK) {
-        goto failed;
-    }
-    in_tx = 0;
-    if ((dbrc = kmdc_db_command(db, "COMMIT")) != KMDC_DB_OK) {
-        kmdc_db_invalidate(db);
-        db = NULL;
-        rc = KMDC_STORE_UNAVAILABLE;
+    kmdc_db_batch_add(&b, "WITH c AS (UPDATE cards SET up_next = $2::bigint + 1, "
+                      "up_chain = $3::bytea WHERE serial = $1::bigint) "
+                      "INSERT INTO receipts (serial, seq, envelope_sha256, hash_scope, "
+                      "http_status, answer, prefix_sha256) VALUES ($1::bigint, $2::bigint, "
+                      "$4::bytea, 'keyblock', $5::int, $6::text, $4::bytea)", &pp, 0);
+    kmdc_pg_audit_add(&b, sp->serial, "send.refused",
+                      json_pack("{s:I, s:s}", "seq", (json_int_t)sp->seq, "error", sp->error));
+    add_release(&b, sp->lease);
+    kmdc_db_batch_command(&b, "COMMIT");
+    if ((dbrc = kmdc_db_batch_run(&b)) != KMDC_DB_OK) {
+        rc = kmdc_pg_failed(dbrc);
         goto out;
     }
     ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, KMDC_PG(st)->r,
@@ -745,15 +756,8 @@ kmdc_store_rc kmdc_pg_spend(kmdc_store *st, const kmdc_spending *sp)
                   " refused after authentication: %s (counter spent)",
                   (apr_uint64_t)sp->serial, (apr_uint64_t)sp->seq, sp->error);
     rc = KMDC_STORE_OK;
-    goto out;
 
-failed:
-    rc = kmdc_pg_failed(dbrc);
 out:
-    kmdc_db_clear(db, res);
-    if (in_tx && db != NULL && kmdc_db_rollback(db) != KMDC_DB_OK) {
-        db = NULL;
-    }
-    kmdc_db_release(db);
+    kmdc_db_release(db);      /* rolled back there unless committed */
     return rc;
 }

@@ -429,7 +429,7 @@ op_publish(kmdc_store *st, const kmdc_publication *pub, kmdc_publish_outcome *ou
     uint8_t *heads[KMDC_RCPT_MAX];
     size_t head_len[KMDC_RCPT_MAX];
     uint8_t next[KMDC_RCPT_MAX][KMDC_WRAPPED_LEN];
-    ms_upload *u;
+    ms_upload *u = NULL;
     kmdc_receipt r;
     kmdc_store_rc ret = KMDC_STORE_ERROR;
     size_t i, j, alen;
@@ -458,12 +458,22 @@ op_publish(kmdc_store *st, const kmdc_publication *pub, kmdc_publish_outcome *ou
         return violation(ms, "publish: payload_len %llu for size %llu",
                          (unsigned long long)pub->payload_len,
                          (unsigned long long)pub->size);
-    if ((u = find_upload(ms, pub->upload_id)) == NULL)
+    if (pub->upload_id == 0) {
+        /* the payload travels inside the publication */
+        if (pub->inline_data == NULL || pub->inline_len != pub->payload_len)
+            return violation(ms, "publish: no upload and %zu inline bytes for a payload "
+                             "of %llu", pub->inline_len,
+                             (unsigned long long)pub->payload_len);
+        ms->inline_publications++;
+    } else if ((u = find_upload(ms, pub->upload_id)) == NULL)
         return violation(ms, "publish: no upload %lld", (long long)pub->upload_id);
-    if (upload_referenced(ms, u->id))
+    else if (pub->inline_data != NULL)
+        return violation(ms, "publish: upload %lld and inline bytes",
+                         (long long)pub->upload_id);
+    else if (upload_referenced(ms, u->id))
         return violation(ms, "publish: upload %lld is already published",
                          (long long)u->id);
-    if (u->bytes != pub->payload_len || u->size != pub->size)
+    if (pub->upload_id != 0 && (u->bytes != pub->payload_len || u->size != pub->size))
         return violation(ms, "publish: upload %lld holds %llu bytes of size %llu, "
                          "the publication says %llu of %llu", (long long)u->id,
                          (unsigned long long)u->bytes, (unsigned long long)u->size,
@@ -537,6 +547,29 @@ op_publish(kmdc_store *st, const kmdc_publication *pub, kmdc_publish_outcome *ou
         goto out;
     }
 
+    if (pub->upload_id == 0) {
+        /* the upload row the publication makes (room first, then the row) */
+        uint8_t *copy;
+        if (grow(&ms->uploads, &ms->cap_uploads, ms->n_uploads, sizeof(ms_upload)) != 0 ||
+            (copy = malloc(pub->inline_len)) == NULL)
+            goto out;
+        u = &ms->uploads[ms->n_uploads];
+        memset(u, 0, sizeof(*u));
+        if (grow(&u->batches, &u->cap, 0, sizeof(ms_batch)) != 0) {
+            free(copy);
+            goto out;
+        }
+        memcpy(copy, pub->inline_data, pub->inline_len);
+        u->id = ++ms->next_upload_id;
+        u->size = pub->size;
+        u->batches[0].idx = 0;
+        u->batches[0].data = copy;
+        u->batches[0].len = pub->inline_len;
+        u->n_batches = 1;
+        u->bytes = pub->inline_len;
+        ms->n_uploads++;
+    }
+
     /* COMMIT */
     {
         ms_message *m = &ms->messages[ms->n_messages++];
@@ -546,7 +579,7 @@ op_publish(kmdc_store *st, const kmdc_publication *pub, kmdc_publish_outcome *ou
         m->seq = pub->seq;
         m->size = pub->size;
         m->payload_len = pub->payload_len;
-        m->upload_id = pub->upload_id;
+        m->upload_id = u->id;
         m->n_rcpt = pub->n_rcpt;
         memcpy(m->rcpt, pub->rcpt, pub->n_rcpt * sizeof(pub->rcpt[0]));
     }

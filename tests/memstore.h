@@ -143,6 +143,7 @@ typedef struct memstore {
     unsigned long violations;
     char violation[256];                     /* the first one */
     unsigned long drop_referenced;           /* upload_drop of a published upload */
+    unsigned long inline_publications;       /* publish with the payload inside */
 } memstore;
 
 /* A new, empty store (NULL when out of memory). */

@@ -1568,7 +1568,9 @@ test_slots(void)
         }
         tap_ok(open_ok && memstore_leases(f.ms, FOLD1, 0) == 4,
                "folding serials: four uploads of the first card in flight");
-        run(&f, &env[0][4], 0, &r);
+        /* (a fifth that has to wait for its bytes: one whose every byte
+         * has arrived takes no slot, see "whole envelopes" below) */
+        run(&f, &env[0][4], 4096, &r);
         expect_error(&r, 429, "too_many_uploads", KMDC_INTAKE_REJECTED,
                      "folding serials: a fifth of the first card");
         open_ok = 1;
