@@ -51,7 +51,10 @@ typedef enum kmdc_store_rc {
     KMDC_STORE_BUSY,          /* every upload slot of the card is taken */
     KMDC_STORE_UNAVAILABLE,   /* the database cannot be used now (passing) */
     KMDC_STORE_SCHEMA,        /* connected, but the schema version is wrong */
-    KMDC_STORE_ERROR          /* stored data is unreadable or inconsistent */
+    KMDC_STORE_ERROR,         /* stored data is unreadable or inconsistent */
+    KMDC_STORE_REPLAY         /* the request's nonce, whose record was
+                               * deferred to this operation (nonce_record),
+                               * was recorded before: nothing was done */
 } kmdc_store_rc;
 
 typedef enum kmdc_card_status {
@@ -300,9 +303,18 @@ typedef struct kmdc_store_ops {
     /* NOTFOUND: no such card. */
     kmdc_store_rc (*auth_load)(kmdc_store *st, uint64_t serial, kmdc_auth_card *out);
     /* Record (serial, nonce); CONFLICT when it was recorded before.  Kept
-     * whatever happens to the request. */
+     * whatever happens to the request.  durable 0 lets the record commit
+     * without waiting for the disk (a crash may forget the last moments'
+     * nonces: docs/PROTOCOL.md, request authentication), and lets the store
+     * defer it to the request's next operation, in the same round trip:
+     * that operation then answers REPLAY instead of doing anything when the
+     * nonce was recorded before.  A request that answers without another
+     * operation calls settle() first. */
     kmdc_store_rc (*nonce_record)(kmdc_store *st, uint64_t serial,
-                                  const uint8_t *nonce, size_t len);
+                                  const uint8_t *nonce, size_t len, int durable);
+    /* Carry out a deferred nonce record now: OK (or nothing was deferred),
+     * REPLAY, or a failure. */
+    kmdc_store_rc (*settle)(kmdc_store *st);
 
     /* cards */
 

@@ -147,12 +147,29 @@ static int kmdc_dispatch(request_rec *r)
         }
     }
     if (m.status == KMDC_ROUTE_BAD_ID) {
+        kmdc_store *st = kmdc_store_pg(r);
+        kmdc_store_rc src = st->ops->settle(st);   /* the nonce record first */
+
+        if (src != KMDC_STORE_OK) {
+            rv = kmdc_store_answer_failure(r, src);
+            goto out;
+        }
         rv = kmdc_http_error(r, HTTP_NOT_FOUND, "not_found",
                              "no such %s: an id is 16 lowercase hex digits",
                              m.route->id == KMDC_RT_MESSAGE ? "message" : "delivery");
         goto out;
     }
     rv = kmdc_endpoints[m.route->id](kr);
+    if ((m.route->flags & KMDC_ROUTE_AUTH) && rv != SUSPENDED) {
+        /* every signed endpoint's first operation carries the deferred nonce
+         * record; should one ever answer without the store, record it now */
+        kmdc_store *st = kmdc_store_pg(r);
+
+        if (st->ops->settle(st) != KMDC_STORE_OK) {
+            ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r,
+                          "kmdc: a nonce record deferred past the answer failed");
+        }
+    }
 out:
     return rv;
 }

@@ -79,6 +79,10 @@ typedef int kmdc_endpoint_fn(kmdc_req *kr);
  */
 int kmdc_reqauth_check(kmdc_req *kr);
 
+/* Answer 401: the request's nonce was seen before (a replay).  Used when the
+ * store finds it out with the endpoint's first operation (KMDC_STORE_REPLAY). */
+int kmdc_reqauth_answer_replay(request_rec *r);
+
 /* POST {location}/send: the envelope intake of DESIGN 3.7 (mod_kmdc_send.c).
  * Not authenticated by header: the envelope authenticates itself. */
 int kmdc_handle_send(kmdc_req *kr);

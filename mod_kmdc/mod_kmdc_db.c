@@ -623,6 +623,18 @@ kmdc_db_rc kmdc_db_exec(kmdc_db *db, const char *sql, const kmdc_db_params *pp,
                       KMDC_DB_MAX_PARAMS);
         return KMDC_DB_ERROR;
     }
+    if (db->prefix != NULL) {
+        /* the deferred statements ride along: one round trip for all */
+        kmdc_db_batch *b = apr_palloc(r->pool, sizeof(*b));
+        kmdc_db_rc rc;
+        int i;
+
+        kmdc_db_batch_init(b, db);
+        i = kmdc_db_batch_add(b, sql, pp, binary_result);
+        rc = kmdc_db_batch_run(b);
+        *res = kmdc_db_batch_result(b, i);
+        return rc;
+    }
     pr = kmdc_db_stmt_exec(db->pg, sql, pp, binary_result);
     if (pr == NULL) {
         db->broken = 1;

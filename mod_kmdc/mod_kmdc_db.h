@@ -44,6 +44,8 @@ typedef struct kmdc_db {
     request_rec *r;           /* the borrowing request */
     kmdc_db_pool *pool;       /* where it goes back to */
     int broken;               /* a failure showed the connection is unusable */
+    struct kmdc_db_batch *prefix; /* sent ahead of the next statement or batch
+                               * (kmdc_db_defer), in the same round trip */
 } kmdc_db;
 
 /* Why the database could not be used. */
@@ -51,7 +53,9 @@ typedef enum kmdc_db_rc {
     KMDC_DB_OK = 0,
     KMDC_DB_UNAVAILABLE,      /* no connection (server down, pool exhausted) */
     KMDC_DB_SCHEMA,           /* connected, but the schema version is wrong */
-    KMDC_DB_ERROR             /* a statement failed (see SQLSTATE) */
+    KMDC_DB_ERROR,            /* a statement failed (see SQLSTATE) */
+    KMDC_DB_DEFERRED_CONFLICT /* a deferred statement (kmdc_db_defer) hit a
+                               * unique constraint; nothing after it ran */
 } kmdc_db_rc;
 
 /*
@@ -221,6 +225,15 @@ int kmdc_db_batch_command(kmdc_db_batch *b, const char *sql);
  * broken; a COMMIT in the batch may or may not have been carried out).
  */
 kmdc_db_rc kmdc_db_batch_run(kmdc_db_batch *b);
+
+/*
+ * Send the statements of prefix (a batch nobody runs) ahead of db's next
+ * statement or batch, in its round trip.  Its results only count for
+ * success: a failure there fails the statement that carried it
+ * (KMDC_DB_DEFERRED_CONFLICT for a unique violation), and the server skips
+ * what follows.  prefix must live as long as the request.
+ */
+void kmdc_db_defer(kmdc_db *db, kmdc_db_batch *prefix);
 
 /* Statement i's result after a run (NULL when it has none); freed with the
  * request's pool. */

@@ -251,24 +251,40 @@ static PGresult *batch_result(PGconn *pg)
     return res;
 }
 
+void kmdc_db_defer(kmdc_db *db, kmdc_db_batch *prefix)
+{
+    db->prefix = prefix;
+}
+
+/* Item i of the statements pre (may be NULL) then b. */
+static kmdc_db_batch_item *item_at(kmdc_db_batch *pre, kmdc_db_batch *b, int i)
+{
+    int np = pre != NULL ? pre->n : 0;
+
+    return i < np ? &pre->items[i] : &b->items[i - np];
+}
+
 kmdc_db_rc kmdc_db_batch_run(kmdc_db_batch *b)
 {
     kmdc_db *db = b->db;
     PGconn *pg = db != NULL ? db->pg : NULL;
+    kmdc_db_batch *pre = db != NULL ? db->prefix : NULL;
     prepared_set *ps;
     kmdc_db_rc rc = KMDC_DB_OK;
-    int i, sent = 0, lost = 0;
+    int i, total, sent = 0, lost = 0, failed = -1;
 
     b->failed = -1;
     if (pg == NULL) {
         return KMDC_DB_UNAVAILABLE;
     }
-    if (b->overflow) {
+    db->prefix = NULL;                   /* sent now, whatever happens */
+    if (b->overflow || (pre != NULL && pre->overflow)) {
         ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, db->r,
                       "kmdc: a batch of statements is larger than the module allows");
         return KMDC_DB_ERROR;
     }
-    if (b->n == 0) {
+    total = (pre != NULL ? pre->n : 0) + b->n;
+    if (total == 0) {
         return KMDC_DB_OK;
     }
     ps = PQinstanceData(pg, prepared_event);
@@ -276,18 +292,18 @@ kmdc_db_rc kmdc_db_batch_run(kmdc_db_batch *b)
         db->broken = 1;
         return KMDC_DB_UNAVAILABLE;
     }
-    for (i = 0; i < b->n; i++) {
-        if (!batch_send(pg, ps, &b->items[i])) {
+    for (i = 0; i < total; i++) {
+        if (!batch_send(pg, ps, item_at(pre, b, i))) {
             break;
         }
         sent++;
     }
-    if (sent < b->n || !PQpipelineSync(pg)) {
+    if (sent < total || !PQpipelineSync(pg)) {
         lost = 1;
     }
     /* the results, in order: a Prepare's first when one was sent */
     for (i = 0; i < sent && !lost; i++) {
-        kmdc_db_batch_item *it = &b->items[i];
+        kmdc_db_batch_item *it = item_at(pre, b, i);
         PGresult *res;
 
         if (it->prepare_slot >= 0) {
@@ -306,11 +322,8 @@ kmdc_db_rc kmdc_db_batch_run(kmdc_db_batch *b)
         }
         kmdc_db_keep_result(db, res);
         it->res = res;
-        if (rc == KMDC_DB_OK) {
-            rc = kmdc_db_check_result(db, res);
-            if (rc != KMDC_DB_OK) {
-                b->failed = i;
-            }
+        if (rc == KMDC_DB_OK && (rc = kmdc_db_check_result(db, res)) != KMDC_DB_OK) {
+            failed = i;
         }
     }
     if (!lost) {
@@ -323,19 +336,30 @@ kmdc_db_rc kmdc_db_batch_run(kmdc_db_batch *b)
     }
     if (lost || !PQexitPipelineMode(pg) || PQstatus(pg) != CONNECTION_OK) {
         /* prepares whose answer never came may or may not exist now */
-        for (i = 0; i < b->n; i++) {
-            if (b->items[i].prepare_slot >= 0 && b->items[i].res == NULL) {
-                prepared_forget(ps, b->items[i].prepare_slot);
+        for (i = 0; i < total; i++) {
+            kmdc_db_batch_item *it = item_at(pre, b, i);
+
+            if (it->prepare_slot >= 0 && it->res == NULL) {
+                prepared_forget(ps, it->prepare_slot);
             }
         }
         db->broken = 1;
         ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, db->r,
                       "kmdc: the database connection was lost during a batch of "
                       "statements");
-        if (b->failed < 0) {
-            b->failed = sent < b->n ? sent : 0;
-        }
         return KMDC_DB_UNAVAILABLE;
+    }
+    if (failed >= 0 && pre != NULL && failed < pre->n) {
+        /* the deferred statements failed: nothing of b ran */
+        b->failed = 0;
+        if (rc == KMDC_DB_ERROR
+            && strcmp(kmdc_db_sqlstate(pre->items[failed].res), "23505") == 0) {
+            rc = KMDC_DB_DEFERRED_CONFLICT;
+        }
+        return rc;
+    }
+    if (failed >= 0) {
+        b->failed = failed - (pre != NULL ? pre->n : 0);
     }
     return rc;
 }

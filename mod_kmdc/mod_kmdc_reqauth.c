@@ -140,6 +140,13 @@ static void decoy_verify(const kmdc_req *kr, const kmdc_auth_hdr *h,
     kmdc_wipe(ak, sizeof(ak));
 }
 
+int kmdc_reqauth_answer_replay(request_rec *r)
+{
+    ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r, "reqauth: replayed nonce");
+    return unauthorized(r, "this request was seen before (replayed nonce); "
+                        "sign every request anew") == DONE ? OK : HTTP_UNAUTHORIZED;
+}
+
 int kmdc_reqauth_check(kmdc_req *kr)
 {
     request_rec *r = kr->r;
@@ -147,6 +154,7 @@ int kmdc_reqauth_check(kmdc_req *kr)
     kmdc_store *st = kmdc_store_pg(r);
     kmdc_auth_hdr h;
     kmdc_auth_card card;
+    const char *deny = NULL;
     kmdc_store_rc src;
     kmdc_err err;
     kmdc_status ks;
@@ -224,14 +232,12 @@ int kmdc_reqauth_check(kmdc_req *kr)
         goto out;
     }
 
-    /* 5. the nonce, kept whatever happens next */
-    src = st->ops->nonce_record(st, h.serial, h.nonce, sizeof(h.nonce));
+    /* 5. the nonce, kept whatever happens next; only a request that changes
+     * the card (POST /activate) waits for the record to reach the disk */
+    src = st->ops->nonce_record(st, h.serial, h.nonce, sizeof(h.nonce),
+                                r->method_number == M_POST);
     if (src == KMDC_STORE_CONFLICT) {
-        ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r,
-                      "reqauth: card %016" APR_UINT64_T_HEX_FMT ": replayed nonce",
-                      (apr_uint64_t)h.serial);
-        rv = unauthorized(r, "this request was seen before (replayed nonce); "
-                          "sign every request anew");
+        rv = answered(kmdc_reqauth_answer_replay(r));
         goto out;
     }
     if (src != KMDC_STORE_OK) {
@@ -241,27 +247,30 @@ int kmdc_reqauth_check(kmdc_req *kr)
 
     /* 6. may this card do this? */
     if (kr->serial != 0 && kr->serial != h.serial) {
-        rv = forbidden(r, "a card may only use its own resources");
-        goto out;
+        deny = "a card may only use its own resources";
     }
-    if (card.status == KMDC_CARD_ST_ACTIVE) {
-        rv = OK;
+    else if (card.status == KMDC_CARD_ST_ACTIVE) {
+        deny = NULL;
     }
     else if (card.status == KMDC_CARD_ST_ISSUED) {
-        rv = (kr->route_flags & KMDC_ROUTE_INACTIVE)
-             ? OK : forbidden(r, "the card is not activated yet; run kmdc activate");
+        deny = (kr->route_flags & KMDC_ROUTE_INACTIVE)
+               ? NULL : "the card is not activated yet; run kmdc activate";
     }
-    else if (is_card_status(kr)) {
-        rv = OK;       /* suspended or revoked: it may still see its status */
+    else if (!is_card_status(kr)) {
+        /* suspended or revoked: it may still see its status */
+        deny = card.status == KMDC_CARD_ST_SUSPENDED ? "the card is suspended"
+                                                     : "the card is revoked";
     }
-    else {
-        rv = forbidden(r, apr_psprintf(r->pool, "the card is %s",
-                                       card.status == KMDC_CARD_ST_SUSPENDED
-                                       ? "suspended" : "revoked"));
-    }
-    if (rv == OK) {
+    if (deny == NULL) {
         kr->signer = h.serial;
+        rv = OK;
+        goto out;
     }
+    /* answered here: the deferred nonce record first, so that a replay is
+     * answered as one */
+    src = st->ops->settle(st);
+    rv = src == KMDC_STORE_OK ? forbidden(r, deny)
+                              : answered(kmdc_store_answer_failure(r, src));
 
 out:
     kmdc_wipe(ak, sizeof(ak));

@@ -27,6 +27,7 @@ static const kmdc_store_ops pg_ops = {
     kmdc_pg_spend,
     kmdc_pg_auth_load,
     kmdc_pg_nonce_record,
+    kmdc_pg_settle,
     kmdc_pg_health,
     kmdc_pg_card_get,
     kmdc_pg_activate,
@@ -43,13 +44,23 @@ void kmdc_store_child_init(apr_pool_t *pchild, server_rec *s)
     kmdc_db_child_init(pchild, s);
 }
 
+/* One handle per request, so that what request authentication deferred
+ * reaches the endpoint's first operation. */
+#define KMDC_STORE_KEY "mod_kmdc store"
+
 kmdc_store *kmdc_store_pg(request_rec *r)
 {
-    kmdc_pg_store *ps = apr_pcalloc(r->pool, sizeof(*ps));
+    kmdc_pg_store *ps = NULL;
 
+    if (apr_pool_userdata_get((void **)&ps, KMDC_STORE_KEY, r->pool) == APR_SUCCESS
+        && ps != NULL) {
+        return &ps->base;
+    }
+    ps = apr_pcalloc(r->pool, sizeof(*ps));
     ps->base.ops = &pg_ops;
     ps->r = r;
     ps->sc = kmdc_conf_get(r->server);
+    (void)apr_pool_userdata_setn(ps, KMDC_STORE_KEY, NULL, r->pool);
     return &ps->base;
 }
 
@@ -58,6 +69,10 @@ kmdc_store_rc kmdc_pg_borrow(kmdc_pg_store *ps, kmdc_db **db)
     kmdc_db_rc rc = kmdc_db_acquire(ps->r, db);
 
     if (rc == KMDC_DB_OK) {
+        if (ps->deferred != NULL) {
+            kmdc_db_defer(*db, ps->deferred);
+            ps->deferred = NULL;
+        }
         return KMDC_STORE_OK;
     }
     *db = NULL;
@@ -71,6 +86,8 @@ kmdc_store_rc kmdc_pg_failed(kmdc_db_rc rc)
         return KMDC_STORE_OK;
     case KMDC_DB_SCHEMA:
         return KMDC_STORE_SCHEMA;
+    case KMDC_DB_DEFERRED_CONFLICT:
+        return KMDC_STORE_REPLAY;        /* the only statement ever deferred */
     default:
         /* an outage, or a statement the database refused (permissions, a
          * full disk): passing, from the client's side */
@@ -215,6 +232,8 @@ void kmdc_pg_audit_add(kmdc_db_batch *b, uint64_t serial, const char *event, jso
 int kmdc_store_answer_failure(request_rec *r, kmdc_store_rc rc)
 {
     switch (rc) {
+    case KMDC_STORE_REPLAY:
+        return kmdc_reqauth_answer_replay(r);
     case KMDC_STORE_SCHEMA:
         return kmdc_db_answer_unavailable(r, KMDC_DB_SCHEMA);
     case KMDC_STORE_UNAVAILABLE:

@@ -70,32 +70,62 @@ out:
     return rc;
 }
 
+/* The nonce record as a batch of its own: a transaction that commits before
+ * whatever follows it in the round trip.  A nonce recorded before fails the
+ * INSERT (no ON CONFLICT here), and the server then skips the rest. */
+static kmdc_db_batch *nonce_batch(kmdc_pg_store *ps, uint64_t serial,
+                                  const uint8_t *nonce, size_t len, int durable, int *ins)
+{
+    kmdc_db_batch *b = apr_palloc(ps->r->pool, sizeof(*b));
+    kmdc_db_params pp;
+
+    kmdc_db_params_init(&pp);
+    kmdc_db_param_int8(&pp, (int64_t)serial);
+    kmdc_db_param_bytea(&pp, apr_pmemdup(ps->r->pool, nonce, len), len);
+    kmdc_db_batch_init(b, NULL);
+    kmdc_db_batch_command(b, "BEGIN");
+    if (!durable) {
+        kmdc_db_batch_command(b, "SET LOCAL synchronous_commit TO off");
+    }
+    *ins = kmdc_db_batch_add(b, "INSERT INTO request_nonces (serial, nonce) "
+                             "VALUES ($1, $2)", &pp, 0);
+    kmdc_db_batch_command(b, "COMMIT");
+    return b;
+}
+
 kmdc_store_rc kmdc_pg_nonce_record(kmdc_store *st, uint64_t serial,
-                                   const uint8_t *nonce, size_t len)
+                                   const uint8_t *nonce, size_t len, int durable)
+{
+    kmdc_pg_store *ps = KMDC_PG(st);
+    kmdc_db_batch *b;
+    kmdc_store_rc rc;
+    int ins = 0;
+
+    b = nonce_batch(ps, serial, nonce, len, durable, &ins);
+    if (!durable) {
+        ps->deferred = b;                /* with the next operation */
+        return KMDC_STORE_OK;
+    }
+    ps->deferred = b;
+    rc = kmdc_pg_settle(st);
+    return rc == KMDC_STORE_REPLAY ? KMDC_STORE_CONFLICT : rc;
+}
+
+kmdc_store_rc kmdc_pg_settle(kmdc_store *st)
 {
     kmdc_pg_store *ps = KMDC_PG(st);
     kmdc_db *db = NULL;
-    kmdc_db_params pp;
-    PGresult *res = NULL;
-    kmdc_db_rc dbrc;
+    kmdc_db_batch none;
     kmdc_store_rc rc;
 
+    if (ps->deferred == NULL) {
+        return KMDC_STORE_OK;
+    }
     if ((rc = kmdc_pg_borrow(ps, &db)) != KMDC_STORE_OK) {
-        goto out;
+        return rc;
     }
-    /* its own autocommitted statement: the record stays whatever happens */
-    kmdc_db_params_init(&pp);
-    kmdc_db_param_int8(&pp, (int64_t)serial);
-    kmdc_db_param_bytea(&pp, nonce, len);
-    dbrc = kmdc_db_exec(db, "INSERT INTO request_nonces (serial, nonce) VALUES ($1, $2) "
-                        "ON CONFLICT DO NOTHING", &pp, 0, &res);
-    if (dbrc != KMDC_DB_OK) {
-        rc = kmdc_pg_failed(dbrc);
-        goto out;
-    }
-    rc = strcmp(PQcmdTuples(res), "1") == 0 ? KMDC_STORE_OK : KMDC_STORE_CONFLICT;
-out:
-    kmdc_db_clear(db, res);
+    kmdc_db_batch_init(&none, db);       /* the deferred statements alone */
+    rc = kmdc_pg_failed(kmdc_db_batch_run(&none));
     kmdc_db_release(db);
     return rc;
 }

@@ -26,12 +26,15 @@ typedef struct kmdc_pg_store {
     kmdc_store base;              /* first: a kmdc_store * is a kmdc_pg_store * */
     request_rec *r;               /* the request served (pool, logging) */
     const kmdc_srv_conf *sc;      /* its server's configuration */
+    kmdc_db_batch *deferred;      /* the nonce record, sent with the next
+                                   * statement (nonce_record) */
 } kmdc_pg_store;
 
 #define KMDC_PG(st) ((kmdc_pg_store *)(st))
 
 /* Borrow a connection for one operation: KMDC_STORE_OK (*db set, give it
- * back with kmdc_db_release), UNAVAILABLE or SCHEMA (*db NULL). */
+ * back with kmdc_db_release), UNAVAILABLE or SCHEMA (*db NULL).  A deferred
+ * nonce record goes with its first statement. */
 kmdc_store_rc kmdc_pg_borrow(kmdc_pg_store *ps, kmdc_db **db);
 
 /* The store's code for a statement that failed with rc (the connection is
@@ -93,7 +96,8 @@ kmdc_store_rc kmdc_pg_spend(kmdc_store *st, const kmdc_spending *sp);
 /* mod_kmdc_store_cards.c */
 kmdc_store_rc kmdc_pg_auth_load(kmdc_store *st, uint64_t serial, kmdc_auth_card *out);
 kmdc_store_rc kmdc_pg_nonce_record(kmdc_store *st, uint64_t serial,
-                                   const uint8_t *nonce, size_t len);
+                                   const uint8_t *nonce, size_t len, int durable);
+kmdc_store_rc kmdc_pg_settle(kmdc_store *st);
 kmdc_store_rc kmdc_pg_health(kmdc_store *st);
 kmdc_store_rc kmdc_pg_card_get(kmdc_store *st, uint64_t serial, kmdc_card_info *out);
 kmdc_store_rc kmdc_pg_activate(kmdc_store *st, uint64_t serial, int failure_limit,
