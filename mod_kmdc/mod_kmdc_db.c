@@ -623,8 +623,9 @@ kmdc_db_rc kmdc_db_exec(kmdc_db *db, const char *sql, const kmdc_db_params *pp,
                       KMDC_DB_MAX_PARAMS);
         return KMDC_DB_ERROR;
     }
-    if (db->prefix != NULL) {
-        /* the deferred statements ride along: one round trip for all */
+    if (db->prefix != NULL || !kmdc_db_stmt_ready(db->pg, sql)) {
+        /* the deferred statements or the Prepare ride along: one round trip
+         * for all */
         kmdc_db_batch *b = apr_palloc(r->pool, sizeof(*b));
         kmdc_db_rc rc;
         int i;

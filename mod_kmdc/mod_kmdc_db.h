@@ -183,8 +183,13 @@ kmdc_db_rc kmdc_db_check_result(kmdc_db *db, const PGresult *res);
  * by the pool on a new connection; 0 when libpq refused. */
 int kmdc_db_stmt_register(PGconn *pg);
 
-/* Run one statement on pg: prepared when pg keeps a table of them, else
- * PQexecParams.  The result as PQexecParams gives it. */
+/* 1 when sql runs on pg without a Prepare first (prepared before, or pg
+ * prepares nothing). */
+int kmdc_db_stmt_ready(PGconn *pg, const char *sql);
+
+/* Run one statement on pg: prepared when pg keeps a table of them (a
+ * separate round trip prepares it the first time), else PQexecParams.  The
+ * result as PQexecParams gives it. */
 PGresult *kmdc_db_stmt_exec(PGconn *pg, const char *sql, const kmdc_db_params *pp,
                             int binary_result);
 

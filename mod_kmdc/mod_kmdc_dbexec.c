@@ -34,6 +34,7 @@
 
 #include "mod_kmdc.h"
 #include "mod_kmdc_db.h"
+#include "mod_kmdc_metrics.h"
 
 /* ---- the statements prepared on one connection ----------------------------- */
 
@@ -140,6 +141,19 @@ static void stmt_name(char *buf, int slot)
     apr_snprintf(buf, 16, "kmdc_%d", slot);
 }
 
+int kmdc_db_stmt_ready(PGconn *pg, const char *sql)
+{
+    prepared_set *ps = PQinstanceData(pg, prepared_event);
+    int i;
+
+    if (ps == NULL || prepared_find(ps, sql) >= 0) {
+        return 1;
+    }
+    for (i = 0; i < ps->n && ps->sql[i] != NULL; i++) {
+    }
+    return i == KMDC_DB_MAX_PREPARED;    /* full: it will run unprepared */
+}
+
 PGresult *kmdc_db_stmt_exec(PGconn *pg, const char *sql, const kmdc_db_params *pp,
                             int binary_result)
 {
@@ -155,6 +169,7 @@ PGresult *kmdc_db_stmt_exec(PGconn *pg, const char *sql, const kmdc_db_params *p
         PGresult *prep;
 
         stmt_name(name, slot);
+        kmdc_metrics_db_round_trip();
         prep = PQprepare(pg, name, sql, 0, NULL);
         if (prep == NULL || PQresultStatus(prep) != PGRES_COMMAND_OK) {
             /* e.g. inside an aborted transaction: run it unprepared, which
@@ -164,6 +179,7 @@ PGresult *kmdc_db_stmt_exec(PGconn *pg, const char *sql, const kmdc_db_params *p
         }
         PQclear(prep);
     }
+    kmdc_metrics_db_round_trip();
     if (slot < 0) {
         return PQexecParams(pg, sql, n, NULL, values, lengths, formats, binary_result);
     }
@@ -298,6 +314,7 @@ kmdc_db_rc kmdc_db_batch_run(kmdc_db_batch *b)
         }
         sent++;
     }
+    kmdc_metrics_db_round_trip();
     if (sent < total || !PQpipelineSync(pg)) {
         lost = 1;
     }

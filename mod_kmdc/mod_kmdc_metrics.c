@@ -35,7 +35,7 @@ _Static_assert(ATOMIC_INT_LOCK_FREE == 2, "int atomics must be lock-free");
 /* "KMDM" and the layout version: a module of another layout loaded by a
  * restart makes a new segment instead of misreading the old one. */
 #define KMDC_METRICS_MAGIC 0x4b4d444du
-#define KMDC_METRICS_LAYOUT 1u
+#define KMDC_METRICS_LAYOUT 2u
 
 /* Gauge slots when the MPM does not say how many children it may run. */
 #define KMDC_METRICS_DEFAULT_SLOTS 64
@@ -100,6 +100,7 @@ typedef struct metrics_seg {
     atomic_ullong auth_failures;
     atomic_ullong activations[KMDC_METRIC_ACT_N];
     atomic_ullong db_unavailable;
+    atomic_ullong db_round_trips;
     atomic_llong waiting_unslotted;  /* children that found no free slot */
     gauge_slot slots[];
 } metrics_seg;
@@ -176,6 +177,7 @@ int kmdc_metrics_post_config(apr_pool_t *pconf, server_rec *s)
         atomic_init(&m->activations[i], 0);
     }
     atomic_init(&m->db_unavailable, 0);
+    atomic_init(&m->db_round_trips, 0);
     atomic_init(&m->waiting_unslotted, 0);
     for (i = 0; i < nslots; i++) {
         atomic_init(&m->slots[i].pid, 0);
@@ -327,6 +329,13 @@ void kmdc_metrics_activation(kmdc_metric_activation result)
     }
 }
 
+void kmdc_metrics_db_round_trip(void)
+{
+    if (seg != NULL) {
+        add(&seg->db_round_trips, 1);
+    }
+}
+
 void kmdc_metrics_longpoll(int delta)
 {
     if (seg == NULL) {
@@ -459,6 +468,9 @@ int kmdc_metrics_handler(request_rec *r)
     counter(&pg, "kmdc_db_unavailable_total",
             "Requests answered 503 because the database could not be used.",
             &seg->db_unavailable);
+    counter(&pg, "kmdc_db_round_trips_total",
+            "Round trips to PostgreSQL made for requests (a batch of pipelined "
+            "statements is one)", &seg->db_round_trips);
     header(&pg, "kmdc_start_time_seconds", "gauge",
            "When these counters started, in Unix seconds (reset only when httpd "
            "stops, not by a restart).");

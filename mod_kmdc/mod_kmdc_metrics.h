@@ -101,4 +101,8 @@ void kmdc_metrics_activation(kmdc_metric_activation result);
 /* Add delta (+1 or -1) to this child's long-polls in progress. */
 void kmdc_metrics_longpoll(int delta);
 
+/* One round trip to PostgreSQL for a request (a statement, a prepare, or a
+ * batch of pipelined statements). */
+void kmdc_metrics_db_round_trip(void);
+
 #endif

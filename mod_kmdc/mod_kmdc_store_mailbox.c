@@ -41,55 +41,43 @@ kmdc_store_rc kmdc_pg_mailbox_list(kmdc_store *st, uint64_t serial, uint64_t *do
     kmdc_db_rc dbrc;
     kmdc_store_rc rc;
     int64_t dn = 0;
-    int in_tx = 0;
     int i, n;
 
     *down_next = 0;
     if ((rc = kmdc_pg_borrow(ps, &db)) != KMDC_STORE_OK) {
-        goto out;
+        return rc;
     }
-    if ((dbrc = kmdc_db_command(db, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"))
-        != KMDC_DB_OK) {
-        rc = kmdc_pg_failed(dbrc);
-        goto out;
-    }
-    in_tx = 1;
+    /* one statement, so one snapshot: the card's down_next and its queued
+     * deliveries (none: one row of NULLs after the card's) */
     kmdc_db_params_init(&pp);
     kmdc_db_param_int8(&pp, (int64_t)serial);
-    if ((dbrc = kmdc_db_exec(db, "SELECT down_next FROM cards WHERE serial = $1",
-                             &pp, 1, &res)) != KMDC_DB_OK) {
+    dbrc = kmdc_db_exec(db, "SELECT c.down_next, d.id, d.seq, "
+                        "octet_length(d.head)::bigint + d.payload_len, "
+                        "floor(extract(epoch FROM d.created_at) * 1000)::bigint "
+                        "FROM cards c LEFT JOIN LATERAL (SELECT d.id, d.seq, d.head, "
+                        "d.created_at, m.payload_len FROM deliveries d JOIN messages m "
+                        "ON m.id = d.message_id WHERE d.recipient = c.serial "
+                        "AND d.state = 'queued' AND d.expires_at > now()) d ON true "
+                        "WHERE c.serial = $1 ORDER BY d.seq", &pp, 1, &res);
+    /* the rows live in res, not in the connection: give it back first */
+    kmdc_db_release(db);
+    if (dbrc != KMDC_DB_OK) {
         rc = kmdc_pg_failed(dbrc);
         goto out;
     }
-    if (!kmdc_db_get_int64(res, 0, 0, &dn) || dn < 0) {
+    n = PQntuples(res);
+    if (n == 0 || !kmdc_db_get_int64(res, 0, 0, &dn) || dn < 0) {
         rc = KMDC_STORE_NOTFOUND;
         goto out;
     }
-    kmdc_db_clear(db, res);
-    res = NULL;
-    if ((dbrc = kmdc_db_exec(db, "SELECT d.id, d.seq, octet_length(d.head)::bigint + m.payload_len, "
-                             "floor(extract(epoch FROM d.created_at) * 1000)::bigint "
-                             "FROM deliveries d JOIN messages m ON m.id = d.message_id "
-                             "WHERE d.recipient = $1 AND d.state = 'queued' "
-                             "AND d.expires_at > now() ORDER BY d.seq",
-                             &pp, 1, &res)) != KMDC_DB_OK
-        || (dbrc = kmdc_db_command(db, "COMMIT")) != KMDC_DB_OK) {
-        rc = kmdc_pg_failed(dbrc);
-        goto out;
-    }
-    in_tx = 0;
-    /* the rows live in res, not in the connection: give it back first */
-    kmdc_db_release(db);
-
     *down_next = (uint64_t)dn;
-    n = PQntuples(res);
-    for (i = 0; i < n; i++) {
+    for (i = 0; i < n && !PQgetisnull(res, i, 1); i++) {
         kmdc_mailbox_entry e;
         int64_t id = 0, seq = 0;
 
-        if (!kmdc_db_get_int64(res, i, 0, &id) || !kmdc_db_get_int64(res, i, 1, &seq)
-            || !kmdc_db_get_int64(res, i, 2, &e.size)
-            || !kmdc_db_get_int64(res, i, 3, &e.created_ms)) {
+        if (!kmdc_db_get_int64(res, i, 1, &id) || !kmdc_db_get_int64(res, i, 2, &seq)
+            || !kmdc_db_get_int64(res, i, 3, &e.size)
+            || !kmdc_db_get_int64(res, i, 4, &e.created_ms)) {
             ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, ps->r,
                           "store: card %016" APR_UINT64_T_HEX_FMT ": a delivery of "
                           "its mailbox cannot be read", (apr_uint64_t)serial);
@@ -105,11 +93,7 @@ kmdc_store_rc kmdc_pg_mailbox_list(kmdc_store *st, uint64_t serial, uint64_t *do
     }
     rc = KMDC_STORE_OK;
 out:
-    kmdc_db_clear(db, res);
-    if (in_tx) {
-        (void)kmdc_db_rollback(db);
-    }
-    kmdc_db_release(db);
+    kmdc_db_clear(db, res);   /* db was given back; its request still frees res */
     return rc;
 }
 
@@ -133,29 +117,18 @@ struct kmdc_fetch {
 /* Read payload row f->idx into f->row, checking it is not empty and fits in
  * what remains of the payload; logs why when a row after the first is
  * missing or wrong. */
-static kmdc_store_rc load_row(kmdc_fetch *f)
+/* The payload row in f->row (row f->idx), or why it is unusable. */
+static kmdc_store_rc check_row(kmdc_fetch *f)
 {
-    kmdc_db_params pp;
-    kmdc_db_rc dbrc;
     const unsigned char *data = NULL;
     size_t len = 0;
     const char *why = "could not be read";
-    kmdc_store_rc rc;
 
-    kmdc_db_params_init(&pp);
-    kmdc_db_param_int8(&pp, f->upload_id);
-    kmdc_db_param_int4(&pp, f->idx);
-    dbrc = kmdc_db_exec(f->db, "SELECT data FROM upload_chunks WHERE upload_id = $1 "
-                        "AND idx = $2", &pp, 1, &f->row);
-    if (dbrc != KMDC_DB_OK) {
-        rc = kmdc_pg_failed(dbrc);
-    }
-    else if (!kmdc_db_get_bytea(f->row, 0, 0, &data, &len)) {
-        rc = KMDC_STORE_ERROR;                  /* the row is missing */
+    if (!kmdc_db_get_bytea(f->row, 0, 0, &data, &len)) {
+        /* the row is missing */
     }
     else if (len == 0 || (uint64_t)len > f->payload_len - f->sent) {
         why = "has the wrong length";
-        rc = KMDC_STORE_ERROR;
     }
     else {
         return KMDC_STORE_OK;
@@ -169,7 +142,25 @@ static kmdc_store_rc load_row(kmdc_fetch *f)
     }
     kmdc_db_clear(f->db, f->row);
     f->row = NULL;
-    return rc;
+    return KMDC_STORE_ERROR;
+}
+
+static kmdc_store_rc load_row(kmdc_fetch *f)
+{
+    kmdc_db_params pp;
+    kmdc_db_rc dbrc;
+
+    kmdc_db_params_init(&pp);
+    kmdc_db_param_int8(&pp, f->upload_id);
+    kmdc_db_param_int4(&pp, f->idx);
+    dbrc = kmdc_db_exec(f->db, "SELECT data FROM upload_chunks WHERE upload_id = $1 "
+                        "AND idx = $2", &pp, 1, &f->row);
+    if (dbrc != KMDC_DB_OK) {
+        kmdc_db_clear(f->db, f->row);
+        f->row = NULL;
+        return kmdc_pg_failed(dbrc);
+    }
+    return check_row(f);
 }
 
 kmdc_store_rc kmdc_pg_fetch_open(kmdc_store *st, uint64_t serial, uint64_t id,
@@ -178,6 +169,8 @@ kmdc_store_rc kmdc_pg_fetch_open(kmdc_store *st, uint64_t serial, uint64_t id,
 {
     kmdc_pg_store *ps = KMDC_PG(st);
     kmdc_fetch *f = apr_pcalloc(ps->r->pool, sizeof(*f));
+    kmdc_db_batch b;
+    int i_head, i_first;
     kmdc_db_params pp;
     kmdc_db_rc dbrc;
     kmdc_store_rc rc;
@@ -195,23 +188,29 @@ kmdc_store_rc kmdc_pg_fetch_open(kmdc_store *st, uint64_t serial, uint64_t id,
     if ((rc = kmdc_pg_borrow(ps, &f->db)) != KMDC_STORE_OK) {
         goto out;
     }
-    if ((dbrc = kmdc_db_command(f->db, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"))
-        != KMDC_DB_OK) {
-        rc = kmdc_pg_failed(dbrc);
-        goto out;
-    }
-    f->in_tx = 1;
+    /* one round trip: the snapshot, the head, the first payload row (so a
+     * lost upload is known before any answer) */
     kmdc_db_params_init(&pp);
     kmdc_db_param_int8(&pp, (int64_t)id);
     kmdc_db_param_int8(&pp, (int64_t)serial);
-    if ((dbrc = kmdc_db_exec(f->db, "SELECT d.head, coalesce(m.upload_id, 0), m.payload_len "
+    kmdc_db_batch_init(&b, f->db);
+    kmdc_db_batch_command(&b, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY");
+    i_head = kmdc_db_batch_add(&b, "SELECT d.head, coalesce(m.upload_id, 0), m.payload_len "
                              "FROM deliveries d JOIN messages m ON m.id = d.message_id "
                              "WHERE d.id = $1 AND d.recipient = $2 AND d.state = 'queued' "
-                             "AND d.expires_at > now()", &pp, 1, &f->head_res))
-        != KMDC_DB_OK) {
+                             "AND d.expires_at > now()", &pp, 1);
+    i_first = kmdc_db_batch_add(&b, "SELECT c.data FROM deliveries d JOIN messages m "
+                              "ON m.id = d.message_id JOIN upload_chunks c "
+                              "ON c.upload_id = m.upload_id AND c.idx = 0 "
+                              "WHERE d.id = $1 AND d.recipient = $2", &pp, 1);
+    dbrc = kmdc_db_batch_run(&b);
+    f->in_tx = 1;          /* or aborted, or lost: closing rolls back alike */
+    if (dbrc != KMDC_DB_OK) {
         rc = kmdc_pg_failed(dbrc);
         goto out;
     }
+    f->head_res = kmdc_db_batch_result(&b, i_head);
+    f->row = kmdc_db_batch_result(&b, i_first);
     if (PQntuples(f->head_res) != 1) {
         rc = KMDC_STORE_NOTFOUND;
         goto out;
@@ -224,9 +223,8 @@ kmdc_store_rc kmdc_pg_fetch_open(kmdc_store *st, uint64_t serial, uint64_t id,
         goto out;
     }
     f->payload_len = (uint64_t)plen;
-    /* the first row now, so a lost upload is known before any answer */
     if (f->payload_len > 0) {
-        if ((rc = load_row(f)) != KMDC_STORE_OK) {
+        if ((rc = check_row(f)) != KMDC_STORE_OK) {
             goto out;
         }
         f->pending = 1;
@@ -297,108 +295,68 @@ kmdc_store_rc kmdc_pg_ack(kmdc_store *st, uint64_t serial, uint64_t id, int *ack
 {
     kmdc_pg_store *ps = KMDC_PG(st);
     kmdc_db *db = NULL;
-    kmdc_db_params pp;
-    PGresult *res = NULL;
+    kmdc_db_batch b;
+    kmdc_db_params pp, pn;
     kmdc_db_rc dbrc;
     kmdc_store_rc rc;
-    int64_t message = 0, queued = 0;
+    int64_t queued = 0;
     char hex[17];
-    int in_tx = 0;
+    int found, upd, count;
 
     *acked = 0;
     *payload_deleted = 0;
     if ((rc = kmdc_pg_borrow(ps, &db)) != KMDC_STORE_OK) {
-        goto out;
+        return rc;
     }
-    if ((dbrc = kmdc_db_command(db, "BEGIN")) != KMDC_DB_OK) {
-        goto failed;
-    }
-    in_tx = 1;
+    /*
+     * One transaction in one round trip; each statement takes its snapshot
+     * after the locks before it.  The message's row first: acknowledgements
+     * of one message take turns, so the last one sees no other delivery
+     * queued and drops the bytes.  A delivery id that is not this mailbox's
+     * makes every statement after the first match nothing.
+     */
     kmdc_db_params_init(&pp);
     kmdc_db_param_int8(&pp, (int64_t)id);
     kmdc_db_param_int8(&pp, (int64_t)serial);
-    if ((rc = kmdc_pg_row(db, "SELECT message_id FROM deliveries WHERE id = $1 "
-                          "AND recipient = $2", &pp, 0, &res)) != KMDC_STORE_OK) {
-        goto out;
-    }
-    if (!kmdc_db_get_int64(res, 0, 0, &message)) {
-        rc = KMDC_STORE_ERROR;
-        goto out;
-    }
-    kmdc_db_clear(db, res);
-    res = NULL;
-
-    /* the message first: acknowledgements of one message take turns */
-    kmdc_db_params_init(&pp);
-    kmdc_db_param_int8(&pp, message);
-    if ((dbrc = kmdc_db_exec(db, "SELECT 1 FROM messages WHERE id = $1 FOR NO KEY UPDATE",
-                             &pp, 0, &res)) != KMDC_DB_OK) {
-        goto failed;
-    }
-    kmdc_db_clear(db, res);
-    res = NULL;
-    kmdc_db_params_init(&pp);
-    kmdc_db_param_int8(&pp, (int64_t)id);
-    if ((dbrc = kmdc_db_exec(db, "UPDATE deliveries SET state = 'delivered', acked_at = now(), "
-                             "head = NULL WHERE id = $1 AND state = 'queued'",
-                             &pp, 0, &res)) != KMDC_DB_OK) {
-        goto failed;
-    }
-    *acked = strcmp(PQcmdTuples(res), "1") == 0;
-    kmdc_db_clear(db, res);
-    res = NULL;
-
+    kmdc_serial_format(hex, serial);
+    kmdc_db_params_init(&pn);
+    kmdc_db_param_int8(&pn, (int64_t)id);
+    kmdc_db_param_text(&pn, hex);
+    kmdc_db_batch_init(&b, db);
+    kmdc_db_batch_command(&b, "BEGIN");
+    found = kmdc_db_batch_add(&b, "SELECT message_id FROM deliveries WHERE id = $1 "
+                              "AND recipient = $2", &pp, 0);
+    kmdc_db_batch_add(&b, "SELECT 1 FROM messages WHERE id = (SELECT message_id FROM "
+                      "deliveries WHERE id = $1 AND recipient = $2) FOR NO KEY UPDATE", &pp, 0);
+    upd = kmdc_db_batch_add(&b, "UPDATE deliveries SET state = 'delivered', acked_at = now(), "
+                            "head = NULL WHERE id = $1 AND recipient = $2 "
+                            "AND state = 'queued'", &pp, 0);
+    count = kmdc_db_batch_add(&b, "SELECT count(*) FROM deliveries WHERE message_id = "
+                              "(SELECT message_id FROM deliveries WHERE id = $1 "
+                              "AND recipient = $2) AND state = 'queued'", &pp, 0);
     /* no delivery of the message queued any more: the bytes go */
-    kmdc_db_params_init(&pp);
-    kmdc_db_param_int8(&pp, message);
-    if ((dbrc = kmdc_db_exec(db, "SELECT count(*) FROM deliveries WHERE message_id = $1 "
-                             "AND state = 'queued'", &pp, 0, &res)) != KMDC_DB_OK) {
-        goto failed;
+    kmdc_db_batch_add(&b, "DELETE FROM uploads u USING messages m WHERE m.id = "
+                      "(SELECT message_id FROM deliveries WHERE id = $1 AND recipient = $2) "
+                      "AND u.id = m.upload_id AND NOT EXISTS (SELECT 1 FROM deliveries q "
+                      "WHERE q.message_id = m.id AND q.state = 'queued')", &pp, 0);
+    /* acknowledged by this transaction (its now()): wake the long-polls of
+     * this mailbox, whose listing changed */
+    kmdc_db_batch_add(&b, "SELECT pg_notify('kmdc_mailbox', $2) FROM deliveries WHERE id = $1 "
+                      "AND state = 'delivered' AND acked_at = now()", &pn, 0);
+    kmdc_db_batch_command(&b, "COMMIT");
+    if ((dbrc = kmdc_db_batch_run(&b)) != KMDC_DB_OK) {
+        rc = kmdc_pg_failed(dbrc);
     }
-    if (!kmdc_db_get_int64(res, 0, 0, &queued)) {
+    else if (PQntuples(kmdc_db_batch_result(&b, found)) != 1) {
+        rc = KMDC_STORE_NOTFOUND;        /* committed, having changed nothing */
+    }
+    else if (!kmdc_db_get_int64(kmdc_db_batch_result(&b, count), 0, 0, &queued)) {
         rc = KMDC_STORE_ERROR;
-        goto out;
     }
-    kmdc_db_clear(db, res);
-    res = NULL;
-    if (queued == 0) {
-        if ((dbrc = kmdc_db_exec(db, "DELETE FROM uploads u USING messages m "
-                                 "WHERE m.id = $1 AND u.id = m.upload_id",
-                                 &pp, 0, &res)) != KMDC_DB_OK) {
-            goto failed;
-        }
-        kmdc_db_clear(db, res);
-        res = NULL;
-    }
-    if (*acked) {
-        /* wake long-polls of this mailbox: its listing changed */
-        kmdc_serial_format(hex, serial);
-        kmdc_db_params_init(&pp);
-        kmdc_db_param_text(&pp, hex);
-        if ((dbrc = kmdc_db_exec(db, "SELECT pg_notify('kmdc_mailbox', $1)", &pp, 0, &res))
-            != KMDC_DB_OK) {
-            goto failed;
-        }
-        kmdc_db_clear(db, res);
-        res = NULL;
-    }
-    if ((dbrc = kmdc_db_command(db, "COMMIT")) != KMDC_DB_OK) {
-        goto failed;
-    }
-    in_tx = 0;
-    *payload_deleted = queued == 0;
-    rc = KMDC_STORE_OK;
-    goto out;
-
-failed:
-    rc = kmdc_pg_failed(dbrc);
-out:
-    if (rc != KMDC_STORE_OK) {
-        *acked = 0;
-    }
-    kmdc_db_clear(db, res);
-    if (in_tx) {
-        (void)kmdc_db_rollback(db);
+    else {
+        *acked = strcmp(PQcmdTuples(kmdc_db_batch_result(&b, upd)), "1") == 0;
+        *payload_deleted = queued == 0;
+        rc = KMDC_STORE_OK;
     }
     kmdc_db_release(db);
     return rc;

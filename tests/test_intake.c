@@ -1607,6 +1607,58 @@ test_slots(void)
     }
 }
 
+/* An envelope whose every byte has arrived waits on nothing: no slot, and a
+ * payload of one batch travels inside the publication (no upload_append). */
+static void
+test_whole(void)
+{
+    struct fx f;
+    struct buf env[6];
+    kmdc_intake *held[4];
+    struct res r;
+    struct snap sn;
+    uint8_t *doc = make_doc(3 * CH + 7, 62);
+    struct want w = { .sender = ALICE, .from = "alice", .rcpt = { BOB }, .n = 1,
+                      .doc = doc, .len = 3 * CH + 7 };
+    uint64_t down[1] = { 0 };
+    int i, open_ok = 1;
+
+    fx_std(&f);
+    memset(env, 0, sizeof(env));
+    for (i = 0; i < 6; i++) {
+        struct spec sp = { .serial = ALICE, .seq = (uint64_t)i, .to = "bob",
+                           .doc = doc, .len = 3 * CH + 7 };
+        seal(&env[i], &sp);
+    }
+    snap(&f, ALICE, &sn);
+    run(&f, &env[0], 0, &r);
+    expect_accepted(&f, &env[0], &r, &sn, &w, down, "whole envelope");
+    tap_ok(f.ms->calls[MS_SLOT_TAKE] == 0 && f.ms->calls[MS_UPLOAD_APPEND] == 0 &&
+           f.ms->inline_publications == 1,
+           "whole envelope: no slot taken, no upload row before the publication");
+
+    /* every slot of the card held by uploads still waiting for bytes */
+    for (i = 0; i < 4; i++) {
+        held[i] = in_new(&f);
+        if (!feed(held[i], env[1 + i].p, prefix_len(&env[1 + i]) + 10, 0) ||
+            kmdc_intake_decision(held[i]) != NULL)
+            open_ok = 0;
+    }
+    tap_ok(open_ok && memstore_leases(f.ms, ALICE, 0) == 4,
+           "whole envelope: four uploads waiting for bytes hold the card's four slots");
+    run(&f, &env[5], 0, &r);
+    tap_ok(r.decided && r.status == 201,
+           "whole envelope: relayed while every slot is held (it waits on nothing)");
+    for (i = 0; i < 4; i++)
+        kmdc_intake_free(held[i]);
+    tap_ok(memstore_leases(f.ms, ALICE, 0) == 0 && f.ms->inline_publications == 2,
+           "whole envelope: the waiting uploads gave their slots back");
+    fx_done(&f, "whole envelope");
+    for (i = 0; i < 6; i++)
+        buf_free(&env[i]);
+    free(doc);
+}
+
 /* The body cut off, and the intake freed mid-way. */
 static void
 test_cut(void)
@@ -2331,6 +2383,7 @@ main(int argc, char **argv)
     test_trailing();
     test_unavailable();
     test_slots();
+    test_whole();
     test_cut();
     test_quota();
     test_null_address();
