@@ -515,7 +515,7 @@ out:
 static int
 write_temp_card(const char *out, const uint8_t *img, size_t len, char **tmp_out)
 {
-    char *tmp = NULL, *copy = NULL, *dir, *base;
+    char *tmp = NULL, *copy = NULL, *dircopy = NULL, *dir, *base;
     size_t off = 0;
     ssize_t w;
     int fd = -1, rc = EXIT_OK, n;
@@ -536,7 +536,13 @@ write_temp_card(const char *out, const uint8_t *img, size_t len, char **tmp_out)
         rc = fail("card file path too long");
         goto out;
     }
-    dir = dirname(tmp);
+    /* dirname() returns a pointer into tmp, which the next snprintf
+     * overwrites (it may clear tmp[0] first): copy the folder out */
+    if ((dircopy = strdup(dirname(tmp))) == NULL) {
+        rc = fail("out of memory");
+        goto out;
+    }
+    dir = dircopy;
     n = snprintf(tmp, cap, "%s/.%s.issue-XXXXXX", dir, base);
     if (n < 0 || (size_t)n >= cap) {
         rc = fail("card file path too long");
@@ -580,6 +586,7 @@ out:
     }
     free(tmp);
     free(copy);
+    free(dircopy);
     return rc;
 }
 

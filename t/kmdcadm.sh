@@ -112,6 +112,18 @@ ok $rc "issue: exits 0"
 ok $? "issue: the card file exists with mode 0600"
 [ -z "$(find "$work" -maxdepth 1 -name '.alice.card.*')" ]
 ok $? "issue: no temp file is left beside the card file"
+# the temporary card file is made beside the card file, never elsewhere (it
+# once landed in / : a card's secrets in the root folder, or EACCES / EXDEV)
+mkdir "$work/sub"
+strace -f -qq -e trace=openat -o "$work/issue.strace" \
+    "$kmdcadm" $MK issue --address dora --url https://dc.example/kmdc \
+    --out "$work/sub/dora.card" >/dev/null 2>&1; rc=$?
+[ $rc -eq 0 ] && [ -f "$work/sub/dora.card" ] \
+    && grep -q "\"$work/sub/\.dora\.card\.issue-" "$work/issue.strace" \
+    && ! grep -qE '"/\.dora\.card\.issue-' "$work/issue.strace"
+ok $? "issue: the temporary card file is made in the card file's folder"
+[ $rc -eq 0 ] || diag "exit $rc: $(grep issue- "$work/issue.strace" | head -3)"
+q -c "DELETE FROM cards WHERE address = 'dora'" >/dev/null   # the counts below know three
 code_lines=$(printf '%s\n' "$out" | grep -cE '^access code: [0-9A-HJKMNP-TV-Z]{5}-[0-9A-HJKMNP-TV-Z]{5}$')
 [ "$code_lines" = 1 ] && [[ $out == *"shown only this once"* ]]
 ok $? "issue: prints one Crockford access code XXXXX-XXXXX and says it is shown once"
