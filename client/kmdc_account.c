@@ -16,6 +16,7 @@
 
 #include "kmdc_cli.h"
 #include "kmdc_http.h"
+#include "kmdc_parse.h"
 #include "kmdc_util.h"
 
 #define CODE_MAX 32              /* an access code as typed, hyphens and spaces included */
@@ -203,14 +204,15 @@ kmdc_cmd_status(kmdc_cli *c, int argc, char **argv)
     kmdc_card *card = NULL;
     kmdc_http_req rq;
     kmdc_http_resp rs;
-    json_t *j = NULL, *arr, *it, *addr, *state;
-    json_error_t je;
+    kmdc_message_answer ma;
+    json_t *j = NULL;
     uint64_t id;
     size_t i;
-    char path[40], a[KMDC_ADDR_MAX + 1], s[32];
+    char path[40];
     int rc, first, hrc;
 
     memset(&rs, 0, sizeof rs);
+    memset(&ma, 0, sizeof ma);
     rc = kmdc_cli_parse(c, kmdc_cli_find("status"), argc, argv, NULL, 0, NULL, NULL, NULL,
                         &first);
     if (rc >= 0)
@@ -233,26 +235,30 @@ kmdc_cmd_status(kmdc_cli *c, int argc, char **argv)
             rc = kmdc_cli_fail(KMDC_EXIT_FAIL, "status: unexpected answer %ld", rs.status);
         goto out;
     }
-    j = rs.body != NULL ? json_loadb(rs.body, rs.bodylen, 0, &je) : NULL;
-    arr = json_object_get(j, "recipients");
-    if (!json_is_array(arr)) {
-        rc = kmdc_cli_fail(KMDC_EXIT_FAIL, "status: the answer has no recipients list");
+    if (kmdc_parse_message(rs.body, rs.bodylen, &ma) != 0) {
+        rc = kmdc_cli_fail(KMDC_EXIT_FAIL, "status: the answer is not what the datacenter sends "
+                           "(docs/API.md)");
         goto out;
     }
-    json_array_foreach(arr, i, it) {
-        addr = json_object_get(it, "address");
-        state = json_object_get(it, "state");
-        if (!json_is_string(addr) || !json_is_string(state))
-            continue;
-        snprintf(a, sizeof a, "%s", json_string_value(addr));
-        snprintf(s, sizeof s, "%s", json_string_value(state));
-        kmdc_cli_sanitize(a);
-        kmdc_cli_sanitize(s);
-        printf("%s %s\n", a, s);
+    if (c->json) {
+        json_t *arr = json_array();
+        char hex[17];
+        for (i = 0; arr != NULL && i < ma.n_rcpts; i++)
+            json_array_append_new(arr, json_pack("{s:s, s:s}", "address", ma.rcpts[i].address,
+                                                 "state", ma.rcpts[i].state));
+        kmdc_serial_format(hex, ma.message);
+        j = json_pack("{s:s, s:I, s:I, s:o}", "message", hex, "created", (json_int_t)ma.created,
+                      "size", (json_int_t)ma.size, "recipients", arr != NULL ? arr : json_null());
+        if (j == NULL || json_dumpf(j, stdout, JSON_INDENT(2)) != 0 || fputc('\n', stdout) == EOF)
+            rc = kmdc_cli_fail(KMDC_EXIT_FAIL, "cannot write the output");
+    } else {
+        for (i = 0; i < ma.n_rcpts; i++)
+            printf("%s %s\n", ma.rcpts[i].address, ma.rcpts[i].state);
     }
     if (fflush(stdout) != 0)
         rc = kmdc_cli_fail(KMDC_EXIT_FAIL, "cannot write the output");
 out:
+    kmdc_parse_message_free(&ma);
     json_decref(j);
     kmdc_http_resp_free(&rs);
     kmdc_card_free(card);
@@ -333,18 +339,20 @@ kmdc_cmd_card_resync(kmdc_cli *c)
     snprintf(path, sizeof path, "/card/%016" PRIx64, kmdc_card_serial(card));
     if ((rc = get_json(c, card, base, path, "resync", &cj)) != KMDC_EXIT_OK)
         goto out;
-    v = json_object_get(cj, "up_next");
-    if (!json_is_integer(v) || json_integer_value(v) < 0) {
-        rc = kmdc_cli_fail(KMDC_EXIT_FAIL, "resync: the answer has no up_next");
-        goto out;
+    {
+        char *text = json_dumps(cj, JSON_COMPACT);
+        kmdc_card_answer ca;
+        int bad = text == NULL || kmdc_parse_card(text, strlen(text), &ca) != 0 ||
+                  ca.serial != kmdc_card_serial(card);
+        free(text);
+        if (bad) {
+            rc = kmdc_cli_fail(KMDC_EXIT_FAIL, "resync: the answer is not what the datacenter "
+                               "sends for this card (docs/API.md)");
+            goto out;
+        }
+        r.up = ca.up_next;
+        r.down = ca.down_next;
     }
-    r.up = (uint64_t)json_integer_value(v);
-    v = json_object_get(cj, "down_next");
-    if (!json_is_integer(v) || json_integer_value(v) < 0) {
-        rc = kmdc_cli_fail(KMDC_EXIT_FAIL, "resync: the answer has no down_next");
-        goto out;
-    }
-    r.down = (uint64_t)json_integer_value(v);
     snprintf(path, sizeof path, "/mailbox/%016" PRIx64, kmdc_card_serial(card));
     if ((rc = get_json(c, card, base, path, "resync", &mj)) != KMDC_EXIT_OK)
         goto out;
