@@ -22,11 +22,13 @@
 
 #define REC_MAX (64 * 1024)       /* a record is far smaller */
 
-/* CARD.outbox/<seq>.json (malloc'd), from the envelope's path. */
+/* CARD.outbox/.<seq>.json (malloc'd), from the envelope's path
+ * CARD.outbox/<seq>.kmdc.  The leading dot keeps records out of a plain
+ * listing of the outbox, which shows the envelopes. */
 static char *
 rec_path(const char *card_path, uint64_t seq)
 {
-    char *p = NULL;
+    char *p = NULL, *q, *slash;
     size_t l;
     kmdc_err e;
 
@@ -34,12 +36,17 @@ rec_path(const char *card_path, uint64_t seq)
     if (kmdc_outbox_path(card_path, seq, &p, &e) != KMDC_OK)
         return NULL;
     l = strlen(p);
-    if (l < 5 || strcmp(p + l - 5, ".kmdc") != 0) {
+    if (l < 5 || strcmp(p + l - 5, ".kmdc") != 0 || (slash = strrchr(p, '/')) == NULL ||
+        (q = malloc(l + 2)) == NULL) {
         free(p);
         return NULL;
     }
-    memcpy(p + l - 5, ".json", 5);
-    return p;
+    memcpy(q, p, (size_t)(slash - p) + 1);
+    q[slash - p + 1] = '.';
+    memcpy(q + (slash - p) + 2, slash + 1, l - (size_t)(slash - p) - 1 - 5);
+    memcpy(q + l + 1 - 5, ".json", 6);
+    free(p);
+    return q;
 }
 
 kmdc_status
@@ -244,8 +251,9 @@ kmdc_outbox_rec_sweep(const char *card_path, const uint64_t *pending, size_t n)
         return;
     }
     while ((de = readdir(d)) != NULL) {
-        if (strlen(de->d_name) != 21 || strcmp(de->d_name + 16, ".json") != 0 ||
-            kmdc_hex_decode(b, sizeof b, de->d_name, 16, NULL) != KMDC_OK)
+        if (strlen(de->d_name) != 22 || de->d_name[0] != '.' ||
+            strcmp(de->d_name + 17, ".json") != 0 ||
+            kmdc_hex_decode(b, sizeof b, de->d_name + 1, 16, NULL) != KMDC_OK)
             continue;
         seq = kmdc_get_u64(b);
         for (found = 0, i = 0; i < n && !found; i++)

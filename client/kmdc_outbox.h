@@ -3,7 +3,7 @@
  * "clients never re-seal").
  *
  * Beside every envelope CARD.outbox/<seq>.kmdc the sender keeps a record
- * CARD.outbox/<seq>.json: the FILE as given, the SHA-256 and size of the
+ZZ, the SHA-256 and size of the
  * document, the recipients (in envelope order), NAME, TYPE and when it was
  * sealed.  The record is written (temp file, fsync, rename) before the
  * envelope is committed, and removed after it.  `kmdc send` compares a FILE

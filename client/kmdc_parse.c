@@ -139,6 +139,21 @@ get_id(json_t *o, const char *key, uint64_t *v)
     return kmdc_serial_parse(v, s, 16, NULL) == KMDC_OK ? 0 : -1;
 }
 
+/* 16 lowercase hex digits, any value (the send answer is printed as given). */
+static int
+get_hex16(json_t *o, const char *key, uint64_t *v)
+{
+    json_t *j = json_object_get(o, key);
+    uint8_t b[8];
+
+    if (!json_is_string(j) || json_string_length(j) != 16 ||
+        strspn(json_string_value(j), "0123456789abcdef") != 16 ||
+        kmdc_hex_decode(b, sizeof b, json_string_value(j), 16, NULL) != KMDC_OK)
+        return -1;
+    *v = kmdc_get_u64(b);
+    return 0;
+}
+
 static int
 is_json_type(const char *content_type)
 {
@@ -193,7 +208,7 @@ kmdc_parse_send_answer(const char *content_type, const char *body, size_t len,
     if (!is_json_type(content_type) || (j = load(body, len)) == NULL)
         return -1;
     d = json_object_get(j, "deliveries");
-    if (json_is_object(j) && get_id(j, "message", message) == 0 && json_is_integer(d) &&
+    if (json_is_object(j) && get_hex16(j, "message", message) == 0 && json_is_integer(d) &&
         json_integer_value(d) >= 1 && json_integer_value(d) <= 1024) {
         *deliveries = (int64_t)json_integer_value(d);
         rc = 0;

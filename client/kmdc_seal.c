@@ -982,6 +982,7 @@ kmdc_cmd_outbox(kmdc_cli *c, int argc, char **argv)
                         &first);
     if (rc >= 0)
         return rc;
+    rc = KMDC_EXIT_OK;
     if (first < argc && strcmp(argv[first], "send") == 0) {
         char *args[] = { (char *)"send", (char *)"--outbox", NULL };
         if (first + 1 < argc)
