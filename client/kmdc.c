@@ -35,6 +35,8 @@
 
 #define SIGN_BODY_MAX 4096        /* DESIGN 3.5: authenticated bodies are at most 4 KiB */
 
+static int json_capable(const char *name);
+
 /* ---- messages ----------------------------------------------------------------- */
 
 int
@@ -763,6 +765,8 @@ kmdc_cli_parse(kmdc_cli *c, const kmdc_cmd *cmd, int argc, char **argv,
         if ((r = fn(c, ctx, opt, optarg)) != 0)
             return r;
     }
+    if (c->json && !json_capable(cmd->name))
+        return kmdc_cli_usage(c, "--json goes with send, fetch, status, card and outbox");
     *first = optind;
     return -1;
 }
