@@ -357,19 +357,38 @@ out:
 
 /* ---- unknown_recipient ------------------------------------------------------------------- */
 
+/* 1 to 4 decimal digits at *p (no sign, no blank): the value, p moved past. */
+static int
+small_number(const char **p, size_t *v)
+{
+    size_t n = 0, k = 0;
+
+    while (k < 5 && (*p)[k] >= '0' && (*p)[k] <= '9') {
+        n = n * 10 + (size_t)((*p)[k] - '0');
+        k++;
+    }
+    if (k == 0 || k > 4)
+        return -1;
+    *p += k;
+    *v = n;
+    return 0;
+}
+
 int
 kmdc_parse_rcpt_index(const char *message, size_t *i, size_t *of)
 {
     const char *p;
-    unsigned long a, b;
-    int used = 0;
+    size_t a, b;
 
     if (message == NULL || (p = strstr(message, "recipient ")) == NULL)
         return -1;
-    if (sscanf(p, "recipient %4lu of %4lu%n", &a, &b, &used) != 2 || used == 0 || a == 0 ||
-        a > b)
+    p += strlen("recipient ");
+    if (small_number(&p, &a) != 0 || strncmp(p, " of ", 4) != 0)
         return -1;
-    *i = (size_t)a;
-    *of = (size_t)b;
+    p += 4;
+    if (small_number(&p, &b) != 0 || a == 0 || a > b)
+        return -1;
+    *i = a;
+    *of = b;
     return 0;
 }
