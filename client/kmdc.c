@@ -26,12 +26,16 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <jansson.h>
+
 #include "kmdc_auth.h"
 #include "kmdc_cli.h"
 #include "kmdc_http.h"
 #include "kmdc_util.h"
 
 #define SIGN_BODY_MAX 4096        /* DESIGN 3.5: authenticated bodies are at most 4 KiB */
+
+static int json_capable(const char *name);
 
 /* ---- messages ----------------------------------------------------------------- */
 
@@ -354,6 +358,44 @@ card_opt(kmdc_cli *c, void *ctx, int opt, const char *arg)
     return KMDC_EXIT_USAGE;
 }
 
+static const char *
+card_state(const kmdc_card *card)
+{
+    return kmdc_card_get_state(card) == KMDC_CARD_ACTIVE ? "active"
+           : kmdc_card_activation_pending(card) ? "issued (activation pending)" : "issued";
+}
+
+/* kmdc card --json: the same fields as one object. */
+static int
+card_json(const kmdc_card *card, const uint64_t *seqs, size_t n)
+{
+    json_t *o, *arr;
+    char hex[17];
+    size_t i;
+    int rc = KMDC_EXIT_OK;
+
+    if ((arr = json_array()) == NULL)
+        return kmdc_cli_fail(KMDC_EXIT_FAIL, "out of memory");
+    for (i = 0; i < n; i++) {
+        kmdc_serial_format(hex, seqs[i]);
+        json_array_append_new(arr, json_string(hex));
+    }
+    kmdc_serial_format(hex, kmdc_card_serial(card));
+    o = json_pack("{s:s, s:s, s:s, s:s, s:b, s:I, s:I, s:I, s:I, s:I, s:o}",
+                  "serial", hex, "address", kmdc_card_address(card), "url", kmdc_card_url(card),
+                  "state", card_state(card), "protected", kmdc_card_is_protected(card),
+                  "up_next", (json_int_t)kmdc_card_up_next(card),
+                  "down_next", (json_int_t)kmdc_card_down_next(card),
+                  "stored_down_keys", (json_int_t)kmdc_card_skipped_count(card),
+                  "deliveries_recorded", (json_int_t)kmdc_card_delivery_count(card),
+                  "outbox", (json_int_t)n, "outbox_entries", arr);
+    if (o == NULL || json_dumpf(o, stdout, JSON_INDENT(2)) != 0 || fputc('\n', stdout) == EOF ||
+        fflush(stdout) != 0)
+        rc = kmdc_cli_fail(KMDC_EXIT_FAIL, "cannot write the output: %s", strerror(errno));
+    json_decref(o);
+    return rc;
+}
+
 static int
 cmd_card(kmdc_cli *c, int argc, char **argv)
 {
@@ -381,12 +423,14 @@ cmd_card(kmdc_cli *c, int argc, char **argv)
         goto out;
     }
     kmdc_serial_format(serial, kmdc_card_serial(card));
+    if (c->json) {
+        rc = card_json(card, seqs, n);
+        goto out;
+    }
     printf("serial: %s\n", serial);
     printf("address: %s\n", kmdc_card_address(card));
     printf("url: %s\n", kmdc_card_url(card));
-    printf("state: %s\n", kmdc_card_get_state(card) == KMDC_CARD_ACTIVE ? "active"
-                          : kmdc_card_activation_pending(card) ? "issued (activation pending)"
-                                                               : "issued");
+    printf("state: %s\n", card_state(card));
     printf("protected: %s\n", kmdc_card_is_protected(card) ? "yes" : "no");
     printf("up_next: %" PRIu64 "\n", kmdc_card_up_next(card));
     printf("down_next: %" PRIu64 "\n", kmdc_card_down_next(card));
@@ -495,16 +539,30 @@ out:
 
 static const kmdc_cmd commands[] = {
     { "send", kmdc_cmd_send,
-      "send --to ADDR[,ADDR...] [--name N] [--type T] FILE...",
-      "Seal each FILE for the recipients and upload it.  Envelopes wait in the\n"
-      "card's outbox until the datacenter answered; envelopes left there by an\n"
-      "earlier run are sent first, byte for byte.  Prints one line per file:\n"
-      "  MESSAGE-ID DELIVERIES FILE\n"
+      "send --to ADDR[,ADDR...] [--name N] [--type T] [--again] FILE...\n"
+      "  kmdc send --outbox",
+      "Seal each FILE for the recipients into the card's outbox and upload it.\n"
+      "An envelope stays in the outbox until the datacenter itself answered.\n"
+      "Running the same send again (same document, recipients, NAME, TYPE)\n"
+      "resumes its outbox entry instead of sealing it again, whatever failed:\n"
+      "a document is never delivered twice by accident.  Every outbox entry goes\n"
+      "out in order, byte for byte, entries of earlier runs first.  Prints one\n"
+      "line per envelope sent:\n"
+      "  MESSAGE-ID DELIVERIES FILE      (FILE 'outbox:ENTRY' for an entry of\n"
+      "                                   an earlier run that no FILE matched)\n"
       "  --to ADDR[,ADDR...]  recipients (repeatable, 1 to 32 in all)\n"
       "  --name N             the NAME to send (default: FILE's base name; only\n"
       "                       with a single FILE)\n"
       "  --type T             media type, e.g. application/pdf\n"
+      "  --again              seal a second copy even though an outbox entry\n"
+      "                       holds the same document for the same recipients\n"
+      "  --outbox             send only what the outbox holds (= kmdc outbox send)\n"
       "FILE '-' reads standard input (spooled to a 0600 temporary file first).\n", 0 },
+    { "outbox", kmdc_cmd_outbox,
+      "outbox [list | send]",
+      "List the envelopes waiting in the card's outbox, one per line:\n"
+      "  ENTRY SEALED SIZE TO NAME FILE     (tab-separated)\n"
+      "or send them ('outbox send', the same as 'send --outbox').\n", 0 },
     { "fetch", kmdc_cmd_fetch,
       "fetch [-d DIR]",
       "Download, verify and decrypt every pending delivery into DIR (default:\n"
@@ -592,11 +650,16 @@ static const char global_help[] =
     "  --wait               wait for another kmdc using the card, instead of\n"
     "                       failing with exit status 3\n"
     "  -q, --quiet          no information lines and no progress bar\n"
+    "  --json               one JSON document on standard output (send, fetch,\n"
+    "                       status, card, outbox)\n"
     "  -h, --help           help; 'kmdc COMMAND --help' for a command\n"
     "  --version            the version\n"
+    "Environment: KMDC_CARD, KMDC_PASSPHRASE_FILE, KMDC_URL, KMDC_CACERT stand\n"
+    "for --card, --passphrase-file, --url, --cacert.\n"
     "Exit status: 0 ok, 1 failed, 2 usage, 3 card locked by another kmdc,\n"
     "4 refused by the datacenter, 5 authentication refused, 6 network or server\n"
-    "unavailable (retry later, nothing lost), 7 card file problem.\n";
+    "unavailable (retry later, nothing lost), 7 card file problem, 8 configuration\n"
+    "(wrong URL, not a datacenter's answer, TLS certificate or TLS mismatch).\n";
 
 static void
 print_main_help(void)
@@ -625,6 +688,7 @@ print_command_help(const kmdc_cmd *cmd)
     { "insecure", no_argument, NULL, KMDC_OPT_INSECURE }, \
     { "wait", no_argument, NULL, KMDC_OPT_WAIT }, \
     { "url", required_argument, NULL, KMDC_OPT_URL }, \
+    { "json", no_argument, NULL, KMDC_OPT_JSON }, \
     { "quiet", no_argument, NULL, 'q' }, \
     { "help", no_argument, NULL, 'h' }
 
@@ -650,6 +714,9 @@ global_option(kmdc_cli *c, int opt, const char *arg)
         return 1;
     case KMDC_OPT_URL:
         c->url = arg;
+        return 1;
+    case KMDC_OPT_JSON:
+        c->json = 1;
         return 1;
     case 'q':
         c->quiet = 1;
@@ -698,11 +765,82 @@ kmdc_cli_parse(kmdc_cli *c, const kmdc_cmd *cmd, int argc, char **argv,
         if ((r = fn(c, ctx, opt, optarg)) != 0)
             return r;
     }
+    if (c->json && !json_capable(cmd->name))
+        return kmdc_cli_usage(c, "--json goes with send, fetch, status, card and outbox");
     *first = optind;
     return -1;
 }
 
 /* ---- main --------------------------------------------------------------------------- */
+
+/* Damerau-Levenshtein distance (optimal string alignment) of two short words. */
+static size_t
+edit_distance(const char *a, const char *b)
+{
+    size_t la = strlen(a), lb = strlen(b), i, j, d[17][17], v;
+
+    if (la > 16 || lb > 16)
+        return 99;
+    for (i = 0; i <= la; i++)
+        d[i][0] = i;
+    for (j = 0; j <= lb; j++)
+        d[0][j] = j;
+    for (i = 1; i <= la; i++)
+        for (j = 1; j <= lb; j++) {
+            v = d[i - 1][j - 1] + (a[i - 1] != b[j - 1]);
+            if (d[i - 1][j] + 1 < v)
+                v = d[i - 1][j] + 1;
+            if (d[i][j - 1] + 1 < v)
+                v = d[i][j - 1] + 1;
+            if (i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] &&
+                d[i - 2][j - 2] + 1 < v)
+                v = d[i - 2][j - 2] + 1;
+            d[i][j] = v;
+        }
+    return d[la][lb];
+}
+
+/* The visible command nearest to word (at most 2 edits), or NULL. */
+static const char *
+nearest_command(const char *word)
+{
+    const char *best = NULL;
+    size_t i, dist, bd = 3;
+
+    for (i = 0; i < NCOMMANDS; i++) {
+        if (commands[i].hidden)
+            continue;
+        dist = edit_distance(word, commands[i].name);
+        if (dist < bd && dist < strlen(commands[i].name)) {
+            bd = dist;
+            best = commands[i].name;
+        }
+    }
+    return best;
+}
+
+static int
+json_capable(const char *name)
+{
+    return strcmp(name, "send") == 0 || strcmp(name, "fetch") == 0 ||
+           strcmp(name, "status") == 0 || strcmp(name, "card") == 0 ||
+           strcmp(name, "outbox") == 0;
+}
+
+/* Does the command line ask for help (then no card is needed)? */
+static int
+wants_help(int argc, char **argv)
+{
+    int i;
+
+    for (i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--") == 0)
+            return 0;
+        if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0)
+            return 1;
+    }
+    return 0;
+}
 
 static void
 on_signal(int sig)
@@ -737,7 +875,7 @@ main(int argc, char **argv)
     kmdc_cli c;
     const char *home;
     size_t len;
-    int opt, rc;
+    int opt, rc, card_from_env = 0;
 
     memset(&c, 0, sizeof c);
     umask(077);
@@ -758,15 +896,28 @@ main(int argc, char **argv)
         global_option(&c, opt, optarg);
     }
     if (optind >= argc)
-        return kmdc_cli_usage(&c, "which command? (send, fetch, watch, activate, status, "
-                              "card, seal, open, sign)");
+        return kmdc_cli_usage(&c, "which command? (send, outbox, fetch, watch, activate, "
+                              "status, card, seal, open, sign)");
     cmd = kmdc_cli_find(argv[optind]);
-    if (cmd == NULL)
+    if (cmd == NULL) {
+        const char *near = nearest_command(argv[optind]);
+        if (near != NULL)
+            return kmdc_cli_usage(&c, "unknown command '%s'; did you mean '%s'?",
+                                  argv[optind], near);
         return kmdc_cli_usage(&c, "unknown command '%s'", argv[optind]);
+    }
     c.cmd = cmd->name;
+    if (c.json && !json_capable(cmd->name))
+        return kmdc_cli_usage(&c, "--json goes with send, fetch, status, card and outbox");
+    if (c.url == NULL && getenv("KMDC_URL") != NULL && getenv("KMDC_URL")[0] != '\0')
+        c.url = getenv("KMDC_URL");
+    if (c.cacert == NULL && getenv("KMDC_CACERT") != NULL && getenv("KMDC_CACERT")[0] != '\0')
+        c.cacert = getenv("KMDC_CACERT");
 
-    if (c.card_path == NULL && getenv("KMDC_CARD") != NULL && getenv("KMDC_CARD")[0] != '\0')
+    if (c.card_path == NULL && getenv("KMDC_CARD") != NULL && getenv("KMDC_CARD")[0] != '\0') {
         c.card_path = getenv("KMDC_CARD");
+        card_from_env = 1;
+    }
     if (c.passfile == NULL && getenv("KMDC_PASSPHRASE_FILE") != NULL &&
         getenv("KMDC_PASSPHRASE_FILE")[0] != '\0')
         c.passfile = getenv("KMDC_PASSPHRASE_FILE");
@@ -779,6 +930,21 @@ main(int argc, char **argv)
             return kmdc_cli_fail(KMDC_EXIT_FAIL, "out of memory");
         snprintf(c.card_path_alloc, len, "%s/.kmdc/card", home);
         c.card_path = c.card_path_alloc;
+    }
+    if (!cmd->hidden && !wants_help(argc - optind, argv + optind) &&
+        access(c.card_path, F_OK) != 0 && errno == ENOENT) {
+        if (c.card_path_alloc != NULL)
+            rc = kmdc_cli_fail(KMDC_EXIT_CARD,
+                               "no card at %s yet.\n"
+                               "A card is issued by the datacenter's operator (kmdcadm issue) "
+                               "together with an access code.\nSave it as %s (mode 0600), or "
+                               "give its place with --card FILE or KMDC_CARD;\nthen run: "
+                               "kmdc activate CODE", c.card_path, c.card_path);
+        else
+            rc = kmdc_cli_fail(KMDC_EXIT_CARD, "no card at %s (given with %s)", c.card_path,
+                               card_from_env ? "KMDC_CARD" : "--card");
+        free(c.card_path_alloc);
+        return rc;
     }
     if (kmdc_http_global_init() != 0) {
         free(c.card_path_alloc);

@@ -16,6 +16,7 @@
 
 #include "kmdc_cli.h"
 #include "kmdc_http.h"
+#include "kmdc_parse.h"
 #include "kmdc_util.h"
 
 #define CODE_MAX 32              /* an access code as typed, hyphens and spaces included */
@@ -203,14 +204,15 @@ kmdc_cmd_status(kmdc_cli *c, int argc, char **argv)
     kmdc_card *card = NULL;
     kmdc_http_req rq;
     kmdc_http_resp rs;
-    json_t *j = NULL, *arr, *it, *addr, *state;
-    json_error_t je;
+    kmdc_message_answer ma;
+    json_t *j = NULL;
     uint64_t id;
     size_t i;
-    char path[40], a[KMDC_ADDR_MAX + 1], s[32];
+    char path[40];
     int rc, first, hrc;
 
     memset(&rs, 0, sizeof rs);
+    memset(&ma, 0, sizeof ma);
     rc = kmdc_cli_parse(c, kmdc_cli_find("status"), argc, argv, NULL, 0, NULL, NULL, NULL,
                         &first);
     if (rc >= 0)
@@ -233,26 +235,30 @@ kmdc_cmd_status(kmdc_cli *c, int argc, char **argv)
             rc = kmdc_cli_fail(KMDC_EXIT_FAIL, "status: unexpected answer %ld", rs.status);
         goto out;
     }
-    j = rs.body != NULL ? json_loadb(rs.body, rs.bodylen, 0, &je) : NULL;
-    arr = json_object_get(j, "recipients");
-    if (!json_is_array(arr)) {
-        rc = kmdc_cli_fail(KMDC_EXIT_FAIL, "status: the answer has no recipients list");
+    if (kmdc_parse_message(rs.body, rs.bodylen, &ma) != 0) {
+        rc = kmdc_cli_fail(KMDC_EXIT_FAIL, "status: the answer is not what the datacenter sends "
+                           "(docs/API.md)");
         goto out;
     }
-    json_array_foreach(arr, i, it) {
-        addr = json_object_get(it, "address");
-        state = json_object_get(it, "state");
-        if (!json_is_string(addr) || !json_is_string(state))
-            continue;
-        snprintf(a, sizeof a, "%s", json_string_value(addr));
-        snprintf(s, sizeof s, "%s", json_string_value(state));
-        kmdc_cli_sanitize(a);
-        kmdc_cli_sanitize(s);
-        printf("%s %s\n", a, s);
+    if (c->json) {
+        json_t *arr = json_array();
+        char hex[17];
+        for (i = 0; arr != NULL && i < ma.n_rcpts; i++)
+            json_array_append_new(arr, json_pack("{s:s, s:s}", "address", ma.rcpts[i].address,
+                                                 "state", ma.rcpts[i].state));
+        kmdc_serial_format(hex, ma.message);
+        j = json_pack("{s:s, s:I, s:I, s:o}", "message", hex, "created", (json_int_t)ma.created,
+                      "size", (json_int_t)ma.size, "recipients", arr != NULL ? arr : json_null());
+        if (j == NULL || json_dumpf(j, stdout, JSON_INDENT(2)) != 0 || fputc('\n', stdout) == EOF)
+            rc = kmdc_cli_fail(KMDC_EXIT_FAIL, "cannot write the output");
+    } else {
+        for (i = 0; i < ma.n_rcpts; i++)
+            printf("%s %s\n", ma.rcpts[i].address, ma.rcpts[i].state);
     }
     if (fflush(stdout) != 0)
         rc = kmdc_cli_fail(KMDC_EXIT_FAIL, "cannot write the output");
 out:
+    kmdc_parse_message_free(&ma);
     json_decref(j);
     kmdc_http_resp_free(&rs);
     kmdc_card_free(card);
@@ -275,32 +281,26 @@ resync_fn(void *arg, kmdc_card *card, kmdc_err *err)
     return kmdc_card_resync(card, up, down, err);
 }
 
-/* GET path signed by the card; the JSON answer in *out.  Exit code. */
+/* GET path signed by the card; the 200 answer's body in rs.  Exit code. */
 static int
-get_json(kmdc_cli *c, const kmdc_card *card, const char *base, const char *path,
-         const char *what, json_t **out)
+get_body(kmdc_cli *c, const kmdc_card *card, const char *base, const char *path,
+         const char *what, kmdc_http_resp *rs)
 {
     kmdc_http_req rq;
-    kmdc_http_resp rs;
-    json_error_t je;
     int hrc, rc = KMDC_EXIT_OK;
 
-    *out = NULL;
     memset(&rq, 0, sizeof rq);
     rq.method = "GET";
     rq.path = path;
     rq.ak = kmdc_card_ak(card);
     rq.serial = kmdc_card_serial(card);
     rq.upload_fd = -1;
-    hrc = kmdc_http_do(c, base, &rq, &rs);
-    if (hrc != KMDC_EXIT_OK || rs.status != 200) {
-        rc = kmdc_http_report(what, hrc, &rs);
+    hrc = kmdc_http_do(c, base, &rq, rs);
+    if (hrc != KMDC_EXIT_OK || rs->status != 200) {
+        rc = kmdc_http_report(what, hrc, rs);
         if (rc == KMDC_EXIT_OK)
-            rc = kmdc_cli_fail(KMDC_EXIT_FAIL, "%s: unexpected answer %ld", what, rs.status);
-    } else if (rs.body == NULL || (*out = json_loadb(rs.body, rs.bodylen, 0, &je)) == NULL) {
-        rc = kmdc_cli_fail(KMDC_EXIT_FAIL, "%s: the answer is not JSON", what);
+            rc = kmdc_cli_fail(KMDC_EXIT_FAIL, "%s: unexpected answer %ld", what, rs->status);
     }
-    kmdc_http_resp_free(&rs);
     return rc;
 }
 
@@ -315,12 +315,17 @@ kmdc_cmd_card_resync(kmdc_cli *c)
 {
     kmdc_card_lockh *slk = NULL, *rlk = NULL;
     kmdc_card *card = NULL;
-    json_t *cj = NULL, *mj = NULL, *v, *arr, *it;
+    kmdc_http_resp crs, mrs;
+    kmdc_card_answer ca;
+    kmdc_delivery *v = NULL;
     resync_ctx r;
+    uint64_t dn;
     char path[48], base[KMDC_CARD_MAX_URL + 1];
-    size_t i;
+    size_t i, n = 0;
     int rc;
 
+    memset(&crs, 0, sizeof crs);
+    memset(&mrs, 0, sizeof mrs);
     if ((rc = kmdc_cli_lock(c, KMDC_LOCK_SEND, &slk)) != KMDC_EXIT_OK ||
         (rc = kmdc_cli_lock(c, KMDC_LOCK_RECV, &rlk)) != KMDC_EXIT_OK ||
         (rc = kmdc_cli_load(c, &card)) != KMDC_EXIT_OK)
@@ -331,34 +336,31 @@ kmdc_cmd_card_resync(kmdc_cli *c)
     }
     snprintf(base, sizeof base, "%s", kmdc_cli_base_url(c, card));
     snprintf(path, sizeof path, "/card/%016" PRIx64, kmdc_card_serial(card));
-    if ((rc = get_json(c, card, base, path, "resync", &cj)) != KMDC_EXIT_OK)
+    if ((rc = get_body(c, card, base, path, "resync", &crs)) != KMDC_EXIT_OK)
         goto out;
-    v = json_object_get(cj, "up_next");
-    if (!json_is_integer(v) || json_integer_value(v) < 0) {
-        rc = kmdc_cli_fail(KMDC_EXIT_FAIL, "resync: the answer has no up_next");
-        goto out;
-    }
-    r.up = (uint64_t)json_integer_value(v);
-    v = json_object_get(cj, "down_next");
-    if (!json_is_integer(v) || json_integer_value(v) < 0) {
-        rc = kmdc_cli_fail(KMDC_EXIT_FAIL, "resync: the answer has no down_next");
+    if (kmdc_parse_card(crs.body, crs.bodylen, &ca) != 0 || ca.serial != kmdc_card_serial(card)) {
+        rc = kmdc_cli_fail(KMDC_EXIT_FAIL, "resync: the answer is not what the datacenter sends "
+                           "for this card (docs/API.md)");
         goto out;
     }
-    r.down = (uint64_t)json_integer_value(v);
+    r.up = ca.up_next;
+    r.down = ca.down_next;
     snprintf(path, sizeof path, "/mailbox/%016" PRIx64, kmdc_card_serial(card));
-    if ((rc = get_json(c, card, base, path, "resync", &mj)) != KMDC_EXIT_OK)
+    if ((rc = get_body(c, card, base, path, "resync", &mrs)) != KMDC_EXIT_OK)
         goto out;
-    arr = json_object_get(mj, "deliveries");
-    json_array_foreach(arr, i, it) {
-        v = json_object_get(it, "seq");
-        if (json_is_integer(v) && json_integer_value(v) >= 0 &&
-            (uint64_t)json_integer_value(v) < r.down)
-            r.down = (uint64_t)json_integer_value(v);
+    if (kmdc_parse_listing(mrs.body, mrs.bodylen, &v, &n, &dn) != 0) {
+        rc = kmdc_cli_fail(KMDC_EXIT_FAIL, "resync: the mailbox listing is not what the "
+                           "datacenter sends (docs/API.md)");
+        goto out;
     }
+    for (i = 0; i < n; i++)
+        if (v[i].seq < r.down)
+            r.down = v[i].seq;
     rc = kmdc_cli_update(c, resync_fn, &r, NULL);
 out:
-    json_decref(cj);
-    json_decref(mj);
+    free(v);
+    kmdc_http_resp_free(&crs);
+    kmdc_http_resp_free(&mrs);
     kmdc_card_free(card);
     kmdc_card_unlock(rlk);
     kmdc_card_unlock(slk);

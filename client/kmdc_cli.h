@@ -29,6 +29,8 @@
 #define KMDC_EXIT_AUTH 5       /* authentication refused (401) */
 #define KMDC_EXIT_NETWORK 6    /* network, 5xx or 429: retry later, nothing lost */
 #define KMDC_EXIT_CARD 7       /* card file problem: corrupt, mode, passphrase */
+#define KMDC_EXIT_CONFIG 8     /* configuration: wrong URL, not a datacenter's
+                                * answer, TLS certificate or TLS mismatch */
 
 #define KMDC_PASS_MAX 1024     /* passphrase buffer, bytes incl. NUL */
 
@@ -45,6 +47,7 @@ typedef struct kmdc_cli {
     int quiet;                 /* -q: no information lines, no progress bar */
     const char *url;           /* --url: overrides the card's datacenter URL */
     const char *cmd;           /* the running command, for messages */
+    int json;                  /* --json: one JSON document on standard output */
 } kmdc_cli;
 
 /* A command: its name, runner, one-line synopsis and help text. */
@@ -86,7 +89,7 @@ typedef int (*kmdc_cli_opt_fn)(kmdc_cli *c, void *ctx, int opt, const char *arg)
  * KMDC_OPT_OWN upwards. */
 enum {
     KMDC_OPT_CARD = 256, KMDC_OPT_PASSFILE, KMDC_OPT_CACERT, KMDC_OPT_INSECURE,
-    KMDC_OPT_WAIT, KMDC_OPT_URL, KMDC_OPT_HELP,
+    KMDC_OPT_WAIT, KMDC_OPT_URL, KMDC_OPT_HELP, KMDC_OPT_JSON,
     KMDC_OPT_OWN = 300
 };
 
@@ -205,6 +208,7 @@ void kmdc_crash_point(const char *step);
 
 int kmdc_cmd_seal(kmdc_cli *c, int argc, char **argv);
 int kmdc_cmd_send(kmdc_cli *c, int argc, char **argv);
+int kmdc_cmd_outbox(kmdc_cli *c, int argc, char **argv);
 int kmdc_cmd_fetch(kmdc_cli *c, int argc, char **argv);
 int kmdc_cmd_watch(kmdc_cli *c, int argc, char **argv);
 int kmdc_cmd_open(kmdc_cli *c, int argc, char **argv);

@@ -33,6 +33,7 @@
 #include "kmdc_cli.h"
 #include "kmdc_envelope.h"
 #include "kmdc_http.h"
+#include "kmdc_parse.h"
 #include "kmdc_tlv.h"
 #include "kmdc_util.h"
 
@@ -41,6 +42,8 @@
 #define MAX_SUFFIX 9999           /* "name (9999).ext" at most */
 #define WAIT_SECONDS 60           /* ?wait=S, the datacenter clamps to 60 */
 #define STDOUT_RECORD "(standard output)"
+#define BACKOFF_MIN 1             /* watch: first pause after a failure, seconds */
+#define BACKOFF_MAX 60            /* ... doubling up to this */
 
 /* ---- the receive core ------------------------------------------------------------- */
 
@@ -282,66 +285,18 @@ place_file(int dirfd, const char *tmp, const char *want, const char *fallback,
 
 /* ---- fetch ------------------------------------------------------------------------- */
 
-typedef struct dlv {
-    uint64_t id, seq;
-} dlv;
-
-static int
-cmp_dlv(const void *a, const void *b)
-{
-    const dlv *x = a, *y = b;
-
-    if (x->seq != y->seq)
-        return x->seq < y->seq ? -1 : 1;
-    return x->id < y->id ? -1 : x->id > y->id;
-}
+typedef kmdc_delivery dlv;
 
 /* Parse the mailbox listing into *out (sorted by seq). */
 static int
 parse_listing(const char *body, size_t len, dlv **out, size_t *n)
 {
-    json_t *j, *arr, *it, *id, *seq;
-    json_error_t je;
-    dlv *v = NULL;
-    size_t i, cnt;
-    int rc = KMDC_EXIT_OK;
+    uint64_t down_next;
 
-    *out = NULL;
-    *n = 0;
-    if (body == NULL || (j = json_loadb(body, len, 0, &je)) == NULL)
-        return kmdc_cli_fail(KMDC_EXIT_FAIL, "the mailbox listing is not JSON");
-    arr = json_object_get(j, "deliveries");
-    if (!json_is_array(arr)) {
-        rc = kmdc_cli_fail(KMDC_EXIT_FAIL, "the mailbox listing has no deliveries array");
-        goto out;
-    }
-    cnt = json_array_size(arr);
-    if (cnt > MAX_DELIVERIES)
-        cnt = MAX_DELIVERIES;    /* the rest on the next fetch */
-    if (cnt > 0 && (v = calloc(cnt, sizeof *v)) == NULL) {
-        rc = kmdc_cli_fail(KMDC_EXIT_FAIL, "out of memory");
-        goto out;
-    }
-    for (i = 0; i < cnt; i++) {
-        it = json_array_get(arr, i);
-        id = json_object_get(it, "id");
-        seq = json_object_get(it, "seq");
-        if (!json_is_string(id) || kmdc_cli_parse_id(json_string_value(id), &v[i].id) != 0 ||
-            !json_is_integer(seq) || json_integer_value(seq) < 0) {
-            rc = kmdc_cli_fail(KMDC_EXIT_FAIL, "the mailbox listing has a malformed delivery");
-            goto out;
-        }
-        v[i].seq = (uint64_t)json_integer_value(seq);
-    }
-    if (cnt > 1)
-        qsort(v, cnt, sizeof *v, cmp_dlv);
-    *out = v;
-    *n = cnt;
-    v = NULL;
-out:
-    free(v);
-    json_decref(j);
-    return rc;
+    if (kmdc_parse_listing(body, len, out, n, &down_next) != 0)
+        return kmdc_cli_fail(KMDC_EXIT_FAIL, "the mailbox listing is not what the datacenter "
+                             "sends (docs/API.md)");
+    return KMDC_EXIT_OK;
 }
 
 typedef struct fetch_env {
@@ -352,7 +307,25 @@ typedef struct fetch_env {
     const uint8_t *ak;        /* owned by `card` below */
     kmdc_card *card;          /* loaded at the start: serial, AK, URL */
     char base[KMDC_CARD_MAX_URL + 1];
+    json_t *written;          /* --json: the files written */
 } fetch_env;
+
+/* One file written: its path on standard output, or into the JSON list. */
+static int
+report_written(fetch_env *f, uint64_t id, const char *path)
+{
+    char hex[17];
+
+    if (f->written != NULL) {
+        kmdc_serial_format(hex, id);
+        json_array_append_new(f->written, json_pack("{s:s, s:s}", "delivery", hex, "path", path));
+        return KMDC_EXIT_OK;
+    }
+    printf("%s\n", path);
+    if (fflush(stdout) != 0)
+        return kmdc_cli_fail(KMDC_EXIT_FAIL, "cannot write the output: %s", strerror(errno));
+    return KMDC_EXIT_OK;
+}
 
 static kmdc_status
 sink_open(void *arg, const uint8_t *p, size_t len, kmdc_err *err)
@@ -378,7 +351,7 @@ ack(fetch_env *f, uint64_t id)
     rq.upload_fd = -1;
     kmdc_crash_point("fetch:before-ack");
     rc = kmdc_http_do(f->c, f->base, &rq, &rs);
-    if (rc != KMDC_EXIT_OK || kmdc_http_exit_for(rs.status) != KMDC_EXIT_OK)
+    if (rc != KMDC_EXIT_OK || kmdc_http_exit_resp(rc, &rs) != KMDC_EXIT_OK)
         rc = kmdc_http_report("acknowledge", rc, &rs);
     kmdc_http_resp_free(&rs);
     return rc;
@@ -432,8 +405,11 @@ fetch_one(fetch_env *f, const dlv *d)
                 goto out;
             }
             tmp[0] = '\0';
-            printf("%s%s%s\n", strcmp(f->dir, ".") == 0 ? "" : f->dir,
-                   strcmp(f->dir, ".") == 0 ? "" : "/", final);
+            w = strcmp(f->dir, ".") == 0 ? snprintf(record, sizeof record, "%s", final)
+                                         : snprintf(record, sizeof record, "%s/%s", f->dir, final);
+            if (w < 0 || (size_t)w >= sizeof record)
+                snprintf(record, sizeof record, "%s", final);
+            (void)report_written(f, d->id, record);
         } else {
             tmp[0] = '\0';
             kmdc_cli_info(f->c, "%s was written before; acknowledging it again", what);
@@ -527,9 +503,7 @@ fetch_one(fetch_env *f, const dlv *d)
                                  : snprintf(record, sizeof record, "%s/%s", f->dir, final);
     if (w < 0 || (size_t)w >= sizeof record)
         snprintf(record, sizeof record, "%s", final);
-    printf("%s\n", record);
-    if (fflush(stdout) != 0)
-        rc = kmdc_cli_fail(KMDC_EXIT_FAIL, "cannot write the output: %s", strerror(errno));
+    rc = report_written(f, d->id, record);
     if (rc == KMDC_EXIT_OK)
         rc = ack(f, d->id);
 out:
@@ -661,11 +635,23 @@ kmdc_cmd_fetch(kmdc_cli *c, int argc, char **argv)
 {
     kmdc_card_lockh *lk = NULL;
     fetch_env f;
+    json_t *doc;
     int rc;
 
     rc = fetch_setup(c, "fetch", argc, argv, &f, &lk);
+    if (rc < 0 && c->json && (f.written = json_array()) == NULL)
+        rc = kmdc_cli_fail(KMDC_EXIT_FAIL, "out of memory");
     if (rc < 0)
         rc = fetch_pass(&f, NULL, 0);
+    if (f.written != NULL) {
+        doc = json_pack("{s:O, s:i}", "written", f.written, "exit", rc);
+        if (doc == NULL || json_dumpf(doc, stdout, JSON_INDENT(2)) != 0 ||
+            fputc('\n', stdout) == EOF || fflush(stdout) != 0)
+            rc = kmdc_cli_fail(KMDC_EXIT_FAIL, "cannot write the output: %s", strerror(errno));
+        json_decref(doc);
+        json_decref(f.written);
+        f.written = NULL;
+    }
     fetch_teardown(&f, lk);
     return rc;
 }
@@ -686,7 +672,7 @@ kmdc_cmd_watch(kmdc_cli *c, int argc, char **argv)
     kmdc_http_resp rs;
     fetch_env f;
     char etag[sizeof rs.etag], path[80];
-    unsigned backoff = 5;
+    unsigned backoff = BACKOFF_MIN;
     int rc, hrc, need_fetch = 1;
 
     etag[0] = '\0';
@@ -700,7 +686,7 @@ kmdc_cmd_watch(kmdc_cli *c, int argc, char **argv)
             hrc = fetch_pass(&f, etag, sizeof etag);
             if (hrc == KMDC_EXIT_NETWORK) {
                 pause_for(backoff);
-                backoff = backoff < 60 ? backoff * 2 : 60;
+                backoff = backoff * 2 < BACKOFF_MAX ? backoff * 2 : BACKOFF_MAX;
                 continue;
             }
             if (hrc != KMDC_EXIT_OK && hrc != KMDC_EXIT_FAIL) {
@@ -708,7 +694,7 @@ kmdc_cmd_watch(kmdc_cli *c, int argc, char **argv)
                 break;
             }
             need_fetch = 0;
-            backoff = 5;
+            backoff = BACKOFF_MIN;
         }
         memset(&rq, 0, sizeof rq);
         rq.method = "GET";
@@ -736,8 +722,9 @@ kmdc_cmd_watch(kmdc_cli *c, int argc, char **argv)
                 kmdc_http_resp_free(&rs);
                 break;
             }
+            kmdc_cli_info(c, "watch: trying again in %u s", backoff);
             pause_for(backoff);
-            backoff = backoff < 60 ? backoff * 2 : 60;
+            backoff = backoff * 2 < BACKOFF_MAX ? backoff * 2 : BACKOFF_MAX;
             need_fetch = 1;
         }
         kmdc_http_resp_free(&rs);

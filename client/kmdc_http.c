@@ -24,6 +24,7 @@
 
 #include "kmdc_auth.h"
 #include "kmdc_http.h"
+#include "kmdc_parse.h"
 #include "kmdc_util.h"
 
 #define CONNECT_TIMEOUT 10L      /* seconds */
@@ -44,6 +45,9 @@ typedef struct xfer {
     int show_progress;
     int progress_drawn;
     time_t last_draw;
+    kmdc_hdrs hdrs;               /* the answer's headers */
+    int requests_sent;            /* prereq_cb calls in this transfer */
+    int resend_blocked;           /* libcurl wanted to resend a signed request */
 } xfer;
 
 int
@@ -71,28 +75,54 @@ kmdc_http_resp_free(kmdc_http_resp *resp)
     resp->bodylen = 0;
 }
 
-int
-kmdc_http_exit_for(long status)
+/* The datacenter's passing refusals: nothing was spent, retrying may help. */
+static int
+passing_status(long status)
 {
-    if ((status >= 200 && status < 300) || status == 304)
-        return KMDC_EXIT_OK;
-    if (status == 401)
-        return KMDC_EXIT_AUTH;
-    if (status == 408 || status == 429 || (status >= 500 && status < 600))
+    return status == 408 || status == 429 || (status >= 500 && status < 600 && status != 507);
+}
+
+int
+kmdc_http_exit_resp(int rc, const kmdc_http_resp *resp)
+{
+    long st = resp->status;
+
+    if (rc != KMDC_EXIT_OK)
+        return rc;
+    if (st == 0)
         return KMDC_EXIT_NETWORK;
-    if (status >= 400 && status < 500)
-        return KMDC_EXIT_REFUSED;
-    return KMDC_EXIT_FAIL;
+    if ((st >= 200 && st < 300) || st == 304)
+        return KMDC_EXIT_OK;
+    if (resp->dc_error) {
+        if (st == 401)
+            return KMDC_EXIT_AUTH;
+        return passing_status(st) ? KMDC_EXIT_NETWORK : KMDC_EXIT_REFUSED;
+    }
+    /* not the datacenter's answer: a proxy's outage, or the wrong place */
+    if (st == 408 || st == 429 || (st >= 500 && st < 600))
+        return KMDC_EXIT_NETWORK;
+    return KMDC_EXIT_CONFIG;
 }
 
 int
 kmdc_http_transient(int rc, const kmdc_http_resp *resp)
 {
-    if (rc == KMDC_EXIT_NETWORK || resp->status == 0)
+    if (rc == KMDC_EXIT_NETWORK || (rc == KMDC_EXIT_OK && resp->status == 0))
         return 1;
-    if (resp->status == 408 || resp->status == 429 || resp->status >= 500)
-        return 1;
-    return resp->status == 400 && strcmp(resp->error, "incomplete") == 0;
+    if (rc != KMDC_EXIT_OK)
+        return 0;
+    if (resp->dc_error)
+        return passing_status(resp->status) ||
+               (resp->status == 400 && strcmp(resp->error, "incomplete") == 0);
+    return resp->status == 408 || resp->status == 429 ||
+           (resp->status >= 500 && resp->status < 600);
+}
+
+int
+kmdc_http_final_refusal(int rc, const kmdc_http_resp *resp)
+{
+    return rc == KMDC_EXIT_OK && resp->dc_error && resp->status >= 400 &&
+           !kmdc_http_transient(rc, resp);
 }
 
 int
@@ -108,13 +138,27 @@ kmdc_http_report(const char *what, int rc, const kmdc_http_resp *resp)
         return kmdc_cli_fail(rc == KMDC_EXIT_OK ? KMDC_EXIT_NETWORK : rc,
                              "%s: %s%s", what,
                              resp->neterr[0] ? resp->neterr : "no answer from the datacenter",
-                             rc == KMDC_EXIT_NETWORK ? " (retry later; nothing was lost)" : "");
-    code = kmdc_http_exit_for(resp->status);
+                             rc == KMDC_EXIT_NETWORK || rc == KMDC_EXIT_OK
+                                 ? " (retry later; nothing was lost)" : "");
+    code = kmdc_http_exit_resp(rc, resp);
     if (code == KMDC_EXIT_OK)
         return KMDC_EXIT_OK;
-    return kmdc_cli_fail(code, "%s: the datacenter answered %ld%s%s%s%s%s", what,
-                         resp->status, resp->error[0] ? " " : "", resp->error,
-                         resp->message[0] ? ": " : "", resp->message,
+    if (!resp->dc_error) {
+        if (resp->status >= 300 && resp->status < 400)
+            return kmdc_cli_fail(code, "%s: the server answered %ld, a redirect%s%s: redirects "
+                                 "are not followed; check the datacenter URL (--url, "
+                                 "KMDC_URL or the card's)", what, resp->status,
+                                 resp->location[0] ? " to " : "", resp->location);
+        return kmdc_cli_fail(code, "%s: the server answered %ld%s%s, which is not a KMDC "
+                             "datacenter's answer%s", what, resp->status,
+                             resp->content_type[0] ? " with " : "", resp->content_type,
+                             code == KMDC_EXIT_NETWORK
+                                 ? " (a proxy or server on the way is unavailable; retry later)"
+                                 : ": check the datacenter URL (--url, KMDC_URL or the card's)");
+    }
+    return kmdc_cli_fail(code, "%s: the datacenter answered %ld %s%s%s%s", what,
+                         resp->status, resp->error, resp->message[0] ? ": " : "",
+                         resp->message,
                          code == KMDC_EXIT_NETWORK ? " (retry later; nothing was lost)"
                          : code == KMDC_EXIT_AUTH ? " (is the card activated and the clock right?)"
                                                   : "");
@@ -170,22 +214,6 @@ write_cb(char *p, size_t size, size_t nmemb, void *arg)
     return n;
 }
 
-static void
-copy_header_value(char *dst, size_t cap, const char *v, size_t len)
-{
-    while (len > 0 && (*v == ' ' || *v == '\t')) {
-        v++;
-        len--;
-    }
-    while (len > 0 && (v[len - 1] == '\r' || v[len - 1] == '\n' || v[len - 1] == ' '))
-        len--;
-    if (len >= cap)
-        len = cap - 1;
-    memcpy(dst, v, len);
-    dst[len] = '\0';
-    kmdc_cli_sanitize(dst);
-}
-
 static size_t
 header_cb(char *p, size_t size, size_t nmemb, void *arg)
 {
@@ -193,15 +221,28 @@ header_cb(char *p, size_t size, size_t nmemb, void *arg)
     size_t n = size * nmemb;
 
     /* A new status line (after a 100 Continue) starts a new header set. */
-    if (n >= 5 && strncmp(p, "HTTP/", 5) == 0) {
-        x->resp->etag[0] = '\0';
-        x->resp->location[0] = '\0';
-    } else if (n > 5 && strncasecmp(p, "ETag:", 5) == 0) {
-        copy_header_value(x->resp->etag, sizeof x->resp->etag, p + 5, n - 5);
-    } else if (n > 9 && strncasecmp(p, "Location:", 9) == 0) {
-        copy_header_value(x->resp->location, sizeof x->resp->location, p + 9, n - 9);
-    }
+    kmdc_parse_header_line(&x->hdrs, p, n);
     return n;
+}
+
+/* Called before each request goes out on a connection (libcurl 7.80+).  A
+ * second call in one transfer is libcurl about to resend the request after
+ * the reused connection died: stop it, so that a signed request is signed
+ * again with a fresh nonce. */
+static int
+prereq_cb(void *arg, char *primary_ip, char *local_ip, int primary_port, int local_port)
+{
+    xfer *x = arg;
+
+    (void)primary_ip;
+    (void)local_ip;
+    (void)primary_port;
+    (void)local_port;
+    if (x->requests_sent++ > 0 && x->rq->ak != NULL) {
+        x->resend_blocked = 1;
+        return CURL_PREREQFUNC_ABORT;
+    }
+    return CURL_PREREQFUNC_OK;
 }
 
 static size_t
@@ -303,33 +344,44 @@ out:
     return rc;
 }
 
-static void
-parse_error_body(kmdc_http_resp *resp)
+/* Is this libcurl failure one that retrying cannot cure (configuration)? */
+static int
+config_failure(CURLcode cc, const char *errbuf)
 {
-    json_t *j, *e, *m;
-    json_error_t je;
-
-    if (resp->body == NULL || resp->bodylen == 0)
-        return;
-    j = json_loadb(resp->body, resp->bodylen, 0, &je);
-    if (j == NULL)
-        return;
-    e = json_object_get(j, "error");
-    m = json_object_get(j, "message");
-    if (json_is_string(e)) {
-        snprintf(resp->error, sizeof resp->error, "%s", json_string_value(e));
-        kmdc_cli_sanitize(resp->error);
+    switch (cc) {
+    case CURLE_PEER_FAILED_VERIFICATION:
+    case CURLE_SSL_CACERT_BADFILE:
+    case CURLE_SSL_CERTPROBLEM:
+    case CURLE_SSL_ISSUER_ERROR:
+    case CURLE_SSL_PINNEDPUBKEYNOTMATCH:
+    case CURLE_SSL_CRL_BADFILE:
+    case CURLE_UNSUPPORTED_PROTOCOL:
+    case CURLE_URL_MALFORMAT:
+        return 1;
+    case CURLE_SSL_CONNECT_ERROR:
+        /* a handshake that failed for what the peer said, not for a reset */
+        return strstr(errbuf, "reset") == NULL && strstr(errbuf, "timed out") == NULL &&
+               strstr(errbuf, "SSL_ERROR_SYSCALL") == NULL;
+    default:
+        return 0;
     }
-    if (json_is_string(m)) {
-        snprintf(resp->message, sizeof resp->message, "%s", json_string_value(m));
-        kmdc_cli_sanitize(resp->message);
-    }
-    json_decref(j);
 }
 
-int
-kmdc_http_do(const kmdc_cli *c, const char *base, const kmdc_http_req *rq,
-             kmdc_http_resp *resp)
+/* TLS spoken to a port that answers plain HTTP: OpenSSL reads the HTTP
+ * answer as a TLS record ("wrong version number", "packet length too long"). */
+static int
+tls_mismatch(CURLcode cc, const char *errbuf)
+{
+    return cc == CURLE_SSL_CONNECT_ERROR &&
+           (strstr(errbuf, "wrong version number") != NULL ||
+            strstr(errbuf, "packet length too long") != NULL ||
+            strstr(errbuf, "unknown protocol") != NULL ||
+            strstr(errbuf, "record layer failure") != NULL);
+}
+
+static int
+attempt(const kmdc_cli *c, const char *base, const kmdc_http_req *rq, kmdc_http_resp *resp,
+        int *resend_blocked)
 {
     char url[URL_MAX], target[URL_MAX], *ctype = NULL;
     char hdr_auth[KMDC_AUTH_HDR_BUFSZ + 32], hdr_inm[sizeof resp->etag + 32];
@@ -344,6 +396,8 @@ kmdc_http_do(const kmdc_cli *c, const char *base, const kmdc_http_req *rq,
 
     memset(resp, 0, sizeof *resp);
     memset(&x, 0, sizeof x);
+    resp->retry_after = -1;
+    *resend_blocked = 0;
     kmdc_err_clear(&e);
     errbuf[0] = '\0';
     if (g_curl == NULL && (g_curl = curl_easy_init()) == NULL) {
@@ -360,13 +414,14 @@ kmdc_http_do(const kmdc_cli *c, const char *base, const kmdc_http_req *rq,
     x.rq = rq;
     x.resp = resp;
     x.h = h;
+    kmdc_parse_hdrs_init(&x.hdrs);
     x.show_progress = rq->progress_label != NULL && !c->quiet && isatty(STDERR_FILENO);
 
     w = snprintf(url, sizeof url, "%s%s", base, rq->path);
     if (w < 0 || (size_t)w >= sizeof url || request_target(url, target, sizeof target) != 0) {
         snprintf(resp->neterr, sizeof resp->neterr,
-                 "the datacenter URL is not usable (check the card's URL or --url)");
-        return KMDC_EXIT_FAIL;
+                 "the datacenter URL is not usable (check --url, KMDC_URL or the card's URL)");
+        return KMDC_EXIT_CONFIG;
     }
     if (rq->ak != NULL) {
         static const char prefix[] = "Authorization: ";
@@ -423,6 +478,8 @@ kmdc_http_do(const kmdc_cli *c, const char *base, const kmdc_http_req *rq,
     SETOPT(CURLOPT_NOPROGRESS, 0L);
     SETOPT(CURLOPT_XFERINFOFUNCTION, xferinfo_cb);
     SETOPT(CURLOPT_XFERINFODATA, &x);
+    SETOPT(CURLOPT_PREREQFUNCTION, prereq_cb);
+    SETOPT(CURLOPT_PREREQDATA, &x);
     if (post) {
         SETOPT(CURLOPT_POST, 1L);
         if (rq->upload_fd >= 0) {
@@ -442,26 +499,43 @@ kmdc_http_do(const kmdc_cli *c, const char *base, const kmdc_http_req *rq,
     cc = curl_easy_perform(h);
     if (x.progress_drawn)
         fputc('\n', stderr);
+    snprintf(resp->etag, sizeof resp->etag, "%s", x.hdrs.etag);
+    snprintf(resp->location, sizeof resp->location, "%s", x.hdrs.location);
+    snprintf(resp->content_type, sizeof resp->content_type, "%s", x.hdrs.content_type);
+    resp->retry_after = x.hdrs.retry_after;
     resp->status = cc == CURLE_OK || cc == CURLE_WRITE_ERROR ? current_status(h) : 0;
-    if (resp->sink_failed) {
+    if (cc == CURLE_ABORTED_BY_CALLBACK && x.resend_blocked && !kmdc_http_interrupted) {
+        *resend_blocked = 1;
+        resp->status = 0;
+        snprintf(resp->neterr, sizeof resp->neterr,
+                 "the connection closed before the datacenter answered");
+        rc = KMDC_EXIT_NETWORK;
+    } else if (resp->sink_failed) {
         rc = KMDC_EXIT_FAIL;
     } else if (cc != CURLE_OK) {
         resp->status = 0;
         if (cc == CURLE_ABORTED_BY_CALLBACK && kmdc_http_interrupted)
             snprintf(resp->neterr, sizeof resp->neterr, "interrupted");
-        else if (cc == CURLE_PEER_FAILED_VERIFICATION || cc == CURLE_SSL_CACERT_BADFILE)
+        else if (tls_mismatch(cc, errbuf))
+            snprintf(resp->neterr, sizeof resp->neterr,
+                     "TLS mismatch: %.60s does not speak TLS on that port (%.120s); is the "
+                     "URL http:// rather than https://, or the port wrong?", base, errbuf);
+        else if (cc == CURLE_PEER_FAILED_VERIFICATION || cc == CURLE_SSL_CACERT_BADFILE ||
+                 cc == CURLE_SSL_CERTPROBLEM || cc == CURLE_SSL_ISSUER_ERROR)
             snprintf(resp->neterr, sizeof resp->neterr,
                      "the datacenter's TLS certificate did not verify (%.150s); give its CA "
-                     "with --cacert FILE", errbuf[0] ? errbuf : curl_easy_strerror(cc));
+                     "with --cacert FILE or KMDC_CACERT", errbuf[0] ? errbuf : curl_easy_strerror(cc));
         else
             snprintf(resp->neterr, sizeof resp->neterr, "%s",
                      errbuf[0] ? errbuf : curl_easy_strerror(cc));
         kmdc_cli_sanitize(resp->neterr);
-        /* A certificate that does not verify is a setup problem, not an outage. */
-        rc = cc == CURLE_PEER_FAILED_VERIFICATION || cc == CURLE_SSL_CACERT_BADFILE
-                 ? KMDC_EXIT_FAIL : KMDC_EXIT_NETWORK;
+        /* A certificate that does not verify, TLS against a plain port or an
+         * unusable URL is a setup problem, not an outage. */
+        rc = config_failure(cc, errbuf) ? KMDC_EXIT_CONFIG : KMDC_EXIT_NETWORK;
     } else if (resp->status < 200 || resp->status >= 300) {
-        parse_error_body(resp);
+        resp->dc_error = kmdc_parse_error_body(resp->status, resp->content_type, resp->body,
+                                               resp->bodylen, resp->error, sizeof resp->error,
+                                               resp->message, sizeof resp->message);
     }
     goto out;
 oom:
@@ -473,5 +547,25 @@ out:
     free(ctype);
     /* Drop our pointers from the handle before the stack they point to goes. */
     curl_easy_reset(h);
+    return rc;
+}
+
+#define RESIGN_MAX 3
+
+int
+kmdc_http_do(const kmdc_cli *c, const char *base, const kmdc_http_req *rq,
+             kmdc_http_resp *resp)
+{
+    int rc, blocked, tries;
+
+    for (tries = 0;; tries++) {
+        rc = attempt(c, base, rq, resp, &blocked);
+        if (!blocked || tries >= RESIGN_MAX)
+            break;
+        /* The reused connection died before any answer: sign again (fresh
+         * nonce) on a new connection rather than let libcurl replay it. */
+        kmdc_http_resp_free(resp);
+    }
+    resp->resigned = tries > 0;
     return rc;
 }

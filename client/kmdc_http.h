@@ -43,11 +43,17 @@ typedef struct kmdc_http_resp {
     size_t bodylen;
     char etag[160];                 /* the ETag header, without quotes removed */
     char location[512];             /* the Location header */
-    char error[64];                 /* "error" of a JSON error answer */
+    char content_type[128];         /* its media type, lower case, no parameters */
+    long retry_after;               /* Retry-After seconds, -1 when none */
+    int dc_error;                   /* the body is the datacenter's own JSON error
+                                     * (kmdc_parse_error_body): error/message below */
+    char error[64];                 /* "error" of the datacenter's JSON error answer */
     char message[256];              /* "message" of it, control characters removed */
+    int resigned;                   /* a signed request was signed again after its
+                                     * connection died before any answer */
     int sink_failed;                /* the sink refused: see sink_err */
     kmdc_err sink_err;
-    char neterr[256];               /* why no answer arrived (status 0) */
+    char neterr[512];               /* why no answer arrived (status 0) */
 } kmdc_http_resp;
 
 /* Set by SIGINT/SIGTERM handlers: transfers in flight are aborted. */
@@ -64,10 +70,17 @@ void kmdc_http_global_cleanup(void);
  * request-target that is signed is the base URL's path followed by rq->path,
  * exactly what goes on the request line.  Returns KMDC_EXIT_OK when an answer
  * arrived (whatever its status: see resp->status), KMDC_EXIT_NETWORK when
- * none did (resp->neterr says why), KMDC_EXIT_FAIL when the sink refused,
- * the TLS certificate did not verify or the request could not be built; the
- * caller reports.  resp is filled in
- * every case; release it with kmdc_http_resp_free.
+ * none did (resp->neterr says why), KMDC_EXIT_CONFIG when none can (the TLS
+ * certificate did not verify, TLS spoken to a plain HTTP port, an unusable
+ * URL), KMDC_EXIT_FAIL when the sink refused or the request could not be
+ * built; the caller reports.  resp is filled in every case; release it with
+ * kmdc_http_resp_free.
+ *
+ * A signed request is never resent by libcurl: when a reused connection
+ * turns out dead before any answer, libcurl would resend the same request
+ * (same nonce, which the datacenter refuses as a replay); the transfer is
+ * stopped before that and the request signed again with a fresh nonce, on a
+ * new connection (at most three times).
  */
 int kmdc_http_do(const kmdc_cli *c, const char *base, const kmdc_http_req *rq,
                  kmdc_http_resp *resp);
@@ -75,9 +88,14 @@ int kmdc_http_do(const kmdc_cli *c, const char *base, const kmdc_http_req *rq,
 /* Free the collected body of resp (accepts a zeroed resp). */
 void kmdc_http_resp_free(kmdc_http_resp *resp);
 
-/* The exit code an answer maps to: 2xx (and 304) -> 0, 401 -> 5, 408, 429
- * and 5xx -> 6, any other 4xx -> 4, anything else -> 1. */
-int kmdc_http_exit_for(long status);
+/*
+ * The exit code of an exchange (rc from kmdc_http_do): no answer -> rc;
+ * 2xx and 304 -> 0; the datacenter's own JSON error: 401 -> 5, 408, 429 and
+ * 5xx but 507 -> 6, any other (507 included) -> 4; an answer that is not the
+ * datacenter's (an HTML page, a redirect, a proxy's error): 408, 429, 5xx ->
+ * 6 (an outage on the way), anything else -> 8 (the URL is wrong).
+ */
+int kmdc_http_exit_resp(int rc, const kmdc_http_resp *resp);
 
 /*
  * Report a failed exchange on stderr ("kmdc: WHAT: the datacenter refused:
@@ -87,8 +105,13 @@ int kmdc_http_exit_for(long status);
  */
 int kmdc_http_report(const char *what, int rc, const kmdc_http_resp *resp);
 
-/* 1 when the answer is a passing refusal (nothing was spent; the same bytes
- * may be sent again): no answer, 408, 429, 5xx, or 400 "incomplete". */
+/* 1 when retrying may help: no answer (a network failure), 408, 429, a 5xx
+ * other than the datacenter's 507, or its 400 "incomplete". */
 int kmdc_http_transient(int rc, const kmdc_http_resp *resp);
+
+/* 1 when the answer is the datacenter's final word on an upload: its JSON
+ * error for a refusal that is not passing (kmdc_http_transient).  A 2xx is
+ * final too, but only with the documented body (the caller checks it). */
+int kmdc_http_final_refusal(int rc, const kmdc_http_resp *resp);
 
 #endif

@@ -71,7 +71,7 @@ enum {
     OPT_DB = 256, OPT_MASTER_KEY, OPT_SQLDIR, OPT_HELP, OPT_ADDRESS, OPT_URL,
     OPT_OUT, OPT_PASSFILE, OPT_FORCE, OPT_STATUS, OPT_JSON, OPT_REASON, OPT_UP,
     OPT_DOWN, OPT_CHECK, OPT_DRY_RUN, OPT_RECEIPT_AGE, OPT_TOMBSTONE_AGE, OPT_UPLOAD_AGE,
-    OPT_NONCE_AGE, OPT_SERIAL, OPT_SINCE, OPT_LIMIT
+    OPT_NONCE_AGE, OPT_SERIAL, OPT_SINCE, OPT_LIMIT, OPT_VERSION
 };
 
 #define GLOBAL_OPTIONS \
@@ -125,7 +125,8 @@ static const char global_help[] =
     "                       digits, mode 0600); repeatable, the highest ID wraps\n"
     "                       (issue, resync, rekey)\n"
     "  --sqldir DIR         migrations folder (migrate only)\n"
-    "  --help               this text; 'kmdcadm COMMAND --help' for a command\n";
+    "  --help               this text; 'kmdcadm COMMAND --help' for a command\n"
+    "  --version            the version (before the command)\n";
 
 static void
 print_command_help(const command *c)
@@ -1898,7 +1899,11 @@ print_main_help(void)
 int
 main(int argc, char **argv)
 {
-    static const struct option glob[] = { GLOBAL_OPTIONS, { NULL, 0, NULL, 0 } };
+    static const struct option glob[] = {
+        GLOBAL_OPTIONS,
+        { "version", no_argument, NULL, OPT_VERSION },
+        { NULL, 0, NULL, 0 }
+    };
     globals g;
     const command *c;
     int opt, r;
@@ -1909,6 +1914,10 @@ main(int argc, char **argv)
     while ((opt = getopt_long(argc, argv, "+:h", glob, NULL)) != -1) {
         if (opt == 'h' || opt == OPT_HELP) {
             print_main_help();
+            return finish_output(EXIT_OK);
+        }
+        if (opt == OPT_VERSION) {
+            printf("kmdcadm %s\n", PACKAGE_VERSION);
             return finish_output(EXIT_OK);
         }
         if (opt == '?')

@@ -144,13 +144,15 @@ sub dbstate {
                . "|| (SELECT count(*) FROM deliveries d WHERE d.recipient = c.serial "
                . "AND d.state = 'queued') FROM cards c WHERE serial = x'$c->{serial}'::bigint");
 }
-sub k { return run($kmdc, '--card', $_[0]{file}, @_[1 .. $#_]) }
-sub k3 { return run3($kmdc, '--card', $_[0]{file}, @_[1 .. $#_]) }
+# t/run-suite's KMDC_URL (the plain http server) would stand for --url in kmdc:
+# these cards carry the https URL, so kmdc must not see it
+sub k { delete local $ENV{KMDC_URL}; return run($kmdc, '--card', $_[0]{file}, @_[1 .. $#_]) }
+sub k3 { delete local $ENV{KMDC_URL}; return run3($kmdc, '--card', $_[0]{file}, @_[1 .. $#_]) }
 
 {
     my $before = dbstate($alice);
     my ($rc, $out) = k($alice, 'activate', $alice->{code});
-    is($rc, 1, 'activate without --cacert: refused, exit 1 (documented "failed")') or diag($out);
+    is($rc, 8, 'activate without --cacert: refused, exit 8 (documented "configuration")') or diag($out);
     like($out, qr/certificate did not verify.*--cacert/s,
          'activate without --cacert: kmdc says the certificate did not verify and names --cacert');
     ok(dbstate($alice) eq $before && dbstate($alice) =~ /^issued:/,
@@ -190,7 +192,7 @@ my $msgid;
     my $a0 = dbstate($alice);
     my $b0 = dbstate($bob);
     my ($rc, $out) = k($alice, 'send', '--to', 'tls-bob', $doc2);
-    is($rc, 1, 'send without --cacert: refused, exit 1') or diag($out);
+    is($rc, 8, 'send without --cacert: refused, exit 8 (configuration)') or diag($out);
     like($out, qr/certificate did not verify/, 'send without --cacert: the reason is the '
          . 'certificate');
     my $ci = card_info($kmdc, $alice->{file});
@@ -199,12 +201,12 @@ my $msgid;
         or diag(dbstate($alice) . ' ' . ($ci ? $ci->{outbox} : '?'));
 
     ($rc, $out) = k($alice, '--cacert', $other, 'send', '--to', 'tls-bob', $doc3);
-    ok($rc == 1 && $out =~ /certificate did not verify/ && dbstate($alice) eq $a0,
-       'send --cacert OTHER-CA: refused (exit 1), nothing sent') or diag($out);
+    ok($rc == 8 && $out =~ /certificate did not verify/ && dbstate($alice) eq $a0,
+       'send --cacert OTHER-CA: refused (exit 8), nothing sent') or diag($out);
 
     ($rc, $out) = k($alice, '--cacert', $ca, '--url', "https://127.0.0.2:$port/kmdc", 'send',
                     '--to', 'tls-bob', $doc3);
-    ok($rc == 1 && $out =~ /certificate did not verify/ && dbstate($alice) eq $a0,
+    ok($rc == 8 && $out =~ /certificate did not verify/ && dbstate($alice) eq $a0,
        'send to 127.0.0.2 (not in the certificate) with the right CA: refused, nothing sent')
         or diag($out);
 
@@ -219,7 +221,7 @@ my $msgid;
     mkdir $d;
     my $b1 = dbstate($bob);
     ($rc, $out) = k($bob, 'fetch', '-d', $d);
-    ok($rc == 1 && $out =~ /certificate did not verify/, 'fetch without --cacert: refused, exit 1')
+    ok($rc == 8 && $out =~ /certificate did not verify/, 'fetch without --cacert: refused, exit 8')
         or diag($out);
     opendir my $dh, $d or die;
     my @f = grep { !/^\./ } readdir $dh;
@@ -228,8 +230,8 @@ my $msgid;
         or diag("@f " . dbstate($bob));
     ($rc, $out) = k($bob, '--cacert', $ca, '--url', "https://127.0.0.2:$port/kmdc",
                     'fetch', '-d', $d);
-    ok($rc == 1 && $out =~ /certificate did not verify/,
-       'fetch from a name the certificate does not carry: refused, exit 1') or diag($out);
+    ok($rc == 8 && $out =~ /certificate did not verify/,
+       'fetch from a name the certificate does not carry: refused, exit 8') or diag($out);
 
     # --insecure works, and says so
     my ($irc, $iout, $ierr) = k3($bob, '--insecure', 'fetch', '-d', $d);

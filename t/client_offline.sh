@@ -28,7 +28,7 @@ else
 fi
 case "$kmdc" in /*) ;; *) kmdc="$(pwd)/$kmdc" ;; esac
 
-PLAN=83
+PLAN=92
 echo "1..$PLAN"
 n=0
 failed=0
@@ -374,6 +374,16 @@ class H(BaseHTTPRequestHandler):
         if self.command == "POST" and p == ["send"]:
             if ctl("fail_send"):
                 return self.err(503, "unavailable", "database unavailable")
+            # answers that are not the datacenter's (a wrong URL, a proxy)
+            if ctl("html_send"):
+                return self.send(404, raw=b"<html><body>Not Found</body></html>", ctype="text/html")
+            if ctl("proxy_502"):
+                return self.send(502, raw=b"<html>Bad Gateway</html>", ctype="text/html")
+            if ctl("redirect_send"):
+                return self.send(301, raw=b"", extra={"Location": "https://elsewhere/kmdc/send"},
+                                 ctype="text/html")
+            if ctl("html_200"):
+                return self.send(200, raw=b"<html>welcome</html>", ctype="text/html")
             if len(body) < 40 or body[:4] != b"KMDC" or \
                self.headers.get("Content-Type") != "application/vnd.kmdc.envelope":
                 return self.err(400, "bad_envelope", "not an envelope")
@@ -388,6 +398,8 @@ class H(BaseHTTPRequestHandler):
                     return self.send(r["status"], r["answer"])
                 if ctl("refuse_send"):
                     st, ans = 404, {"error": "unknown_recipient", "message": "a recipient is unknown"}
+                elif ctl("full_send"):
+                    st, ans = 507, {"error": "mailbox_full", "message": "a recipient's mailbox is full"}
                 else:
                     st, ans = 201, {"message": secrets.token_hex(8), "deliveries": 1}
                     open(os.path.join(state, "sent", "%s.%d" % (serial, seq)), "wb").write(body)
@@ -485,6 +497,25 @@ echo 1 >dc/refuse_send
 kd send --to erin f1.txt >out 2>err; rc=$?
 [ $rc -eq 4 ] && grep -q 'unknown_recipient' err && [ "$(kd card | field outbox)" = 0 ]
 ok $? "send: a final refusal (404) exits 4 and removes the entry"
+
+# --- what ends an outbox entry: only the datacenter's own answer ----------------------
+for case in "html_send 8" "redirect_send 8" "html_200 8" "proxy_502 6"; do
+    set -- $case
+    echo 1 >dc/$1
+    before=$(nsent)
+    kd send --to erin f1.txt >out 2>err; rc=$?
+    [ $rc -eq $2 ] && [ "$(kd card | field outbox)" = 1 ] && [ ! -s out ]
+    ok $? "send: $1 is not the datacenter's answer: exit $2, the entry is kept"
+    kd send --to erin f1.txt >out 2>err; rc=$?
+    [ $rc -eq 0 ] && [ "$(kd card | field outbox)" = 0 ] && [ "$(wc -l <out)" = 1 ] \
+        && [ "$(nsent)" = $((before + 1)) ] && grep -q 'resuming outbox entry' err
+    ok $? "send: after $1 the same send again resumes the entry and sends it once"
+done
+echo 1 >dc/full_send
+kd send --to erin f2.txt >out 2>err; rc=$?
+[ $rc -eq 4 ] && [ "$(kd card | field outbox)" = 0 ] && grep -q 'mailbox_full' err \
+    && grep -q -- '--again' err
+ok $? "send: the datacenter's 507 is final: exit 4, the entry removed, --again suggested"
 
 # --- crash at each step of send ------------------------------------------------------
 for step in send:after-reserve send:after-card-save send:after-seal \
