@@ -121,6 +121,24 @@ die(const char *msg, const char *a)
     exit(2);
 }
 
+/* curl_easy_setopt, checked: a refused option is a bug of this program. */
+#define SETOPT(h, opt, val)                                                   \
+    do {                                                                      \
+        if (curl_easy_setopt((h), (opt), (val)) != CURLE_OK)                  \
+            die("curl_easy_setopt refused", #opt);                            \
+    } while (0)
+
+/* curl_slist_append, checked. */
+static struct curl_slist *
+hdr_add(struct curl_slist *l, const char *h)
+{
+    struct curl_slist *n = curl_slist_append(l, h);
+
+    if (n == NULL)
+        die("out of memory", NULL);
+    return n;
+}
+
 static void *
 xrealloc(void *p, size_t n)
 {
@@ -335,30 +353,30 @@ start(CURLM *m, struct stream *s, const char *method, const char *target,
     curl_slist_free_all(s->hdrs);
     s->hdrs = NULL;
     s->resp.len = 0;
-    curl_easy_setopt(h, CURLOPT_URL, url);
-    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_body);
-    curl_easy_setopt(h, CURLOPT_WRITEDATA, s);
-    curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, on_header);
-    curl_easy_setopt(h, CURLOPT_HEADERDATA, s);
-    curl_easy_setopt(h, CURLOPT_PRIVATE, s);
-    curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(h, CURLOPT_TIMEOUT, 120L);
+    SETOPT(h, CURLOPT_URL, url);
+    SETOPT(h, CURLOPT_WRITEFUNCTION, on_body);
+    SETOPT(h, CURLOPT_WRITEDATA, s);
+    SETOPT(h, CURLOPT_HEADERFUNCTION, on_header);
+    SETOPT(h, CURLOPT_HEADERDATA, s);
+    SETOPT(h, CURLOPT_PRIVATE, s);
+    SETOPT(h, CURLOPT_NOSIGNAL, 1L);
+    SETOPT(h, CURLOPT_TIMEOUT, 120L);
     if (s->card != NULL && opt.mode != M_RELAY) {
         sign(auth, sizeof auth, s->card, method, target, NULL, 0);
-        s->hdrs = curl_slist_append(s->hdrs, auth);
+        s->hdrs = hdr_add(s->hdrs, auth);
     }
     if (extra_hdr != NULL)
-        s->hdrs = curl_slist_append(s->hdrs, extra_hdr);
+        s->hdrs = hdr_add(s->hdrs, extra_hdr);
     if (strcmp(method, "POST") == 0) {
-        s->hdrs = curl_slist_append(s->hdrs, "Content-Type: application/vnd.kmdc.envelope");
-        s->hdrs = curl_slist_append(s->hdrs, "Expect:");
-        curl_easy_setopt(h, CURLOPT_POST, 1L);
-        curl_easy_setopt(h, CURLOPT_POSTFIELDS, s->req.p);
-        curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)s->req.len);
+        s->hdrs = hdr_add(s->hdrs, "Content-Type: application/vnd.kmdc.envelope");
+        s->hdrs = hdr_add(s->hdrs, "Expect:");
+        SETOPT(h, CURLOPT_POST, 1L);
+        SETOPT(h, CURLOPT_POSTFIELDS, s->req.p);
+        SETOPT(h, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)s->req.len);
     } else if (strcmp(method, "DELETE") == 0) {
-        curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST, "DELETE");
+        SETOPT(h, CURLOPT_CUSTOMREQUEST, "DELETE");
     }
-    curl_easy_setopt(h, CURLOPT_HTTPHEADER, s->hdrs);
+    SETOPT(h, CURLOPT_HTTPHEADER, s->hdrs);
     s->t0 = now();
     s->busy = 1;
     reqs++;
@@ -587,12 +605,12 @@ resync(struct card *c)
     target_of(target, sizeof target, path);
     snprintf(url, sizeof url, "%.*s%s", (int)(hostend - opt.url), opt.url, target);
     sign(auth, sizeof auth, c, "GET", target, NULL, 0);
-    hd = curl_slist_append(hd, auth);
-    curl_easy_setopt(h, CURLOPT_URL, url);
-    curl_easy_setopt(h, CURLOPT_HTTPHEADER, hd);
-    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, to_buf);
-    curl_easy_setopt(h, CURLOPT_WRITEDATA, &b);
-    curl_easy_setopt(h, CURLOPT_TIMEOUT, 30L);
+    hd = hdr_add(hd, auth);
+    SETOPT(h, CURLOPT_URL, url);
+    SETOPT(h, CURLOPT_HTTPHEADER, hd);
+    SETOPT(h, CURLOPT_WRITEFUNCTION, to_buf);
+    SETOPT(h, CURLOPT_WRITEDATA, &b);
+    SETOPT(h, CURLOPT_TIMEOUT, 30L);
     if (curl_easy_perform(h) != CURLE_OK ||
         curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &code) != CURLE_OK || code != 200)
         die("GET /card failed for", c->path);
@@ -683,17 +701,17 @@ run_upload(void)
     total = u.out.len + kmdc_payload_len(opt.size);
     target_of(target, sizeof target, "/send");
     snprintf(url, sizeof url, "%.*s%s", (int)(hostend - opt.url), opt.url, target);
-    hd = curl_slist_append(hd, "Content-Type: application/vnd.kmdc.envelope");
-    hd = curl_slist_append(hd, "Expect:");
-    curl_easy_setopt(h, CURLOPT_URL, url);
-    curl_easy_setopt(h, CURLOPT_HTTPHEADER, hd);
-    curl_easy_setopt(h, CURLOPT_POST, 1L);
-    curl_easy_setopt(h, CURLOPT_READFUNCTION, up_read);
-    curl_easy_setopt(h, CURLOPT_READDATA, &u);
-    curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)total);
-    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, to_buf);
-    curl_easy_setopt(h, CURLOPT_WRITEDATA, &s.resp);
-    curl_easy_setopt(h, CURLOPT_TIMEOUT, 3600L);
+    hd = hdr_add(hd, "Content-Type: application/vnd.kmdc.envelope");
+    hd = hdr_add(hd, "Expect:");
+    SETOPT(h, CURLOPT_URL, url);
+    SETOPT(h, CURLOPT_HTTPHEADER, hd);
+    SETOPT(h, CURLOPT_POST, 1L);
+    SETOPT(h, CURLOPT_READFUNCTION, up_read);
+    SETOPT(h, CURLOPT_READDATA, &u);
+    SETOPT(h, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)total);
+    SETOPT(h, CURLOPT_WRITEFUNCTION, to_buf);
+    SETOPT(h, CURLOPT_WRITEDATA, &s.resp);
+    SETOPT(h, CURLOPT_TIMEOUT, 3600L);
     t0 = now();
     reqs = 1;
     if (curl_easy_perform(h) != CURLE_OK ||
@@ -809,7 +827,8 @@ main(int argc, char **argv)
     st = calloc((size_t)n, sizeof *st);
     if (st == NULL || (m = curl_multi_init()) == NULL)
         die("out of memory", NULL);
-    curl_multi_setopt(m, CURLMOPT_MAX_HOST_CONNECTIONS, (long)n);
+    if (curl_multi_setopt(m, CURLMOPT_MAX_HOST_CONNECTIONS, (long)n) != CURLM_OK)
+        die("curl_multi_setopt refused", "CURLMOPT_MAX_HOST_CONNECTIONS");
     t0 = now();
     deadline = t0 + opt.seconds;
     for (i = 0; i < n; i++) {
@@ -836,7 +855,8 @@ main(int argc, char **argv)
             curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&s);
             if (msg->data.result == CURLE_OK)
                 curl_easy_getinfo(msg->easy_handle, CURLINFO_RESPONSE_CODE, &code);
-            curl_multi_remove_handle(m, msg->easy_handle);
+            if (curl_multi_remove_handle(m, msg->easy_handle) != CURLM_OK)
+                die("curl_multi_remove_handle failed", NULL);
             t = now();
             last = t;
             s->busy = 0;
