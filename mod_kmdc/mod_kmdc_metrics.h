@@ -101,4 +101,8 @@ void kmdc_metrics_activation(kmdc_metric_activation result);
 /* Add delta (+1 or -1) to this child's long-polls in progress. */
 void kmdc_metrics_longpoll(int delta);
 
+/* Add delta (+1 or -1) to this child's long-polls suspended in the event MPM
+ * (a part of those counted by kmdc_metrics_longpoll). */
+void kmdc_metrics_longpoll_suspended(int delta);
+
 #endif
