@@ -9,6 +9,10 @@
  * exit path, which may be a signal handler): an atomic flag and one byte down
  * a pipe; the thread then wakes every waiter.
  *
+ * Suspended long-polls (event MPM) are described above kmdc_notify_suspend:
+ * the waiter then has no thread; the LISTEN thread and a clock thread ask
+ * the MPM for callbacks that resume the request.
+ *
  * Nothing is lost while the listener is down: when LISTEN is active again on
  * a fresh connection every waiter is woken and reads its mailbox, and at its
  * deadline a waiter always reads once more (which also catches what sends no
@@ -76,7 +80,6 @@ struct kmdc_notify_waiter {
     listener *home;                   /* the listener, for its mutex */
     listener *l;                      /* NULL once unlinked */
     apr_pool_t *pool;                 /* the request's, holding the cleanup */
-    conn_rec *c;                      /* the request's connection */
     uint64_t serial;                  /* the mailbox watched */
     apr_thread_cond_t *cond;          /* blocking: signalled when woken */
     kmdc_notify_waiter *prev, *next;  /* the listener's list */
@@ -626,7 +629,6 @@ kmdc_notify_waiter *kmdc_notify_watch(request_rec *r, uint64_t serial)
     }
     w->home = l;
     w->pool = r->pool;
-    w->c = r->connection;
     w->serial = serial;
     w->refs = 1;                      /* the request's */
     apr_thread_mutex_lock(l->mu);
@@ -700,8 +702,8 @@ kmdc_notify_rc kmdc_notify_wait(kmdc_notify_waiter *w, apr_time_t deadline)
 /*
  * The life of a suspended long-poll (kmdc_notify_suspend):
  *
- * 1. The handler thread registers a timed callback for the deadline, marks
- *    the waiter async and returns SUSPENDED.  httpd then unlocks
+ * 1. The handler thread marks the waiter async (with its deadline) and
+ *    returns SUSPENDED.  httpd then unlocks
  *    r->invoke_mtx and the MPM lets go of the connection (it is in no queue
  *    and no pollset any more) and runs the suspend_connection hook on that
  *    same thread, at the very end: notify_suspend_connection below marks the
@@ -711,7 +713,8 @@ kmdc_notify_rc kmdc_notify_wait(kmdc_notify_waiter *w, apr_time_t deadline)
  * 2. The LISTEN thread never touches the request: on a NOTIFY it marks the
  *    waiter woken and asks the MPM for a callback now
  *    (ap_mpm_register_timed_callback with no delay, thread-safe in the event
- *    MPM: it takes the MPM's timer mutex and wakes its listener).
+ *    MPM: it takes the MPM's timer mutex and wakes its listener).  The clock
+ *    thread (clock_main) does the same when the deadline passes.
  * 3. The callbacks run in worker threads, one at a time per waiter (busy):
  *    under r->invoke_mtx the resume function reads the mailbox again and
  *    either answers (the end) or leaves the request suspended.
@@ -723,11 +726,15 @@ kmdc_notify_rc kmdc_notify_wait(kmdc_notify_waiter *w, apr_time_t deadline)
  *    "Connection: close", the connection is closed with httpd's lingering
  *    close, and its pool (the MPM's transaction pool, which the MPM itself
  *    destroys when it has too many spare ones) is destroyed a second later
- *    by another timed callback, which also gives the MPM back its count of
- *    connections.
+ *    (the clock thread has a callback do it), which also gives the MPM back
+ *    its count of connections.  The second is a margin for the handler's
+ *    thread, which after the suspend hook still writes two fields of the
+ *    MPM's connection state in that pool.
  *
  * Callbacks cannot be cancelled, so the waiter counts them (refs) and
- * outlives the request until the last one has run.
+ * outlives the request until the last one has run.  While suspended, a
+ * client that goes away is noticed at the next wake or the deadline (nobody
+ * polls its socket); the connection is then closed like any other.
  */
 
 /* A callback of the MPM for w (a worker thread). */
