@@ -188,7 +188,9 @@ static int kmdc_handler(request_rec *r)
         return DECLINED;
     }
     st = kmdc_dispatch(r);
-    kmdc_metrics_answered(r, st);
+    if (st != SUSPENDED) {
+        kmdc_metrics_answered(r, st);   /* else when resumed (mod_kmdc_mailbox.c) */
+    }
     return st;
 }
 

@@ -43,6 +43,7 @@ void *kmdc_conf_create_server(apr_pool_t *p, server_rec *s)
     sc->max_uploads_per_card = KMDC_CONF_UNSET;
     sc->db_pool_min = KMDC_CONF_UNSET;
     sc->db_pool_max = KMDC_CONF_UNSET;
+    sc->db_pool_idle = KMDC_CONF_UNSET;
     sc->mailbox_ttl = KMDC_CONF_UNSET;
     sc->mailbox_quota_count = KMDC_CONF_UNSET;
     sc->mailbox_quota_bytes = KMDC_CONF_UNSET;
@@ -68,6 +69,7 @@ void *kmdc_conf_merge_server(apr_pool_t *p, void *basev, void *addv)
     sc->max_uploads_per_card = MERGE_VAL(max_uploads_per_card);
     sc->db_pool_min = MERGE_VAL(db_pool_min);
     sc->db_pool_max = MERGE_VAL(db_pool_max);
+    sc->db_pool_idle = MERGE_VAL(db_pool_idle);
     sc->mailbox_ttl = MERGE_VAL(mailbox_ttl);
     sc->mailbox_quota_count = MERGE_VAL(mailbox_quota_count);
     sc->mailbox_quota_bytes = MERGE_VAL(mailbox_quota_bytes);
@@ -401,6 +403,23 @@ static const char *set_db_pool(cmd_parms *cmd, void *dc, const char *min_arg,
     return err;
 }
 
+static const char *set_db_pool_idle(cmd_parms *cmd, void *dc, const char *arg)
+{
+    apr_int64_t v = 0;
+    const char *err = kmdc_conf_parse_duration(cmd->pool, KMDC_DIR_DB_POOL_IDLE,
+                                               arg, &v);
+
+    (void)dc;
+    if (err == NULL) {
+        err = check_range(cmd->pool, KMDC_DIR_DB_POOL_IDLE, arg, v, 1,
+                          KMDC_MAX_DB_POOL_IDLE, "seconds (1d)");
+    }
+    if (err == NULL) {
+        cmd_conf(cmd)->db_pool_idle = v;
+    }
+    return err;
+}
+
 static const char *set_mailbox_ttl(cmd_parms *cmd, void *dc, const char *arg)
 {
     apr_int64_t v = 0;
@@ -482,6 +501,9 @@ const command_rec kmdc_cmds[] = {
                   "database connections kept open per child (default 1)"),
     AP_INIT_TAKE1(KMDC_DIR_DB_POOL_MAX, set_db_pool_max, NULL, RSRC_CONF,
                   "most database connections per child (default 8)"),
+    AP_INIT_TAKE1(KMDC_DIR_DB_POOL_IDLE, set_db_pool_idle, NULL, RSRC_CONF,
+                  "idle time after which a pooled database connection above "
+                  "the minimum is closed (default 60s)"),
     AP_INIT_TAKE1(KMDC_DIR_MAILBOX_TTL, set_mailbox_ttl, NULL, RSRC_CONF,
                   "how long an unfetched delivery is kept (default 7d)"),
     AP_INIT_TAKE2(KMDC_DIR_MAILBOX_QUOTA, set_mailbox_quota, NULL, RSRC_CONF,
@@ -828,6 +850,7 @@ static void fill_defaults(kmdc_srv_conf *sc)
     DEF(max_uploads_per_card, KMDC_DEF_MAX_UPLOADS);
     DEF(db_pool_min, KMDC_DEF_DB_POOL_MIN);
     DEF(db_pool_max, KMDC_DEF_DB_POOL_MAX);
+    DEF(db_pool_idle, KMDC_DEF_DB_POOL_IDLE);
     DEF(mailbox_ttl, KMDC_DEF_MAILBOX_TTL);
     DEF(mailbox_quota_count, KMDC_DEF_QUOTA_COUNT);
     DEF(mailbox_quota_bytes, KMDC_DEF_QUOTA_BYTES);

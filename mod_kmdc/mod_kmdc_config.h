@@ -31,6 +31,7 @@
 #define KMDC_DIR_DB_POOL            "KmdcDbPool"
 #define KMDC_DIR_DB_POOL_MIN        "KmdcDbPoolMin"
 #define KMDC_DIR_DB_POOL_MAX        "KmdcDbPoolMax"
+#define KMDC_DIR_DB_POOL_IDLE       "KmdcDbPoolIdle"
 #define KMDC_DIR_MAILBOX_TTL        "KmdcMailboxTTL"
 #define KMDC_DIR_MAILBOX_QUOTA      "KmdcMailboxQuota"
 #define KMDC_DIR_AUTH_SKEW          "KmdcAuthSkew"
@@ -51,6 +52,8 @@
 #define KMDC_MAX_MAX_UPLOADS        1024
 #define KMDC_DEF_DB_POOL_MIN        1
 #define KMDC_DEF_DB_POOL_MAX        8
+#define KMDC_DEF_DB_POOL_IDLE       60
+#define KMDC_MAX_DB_POOL_IDLE       86400
 #define KMDC_MAX_DB_POOL            1024
 #define KMDC_DEF_MAILBOX_TTL        APR_INT64_C(604800)         /* 7 d */
 #define KMDC_MAX_MAILBOX_TTL        APR_INT64_C(315360000)      /* 3650 d */
@@ -95,6 +98,8 @@ typedef struct kmdc_srv_conf {
     int max_uploads_per_card;         /* KmdcMaxUploadsPerCard: uploads in flight per card */
     int db_pool_min;                  /* KmdcDbPoolMin / KmdcDbPool: idle connections kept */
     int db_pool_max;                  /* KmdcDbPoolMax / KmdcDbPool: connections per child */
+    apr_int64_t db_pool_idle;         /* KmdcDbPoolIdle: seconds before an idle
+                                       * connection above the minimum closes */
     apr_int64_t mailbox_ttl;          /* KmdcMailboxTTL: seconds a delivery is kept */
     apr_int64_t mailbox_quota_count;  /* KmdcMailboxQuota: pending deliveries per mailbox */
     apr_int64_t mailbox_quota_bytes;  /* KmdcMailboxQuota: pending bytes per mailbox */

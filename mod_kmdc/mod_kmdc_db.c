@@ -5,12 +5,17 @@
 #include <stddef.h> /* before APR: APR_OFFSETOF then uses offsetof */
 #include <errno.h>
 #include <poll.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "apr_atomic.h"
 #include "apr_reslist.h"
 #include "apr_strings.h"
+#include "apr_thread_cond.h"
+#include "apr_thread_mutex.h"
+#include "apr_thread_proc.h"
 #include "httpd.h"
 #include "http_log.h"
 #include "http_protocol.h"
@@ -40,6 +45,7 @@ struct kmdc_db_pool {
     const char *conninfo;         /* KmdcDatabase */
     int min;                      /* KmdcDbPoolMin */
     int max;                      /* KmdcDbPoolMax */
+    apr_int64_t idle;             /* KmdcDbPoolIdle, seconds */
     server_rec *s;                /* the first server using it, for logging */
     volatile apr_uint32_t state;  /* KMDC_STATE_* last logged */
     int prepare;                  /* connections prepare their statements */
@@ -220,6 +226,112 @@ static apr_status_t db_destruct(void *resource, void *params, apr_pool_t *p)
     return APR_SUCCESS;
 }
 
+/* ------------------------------------------------------------------------ */
+/* shrinking the pools                                                       */
+
+/*
+ * apr_reslist closes the connections above the soft maximum (KmdcDbPoolMin)
+ * idle for KmdcDbPoolIdle when one is given back; after a burst followed by
+ * silence nothing is given back, so a thread per child calls
+ * apr_reslist_maintain every quarter of the shortest idle time (at least
+ * every second, at most every minute).
+ */
+static apr_thread_t *maint_thread;
+static apr_thread_mutex_t *maint_mu;
+static apr_thread_cond_t *maint_cond;
+static int maint_stop;                       /* under maint_mu */
+static apr_array_header_t *maint_pools;      /* kmdc_db_pool * */
+static apr_interval_time_t maint_every;
+
+static void *APR_THREAD_FUNC maint_main(apr_thread_t *thread, void *data)
+{
+    (void)data;
+    apr_thread_mutex_lock(maint_mu);
+    while (!maint_stop) {
+        int i;
+
+        (void)apr_thread_cond_timedwait(maint_cond, maint_mu, maint_every);
+        if (maint_stop) {
+            break;
+        }
+        for (i = 0; i < maint_pools->nelts; i++) {
+            kmdc_db_pool *pool = APR_ARRAY_IDX(maint_pools, i, kmdc_db_pool *);
+
+            if (pool->list != NULL) {
+                (void)apr_reslist_maintain(pool->list);
+            }
+        }
+    }
+    apr_thread_mutex_unlock(maint_mu);
+    apr_thread_exit(thread, APR_SUCCESS);
+    return NULL;
+}
+
+/* pre-cleanup of pchild: the thread goes before the pools it maintains */
+static apr_status_t maint_cleanup(void *data)
+{
+    apr_status_t trv;
+
+    (void)data;
+    if (maint_thread != NULL) {
+        apr_thread_mutex_lock(maint_mu);
+        maint_stop = 1;
+        apr_thread_cond_signal(maint_cond);
+        apr_thread_mutex_unlock(maint_mu);
+        (void)apr_thread_join(&trv, maint_thread);
+        maint_thread = NULL;
+    }
+    return APR_SUCCESS;
+}
+
+static void pools_maintain_start(apr_pool_t *pchild, server_rec *s,
+                                 apr_array_header_t *pools)
+{
+    apr_int64_t shortest = KMDC_MAX_DB_POOL_IDLE;
+    sigset_t all, old;
+    apr_status_t rv;
+    int i;
+
+    maint_thread = NULL;
+    maint_stop = 0;
+    maint_pools = pools;
+    if (pools->nelts == 0) {
+        return;
+    }
+    for (i = 0; i < pools->nelts; i++) {
+        kmdc_db_pool *pool = APR_ARRAY_IDX(pools, i, kmdc_db_pool *);
+
+        if (pool->idle < shortest) {
+            shortest = pool->idle;
+        }
+    }
+    maint_every = apr_time_from_sec(shortest) / 4;
+    if (maint_every < apr_time_from_sec(1)) {
+        maint_every = apr_time_from_sec(1);
+    }
+    if (maint_every > apr_time_from_sec(60)) {
+        maint_every = apr_time_from_sec(60);
+    }
+    rv = apr_thread_mutex_create(&maint_mu, APR_THREAD_MUTEX_DEFAULT, pchild);
+    if (rv == APR_SUCCESS) {
+        rv = apr_thread_cond_create(&maint_cond, pchild);
+    }
+    if (rv == APR_SUCCESS) {
+        apr_pool_pre_cleanup_register(pchild, NULL, maint_cleanup);
+        /* the thread takes no signal meant for the MPM's threads */
+        sigfillset(&all);
+        pthread_sigmask(SIG_BLOCK, &all, &old);
+        rv = apr_thread_create(&maint_thread, NULL, maint_main, NULL, pchild);
+        pthread_sigmask(SIG_SETMASK, &old, NULL);
+    }
+    if (rv != APR_SUCCESS) {
+        maint_thread = NULL;
+        ap_log_error(APLOG_MARK, APLOG_WARNING, rv, s,
+                     "kmdc: cannot start the database pool maintenance thread; "
+                     "idle connections close only when others are given back");
+    }
+}
+
 void kmdc_db_child_init(apr_pool_t *pchild, server_rec *s)
 {
     apr_array_header_t *made = apr_array_make(pchild, 2, sizeof(kmdc_db_pool *));
@@ -238,7 +350,7 @@ void kmdc_db_child_init(apr_pool_t *pchild, server_rec *s)
         for (i = 0; i < made->nelts; i++) {
             kmdc_db_pool *o = APR_ARRAY_IDX(made, i, kmdc_db_pool *);
             if (strcmp(o->conninfo, sc->conninfo) == 0 && o->min == sc->db_pool_min
-                && o->max == sc->db_pool_max) {
+                && o->max == sc->db_pool_max && o->idle == sc->db_pool_idle) {
                 pool = o;
                 break;
             }
@@ -248,15 +360,21 @@ void kmdc_db_child_init(apr_pool_t *pchild, server_rec *s)
             pool->conninfo = sc->conninfo;
             pool->min = sc->db_pool_min;
             pool->max = sc->db_pool_max;
+            pool->idle = sc->db_pool_idle;
             pool->s = vs;
             pool->state = KMDC_STATE_UNKNOWN;
             pool->prepare = 1;
-            rv = apr_reslist_create(&pool->list, pool->min, pool->max, pool->max,
-                                    0, db_construct, db_destruct, pool, pchild);
+            /* soft maximum = the minimum: connections above it close after
+             * KmdcDbPoolIdle without use (when a connection is given back,
+             * and by pool_maintain while nothing happens) */
+            rv = apr_reslist_create(&pool->list, pool->min, pool->min, pool->max,
+                                    apr_time_from_sec(pool->idle), db_construct,
+                                    db_destruct, pool, pchild);
             if (rv != APR_SUCCESS && pool->min > 0) {
                 /* the database is not there yet: connect on demand */
-                rv = apr_reslist_create(&pool->list, 0, pool->max, pool->max, 0,
-                                        db_construct, db_destruct, pool, pchild);
+                rv = apr_reslist_create(&pool->list, 0, pool->min, pool->max,
+                                        apr_time_from_sec(pool->idle), db_construct,
+                                        db_destruct, pool, pchild);
             }
             if (rv != APR_SUCCESS) {
                 ap_log_error(APLOG_MARK, APLOG_ERR, rv, vs,
@@ -270,6 +388,7 @@ void kmdc_db_child_init(apr_pool_t *pchild, server_rec *s)
         }
         sc->db_pool = pool;
     }
+    pools_maintain_start(pchild, s, made);
 }
 
 /* An idle connection has nothing to read; when it has, the server most

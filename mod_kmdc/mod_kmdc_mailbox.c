@@ -11,7 +11,8 @@
  * ?wait=S (S clamped to 60) a matching If-None-Match makes the answer wait
  * up to S seconds for a change, then 304: the request is woken by the NOTIFY
  * that POST /send and an acknowledgement send (mod_kmdc_notify.c), never by
- * polling, and holds no pooled connection while it waits.
+ * polling, and holds no pooled connection while it waits (and, on the event
+ * MPM, no thread: it is suspended).
  *
  * A fetch streams head || payload: the delivery's head, then the upload rows
  * of its message in order, one row at a time (memory stays at one row, a few
@@ -45,6 +46,7 @@
 
 #include "mod_kmdc.h"
 #include "mod_kmdc_http.h"
+#include "mod_kmdc_metrics.h"
 #include "mod_kmdc_notify.h"
 #include "mod_kmdc_store.h"
 
@@ -167,71 +169,126 @@ internal:
     return kmdc_http_error(r, HTTP_INTERNAL_SERVER_ERROR, "internal", "internal error");
 }
 
+/* A long-poll in progress. */
+typedef struct longpoll {
+    kmdc_req *kr;
+    kmdc_store *st;
+    kmdc_notify_waiter *w;           /* NULL without a listener */
+    const char *inm;                 /* If-None-Match */
+    listing ls;
+} longpoll;
+
+/*
+ * Read the mailbox once.  Returns 1 with *rv the handler's value when the
+ * request is answered (a change, an error, or, when final, 304), 0 when the
+ * listing still matches If-None-Match and the wait goes on.
+ */
+static int poll_once(longpoll *lp, int final, int *rv)
+{
+    request_rec *r = lp->kr->r;
+    kmdc_store_rc src = load_listing(lp->kr, lp->st, &lp->ls);
+
+    if (src == KMDC_STORE_NOTFOUND) {
+        *rv = kmdc_http_error(r, HTTP_NOT_FOUND, "not_found", "no such card");
+        return 1;
+    }
+    if (src == KMDC_STORE_ERROR) {
+        *rv = kmdc_http_error(r, HTTP_INTERNAL_SERVER_ERROR, "internal",
+                              "internal error");
+        return 1;
+    }
+    if (src != KMDC_STORE_OK) {
+        *rv = kmdc_store_answer_failure(r, src);
+        return 1;
+    }
+    apr_table_set(r->headers_out, "ETag", lp->ls.etag);
+    if (!kmdc_if_none_match(lp->inm, lp->ls.etag)) {
+        *rv = answer_listing(r, &lp->ls);
+        return 1;
+    }
+    if (final || r->connection->aborted) {
+        *rv = kmdc_http_json(r, HTTP_NOT_MODIFIED, NULL);
+        return 1;
+    }
+    return 0;
+}
+
+/* The kmdc_notify_resume_fn of a suspended long-poll (a worker thread). */
+static int longpoll_resume(void *arg, int final)
+{
+    longpoll *lp = arg;
+    request_rec *r = lp->kr->r;
+    int answered;
+    int rv = OK;
+
+    /* the handler's thread has let go of r once httpd unlocked this */
+    apr_thread_mutex_lock(r->invoke_mtx);
+    answered = poll_once(lp, final, &rv);
+    if (answered) {
+        kmdc_notify_unwatch(lp->w);
+        kmdc_metrics_answered(r, rv);
+    }
+    apr_thread_mutex_unlock(r->invoke_mtx);
+    if (answered) {
+        kmdc_notify_finish(r, rv);
+    }
+    return answered;
+}
+
 /*
  * The listing.  With ?wait=S and an If-None-Match that matches, the answer
  * waits up to S seconds for the mailbox to change, then answers 304.  The
  * wait holds no pooled connection: the request registers with this child's
  * NOTIFY listener (mod_kmdc_notify.c) before its first read (each read
- * borrows a connection and gives it back before returning) and sleeps until
- * a NOTIFY for this serial (or the listener's return after an outage) wakes
- * it; then it reads again and compares the ETag (a NOTIFY that did not change
- * the listing, such as one for an acknowledgement already seen, waits on).
+ * borrows a connection and gives it back before returning) and is woken by a
+ * NOTIFY for this serial (or the listener's return after an outage); then it
+ * reads again and compares the ETag (a NOTIFY that did not change the
+ * listing, such as one for an acknowledgement already seen, waits on).  At
+ * the deadline it reads once more.  On the event MPM the wait holds no
+ * thread either: the handler returns SUSPENDED and the reads after the first
+ * run in timed callbacks of the MPM (kmdc_notify_suspend); elsewhere the
+ * thread sleeps in kmdc_notify_wait.
  */
 int kmdc_handle_mailbox_list(kmdc_req *kr)
 {
     request_rec *r = kr->r;
-    const char *inm = apr_table_get(r->headers_in, "If-None-Match");
-    kmdc_store *st = kmdc_store_pg(r);
-    kmdc_notify_waiter *w = NULL;
-    kmdc_store_rc src;
-    listing ls;
+    longpoll *lp = apr_pcalloc(r->pool, sizeof(*lp));
     apr_time_t deadline;
     int wait = 0;
     int final;
-    int rv;
+    int rv = OK;
 
     if (!kmdc_wait_query_parse(r->args, KMDC_WAIT_MAX, &wait)) {
         return kmdc_http_error(r, HTTP_BAD_REQUEST, "bad_request",
                                "the only query parameter is wait=<seconds>");
     }
+    lp->kr = kr;
+    lp->st = kmdc_store_pg(r);
+    lp->inm = apr_table_get(r->headers_in, "If-None-Match");
+    lp->ls.rows = apr_array_make(r->pool, 16, sizeof(kmdc_mailbox_entry));
     deadline = apr_time_now() + apr_time_from_sec(wait);
-    final = wait == 0 || inm == NULL;
+    final = wait == 0 || lp->inm == NULL;
     if (!final) {
         /* before the first read: a change committed after it wakes us */
-        w = kmdc_notify_watch(r, kr->serial);
+        lp->w = kmdc_notify_watch(r, kr->serial);
     }
-    memset(&ls, 0, sizeof(ls));
-    ls.rows = apr_array_make(r->pool, 16, sizeof(kmdc_mailbox_entry));
+    if (poll_once(lp, final, &rv)) {
+        goto out;
+    }
+    rv = kmdc_notify_suspend(lp->w, r, deadline, longpoll_resume, lp);
+    if (rv == SUSPENDED) {
+        return SUSPENDED;             /* lp->w now belongs to the callbacks */
+    }
     for (;;) {
-        src = load_listing(kr, st, &ls);
-        if (src == KMDC_STORE_NOTFOUND) {
-            rv = kmdc_http_error(r, HTTP_NOT_FOUND, "not_found", "no such card");
-            goto out;
-        }
-        if (src == KMDC_STORE_ERROR) {
-            rv = kmdc_http_error(r, HTTP_INTERNAL_SERVER_ERROR, "internal",
-                                 "internal error");
-            goto out;
-        }
-        if (src != KMDC_STORE_OK) {
-            rv = kmdc_store_answer_failure(r, src);
-            goto out;
-        }
-        apr_table_set(r->headers_out, "ETag", ls.etag);
-        if (!kmdc_if_none_match(inm, ls.etag)) {
-            rv = answer_listing(r, &ls);
-            goto out;
-        }
-        if (final || r->connection->aborted) {
-            break;
-        }
-        if (kmdc_notify_wait(w, deadline) == KMDC_NOTIFY_FINAL) {
+        if (kmdc_notify_wait(lp->w, deadline) == KMDC_NOTIFY_FINAL) {
             final = 1;        /* the deadline: one last read, then 304 */
         }
+        if (poll_once(lp, final, &rv)) {
+            break;
+        }
     }
-    rv = kmdc_http_json(r, HTTP_NOT_MODIFIED, NULL);
 out:
-    kmdc_notify_unwatch(w);
+    kmdc_notify_unwatch(lp->w);
     return rv;
 }
 

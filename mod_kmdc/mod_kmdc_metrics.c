@@ -35,7 +35,7 @@ _Static_assert(ATOMIC_INT_LOCK_FREE == 2, "int atomics must be lock-free");
 /* "KMDM" and the layout version: a module of another layout loaded by a
  * restart makes a new segment instead of misreading the old one. */
 #define KMDC_METRICS_MAGIC 0x4b4d444du
-#define KMDC_METRICS_LAYOUT 2u
+#define KMDC_METRICS_LAYOUT 3u
 
 /* Gauge slots when the MPM does not say how many children it may run. */
 #define KMDC_METRICS_DEFAULT_SLOTS 64
@@ -84,6 +84,7 @@ static const char *const activation_labels[KMDC_METRIC_ACT_N] = {
 typedef struct gauge_slot {
     atomic_int pid;               /* the owner, 0 when free */
     atomic_llong waiting;         /* its long-polls in progress */
+    atomic_llong suspended;       /* of which suspended (no thread held) */
 } gauge_slot;
 
 /* The shared segment. */
@@ -102,6 +103,7 @@ typedef struct metrics_seg {
     atomic_ullong db_unavailable;
     atomic_ullong db_round_trips;
     atomic_llong waiting_unslotted;  /* children that found no free slot */
+    atomic_llong suspended_unslotted;
     gauge_slot slots[];
 } metrics_seg;
 
@@ -179,9 +181,11 @@ int kmdc_metrics_post_config(apr_pool_t *pconf, server_rec *s)
     atomic_init(&m->db_unavailable, 0);
     atomic_init(&m->db_round_trips, 0);
     atomic_init(&m->waiting_unslotted, 0);
+    atomic_init(&m->suspended_unslotted, 0);
     for (i = 0; i < nslots; i++) {
         atomic_init(&m->slots[i].pid, 0);
         atomic_init(&m->slots[i].waiting, 0);
+        atomic_init(&m->slots[i].suspended, 0);
     }
     /* userdata_set copies the key; the segment goes with the process pool */
     rv = apr_pool_userdata_set(shm, KMDC_METRICS_KEY, apr_pool_cleanup_null, pp);
@@ -204,6 +208,7 @@ static apr_status_t slot_release(void *data)
     gauge_slot *slot = data;
 
     atomic_store(&slot->waiting, 0);
+    atomic_store(&slot->suspended, 0);
     atomic_store(&slot->pid, 0);
     if (my_slot == slot) {
         my_slot = NULL;
@@ -227,6 +232,7 @@ void kmdc_metrics_child_init(apr_pool_t *pchild, server_rec *s)
         if ((owner == 0 || (owner != me && !process_alive(owner)))
             && atomic_compare_exchange_strong(&slot->pid, &owner, me)) {
             atomic_store(&slot->waiting, 0);
+            atomic_store(&slot->suspended, 0);
             my_slot = slot;
         }
     }
@@ -346,6 +352,16 @@ void kmdc_metrics_longpoll(int delta)
                               (long long)delta, memory_order_relaxed);
 }
 
+void kmdc_metrics_longpoll_suspended(int delta)
+{
+    if (seg == NULL) {
+        return;
+    }
+    atomic_fetch_add_explicit(my_slot != NULL ? &my_slot->suspended
+                              : &seg->suspended_unslotted,
+                              (long long)delta, memory_order_relaxed);
+}
+
 /* ------------------------------------------------------------------------ */
 /* the page                                                                  */
 
@@ -394,17 +410,20 @@ static void labelled(page *pg, const char *name, const char *label,
          (apr_uint64_t)get(c));
 }
 
-/* The long-polls in progress: the slots of live children. */
-static long long waiting_now(void)
+/* The long-polls in progress (suspended: those of them holding no thread):
+ * the slots of live children. */
+static long long waiting_now(int suspended)
 {
-    long long sum = atomic_load(&seg->waiting_unslotted);
+    long long sum = atomic_load(suspended ? &seg->suspended_unslotted
+                                : &seg->waiting_unslotted);
     int i;
 
     for (i = 0; i < seg->nslots; i++) {
         int pid = atomic_load(&seg->slots[i].pid);
 
         if (pid != 0 && process_alive(pid)) {
-            sum += atomic_load(&seg->slots[i].waiting);
+            sum += atomic_load(suspended ? &seg->slots[i].suspended
+                               : &seg->slots[i].waiting);
         }
     }
     return sum < 0 ? 0 : sum;
@@ -463,8 +482,12 @@ int kmdc_metrics_handler(request_rec *r)
                  &seg->activations[i]);
     }
     header(&pg, "kmdc_longpoll_waiting", "gauge",
-           "Mailbox long-polls (?wait=S) in progress, each holding a worker thread.");
-    emit(&pg, "kmdc_longpoll_waiting %" APR_INT64_T_FMT "\n", (apr_int64_t)waiting_now());
+           "Mailbox long-polls (?wait=S) in progress.");
+    emit(&pg, "kmdc_longpoll_waiting %" APR_INT64_T_FMT "\n", (apr_int64_t)waiting_now(0));
+    header(&pg, "kmdc_longpoll_suspended", "gauge",
+           "Of kmdc_longpoll_waiting, those suspended in the event MPM, holding no "
+           "worker thread; the others each hold one.");
+    emit(&pg, "kmdc_longpoll_suspended %" APR_INT64_T_FMT "\n", (apr_int64_t)waiting_now(1));
     counter(&pg, "kmdc_db_unavailable_total",
             "Requests answered 503 because the database could not be used.",
             &seg->db_unavailable);

@@ -105,4 +105,8 @@ void kmdc_metrics_longpoll(int delta);
  * batch of pipelined statements). */
 void kmdc_metrics_db_round_trip(void);
 
+/* Add delta (+1 or -1) to this child's long-polls suspended in the event MPM
+ * (a part of those counted by kmdc_metrics_longpoll). */
+void kmdc_metrics_longpoll_suspended(int delta);
+
 #endif

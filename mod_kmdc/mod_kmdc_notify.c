@@ -9,6 +9,10 @@
  * exit path, which may be a signal handler): an atomic flag and one byte down
  * a pipe; the thread then wakes every waiter.
  *
+ * Suspended long-polls (event MPM) are described above kmdc_notify_suspend:
+ * the waiter then has no thread; the LISTEN thread and a clock thread ask
+ * the MPM for callbacks that resume the request.
+ *
  * Nothing is lost while the listener is down: when LISTEN is active again on
  * a fresh connection every waiter is woken and reads its mailbox, and at its
  * deadline a waiter always reads once more (which also catches what sends no
@@ -21,6 +25,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -34,8 +39,12 @@
 #include "ap_mmn.h"
 #include "ap_mpm.h"
 #include "httpd.h"
+#include "http_connection.h"
 #include "http_log.h"
+#include "http_protocol.h"
+#include "http_request.h"
 #include "mpm_common.h"
+#include "util_filter.h"
 
 #include "kmdc_util.h"
 
@@ -60,13 +69,32 @@
 
 typedef struct listener listener;
 
+/*
+ * A waiter is malloc'd, not taken from the request's pool: a suspended
+ * waiter has timed callbacks of the event MPM pending, which cannot be
+ * cancelled and may run after the request is gone.  refs counts the request
+ * (dropped by waiter_cleanup when r->pool goes) and every callback scheduled;
+ * the last one frees it.  Every field below l is under home->mu.
+ */
 struct kmdc_notify_waiter {
+    listener *home;                   /* the listener, for its mutex */
     listener *l;                      /* NULL once unlinked */
     apr_pool_t *pool;                 /* the request's, holding the cleanup */
     uint64_t serial;                  /* the mailbox watched */
-    apr_thread_cond_t *cond;          /* signalled when woken */
+    apr_thread_cond_t *cond;          /* blocking: signalled when woken */
     kmdc_notify_waiter *prev, *next;  /* the listener's list */
     int woken;                        /* a NOTIFY or LISTEN came back */
+    int refs;                         /* see above */
+    /* suspended requests (event MPM) only */
+    int async;                        /* the handler returned SUSPENDED */
+    int suspended;                    /* the MPM let go of the connection */
+    int scheduled;                    /* a wake callback is pending */
+    apr_time_t deadline;              /* when it answers 304 at the latest */
+    int expired;                      /* the deadline passed (clock thread) */
+    int busy;                         /* a callback is working on the request */
+    int finished;                     /* the request was answered */
+    kmdc_notify_resume_fn *resume;    /* reads and answers, or not */
+    void *resume_arg;
 };
 
 struct listener {
@@ -83,6 +111,28 @@ struct listener {
 /* This child's listeners (listener *), made in child_init. */
 static apr_array_header_t *listeners;
 
+/* The event MPM, asynchronous: suspension possible (child_init). */
+static int mpm_suspends;
+
+/* The clock thread (see clock_main) and what it guards. */
+#define CLOCK_TICK_MS 50
+typedef struct conn_release conn_release;
+struct conn_release {
+    apr_pool_t *pool;                 /* a closed connection's pool */
+    apr_time_t due;                   /* when to destroy it */
+    conn_release *next;
+};
+static apr_thread_t *clock_thread;
+static apr_thread_mutex_t *clock_mu;
+static apr_thread_cond_t *clock_cond;
+static int clock_stop;                /* under clock_mu */
+static conn_release *releases;        /* under clock_mu */
+
+#if AP_MODULE_MAGIC_AT_LEAST(20120211, 33)
+static void notify_suspend_connection(conn_rec *c, request_rec *r);
+#endif
+static void clock_start(apr_pool_t *pchild, server_rec *s);
+
 /* ------------------------------------------------------------------------ */
 /* the shared state                                                          */
 
@@ -91,14 +141,28 @@ static int is_stopping(listener *l)
     return atomic_load(&l->stopping);
 }
 
+static void schedule_locked(kmdc_notify_waiter *w);
+
+/* Wake one waiter; mu held.  A blocked thread is signalled; a suspended
+ * request gets a callback of the MPM (see schedule_locked). */
+static void wake_locked(kmdc_notify_waiter *w)
+{
+    w->woken = 1;
+    if (w->async) {
+        schedule_locked(w);
+    }
+    else if (w->cond != NULL) {
+        apr_thread_cond_signal(w->cond);
+    }
+}
+
 /* Wake every waiter (LISTEN came back, or the child stops); mu held. */
 static void wake_all_locked(listener *l)
 {
     kmdc_notify_waiter *w;
 
     for (w = l->waiters; w != NULL; w = w->next) {
-        w->woken = 1;
-        apr_thread_cond_signal(w->cond);
+        wake_locked(w);
     }
 }
 
@@ -118,8 +182,7 @@ static void wake_serial(listener *l, uint64_t serial)
     apr_thread_mutex_lock(l->mu);
     for (w = l->waiters; w != NULL; w = w->next) {
         if (w->serial == serial) {
-            w->woken = 1;
-            apr_thread_cond_signal(w->cond);
+            wake_locked(w);
         }
     }
     apr_thread_mutex_unlock(l->mu);
@@ -436,9 +499,16 @@ static listener *listener_start(apr_pool_t *pchild, server_rec *s, const char *c
 void kmdc_notify_child_init(apr_pool_t *pchild, server_rec *s)
 {
     server_rec *vs;
+    int async = 0;
     int i;
 
     listeners = apr_array_make(pchild, 2, sizeof(listener *));
+    /* only the event MPM's connection pool is known to be the one
+     * kmdc_notify_finish may destroy */
+    mpm_suspends = ap_mpm_query(AP_MPMQ_IS_ASYNC, &async) == APR_SUCCESS && async
+                   && strcmp(ap_show_mpm(), "event") == 0;
+    clock_thread = NULL;
+    releases = NULL;
     for (vs = s; vs != NULL; vs = vs->next) {
         const kmdc_srv_conf *sc = kmdc_conf_get(vs);
         listener *l = NULL;
@@ -454,6 +524,9 @@ void kmdc_notify_child_init(apr_pool_t *pchild, server_rec *s)
         if (!found && (l = listener_start(pchild, vs, sc->conninfo)) != NULL) {
             APR_ARRAY_PUSH(listeners, listener *) = l;
         }
+    }
+    if (mpm_suspends && listeners->nelts > 0) {
+        clock_start(pchild, s);
     }
 }
 
@@ -478,6 +551,9 @@ void kmdc_notify_register_hooks(apr_pool_t *p)
 #if AP_MODULE_MAGIC_AT_LEAST(20120211, 110)
     ap_hook_child_stopping(notify_child_stopping, NULL, NULL, APR_HOOK_MIDDLE);
 #endif
+#if AP_MODULE_MAGIC_AT_LEAST(20120211, 33)
+    ap_hook_suspend_connection(notify_suspend_connection, NULL, NULL, APR_HOOK_MIDDLE);
+#endif
 }
 
 /* ------------------------------------------------------------------------ */
@@ -501,28 +577,45 @@ static listener *listener_for(const request_rec *r)
     return NULL;
 }
 
+/* Drop one reference to w; mu held.  Returns 1 when the caller must free w
+ * (after unlocking). */
+static int unref_locked(kmdc_notify_waiter *w)
+{
+    return --w->refs == 0;
+}
+
+/* r->pool's cleanup: the request is gone, unlink w and drop its reference. */
 static apr_status_t waiter_cleanup(void *data)
 {
     kmdc_notify_waiter *w = data;
-    listener *l = w->l;
+    listener *l = w->home;
+    int gone;
 
-    if (l == NULL) {
-        return APR_SUCCESS;
-    }
     apr_thread_mutex_lock(l->mu);
-    if (w->prev != NULL) {
-        w->prev->next = w->next;
+    if (w->l != NULL) {
+        if (w->prev != NULL) {
+            w->prev->next = w->next;
+        }
+        else {
+            l->waiters = w->next;
+        }
+        if (w->next != NULL) {
+            w->next->prev = w->prev;
+        }
+        w->l = NULL;
+        w->prev = w->next = NULL;
     }
-    else {
-        l->waiters = w->next;
+    w->cond = NULL;                   /* goes with r->pool */
+    w->pool = NULL;
+    if (w->async) {
+        kmdc_metrics_longpoll_suspended(-1);
     }
-    if (w->next != NULL) {
-        w->next->prev = w->prev;
-    }
+    gone = unref_locked(w);
     apr_thread_mutex_unlock(l->mu);
-    w->l = NULL;
-    w->prev = w->next = NULL;
     kmdc_metrics_longpoll(-1);
+    if (gone) {
+        free(w);
+    }
     return APR_SUCCESS;
 }
 
@@ -531,15 +624,13 @@ kmdc_notify_waiter *kmdc_notify_watch(request_rec *r, uint64_t serial)
     listener *l = listener_for(r);
     kmdc_notify_waiter *w;
 
-    if (l == NULL) {
+    if (l == NULL || (w = calloc(1, sizeof(*w))) == NULL) {
         return NULL;
     }
-    w = apr_pcalloc(r->pool, sizeof(*w));
+    w->home = l;
     w->pool = r->pool;
     w->serial = serial;
-    if (apr_thread_cond_create(&w->cond, r->pool) != APR_SUCCESS) {
-        return NULL;
-    }
+    w->refs = 1;                      /* the request's */
     apr_thread_mutex_lock(l->mu);
     w->l = l;
     w->next = l->waiters;
@@ -549,14 +640,13 @@ kmdc_notify_waiter *kmdc_notify_watch(request_rec *r, uint64_t serial)
     l->waiters = w;
     apr_thread_mutex_unlock(l->mu);
     kmdc_metrics_longpoll(1);
-    /* registered after the condition: unlinked before it is destroyed */
     apr_pool_cleanup_register(r->pool, w, waiter_cleanup, apr_pool_cleanup_null);
     return w;
 }
 
 void kmdc_notify_unwatch(kmdc_notify_waiter *w)
 {
-    if (w != NULL) {
+    if (w != NULL && w->pool != NULL) {
         apr_pool_cleanup_run(w->pool, w, waiter_cleanup);
     }
 }
@@ -564,8 +654,13 @@ void kmdc_notify_unwatch(kmdc_notify_waiter *w)
 kmdc_notify_rc kmdc_notify_wait(kmdc_notify_waiter *w, apr_time_t deadline)
 {
     listener *l = w != NULL ? w->l : NULL;
+    apr_thread_cond_t *cond = NULL;
     kmdc_notify_rc rc;
 
+    if (l != NULL && w->cond == NULL
+        && apr_thread_cond_create(&cond, w->pool) != APR_SUCCESS) {
+        l = NULL;                     /* no condition: wait for the deadline */
+    }
     if (l == NULL) {
         apr_time_t left = deadline - apr_time_now();
 
@@ -575,6 +670,9 @@ kmdc_notify_rc kmdc_notify_wait(kmdc_notify_waiter *w, apr_time_t deadline)
         return KMDC_NOTIFY_FINAL;
     }
     apr_thread_mutex_lock(l->mu);
+    if (cond != NULL) {
+        w->cond = cond;
+    }
     for (;;) {
         apr_time_t left;
 
@@ -596,6 +694,317 @@ kmdc_notify_rc kmdc_notify_wait(kmdc_notify_waiter *w, apr_time_t deadline)
     }
     apr_thread_mutex_unlock(l->mu);
     return rc;
+}
+
+/* ------------------------------------------------------------------------ */
+/* suspended requests (event MPM)                                            */
+
+/*
+ * The life of a suspended long-poll (kmdc_notify_suspend):
+ *
+ * 1. The handler thread marks the waiter async (with its deadline) and
+ *    returns SUSPENDED.  httpd then unlocks
+ *    r->invoke_mtx and the MPM lets go of the connection (it is in no queue
+ *    and no pollset any more) and runs the suspend_connection hook on that
+ *    same thread, at the very end: notify_suspend_connection below marks the
+ *    waiter suspended.  Until then no callback touches the request, because
+ *    the MPM still reads the connection's state (a callback that answered
+ *    first would make the MPM take the connection back as well).
+ * 2. The LISTEN thread never touches the request: on a NOTIFY it marks the
+ *    waiter woken and asks the MPM for a callback now
+ *    (ap_mpm_register_timed_callback with no delay, thread-safe in the event
+ *    MPM: it takes the MPM's timer mutex and wakes its listener).  The clock
+ *    thread (clock_main) does the same when the deadline passes.
+ * 3. The callbacks run in worker threads, one at a time per waiter (busy):
+ *    under r->invoke_mtx the resume function reads the mailbox again and
+ *    either answers (the end) or leaves the request suspended.
+ * 4. Answering (kmdc_notify_finish) ends the request the way httpd's
+ *    mod_dialup does (ap_finalize_request_protocol,
+ *    ap_process_request_after_handler), then closes the connection: httpd
+ *    2.4 has no call that hands a suspended connection back to the MPM
+ *    (trunk's ap_mpm_resume_suspended), so the response carries
+ *    "Connection: close", the connection is closed with httpd's lingering
+ *    close, and its pool (the MPM's transaction pool, which the MPM itself
+ *    destroys when it has too many spare ones) is destroyed a second later
+ *    (the clock thread has a callback do it), which also gives the MPM back
+ *    its count of connections.  The second is a margin for the handler's
+ *    thread, which after the suspend hook still writes two fields of the
+ *    MPM's connection state in that pool.
+ *
+ * Callbacks cannot be cancelled, so the waiter counts them (refs) and
+ * outlives the request until the last one has run.  While suspended, a
+ * client that goes away is noticed at the next wake or the deadline (nobody
+ * polls its socket); the connection is then closed like any other.
+ */
+
+/* A callback of the MPM for w (a worker thread). */
+static void wake_callback(void *baton)
+{
+    kmdc_notify_waiter *w = baton;
+    listener *l = w->home;
+    int gone;
+
+    apr_thread_mutex_lock(l->mu);
+    w->scheduled = 0;
+    if (w->async && !w->finished && !w->busy && w->suspended) {
+        w->busy = 1;
+        for (;;) {
+            int final = w->expired || is_stopping(l);
+            int answered;
+
+            if (!final && !w->woken) {
+                break;                /* nothing new: stay suspended */
+            }
+            w->woken = 0;
+            apr_thread_mutex_unlock(l->mu);
+            answered = w->resume(w->resume_arg, final);
+            apr_thread_mutex_lock(l->mu);
+            if (answered) {
+                w->finished = 1;
+                break;
+            }
+        }
+        w->busy = 0;
+    }
+    gone = unref_locked(w);
+    apr_thread_mutex_unlock(l->mu);
+    if (gone) {
+        free(w);
+    }
+}
+
+/* Ask the MPM to run wake_callback for w now; mu held.  Only once the MPM
+ * has let go of the connection (before, the suspend hook does it), and one
+ * at a time. */
+static void schedule_locked(kmdc_notify_waiter *w)
+{
+    if (!w->suspended || w->scheduled || w->finished) {
+        return;
+    }
+    w->scheduled = 1;
+    w->refs++;
+    if (ap_mpm_register_timed_callback(0, wake_callback, w) != APR_SUCCESS) {
+        w->scheduled = 0;
+        w->refs--;                    /* the clock thread tries again */
+    }
+}
+
+#if AP_MODULE_MAGIC_AT_LEAST(20120211, 33)
+/* The MPM let go of c (on the thread that ran the handler, as its last step
+ * with the connection). */
+static void notify_suspend_connection(conn_rec *c, request_rec *r)
+{
+    kmdc_notify_waiter *w = ap_get_module_config(c->conn_config, &kmdc_module);
+    listener *l;
+
+    (void)r;
+    if (w == NULL) {
+        return;
+    }
+    l = w->home;
+    apr_thread_mutex_lock(l->mu);
+    if (w->async && !w->suspended) {
+        w->suspended = 1;
+        if (w->woken || w->expired || is_stopping(l)) {
+            schedule_locked(w);
+        }
+    }
+    apr_thread_mutex_unlock(l->mu);
+}
+#endif
+
+int kmdc_notify_can_suspend(const request_rec *r)
+{
+    const conn_rec *c = r->connection;
+
+    return mpm_suspends && r->main == NULL && r->prev == NULL
+           && r->invoke_mtx != NULL && c->cs != NULL && c->master == NULL
+           && !c->clogging_input_filters && !c->aborted
+           && r->proto_num < 2000;
+}
+
+int kmdc_notify_suspend(kmdc_notify_waiter *w, request_rec *r, apr_time_t deadline,
+                        kmdc_notify_resume_fn *resume, void *arg)
+{
+    listener *l = w != NULL ? w->l : NULL;
+
+    if (l == NULL || clock_thread == NULL || !kmdc_notify_can_suspend(r)) {
+        return DECLINED;
+    }
+    apr_thread_mutex_lock(l->mu);
+    if (is_stopping(l)) {
+        apr_thread_mutex_unlock(l->mu);
+        return DECLINED;
+    }
+    w->deadline = deadline;
+    w->async = 1;
+    w->resume = resume;
+    w->resume_arg = arg;
+    apr_thread_mutex_unlock(l->mu);
+    kmdc_metrics_longpoll_suspended(1);
+    /* httpd 2.4 cannot hand the connection back to the MPM: see above */
+    r->connection->keepalive = AP_CONN_CLOSE;
+    ap_set_module_config(r->connection->conn_config, &kmdc_module, w);
+    return SUSPENDED;
+}
+
+static void conn_release_callback(void *baton)
+{
+    apr_pool_destroy(baton);
+}
+
+/* Hand the pool of a closed connection to the clock thread, which has it
+ * destroyed a second later (see above). */
+static void conn_release_later(apr_pool_t *cp)
+{
+    conn_release *cr = apr_palloc(cp, sizeof(*cr));
+
+    cr->pool = cp;
+    cr->due = apr_time_now() + apr_time_from_sec(1);
+    apr_thread_mutex_lock(clock_mu);
+    cr->next = releases;
+    releases = cr;
+    apr_thread_mutex_unlock(clock_mu);
+}
+
+void kmdc_notify_finish(request_rec *r, int rv)
+{
+    conn_rec *c = r->connection;
+    apr_bucket_brigade *bb;
+
+    ap_set_module_config(c->conn_config, &kmdc_module, NULL);
+    if (rv == OK || rv == DONE) {
+        ap_finalize_request_protocol(r);
+    }
+    else {
+        r->status = HTTP_OK;
+        ap_die(rv, r);
+    }
+    /* logs the request and destroys r->pool (the EOR bucket) */
+    ap_process_request_after_handler(r);
+    r = NULL;
+    /* what the core output filter set aside for the MPM: write it now */
+    bb = apr_brigade_create(c->pool, c->bucket_alloc);
+    APR_BRIGADE_INSERT_TAIL(bb, apr_bucket_flush_create(c->bucket_alloc));
+    (void)ap_pass_brigade(c->output_filters, bb);
+    apr_brigade_destroy(bb);
+    ap_lingering_close(c);
+    /* the MPM counts the connection as suspended until its pool goes */
+    c->cs->state = CONN_STATE_SUSPENDED;
+    conn_release_later(c->pool);
+}
+
+/* ------------------------------------------------------------------------ */
+/* the clock thread                                                          */
+
+/*
+ * Every CLOCK_TICK_MS it marks the suspended waiters whose deadline passed
+ * and asks the MPM to run them, and has the pools of closed connections
+ * destroyed.  The MPM's own delayed callbacks are not used: httpd 2.4.71's
+ * event MPM wakes its listener for a new timer but then computes its poll
+ * timeout only from timers already due, so a timer registered for later
+ * runs when some other event happens to wake the listener (measured: a
+ * 2 s deadline answered after 22 s, the first after 600 s).  Callbacks
+ * registered for now run at once.
+ */
+static void *APR_THREAD_FUNC clock_main(apr_thread_t *thread, void *data)
+{
+    (void)data;
+    apr_thread_mutex_lock(clock_mu);
+    while (!clock_stop) {
+        apr_time_t now;
+        conn_release **pp, *due = NULL;
+        int i;
+
+        (void)apr_thread_cond_timedwait(clock_cond, clock_mu,
+                                        apr_time_from_msec(CLOCK_TICK_MS));
+        if (clock_stop) {
+            break;
+        }
+        now = apr_time_now();
+        for (pp = &releases; *pp != NULL;) {
+            conn_release *cr = *pp;
+
+            if (cr->due <= now) {
+                *pp = cr->next;
+                cr->next = due;
+                due = cr;
+            }
+            else {
+                pp = &cr->next;
+            }
+        }
+        apr_thread_mutex_unlock(clock_mu);
+        while (due != NULL) {
+            conn_release *cr = due;
+
+            due = cr->next;
+            if (ap_mpm_register_timed_callback(0, conn_release_callback, cr->pool)
+                != APR_SUCCESS) {
+                apr_pool_destroy(cr->pool);
+            }
+        }
+        for (i = 0; listeners != NULL && i < listeners->nelts; i++) {
+            listener *l = APR_ARRAY_IDX(listeners, i, listener *);
+            kmdc_notify_waiter *w;
+
+            apr_thread_mutex_lock(l->mu);
+            for (w = l->waiters; w != NULL; w = w->next) {
+                if (w->async && !w->finished
+                    && (w->deadline <= now || is_stopping(l))) {
+                    w->expired = 1;
+                    schedule_locked(w);   /* if not yet, the suspend hook does */
+                }
+            }
+            apr_thread_mutex_unlock(l->mu);
+        }
+        apr_thread_mutex_lock(clock_mu);
+    }
+    apr_thread_mutex_unlock(clock_mu);
+    apr_thread_exit(thread, APR_SUCCESS);
+    return NULL;
+}
+
+static apr_status_t clock_cleanup(void *data)
+{
+    apr_status_t trv;
+
+    (void)data;
+    if (clock_thread != NULL) {
+        apr_thread_mutex_lock(clock_mu);
+        clock_stop = 1;
+        apr_thread_cond_signal(clock_cond);
+        apr_thread_mutex_unlock(clock_mu);
+        (void)apr_thread_join(&trv, clock_thread);
+        clock_thread = NULL;
+    }
+    return APR_SUCCESS;
+}
+
+/* Start the clock thread (child_init, on the event MPM only). */
+static void clock_start(apr_pool_t *pchild, server_rec *s)
+{
+    sigset_t all, old;
+    apr_status_t rv;
+
+    clock_stop = 0;
+    rv = apr_thread_mutex_create(&clock_mu, APR_THREAD_MUTEX_DEFAULT, pchild);
+    if (rv == APR_SUCCESS) {
+        rv = apr_thread_cond_create(&clock_cond, pchild);
+    }
+    if (rv == APR_SUCCESS) {
+        apr_pool_pre_cleanup_register(pchild, NULL, clock_cleanup);
+        sigfillset(&all);
+        pthread_sigmask(SIG_BLOCK, &all, &old);
+        rv = apr_thread_create(&clock_thread, NULL, clock_main, NULL, pchild);
+        pthread_sigmask(SIG_SETMASK, &old, NULL);
+    }
+    if (rv != APR_SUCCESS) {
+        clock_thread = NULL;
+        ap_log_error(APLOG_MARK, APLOG_ERR, rv, s,
+                     "kmdc: cannot start the long-poll clock thread; long-polls "
+                     "hold a worker thread while they wait");
+    }
 }
 
 #else /* !APR_HAS_THREADS: no listener; long-polls wait for their deadline */
@@ -625,6 +1034,29 @@ kmdc_notify_waiter *kmdc_notify_watch(request_rec *r, uint64_t serial)
 void kmdc_notify_unwatch(kmdc_notify_waiter *w)
 {
     (void)w;
+}
+
+int kmdc_notify_can_suspend(const request_rec *r)
+{
+    (void)r;
+    return 0;
+}
+
+int kmdc_notify_suspend(kmdc_notify_waiter *w, request_rec *r, apr_time_t deadline,
+                        kmdc_notify_resume_fn *resume, void *arg)
+{
+    (void)w;
+    (void)r;
+    (void)deadline;
+    (void)resume;
+    (void)arg;
+    return DECLINED;
+}
+
+void kmdc_notify_finish(request_rec *r, int rv)
+{
+    (void)r;
+    (void)rv;
 }
 
 kmdc_notify_rc kmdc_notify_wait(kmdc_notify_waiter *w, apr_time_t deadline)

@@ -7,9 +7,13 @@
  * that waits on its socket (poll() on PQsocket and a stop pipe; PQconsumeInput,
  * PQnotifies).  POST /send and DELETE /mailbox/... send
  * `pg_notify('kmdc_mailbox', '<recipient serial hex>')` in their transaction;
- * the thread wakes the waiters of that serial.  A waiter is a request thread
- * that holds no pooled connection while it waits: it sleeps on its own
- * condition variable until it is woken or its deadline passes.
+ * the thread wakes the waiters of that serial.  A waiter holds no pooled
+ * connection while it waits.  On the event MPM it holds no thread either: the
+ * handler returns SUSPENDED (kmdc_notify_suspend) and a timed callback of the
+ * MPM resumes it, scheduled by the LISTEN thread on a NOTIFY or at the
+ * deadline; elsewhere (prefork, worker, TLS terminated by mod_ssl, HTTP/2)
+ * the request thread sleeps on its own condition variable until it is woken
+ * or its deadline passes.
  *
  * When the listening connection fails, the thread reconnects with a backoff
  * (0.25 s doubling to 10 s).  While it is down nothing can be missed for
@@ -69,5 +73,32 @@ kmdc_notify_rc kmdc_notify_wait(kmdc_notify_waiter *w, apr_time_t deadline);
 
 /* Stop watching now (otherwise done when r->pool is cleared).  Accepts NULL. */
 void kmdc_notify_unwatch(kmdc_notify_waiter *w);
+
+/* 1 when r can be suspended: the event MPM, a top-level HTTP/1.x request on a
+ * connection the MPM handles asynchronously (httpd 2.4's mod_ssl makes its
+ * connections synchronous). */
+int kmdc_notify_can_suspend(const request_rec *r);
+
+/*
+ * Resume a suspended request, in a worker thread: read again and answer
+ * (call kmdc_notify_finish, return 1), or return 0 to stay suspended; with
+ * final set it must answer.  Calls for one request never overlap.
+ */
+typedef int kmdc_notify_resume_fn(void *arg, int final);
+
+/*
+ * Suspend r, watched by w, until deadline: returns SUSPENDED (the handler
+ * returns it; resume is then called when w is woken and at the deadline) or
+ * DECLINED when r cannot be suspended (the caller waits with
+ * kmdc_notify_wait).  The answer carries "Connection: close": httpd 2.4
+ * cannot hand a suspended connection back to the MPM, so it is closed.
+ */
+int kmdc_notify_suspend(kmdc_notify_waiter *w, request_rec *r, apr_time_t deadline,
+                        kmdc_notify_resume_fn *resume, void *arg);
+
+/* End the suspended request r whose handler work gave rv (OK once the answer
+ * is made, or an HTTP status for ap_die), then close its connection.  r is
+ * gone afterwards.  From the resume function only. */
+void kmdc_notify_finish(request_rec *r, int rv);
 
 #endif

@@ -142,7 +142,8 @@ sub slurp {
 # ---- the page itself --------------------------------------------------------------
 my @metrics = qw(kmdc_send_total kmdc_send_bytes_total kmdc_deliveries_total
                  kmdc_requests_total kmdc_auth_failures_total kmdc_activations_total
-                 kmdc_longpoll_waiting kmdc_db_unavailable_total kmdc_db_round_trips_total kmdc_start_time_seconds);
+                 kmdc_longpoll_waiting kmdc_longpoll_suspended kmdc_db_unavailable_total
+                 kmdc_db_round_trips_total kmdc_start_time_seconds);
 my $start_time;
 {
     my ($code, $h, $body) = page();
