@@ -90,16 +90,30 @@ for my $i (1 .. 3) {
     die "warm-up relay answered $code" unless $code == 201;
 }
 
+# Run $act (which returns an HTTP status) until it costs what is expected, at
+# most three times: anything else writing meanwhile (autovacuum's ANALYZE takes
+# transaction ids too) can only add.  (status, least round trips, least ids).
+sub measured {
+    my ($act, $want_xids) = @_;
+    my ($code, $rt, $xids);
+    for my $try (1 .. 3) {
+        my ($rt0, $x0) = (round_trips(), next_xid());
+        $code = $act->($try);
+        my ($rt1, $x1) = (round_trips(), next_xid());
+        $rt = $rt1 - $rt0 if !defined $rt || $rt1 - $rt0 < $rt;
+        $xids = $x1 - $x0 if !defined $xids || $x1 - $x0 < $xids;
+        last if $xids <= $want_xids && $rt <= 4;
+    }
+    return ($code, $rt, $xids);
+}
+
 {
-    my $env = seal_one(10);
-    my ($rt0, $x0) = (round_trips(), next_xid());
-    my $code = post($env);
-    my ($rt1, $x1) = (round_trips(), next_xid());
+    my ($code, $rt, $xids) = measured(sub { post(seal_one(9 + $_[0])) }, 1);
     is($code, 201, 'a 1 KiB relay: 201');
-    cmp_ok($rt1 - $rt0, '<=', 4, 'a 1 KiB relay: at most 4 round trips to PostgreSQL')
-        or diag("it took " . ($rt1 - $rt0));
+    cmp_ok($rt, '<=', 4, 'a 1 KiB relay: at most 4 round trips to PostgreSQL')
+        or diag("it took $rt");
     # next_xid's own read takes no id: the difference is the relay's
-    is($x1 - $x0, 1, 'a 1 KiB relay: exactly one writing transaction (one commit)');
+    is($xids, 1, 'a 1 KiB relay: exactly one writing transaction (one commit)');
     is(sql('SELECT count(*) FROM upload_leases'), 0, 'a 1 KiB relay: no upload slot taken');
     is(sql('SELECT count(*) FROM uploads u WHERE NOT EXISTS '
            . '(SELECT 1 FROM messages m WHERE m.upload_id = u.id)'), 0,
@@ -112,21 +126,24 @@ for my $i (1 .. 3) {
     is($rc, 0, 'the receiver fetches every relayed document') or diag($out);
     my @got = glob("$dir/in/*");
     my $same = grep { slurp_file($_) eq slurp_file($doc) } @got;
-    is($same, 4, 'the four fetched documents are the 1 KiB one') or diag("@got");
+    my $sent = sql("SELECT count(*) FROM messages WHERE sender = x'$alice->{serial}'::bigint");
+    ok($same == $sent && $sent >= 4, "the $sent fetched documents are the 1 KiB one")
+        or diag("$same of @got");
 }
 
 $bob = { %$bob, %{ read_card($bob->{file}) } };
 
 {
     my $target = "/kmdc/card/$bob->{serial}";
-    my $nonce = nonce_hex();
-    my ($rt0, $x0) = (round_trips(), next_xid());
-    my $res = signed($bob, 'GET', $target, nonce => $nonce);
-    my ($rt1, $x1) = (round_trips(), next_xid());
-    is($res->code, 200, 'GET /card: 200');
-    cmp_ok($rt1 - $rt0, '<=', 2, 'GET /card: at most 2 round trips (card, nonce + read)')
-        or diag("it took " . ($rt1 - $rt0));
-    is($x1 - $x0, 1, 'GET /card: one writing transaction (the nonce record)');
+    my $nonce;
+    my ($code, $rt, $xids) = measured(sub {
+        $nonce = nonce_hex();
+        return signed($bob, 'GET', $target, nonce => $nonce)->code;
+    }, 1);
+    is($code, 200, 'GET /card: 200');
+    cmp_ok($rt, '<=', 2, 'GET /card: at most 2 round trips (card, nonce + read)')
+        or diag("it took $rt");
+    is($xids, 1, 'GET /card: one writing transaction (the nonce record)');
     is(sql("SELECT count(*) FROM request_nonces WHERE serial = x'$bob->{serial}'::bigint "
            . "AND nonce = '\\x$nonce'::bytea"), 1, 'GET /card: its nonce is recorded');
     my $again = signed($bob, 'GET', $target, nonce => $nonce);

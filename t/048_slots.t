@@ -25,7 +25,7 @@ use Time::HiRes qw(time sleep);
 use KmdcClient qw(sql document path slurp same wait_until);
 use KmdcIntake qw(:all);
 
-for my $v (qw(KMDC_URL KMDC_BUILD KMDC_MASTER_KEY_FILE PGHOST)) {
+for my $v (qw(KMDC_SUITE_URL KMDC_BUILD KMDC_MASTER_KEY_FILE PGHOST)) {
     BAIL_OUT("$v is not set: run the suite with t/run-suite BUILD_DIR")
         unless defined $ENV{$v} && length $ENV{$v};
 }

@@ -666,7 +666,7 @@ sub flush_health {
 }
 
 {
-    my $suite_url = $ENV{KMDC_URL};
+    my $suite_url = $ENV{KMDC_SUITE_URL};
     # a third front-end with one child and one pooled connection: after a
     # request, the connection the next request uses is known to be idle
     my $port_c = free_port();
@@ -724,7 +724,7 @@ sub flush_health {
     my $pidfile = File::Spec->rel2abs('t/logs/httpd.pid');
     my ($spid) = slurp($pidfile) =~ /^(\d+)/;
     SKIP: {
-        skip('no Apache::Test server (KMDC_URL, t/logs/httpd.pid)', 1)
+        skip('no Apache::Test server (KMDC_SUITE_URL, t/logs/httpd.pid)', 1)
             unless defined $suite_url && $spid;
         ok(httpd_graceful({ pid => $spid, dir => File::Spec->rel2abs('t/logs'),
                             conf => { probe => "$suite_url/health" } }, undef)

@@ -38,7 +38,7 @@ sub kmdcadm_bin { return build() . '/client/kmdcadm' }
 
 # The handler's base URL (http://127.0.0.1:PORT/kmdc) and its path (/kmdc).
 sub base_url {
-    my $u = $ENV{KMDC_URL} // die "KMDC_URL not set: run t/run-suite BUILD_DIR\n";
+    my $u = $ENV{KMDC_SUITE_URL} // die "KMDC_SUITE_URL not set: run t/run-suite BUILD_DIR\n";
     $u =~ s{/+$}{};
     return $u;
 }

@@ -5,7 +5,7 @@
 # socket of its own for the tests that compare answers byte for byte or
 # stall an upload half-way.
 #
-# Needs the environment of t/run-suite (KMDC_URL, KMDC_BUILD,
+# Needs the environment of t/run-suite (KMDC_SUITE_URL, KMDC_BUILD,
 # KMDC_MASTER_KEY_FILE, PGHOST...).  Built on KmdcClient (run, sql, workdir).
 package KmdcIntake;
 
