@@ -20,6 +20,7 @@
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdlib.h>
 #include <stdatomic.h>
 #include <string.h>
 #include <unistd.h>
@@ -46,7 +47,9 @@
 
 /* The channel POST /send and DELETE /mailbox/... notify (payload: serial). */
 #define CHANNEL "kmdc_mailbox"
-#define LISTEN_SQL "LISTEN " CHANNEL
+/* with the server's process id: a connection pooler in between shows as a
+ * backend key of its own (LISTEN then holds only under session pooling) */
+#define LISTEN_SQL "LISTEN " CHANNEL "; SELECT pg_backend_pid()"
 #define HEARTBEAT_SQL "SELECT 1"
 #define LISTENER_APPNAME "mod_kmdc listener"
 
@@ -78,10 +81,17 @@ struct listener {
     int stop_fd[2];                   /* written once to stop the thread */
     apr_thread_t *thread;             /* NULL when it could not start */
     int logged_down;                  /* thread only: an outage was logged */
+    int logged_pooler;                /* thread only: a pooler was reported */
 };
 
 /* This child's listeners (listener *), made in child_init. */
 static apr_array_header_t *listeners;
+
+/* The LISTEN connection's string: KmdcListenDatabase, else KmdcDatabase. */
+static const char *listen_conninfo(const kmdc_srv_conf *sc)
+{
+    return sc->listen_conninfo != NULL ? sc->listen_conninfo : sc->conninfo;
+}
 
 /* ------------------------------------------------------------------------ */
 /* the shared state                                                          */
@@ -205,6 +215,23 @@ static void note_failure(listener *l, const char *what, PGconn *pg)
                  KMDC_DIR_DATABASE, what, n > 0 ? msg : "no detail");
 }
 
+/* The answer to LISTEN_SQL's pg_backend_pid(): a pooler in between is said
+ * once per child (LISTEN through pgbouncer holds only in session pooling). */
+static void note_pooler(listener *l, PGconn *pg, const PGresult *res)
+{
+    if (l->logged_pooler || PQntuples(res) != 1 || PQgetisnull(res, 0, 0)
+        || atoi(PQgetvalue(res, 0, 0)) == PQbackendPID(pg)) {
+        return;
+    }
+    l->logged_pooler = 1;
+    ap_log_error(APLOG_MARK, APLOG_WARNING, 0, l->s,
+                 "kmdc: the long-poll listener reaches PostgreSQL through a "
+                 "connection pooler: its LISTEN holds only with session pooling "
+                 "(with transaction pooling long-polls wake at their deadline "
+                 "only); point %s at PostgreSQL itself",
+                 KMDC_DIR_LISTEN_DATABASE);
+}
+
 /* Connect without blocking the stop pipe.  Returns the connection or NULL
  * (failure logged, or stopping).  The connection shows in pg_stat_activity as
  * LISTENER_APPNAME unless KmdcDatabase names an application_name itself. */
@@ -274,8 +301,9 @@ static int listener_serve(listener *l, PGconn *pg)
 {
     int pending = 0;           /* a query (LISTEN or heartbeat) is unanswered */
     int listening = 0;
+    int probed = 0;            /* LISTEN_SQL's process id was read */
 
-    if (!PQsendQueryParams(pg, LISTEN_SQL, 0, NULL, NULL, NULL, NULL, 0)) {
+    if (!PQsendQuery(pg, LISTEN_SQL)) {
         note_failure(l, "cannot send LISTEN", pg);
         return 0;
     }
@@ -311,6 +339,10 @@ static int listener_serve(listener *l, PGconn *pg)
                 break;
             }
             rs = PQresultStatus(res);
+            if (!probed && rs == PGRES_TUPLES_OK) {
+                probed = 1;    /* the first rows are LISTEN_SQL's */
+                note_pooler(l, pg, res);
+            }
             PQclear(res);
             if (rs != PGRES_COMMAND_OK && rs != PGRES_TUPLES_OK) {
                 note_failure(l, listening ? "failed a heartbeat" : "cannot LISTEN", pg);
@@ -449,9 +481,9 @@ void kmdc_notify_child_init(apr_pool_t *pchild, server_rec *s)
         }
         for (i = 0; i < listeners->nelts && !found; i++) {
             found = strcmp(APR_ARRAY_IDX(listeners, i, listener *)->conninfo,
-                           sc->conninfo) == 0;
+                           listen_conninfo(sc)) == 0;
         }
-        if (!found && (l = listener_start(pchild, vs, sc->conninfo)) != NULL) {
+        if (!found && (l = listener_start(pchild, vs, listen_conninfo(sc))) != NULL) {
             APR_ARRAY_PUSH(listeners, listener *) = l;
         }
     }
@@ -494,7 +526,7 @@ static listener *listener_for(const request_rec *r)
     for (i = 0; i < listeners->nelts; i++) {
         listener *l = APR_ARRAY_IDX(listeners, i, listener *);
 
-        if (strcmp(l->conninfo, sc->conninfo) == 0) {
+        if (strcmp(l->conninfo, listen_conninfo(sc)) == 0) {
             return l->thread != NULL ? l : NULL;
         }
     }
