@@ -82,6 +82,7 @@ struct listener {
     apr_thread_t *thread;             /* NULL when it could not start */
     int logged_down;                  /* thread only: an outage was logged */
     int logged_pooler;                /* thread only: a pooler was reported */
+    unsigned rotate;                  /* thread only: attempts that timed out */
 };
 
 /* This child's listeners (listener *), made in child_init. */
@@ -232,14 +233,110 @@ static void note_pooler(listener *l, PGconn *pg, const PGresult *res)
                  KMDC_DIR_LISTEN_DATABASE);
 }
 
+/* The comma-separated list `list` started at its item k, which exists
+ * (malloc; NULL when out of memory). */
+static char *rotate_list(const char *list, size_t k)
+{
+    size_t len = strlen(list);
+    char *out = malloc(len + 2);
+    const char *c = list;
+    size_t i;
+
+    if (out == NULL) {
+        return NULL;
+    }
+    for (i = 0; i < k; i++) {            /* skip to item k */
+        c = strchr(c, ',') + 1;
+    }
+    /* items k..n-1, then 0..k-1 */
+    memcpy(out, c, len - (size_t)(c - list));
+    out[len - (size_t)(c - list)] = '\0';
+    if (k > 0) {
+        strcat(out, ",");
+        strncat(out, list, (size_t)(c - list) - 1);
+    }
+    return out;
+}
+
+static size_t list_items(const char *v)
+{
+    size_t n = 1;
+
+    for (; *v != '\0'; v++) {
+        n += *v == ',';
+    }
+    return n;
+}
+
+/*
+ * Start a connection to l->conninfo.  libpq applies no connect_timeout to a
+ * non-blocking connection: a first host that drops packets (a machine lost)
+ * would hold every attempt until CONNECT_TIMEOUT_MS and the next host would
+ * never be tried.  So after each attempt that timed out, the host list (with
+ * hostaddr and port lists of the same length) starts one host further on.
+ */
+static PGconn *listener_start_conn(listener *l)
+{
+    PQconninfoOption *opts = PQconninfoParse(l->conninfo, NULL);
+    const char **keys = NULL, **values = NULL;
+    char *rotated[3] = { NULL, NULL, NULL };
+    PGconn *pg = NULL;
+    size_t n = 0, hosts = 0, i, k = 0;
+
+    if (opts == NULL) {
+        return NULL;                     /* checked at start-up: memory */
+    }
+    for (const PQconninfoOption *o = opts; o->keyword != NULL; o++) {
+        n++;
+        if (o->val != NULL && (strcmp(o->keyword, "host") == 0
+                               || strcmp(o->keyword, "hostaddr") == 0)) {
+            hosts = list_items(o->val);
+        }
+    }
+    keys = malloc((n + 2) * sizeof(*keys));
+    values = malloc((n + 2) * sizeof(*values));
+    if (keys == NULL || values == NULL) {
+        goto out;
+    }
+    keys[k] = "fallback_application_name";
+    values[k++] = LISTENER_APPNAME;
+    for (const PQconninfoOption *o = opts; o->keyword != NULL; o++) {
+        const char *v = o->val;
+
+        if (v == NULL) {
+            continue;
+        }
+        if (hosts > 1 && l->rotate % hosts != 0 && list_items(v) == hosts
+            && (strcmp(o->keyword, "host") == 0 || strcmp(o->keyword, "hostaddr") == 0
+                || strcmp(o->keyword, "port") == 0)) {
+            i = o->keyword[0] == 'p' ? 2 : o->keyword[4] == 'a' ? 1 : 0;
+            if ((rotated[i] = rotate_list(v, l->rotate % hosts)) == NULL) {
+                goto out;
+            }
+            v = rotated[i];
+        }
+        keys[k] = o->keyword;
+        values[k++] = v;
+    }
+    keys[k] = NULL;
+    values[k] = NULL;
+    pg = PQconnectStartParams(keys, values, 0);
+out:
+    for (i = 0; i < 3; i++) {
+        free(rotated[i]);
+    }
+    free(keys);
+    free(values);
+    PQconninfoFree(opts);
+    return pg;
+}
+
 /* Connect without blocking the stop pipe.  Returns the connection or NULL
  * (failure logged, or stopping).  The connection shows in pg_stat_activity as
  * LISTENER_APPNAME unless KmdcDatabase names an application_name itself. */
 static PGconn *listener_connect(listener *l)
 {
-    const char *const keys[] = { "dbname", "fallback_application_name", NULL };
-    const char *const values[] = { l->conninfo, LISTENER_APPNAME, NULL };
-    PGconn *pg = PQconnectStartParams(keys, values, 1);
+    PGconn *pg = listener_start_conn(l);
     PostgresPollingStatusType st = PGRES_POLLING_WRITING;
     apr_time_t deadline = apr_time_now() + apr_time_from_msec(CONNECT_TIMEOUT_MS);
 
@@ -257,6 +354,7 @@ static PGconn *listener_connect(listener *l)
         }
         if (left <= 0) {
             note_failure(l, "timed out connecting", pg);
+            l->rotate++;           /* the next attempt starts at the next host */
             goto fail;
         }
         w = wait_fd(l, PQsocket(pg), st == PGRES_POLLING_READING ? POLLIN : POLLOUT,

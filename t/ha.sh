@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# t/ha.sh - the high-availability suite: t/ha/*.t (a primary lost under load
-# and a promoted standby; pgbouncer in front) through t/run-suite, which gives
-# them its environment (the built module and tools, a scratch folder).  Each
-# test starts its own PostgreSQL clusters under /tmp (t/lib/KmdcHA.pm), its
-# own httpd front-ends and, for pgbouncer, its own pgbouncer processes, on
-# free ports, and stops every one of them by process id at the end; nothing
-# of the machine's own PostgreSQL, pgbouncer or Apache is touched.
+# t/ha.sh - the high-availability suite, t/ha/*.t: a primary lost under load
+# and a promoted standby (failover.t), pgbouncer in front (pgbouncer.t), a first
+# host of a multi-host string that never answers (silent_host.t).  They run
+# through t/run-suite, which gives them its environment (the built module and
+# tools, a PostgreSQL cluster, a scratch folder).  failover.t starts its own
+# PostgreSQL primary and standbys under /tmp (t/lib/KmdcHA.pm); the tests start
+# their own httpd front-ends and pgbouncer processes on free ports and stop
+# every one of them by process id at the end; nothing of the machine's own
+# PostgreSQL, pgbouncer or Apache is touched.
 #
 #   t/ha.sh BUILD_DIR [t/ha/NAME.t ...]
 #

@@ -158,14 +158,17 @@ sub doc_file {
 }
 
 # One kmdc send; the attempt as a hash.
+my %up_next;     # address => up_next after this process's last kmdc send
 sub send_doc {
     my ($addr, $name, $to, $url) = @_;
-    my $before = card_info($kmdc, $card{$addr}{file});
+    my $before = defined $up_next{$addr} ? { up_next => $up_next{$addr} }
+               : card_info($kmdc, $card{$addr}{file});
     my ($rc, $out, $secs) = timed($kmdc, '--card', $card{$addr}{file}, '--url', $url, 'send',
                                   '--to', join(',', @$to), '--name', $name,
                                   doc_file($addr, $name));
     my $after = card_info($kmdc, $card{$addr}{file});
     my $moved = $before && $after ? $after->{up_next} - $before->{up_next} : -1;
+    $up_next{$addr} = $after->{up_next} if $after;
     my @ids = $out =~ /^([0-9a-f]{16}) \d+ /mg;
     return { name => $name, to => $to, rc => $rc, out => $out, secs => $secs,
              moved => $moved, ids => \@ids, t => time,
@@ -183,6 +186,7 @@ sub start_senders {
         my $log = "$work/$tag-$addr.log";
         my $pid = fork // die "fork: $!";
         if ($pid == 0) {
+            %up_next = ();    # the parent's may be stale
             open my $lf, '>', $log or POSIX::_exit(1);
             $lf->autoflush(1);
             my @queue;
@@ -282,14 +286,19 @@ sub collect_dir {
 sub wait_healthy {
     my ($t0, $limit) = @_;
     my %back;
+    my %probes;
     while (time < $t0 + $limit && keys %back < 2) {
         for my $n ('a', 'b') {
             next if $back{$n};
+            my $t1 = time;
             my ($code) = http_get("$url{$n}/health", '--max-time', '3');
+            push @{ $probes{$n} }, sprintf('%.1f:%d(%.1fs)', $t1 - $t0, $code, time - $t1);
             $back{$n} = time - $t0 if $code == 200;
         }
         sleep 0.05;
     }
+    note("/health probes after the kill (start:status(duration)): "
+         . join('; ', map { "$_ " . join(' ', @{ $probes{$_} }) } sort keys %probes));
     return \%back;
 }
 
@@ -385,7 +394,7 @@ sub failover {
 
 # ---- phase 1: synchronous standby ------------------------------------------------------
 
-my $r1 = failover('sync', 10, 8, $n1, $n2, 1);
+my $r1 = failover('sync', 7, 6, $n1, $n2, 1);
 my $h1 = $r1->{healthy};
 my $tth1 = ($h1->{a} && $h1->{b}) ? ($h1->{a} > $h1->{b} ? $h1->{a} : $h1->{b}) : -1;
 ok(keys %$h1 == 2, sprintf('sync: both front-ends healthy again without a restart, %.1f s '
@@ -419,9 +428,20 @@ is(scalar(@lost1), 0, sprintf('sync: no acknowledged message lost (%d answered 2
 my @behind1 = cards_behind();
 ok(!@behind1, 'sync: no card\'s up_next in the database is behind its card file')
     or diag(join "\n", @behind1);
-ok(grep({ /kmdc: the database is available again/ } split /\n/, slurp("$root/a/error_log"))
-   && grep({ /kmdc: the database is available again/ } split /\n/, slurp("$root/b/error_log")),
-   'sync: each front-end logged that the database is available again');
+{
+    # a front-end whose requests met the outage logs it once per child, and its
+    # return; one that only lost connections mid-request logs those
+    my ($down, $bad) = (0, 0);
+    for my $f ('a', 'b') {
+        my $log = slurp("$root/$f/error_log");
+        my $d = rindex($log, 'kmdc: the database (KmdcDatabase) cannot be used: ');
+        next if $d < 0;
+        $down++;
+        $bad++ if index($log, 'kmdc: the database is available again', $d) < 0;
+    }
+    ok($down > 0 && !$bad, "sync: the front-ends logged the outage ($down of 2) and, each, "
+       . 'that the database is available again');
+}
 ok(grep({ /long-poll listener is listening again/ } map { split /\n/, slurp("$root/$_/error_log") }
         'a', 'b'), 'sync: the long-poll listeners reconnected to the new primary');
 
@@ -516,7 +536,7 @@ my $n3 = $ha->standby($n2, name => 'n3', port => $port3, sync => 0);
 ok($ha->wait_streaming($n2, 0), 'async: the promoted node streams to a new asynchronous '
    . 'standby (on the third host of the string)');
 elapsed('asynchronous standby up');
-my $r2 = failover('async', 6, 6, $n2, $n3, 1);
+my $r2 = failover('async', 5, 5, $n2, $n3, 1);
 elapsed('phase 2 failover done');
 my $h2 = $r2->{healthy};
 my $tth2 = ($h2->{a} && $h2->{b}) ? ($h2->{a} > $h2->{b} ? $h2->{a} : $h2->{b}) : -1;
