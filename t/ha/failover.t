@@ -282,23 +282,46 @@ sub collect_dir {
     return @bad;
 }
 
-# /health of both front-ends until 200: seconds from $t0 per front-end.
-sub wait_healthy {
-    my ($t0, $limit) = @_;
-    my %back;
-    my %probes;
-    while (time < $t0 + $limit && keys %back < 2) {
-        for my $n ('a', 'b') {
-            next if $back{$n};
-            my $t1 = time;
-            my ($code) = http_get("$url{$n}/health", '--max-time', '3');
-            push @{ $probes{$n} }, sprintf('%.1f:%d(%.1fs)', $t1 - $t0, $code, time - $t1);
-            $back{$n} = time - $t0 if $code == 200;
+# /health of both front-ends until 200, probed from the moment of the kill by
+# one process per front-end: {a, b} => seconds from $t0 to the first 200 (its
+# answer), and the probes as a note.
+sub start_probes {
+    my ($tag, $t0, $limit) = @_;
+    my %p;
+    for my $n ('a', 'b') {
+        my $file = "$work/$tag-probe-$n";
+        my $pid = fork // die "fork: $!";
+        if ($pid == 0) {
+            my @l;
+            while (time < $t0 + $limit) {
+                my $t1 = time;
+                my ($code) = http_get("$url{$n}/health", '--max-time', '3');
+                push @l, sprintf('%.1f:%d(%.1fs)', $t1 - $t0, $code, time - $t1);
+                if ($code == 200) {
+                    spew($file, sprintf("%.3f\n%s\n", time - $t0, join(' ', @l)));
+                    POSIX::_exit(0);
+                }
+                sleep 0.1;
+            }
+            spew($file, "-1\n" . join(' ', @l) . "\n");
+            POSIX::_exit(0);
         }
-        sleep 0.05;
+        $p{$n} = { pid => $pid, file => $file };
     }
-    note("/health probes after the kill (start:status(duration)): "
-         . join('; ', map { "$_ " . join(' ', @{ $probes{$_} }) } sort keys %probes));
+    return \%p;
+}
+
+sub wait_probes {
+    my ($p) = @_;
+    my %back;
+    my @notes;
+    for my $n (sort keys %$p) {
+        waitpid($p->{$n}{pid}, 0);
+        my ($secs, $probes) = split /\n/, slurp($p->{$n}{file});
+        $back{$n} = $secs if defined $secs && $secs >= 0;
+        push @notes, "$n " . ($probes // '');
+    }
+    note('/health probes from the kill (start:status(duration)): ' . join('; ', @notes));
     return \%back;
 }
 
@@ -377,11 +400,12 @@ sub failover {
         && (grep { $_->{rc} == 0 } @{ sender_attempts($s, 0) }) < $before;
     my $t_kill = time;
     $ha->kill9($old);
+    my $probes = start_probes($tag, $t_kill, 60);
     sleep $delay;
     my $t_promote = time;
     $ha->promote($new);
     my $t_promoted = time;
-    my $healthy = wait_healthy($t_kill, 60);
+    my $healthy = wait_probes($probes);
     my $att = sender_attempts($s, 1);
     spew($stop, '');
     waitpid($f->{pid}, 0);
