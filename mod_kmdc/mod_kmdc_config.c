@@ -25,6 +25,7 @@
 
 #include "mod_kmdc.h"
 #include "mod_kmdc_config.h"
+#include "mod_kmdc_store.h"
 
 /* ------------------------------------------------------------------------ */
 /* create / merge                                                            */
@@ -35,6 +36,8 @@ void *kmdc_conf_create_server(apr_pool_t *p, server_rec *s)
 
     (void)s;
     sc->conninfo = NULL;
+    sc->listen_conninfo = NULL;
+    sc->db_pooling = KMDC_CONF_UNSET;
     sc->master_key_files = NULL;
     sc->seq_window = KMDC_CONF_UNSET;
     sc->envelope_max_age = KMDC_CONF_UNSET;
@@ -61,6 +64,8 @@ void *kmdc_conf_merge_server(apr_pool_t *p, void *basev, void *addv)
     kmdc_srv_conf *sc = apr_pcalloc(p, sizeof(*sc));
 
     sc->conninfo = MERGE_PTR(conninfo);
+    sc->listen_conninfo = MERGE_PTR(listen_conninfo);
+    sc->db_pooling = MERGE_VAL(db_pooling);
     sc->master_key_files = MERGE_PTR(master_key_files);
     sc->seq_window = MERGE_VAL(seq_window);
     sc->envelope_max_age = MERGE_VAL(envelope_max_age);
@@ -228,6 +233,7 @@ static kmdc_srv_conf *cmd_conf(cmd_parms *cmd)
 static const char *set_database(cmd_parms *cmd, void *dc, const char *arg)
 {
     kmdc_srv_conf *sc = cmd_conf(cmd);
+    const char *err = NULL;
 
     (void)dc;
     if (*arg == '\0') {
@@ -235,7 +241,43 @@ static const char *set_database(cmd_parms *cmd, void *dc, const char *arg)
                             "give a libpq conninfo such as \"host=/run/postgresql "
                             "dbname=kmdc\"", KMDC_DIR_DATABASE);
     }
+    if ((err = kmdc_db_conninfo_problem(cmd->pool, KMDC_DIR_DATABASE, arg)) != NULL) {
+        return err;
+    }
     sc->conninfo = arg;
+    return NULL;
+}
+
+static const char *set_listen_database(cmd_parms *cmd, void *dc, const char *arg)
+{
+    const char *err = NULL;
+
+    (void)dc;
+    if (*arg == '\0') {
+        return apr_psprintf(cmd->pool, "%s: the connection string is empty",
+                            KMDC_DIR_LISTEN_DATABASE);
+    }
+    if ((err = kmdc_db_conninfo_problem(cmd->pool, KMDC_DIR_LISTEN_DATABASE, arg))
+        != NULL) {
+        return err;
+    }
+    cmd_conf(cmd)->listen_conninfo = arg;
+    return NULL;
+}
+
+static const char *set_database_pooling(cmd_parms *cmd, void *dc, const char *arg)
+{
+    (void)dc;
+    if (strcasecmp(arg, "session") == 0) {
+        cmd_conf(cmd)->db_pooling = KMDC_POOLING_SESSION;
+    }
+    else if (strcasecmp(arg, "transaction") == 0) {
+        cmd_conf(cmd)->db_pooling = KMDC_POOLING_TRANSACTION;
+    }
+    else {
+        return apr_psprintf(cmd->pool, "%s takes session or transaction, not \"%s\"",
+                            KMDC_DIR_DATABASE_POOLING, arg);
+    }
     return NULL;
 }
 
@@ -480,7 +522,15 @@ static const char *set_auth_skew(cmd_parms *cmd, void *dc, const char *arg)
 
 const command_rec kmdc_cmds[] = {
     AP_INIT_TAKE1(KMDC_DIR_DATABASE, set_database, NULL, RSRC_CONF,
-                  "libpq connection string of the kmdc database"),
+                  "libpq connection string or URI of the kmdc database (several "
+                  "hosts with target_session_attrs=read-write)"),
+    AP_INIT_TAKE1(KMDC_DIR_LISTEN_DATABASE, set_listen_database, NULL, RSRC_CONF,
+                  "libpq connection string of the long-poll LISTEN connection "
+                  "(default: KmdcDatabase; required with KmdcDatabasePooling "
+                  "transaction)"),
+    AP_INIT_TAKE1(KMDC_DIR_DATABASE_POOLING, set_database_pooling, NULL, RSRC_CONF,
+                  "session (default: PostgreSQL itself or a session pooler) or "
+                  "transaction (a transaction pooler such as pgbouncer)"),
     AP_INIT_TAKE2(KMDC_DIR_MASTER_KEY, set_master_key, NULL, RSRC_CONF,
                   "ID FILE: a master key (64 hex digits, mode 0600); repeatable, "
                   "the highest id wraps new values"),
@@ -848,6 +898,7 @@ static void fill_defaults(kmdc_srv_conf *sc)
     DEF(max_document_size, KMDC_DEF_MAX_DOCUMENT_SIZE);
     DEF(max_recipients, KMDC_DEF_MAX_RECIPIENTS);
     DEF(max_uploads_per_card, KMDC_DEF_MAX_UPLOADS);
+    DEF(db_pooling, KMDC_POOLING_SESSION);
     DEF(db_pool_min, KMDC_DEF_DB_POOL_MIN);
     DEF(db_pool_max, KMDC_DEF_DB_POOL_MAX);
     DEF(db_pool_idle, KMDC_DEF_DB_POOL_IDLE);
@@ -915,6 +966,17 @@ int kmdc_conf_startup(apr_pool_t *pconf, apr_pool_t *ptemp, server_rec *s,
                                "SetHandler %s; add %s \"host=... dbname=...\"",
                                KMDC_DIR_DATABASE, server_name(ptemp, vs),
                                KMDC_HANDLER, KMDC_DIR_DATABASE);
+            goto out;
+        }
+        if (sc->handler_used && sc->db_pooling == KMDC_POOLING_TRANSACTION
+            && (sc->listen_conninfo == NULL
+                || strcmp(sc->listen_conninfo, sc->conninfo) == 0)) {
+            msg = apr_psprintf(pconf, "%s transaction is set for %s, but LISTEN "
+                               "(long-poll wake-ups) cannot work through a "
+                               "transaction pooler: set %s to a connection "
+                               "string that reaches PostgreSQL itself",
+                               KMDC_DIR_DATABASE_POOLING, server_name(ptemp, vs),
+                               KMDC_DIR_LISTEN_DATABASE);
             goto out;
         }
         if (sc->handler_used

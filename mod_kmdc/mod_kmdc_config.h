@@ -22,6 +22,8 @@
 
 /* Directive names, defined once (used in the command table and messages). */
 #define KMDC_DIR_DATABASE           "KmdcDatabase"
+#define KMDC_DIR_LISTEN_DATABASE    "KmdcListenDatabase"
+#define KMDC_DIR_DATABASE_POOLING   "KmdcDatabasePooling"
 #define KMDC_DIR_MASTER_KEY         "KmdcMasterKey"
 #define KMDC_DIR_SEQUENCE_WINDOW    "KmdcSequenceWindow"
 #define KMDC_DIR_ENVELOPE_MAX_AGE   "KmdcEnvelopeMaxAge"
@@ -38,6 +40,10 @@
 
 /* The "unset" sentinel of the numeric fields. */
 #define KMDC_CONF_UNSET (-1)
+
+/* KmdcDatabasePooling: what sits between the pool and PostgreSQL. */
+#define KMDC_POOLING_SESSION        0   /* PostgreSQL itself, or a session pooler */
+#define KMDC_POOLING_TRANSACTION    1   /* a transaction pooler (pgbouncer) */
 
 /* Defaults and bounds (DESIGN 3.4, 3.5, 4; documented in docs/). */
 #define KMDC_DEF_SEQUENCE_WINDOW    64
@@ -90,6 +96,9 @@ struct kmdc_db_pool;
 typedef struct kmdc_srv_conf {
     /* --- directives -------------------------------------------------- */
     const char *conninfo;             /* KmdcDatabase: libpq conninfo; NULL unset */
+    const char *listen_conninfo;      /* KmdcListenDatabase: the LISTEN connection's;
+                                       * NULL: KmdcDatabase */
+    int db_pooling;                   /* KmdcDatabasePooling: KMDC_POOLING_* */
     apr_array_header_t *master_key_files; /* KmdcMasterKey entries; NULL unset */
     int seq_window;                   /* KmdcSequenceWindow: accepted seq ahead of up_next */
     apr_int64_t envelope_max_age;     /* KmdcEnvelopeMaxAge: seconds SENT may differ from now */

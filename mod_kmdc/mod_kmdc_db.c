@@ -48,8 +48,20 @@ struct kmdc_db_pool {
     apr_int64_t idle;             /* KmdcDbPoolIdle, seconds */
     server_rec *s;                /* the first server using it, for logging */
     volatile apr_uint32_t state;  /* KMDC_STATE_* last logged */
-    int prepare;                  /* connections prepare their statements */
+    int txn_pooling;              /* KmdcDatabasePooling transaction */
+    volatile apr_uint32_t pooler; /* a connection showed a pooler in between */
 };
+
+/* libpq defaults a KmdcDatabase string may override (it is expanded after
+ * them): a connection attempt to a host that is gone gives up after 10 s per
+ * host and goes on to the next one of a multi-host string. */
+#define KMDC_DB_CONNECT_TIMEOUT "10"
+#define KMDC_DB_APPNAME "mod_kmdc"
+
+/* SQLSTATE read_only_sql_transaction: the connection reached a standby (a
+ * demoted primary, or a string without target_session_attrs). */
+#define KMDC_SQLSTATE_READ_ONLY "25006"
+
 
 /* ------------------------------------------------------------------------ */
 /* logging the pool's state                                                  */
@@ -166,6 +178,36 @@ out:
 /* ------------------------------------------------------------------------ */
 /* the pool                                                                  */
 
+/*
+ * A connection pooler (pgbouncer) answers the client with a backend key of its
+ * own: the process id libpq was given is not the server's.  Seen once, the
+ * pool keeps to what every pooling mode allows (no named prepared statement,
+ * no session state) and says so once.  A failed probe proves nothing.
+ */
+static void note_pooler(kmdc_db_pool *pool, PGconn *pg)
+{
+    PGresult *res;
+    int behind = 0;
+
+    if (apr_atomic_read32(&pool->pooler)) {
+        return;
+    }
+    res = PQexecParams(pg, "SELECT pg_backend_pid()", 0, NULL, NULL, NULL, NULL, 0);
+    if (res != NULL && PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1
+        && !PQgetisnull(res, 0, 0)) {
+        behind = atoi(PQgetvalue(res, 0, 0)) != PQbackendPID(pg);
+    }
+    PQclear(res);
+    if (behind && apr_atomic_xchg32(&pool->pooler, 1) == 0) {
+        ap_log_error(APLOG_MARK, APLOG_NOTICE, 0, pool->s,
+                     "kmdc: %s reaches PostgreSQL through a connection pooler; "
+                     "prepared statements and session state are not used%s",
+                     KMDC_DIR_DATABASE, pool->txn_pooling ? ""
+                     : " (with transaction pooling, set " KMDC_DIR_DATABASE_POOLING
+                       " transaction and " KMDC_DIR_LISTEN_DATABASE ")");
+    }
+}
+
 static apr_status_t db_construct(void **resource, void *params, apr_pool_t *p)
 {
     kmdc_db_pool *pool = params;
@@ -176,7 +218,14 @@ static apr_status_t db_construct(void **resource, void *params, apr_pool_t *p)
 
     (void)p;
     *resource = NULL;
-    pg = PQconnectdb(pool->conninfo);
+    {
+        const char *const keys[] = { "connect_timeout", "fallback_application_name",
+                                     "dbname", NULL };
+        const char *const values[] = { KMDC_DB_CONNECT_TIMEOUT, KMDC_DB_APPNAME,
+                                       pool->conninfo, NULL };
+
+        pg = PQconnectdbParams(keys, values, 1);
+    }
     if (pg == NULL) {
         note_down(pool, "out of memory");
         rv = APR_ENOMEM;
@@ -184,11 +233,6 @@ static apr_status_t db_construct(void **resource, void *params, apr_pool_t *p)
     }
     if (PQstatus(pg) != CONNECTION_OK) {
         note_down(pool, PQerrorMessage(pg));
-        goto out;
-    }
-    if (pool->prepare && !kmdc_db_stmt_register(pg)) {
-        note_down(pool, "out of memory");
-        rv = APR_ENOMEM;
         goto out;
     }
     rc = kmdc_db_schema_version(pg, &version);
@@ -202,6 +246,15 @@ static apr_status_t db_construct(void **resource, void *params, apr_pool_t *p)
     if (version != KMDC_SCHEMA_VERSION) {
         note_schema(pool, version);
         rv = KMDC_RV_SCHEMA;
+        goto out;
+    }
+    note_pooler(pool, pg);
+    /* named prepared statements only on a session of our own: not through
+     * transaction pooling, nor once a pooler showed itself */
+    if (!pool->txn_pooling && !apr_atomic_read32(&pool->pooler)
+        && !kmdc_db_stmt_register(pg)) {
+        note_down(pool, "out of memory");
+        rv = APR_ENOMEM;
         goto out;
     }
     note_ok(pool);
@@ -350,7 +403,8 @@ void kmdc_db_child_init(apr_pool_t *pchild, server_rec *s)
         for (i = 0; i < made->nelts; i++) {
             kmdc_db_pool *o = APR_ARRAY_IDX(made, i, kmdc_db_pool *);
             if (strcmp(o->conninfo, sc->conninfo) == 0 && o->min == sc->db_pool_min
-                && o->max == sc->db_pool_max && o->idle == sc->db_pool_idle) {
+                && o->max == sc->db_pool_max && o->idle == sc->db_pool_idle
+                && o->txn_pooling == (sc->db_pooling == KMDC_POOLING_TRANSACTION)) {
                 pool = o;
                 break;
             }
@@ -363,7 +417,8 @@ void kmdc_db_child_init(apr_pool_t *pchild, server_rec *s)
             pool->idle = sc->db_pool_idle;
             pool->s = vs;
             pool->state = KMDC_STATE_UNKNOWN;
-            pool->prepare = 1;
+            pool->txn_pooling = sc->db_pooling == KMDC_POOLING_TRANSACTION;
+            pool->pooler = 0;
             /* soft maximum = the minimum: connections above it close after
              * KmdcDbPoolIdle without use (when a connection is given back,
              * and by pool_maintain while nothing happens) */
@@ -777,6 +832,15 @@ kmdc_db_rc kmdc_db_check_result(kmdc_db *db, const PGresult *pr)
         return KMDC_DB_OK;
     }
     primary = PQresultErrorField(pr, PG_DIAG_MESSAGE_PRIMARY);
+    if (strcmp(kmdc_db_sqlstate(pr), KMDC_SQLSTATE_READ_ONLY) == 0) {
+        /* a standby (after a failover, or a string that does not ask for
+         * read-write): this connection is dropped, the next one is made
+         * afresh and finds the primary */
+        db->broken = 1;
+        note_down(db->pool, "a connection reached a read-only server (is "
+                  "target_session_attrs=read-write in the connection string?)");
+        return KMDC_DB_UNAVAILABLE;
+    }
     if (PQstatus(db->pg) != CONNECTION_OK) {
         char buf[512];
 
@@ -904,4 +968,53 @@ kmdc_db_rc kmdc_db_rollback(kmdc_db *db)
         kmdc_db_invalidate(db);
     }
     return rc;
+}
+
+int kmdc_db_session_state_ok(const kmdc_db *db)
+{
+    return db != NULL && db->pool != NULL && !db->pool->txn_pooling
+        && !apr_atomic_read32(&db->pool->pooler);
+}
+
+const char *kmdc_db_conninfo_problem(apr_pool_t *p, const char *directive,
+                                     const char *conninfo)
+{
+    char *err = NULL;
+    PQconninfoOption *opts = PQconninfoParse(conninfo, &err);
+    const char *hosts = NULL, *hostaddrs = NULL, *tsa = NULL;
+    const char *problem = NULL;
+    char buf[256];
+
+    if (opts == NULL) {
+        problem = apr_psprintf(p, "%s: not a libpq connection string or URI: %s",
+                               directive, err != NULL
+                               ? one_line(buf, sizeof(buf), err) : "out of memory");
+        PQfreemem(err);
+        return problem;
+    }
+    for (const PQconninfoOption *o = opts; o->keyword != NULL; o++) {
+        if (o->val == NULL) {
+            continue;
+        }
+        if (strcmp(o->keyword, "host") == 0) {
+            hosts = o->val;
+        }
+        else if (strcmp(o->keyword, "hostaddr") == 0) {
+            hostaddrs = o->val;
+        }
+        else if (strcmp(o->keyword, "target_session_attrs") == 0) {
+            tsa = o->val;
+        }
+    }
+    if (((hosts != NULL && strchr(hosts, ',') != NULL)
+         || (hostaddrs != NULL && strchr(hostaddrs, ',') != NULL))
+        && (tsa == NULL || (strcmp(tsa, "read-write") != 0
+                            && strcmp(tsa, "primary") != 0))) {
+        problem = apr_psprintf(p, "%s names several hosts but not "
+                               "target_session_attrs=read-write: connections "
+                               "could land on a read-only standby; add "
+                               "target_session_attrs=read-write", directive);
+    }
+    PQconninfoFree(opts);
+    return problem;
 }

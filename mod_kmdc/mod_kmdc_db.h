@@ -83,6 +83,25 @@ void kmdc_db_release(kmdc_db *db);
  * NULL. */
 void kmdc_db_invalidate(kmdc_db *db);
 
+/*
+ * 1 when the store may use named prepared statements and session state on
+ * db's connection: KmdcDatabasePooling is session (the default) and no
+ * connection of the pool showed a connection pooler in between (a pooler
+ * gives libpq a backend process id that is not the server's).  With 0, every
+ * statement must be self-contained (PQexecParams, unnamed), every SET be SET
+ * LOCAL inside a transaction, and no lock or state outlive a transaction.
+ */
+int kmdc_db_session_state_ok(const kmdc_db *db);
+
+/*
+ * Check a KmdcDatabase or KmdcListenDatabase string (key=value or URI,
+ * multi-host included) with libpq's own parser, and that a string naming
+ * several hosts asks for target_session_attrs=read-write (or primary).
+ * NULL when it is fine, else the message (from p) naming directive.
+ */
+const char *kmdc_db_conninfo_problem(apr_pool_t *p, const char *directive,
+                                     const char *conninfo);
+
 /* Answer the 503 JSON for rc (KMDC_DB_SCHEMA: "schema_mismatch", otherwise
  * "unavailable").  Returns OK. */
 int kmdc_db_answer_unavailable(request_rec *r, kmdc_db_rc rc);

@@ -24,6 +24,7 @@
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdlib.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
@@ -55,7 +56,9 @@
 
 /* The channel POST /send and DELETE /mailbox/... notify (payload: serial). */
 #define CHANNEL "kmdc_mailbox"
-#define LISTEN_SQL "LISTEN " CHANNEL
+/* with the server's process id: a connection pooler in between shows as a
+ * backend key of its own (LISTEN then holds only under session pooling) */
+#define LISTEN_SQL "LISTEN " CHANNEL "; SELECT pg_backend_pid()"
 #define HEARTBEAT_SQL "SELECT 1"
 #define LISTENER_APPNAME "mod_kmdc listener"
 
@@ -106,6 +109,8 @@ struct listener {
     int stop_fd[2];                   /* written once to stop the thread */
     apr_thread_t *thread;             /* NULL when it could not start */
     int logged_down;                  /* thread only: an outage was logged */
+    int logged_pooler;                /* thread only: a pooler was reported */
+    unsigned rotate;                  /* thread only: attempts that timed out */
 };
 
 /* This child's listeners (listener *), made in child_init. */
@@ -132,6 +137,11 @@ static conn_release *releases;        /* under clock_mu */
 static void notify_suspend_connection(conn_rec *c, request_rec *r);
 #endif
 static void clock_start(apr_pool_t *pchild, server_rec *s);
+/* The LISTEN connection's string: KmdcListenDatabase, else KmdcDatabase. */
+static const char *listen_conninfo(const kmdc_srv_conf *sc)
+{
+    return sc->listen_conninfo != NULL ? sc->listen_conninfo : sc->conninfo;
+}
 
 /* ------------------------------------------------------------------------ */
 /* the shared state                                                          */
@@ -268,14 +278,127 @@ static void note_failure(listener *l, const char *what, PGconn *pg)
                  KMDC_DIR_DATABASE, what, n > 0 ? msg : "no detail");
 }
 
+/* The answer to LISTEN_SQL's pg_backend_pid(): a pooler in between is said
+ * once per child (LISTEN through pgbouncer holds only in session pooling). */
+static void note_pooler(listener *l, PGconn *pg, const PGresult *res)
+{
+    if (l->logged_pooler || PQntuples(res) != 1 || PQgetisnull(res, 0, 0)
+        || atoi(PQgetvalue(res, 0, 0)) == PQbackendPID(pg)) {
+        return;
+    }
+    l->logged_pooler = 1;
+    ap_log_error(APLOG_MARK, APLOG_WARNING, 0, l->s,
+                 "kmdc: the long-poll listener reaches PostgreSQL through a "
+                 "connection pooler: its LISTEN holds only with session pooling "
+                 "(with transaction pooling long-polls wake at their deadline "
+                 "only); point %s at PostgreSQL itself",
+                 KMDC_DIR_LISTEN_DATABASE);
+}
+
+/* The comma-separated list `list` started at its item k, which exists
+ * (malloc; NULL when out of memory). */
+static char *rotate_list(const char *list, size_t k)
+{
+    size_t len = strlen(list);
+    char *out = malloc(len + 2);
+    const char *c = list;
+    size_t i;
+
+    if (out == NULL) {
+        return NULL;
+    }
+    for (i = 0; i < k; i++) {            /* skip to item k */
+        c = strchr(c, ',') + 1;
+    }
+    /* items k..n-1, then 0..k-1 */
+    memcpy(out, c, len - (size_t)(c - list));
+    out[len - (size_t)(c - list)] = '\0';
+    if (k > 0) {
+        strcat(out, ",");
+        strncat(out, list, (size_t)(c - list) - 1);
+    }
+    return out;
+}
+
+static size_t list_items(const char *v)
+{
+    size_t n = 1;
+
+    for (; *v != '\0'; v++) {
+        n += *v == ',';
+    }
+    return n;
+}
+
+/*
+ * Start a connection to l->conninfo.  libpq applies no connect_timeout to a
+ * non-blocking connection: a first host that drops packets (a machine lost)
+ * would hold every attempt until CONNECT_TIMEOUT_MS and the next host would
+ * never be tried.  So after each attempt that timed out, the host list (with
+ * hostaddr and port lists of the same length) starts one host further on.
+ */
+static PGconn *listener_start_conn(listener *l)
+{
+    PQconninfoOption *opts = PQconninfoParse(l->conninfo, NULL);
+    const char **keys = NULL, **values = NULL;
+    char *rotated[3] = { NULL, NULL, NULL };
+    PGconn *pg = NULL;
+    size_t n = 0, hosts = 0, i, k = 0;
+
+    if (opts == NULL) {
+        return NULL;                     /* checked at start-up: memory */
+    }
+    for (const PQconninfoOption *o = opts; o->keyword != NULL; o++) {
+        n++;
+        if (o->val != NULL && (strcmp(o->keyword, "host") == 0
+                               || strcmp(o->keyword, "hostaddr") == 0)) {
+            hosts = list_items(o->val);
+        }
+    }
+    keys = malloc((n + 2) * sizeof(*keys));
+    values = malloc((n + 2) * sizeof(*values));
+    if (keys == NULL || values == NULL) {
+        goto out;
+    }
+    keys[k] = "fallback_application_name";
+    values[k++] = LISTENER_APPNAME;
+    for (const PQconninfoOption *o = opts; o->keyword != NULL; o++) {
+        const char *v = o->val;
+
+        if (v == NULL) {
+            continue;
+        }
+        if (hosts > 1 && l->rotate % hosts != 0 && list_items(v) == hosts
+            && (strcmp(o->keyword, "host") == 0 || strcmp(o->keyword, "hostaddr") == 0
+                || strcmp(o->keyword, "port") == 0)) {
+            i = o->keyword[0] == 'p' ? 2 : o->keyword[4] == 'a' ? 1 : 0;
+            if ((rotated[i] = rotate_list(v, l->rotate % hosts)) == NULL) {
+                goto out;
+            }
+            v = rotated[i];
+        }
+        keys[k] = o->keyword;
+        values[k++] = v;
+    }
+    keys[k] = NULL;
+    values[k] = NULL;
+    pg = PQconnectStartParams(keys, values, 0);
+out:
+    for (i = 0; i < 3; i++) {
+        free(rotated[i]);
+    }
+    free(keys);
+    free(values);
+    PQconninfoFree(opts);
+    return pg;
+}
+
 /* Connect without blocking the stop pipe.  Returns the connection or NULL
  * (failure logged, or stopping).  The connection shows in pg_stat_activity as
  * LISTENER_APPNAME unless KmdcDatabase names an application_name itself. */
 static PGconn *listener_connect(listener *l)
 {
-    const char *const keys[] = { "dbname", "fallback_application_name", NULL };
-    const char *const values[] = { l->conninfo, LISTENER_APPNAME, NULL };
-    PGconn *pg = PQconnectStartParams(keys, values, 1);
+    PGconn *pg = listener_start_conn(l);
     PostgresPollingStatusType st = PGRES_POLLING_WRITING;
     apr_time_t deadline = apr_time_now() + apr_time_from_msec(CONNECT_TIMEOUT_MS);
 
@@ -293,6 +416,7 @@ static PGconn *listener_connect(listener *l)
         }
         if (left <= 0) {
             note_failure(l, "timed out connecting", pg);
+            l->rotate++;           /* the next attempt starts at the next host */
             goto fail;
         }
         w = wait_fd(l, PQsocket(pg), st == PGRES_POLLING_READING ? POLLIN : POLLOUT,
@@ -337,8 +461,9 @@ static int listener_serve(listener *l, PGconn *pg)
 {
     int pending = 0;           /* a query (LISTEN or heartbeat) is unanswered */
     int listening = 0;
+    int probed = 0;            /* LISTEN_SQL's process id was read */
 
-    if (!PQsendQueryParams(pg, LISTEN_SQL, 0, NULL, NULL, NULL, NULL, 0)) {
+    if (!PQsendQuery(pg, LISTEN_SQL)) {
         note_failure(l, "cannot send LISTEN", pg);
         return 0;
     }
@@ -374,6 +499,10 @@ static int listener_serve(listener *l, PGconn *pg)
                 break;
             }
             rs = PQresultStatus(res);
+            if (!probed && rs == PGRES_TUPLES_OK) {
+                probed = 1;    /* the first rows are LISTEN_SQL's */
+                note_pooler(l, pg, res);
+            }
             PQclear(res);
             if (rs != PGRES_COMMAND_OK && rs != PGRES_TUPLES_OK) {
                 note_failure(l, listening ? "failed a heartbeat" : "cannot LISTEN", pg);
@@ -519,9 +648,9 @@ void kmdc_notify_child_init(apr_pool_t *pchild, server_rec *s)
         }
         for (i = 0; i < listeners->nelts && !found; i++) {
             found = strcmp(APR_ARRAY_IDX(listeners, i, listener *)->conninfo,
-                           sc->conninfo) == 0;
+                           listen_conninfo(sc)) == 0;
         }
-        if (!found && (l = listener_start(pchild, vs, sc->conninfo)) != NULL) {
+        if (!found && (l = listener_start(pchild, vs, listen_conninfo(sc))) != NULL) {
             APR_ARRAY_PUSH(listeners, listener *) = l;
         }
     }
@@ -570,7 +699,7 @@ static listener *listener_for(const request_rec *r)
     for (i = 0; i < listeners->nelts; i++) {
         listener *l = APR_ARRAY_IDX(listeners, i, listener *);
 
-        if (strcmp(l->conninfo, sc->conninfo) == 0) {
+        if (strcmp(l->conninfo, listen_conninfo(sc)) == 0) {
             return l->thread != NULL ? l : NULL;
         }
     }

@@ -23,6 +23,13 @@ kmdc_store *kmdc_store_pg(request_rec *r);
 void kmdc_store_child_init(apr_pool_t *pchild, server_rec *s);
 
 /*
+ * Check a KmdcDatabase or KmdcListenDatabase string with libpq's parser
+ * (mod_kmdc_db.c; see mod_kmdc_db.h).  NULL when fine, else the message.
+ */
+const char *kmdc_db_conninfo_problem(apr_pool_t *p, const char *directive,
+                                     const char *conninfo);
+
+/*
  * Answer a store failure: UNAVAILABLE 503 "unavailable" and SCHEMA 503
  * "schema_mismatch" (both with Retry-After), anything else 500 "internal".
  * Returns OK (the handler's value).
