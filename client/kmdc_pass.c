@@ -44,12 +44,17 @@ kmdc_cli_tty_read(const char *prompt, char *buf, size_t cap)
     quiet = old;
     quiet.c_lflag &= ~(tcflag_t)(ECHO | ECHOE | ECHOK);
     quiet.c_lflag |= ICANON;
-    if (kmdc_cli_write_all(fd, prompt, strlen(prompt)) != 0 ||
-        tcsetattr(fd, TCSAFLUSH, &quiet) != 0) {
+    /* Echo off (dropping what was typed ahead) before the prompt shows, so
+     * nothing typed after the prompt is lost or echoed. */
+    if (tcsetattr(fd, TCSAFLUSH, &quiet) != 0) {
         rc = -2;
         goto out;
     }
     restore = 1;
+    if (kmdc_cli_write_all(fd, prompt, strlen(prompt)) != 0) {
+        rc = -2;
+        goto out;
+    }
     for (;;) {
         n = read(fd, &ch, 1);
         if (n < 0 && errno == EINTR && !kmdc_http_interrupted)

@@ -58,7 +58,7 @@ draw(kmdc_progress *p, double now, int final)
     int n, pad;
 
     human(done, sizeof done, (double)p->done);
-    if (el > 0.05 && p->done > 0)
+    if (el > 0 && p->done > 0)
         r = (double)p->done / el;
     if (p->total > 0) {
         human(total, sizeof total, (double)p->total);
