@@ -105,6 +105,8 @@ kmdc_progress_start(kmdc_progress *p, const kmdc_cli *c, const char *label, int 
     int tty = isatty(STDERR_FILENO);
 
     memset(p, 0, sizeof *p);
+    if (label != NULL && strrchr(label, '/') != NULL && strrchr(label, '/')[1] != '\0')
+        label = strrchr(label, '/') + 1;       /* a file's name, not its whole path */
     p->label = label;
     p->upload = upload;
     p->tty = tty;
