@@ -516,7 +516,9 @@ static const kmdc_cmd commands[] = {
       "  -d, --dir DIR        where to write\n", 0 },
     { "activate", kmdc_cmd_activate,
       "activate CODE",
-      "Activate an issued card with the access code printed by kmdcadm issue.\n"
+      "Activate an issued card with the access code printed by kmdcadm issue\n"
+      "(XXXXX-XXXXX-C).  A mistyped code is refused before anything is sent, so it\n"
+      "uses none of the card's five attempts (exit 2).\n"
       "Safe to repeat after an interruption: the card keeps its activation value\n"
       "until it has seen the new keys work.\n", 0 },
     { "status", kmdc_cmd_status,
