@@ -209,44 +209,21 @@ kmdc_crash_point(const char *step)
 int
 kmdc_cli_passphrase(kmdc_cli *c, const char **pass)
 {
-    FILE *f;
-    size_t len;
-    int rc = KMDC_EXIT_OK;
+    kmdc_err e;
 
     *pass = NULL;
-    if (c->passfile == NULL)
-        return KMDC_EXIT_OK;
-    if (c->pass_read) {
+    if (c->pass_read) {          /* read from the file, or typed, once */
         *pass = c->pass;
         return KMDC_EXIT_OK;
     }
-    f = fopen(c->passfile, "re");
-    if (f == NULL)
-        return kmdc_cli_fail(KMDC_EXIT_CARD, "cannot read the passphrase file %s: %s",
-                             c->passfile, strerror(errno));
-    if (fgets(c->pass, (int)sizeof c->pass, f) == NULL) {
-        rc = kmdc_cli_fail(KMDC_EXIT_CARD, "the passphrase file %s is empty", c->passfile);
-        goto out;
-    }
-    len = strcspn(c->pass, "\r\n");
-    if (c->pass[len] == '\0' && len + 1 == sizeof c->pass) {
-        rc = kmdc_cli_fail(KMDC_EXIT_CARD, "the passphrase in %s is longer than %zu bytes",
-                           c->passfile, sizeof c->pass - 2);
-        goto out;
-    }
-    c->pass[len] = '\0';
-    if (len == 0) {
-        rc = kmdc_cli_fail(KMDC_EXIT_CARD, "the passphrase file %s starts with an empty line",
-                           c->passfile);
-        goto out;
-    }
+    if (c->passfile == NULL)
+        return KMDC_EXIT_OK;
+    kmdc_err_clear(&e);
+    if (kmdc_passphrase_file_read(c->passfile, c->pass, sizeof c->pass, &e) != KMDC_OK)
+        return kmdc_cli_fail_err(KMDC_EXIT_CARD, &e);
     c->pass_read = 1;
     *pass = c->pass;
-out:
-    fclose(f);
-    if (rc != KMDC_EXIT_OK)
-        kmdc_wipe(c->pass, sizeof c->pass);
-    return rc;
+    return KMDC_EXIT_OK;
 }
 
 int
@@ -265,8 +242,7 @@ kmdc_cli_load(kmdc_cli *c, kmdc_card **card)
     if (st == KMDC_OK)
         return KMDC_EXIT_OK;
     if (st == KMDC_ERR_PASSPHRASE && pass == NULL)
-        return kmdc_cli_fail(KMDC_EXIT_CARD, "%s: the card is protected by a passphrase; "
-                             "give it with --passphrase-file FILE", c->card_path);
+        return kmdc_cli_load_prompting(c, card);     /* on the terminal, if there is one */
     if (st == KMDC_ERR_PASSPHRASE)
         return kmdc_cli_fail(KMDC_EXIT_CARD, "%s: wrong passphrase", c->card_path);
     return kmdc_cli_fail(st == KMDC_ERR_INTERNAL ? KMDC_EXIT_FAIL : KMDC_EXIT_CARD,
@@ -304,9 +280,9 @@ kmdc_cli_update(kmdc_cli *c, kmdc_cli_update_fn fn, void *arg, kmdc_card **out)
     kmdc_err_clear(&e);
     if (out != NULL)
         *out = NULL;
-    if ((rc = kmdc_cli_passphrase(c, &pass)) != KMDC_EXIT_OK ||
-        (rc = kmdc_cli_lock(c, KMDC_LOCK_CARD, &lk)) != KMDC_EXIT_OK ||
-        (rc = kmdc_cli_load(c, &card)) != KMDC_EXIT_OK)
+    if ((rc = kmdc_cli_lock(c, KMDC_LOCK_CARD, &lk)) != KMDC_EXIT_OK ||
+        (rc = kmdc_cli_load(c, &card)) != KMDC_EXIT_OK ||
+        (rc = kmdc_cli_passphrase(c, &pass)) != KMDC_EXIT_OK)   /* after a prompt, too */
         goto out;
     if (fn != NULL) {
         if ((st = fn(arg, card, &e)) != KMDC_OK) {
@@ -346,16 +322,26 @@ kmdc_cli_base_url(const kmdc_cli *c, const kmdc_card *card)
 
 /* ---- card ------------------------------------------------------------------------- */
 
+typedef struct card_opts {
+    int resync, remove;
+    const char *newfile;
+} card_opts;
+
 static int
 card_opt(kmdc_cli *c, void *ctx, int opt, const char *arg)
 {
+    card_opts *o = ctx;
+
     (void)c;
-    (void)arg;
-    if (opt == KMDC_OPT_OWN) {
-        *(int *)ctx = 1;
-        return 0;
-    }
-    return KMDC_EXIT_USAGE;
+    if (opt == KMDC_OPT_OWN)
+        o->resync = 1;
+    else if (opt == KMDC_OPT_OWN + 1)
+        o->remove = 1;
+    else if (opt == KMDC_OPT_OWN + 2)
+        o->newfile = arg;
+    else
+        return KMDC_EXIT_USAGE;
+    return 0;
 }
 
 static const char *
@@ -399,22 +385,33 @@ card_json(const kmdc_card *card, const uint64_t *seqs, size_t n)
 static int
 cmd_card(kmdc_cli *c, int argc, char **argv)
 {
-    static const struct option own[] = { { "resync", no_argument, NULL, KMDC_OPT_OWN } };
+    static const struct option own[] = {
+        { "resync", no_argument, NULL, KMDC_OPT_OWN },
+        { "remove", no_argument, NULL, KMDC_OPT_OWN + 1 },
+        { "new-passphrase-file", required_argument, NULL, KMDC_OPT_OWN + 2 },
+    };
+    card_opts o = { 0, 0, NULL };
     kmdc_card *card = NULL;
     uint64_t *seqs = NULL;
     size_t n = 0, i;
     char serial[17], hex[17];
     kmdc_err e;
-    int rc, first, resync = 0;
+    int rc, first;
 
     kmdc_err_clear(&e);
-    rc = kmdc_cli_parse(c, kmdc_cli_find("card"), argc, argv, own, 1, NULL, card_opt,
-                        &resync, &first);
+    rc = kmdc_cli_parse(c, kmdc_cli_find("card"), argc, argv, own, 3, NULL, card_opt,
+                        &o, &first);
     if (rc >= 0)
         return rc;
+    if (first < argc && strcmp(argv[first], "passphrase") == 0 && first + 1 == argc &&
+        !o.resync)
+        return kmdc_cmd_card_passphrase(c, o.remove, o.newfile);
     if (first < argc)
         return kmdc_cli_usage(c, "unexpected argument '%s'", argv[first]);
-    if (resync && (rc = kmdc_cmd_card_resync(c)) != KMDC_EXIT_OK)
+    if (o.remove || o.newfile != NULL)
+        return kmdc_cli_usage(c, "--remove and --new-passphrase-file go with "
+                              "'kmdc card passphrase'");
+    if (o.resync && (rc = kmdc_cmd_card_resync(c)) != KMDC_EXIT_OK)
         return rc;
     if ((rc = kmdc_cli_load(c, &card)) != KMDC_EXIT_OK)
         return rc;
@@ -577,7 +574,9 @@ static const kmdc_cmd commands[] = {
       "  -d, --dir DIR        where to write\n", 0 },
     { "activate", kmdc_cmd_activate,
       "activate CODE",
-      "Activate an issued card with the access code printed by kmdcadm issue.\n"
+      "Activate an issued card with the access code printed by kmdcadm issue\n"
+      "(XXXXX-XXXXX-C).  A mistyped code is refused before anything is sent, so it\n"
+      "uses none of the card's five attempts (exit 2).\n"
       "Safe to repeat after an interruption: the card keeps its activation value\n"
       "until it has seen the new keys work.\n", 0 },
     { "status", kmdc_cmd_status,
@@ -585,11 +584,16 @@ static const kmdc_cmd commands[] = {
       "Show the state of each recipient of a message this card sent:\n"
       "  ADDRESS STATE        (queued, delivered or expired)\n", 0 },
     { "card", cmd_card,
-      "card [--resync]",
+      "card [--resync] | card passphrase [--remove | --new-passphrase-file F]",
       "Show the card: serial, address, URL, state, counters, outbox.  Never\n"
       "shows a secret.\n"
       "  --resync             first move the counters forward to what the\n"
-      "                       datacenter reports (GET /card); never backwards\n", 0 },
+      "                       datacenter reports (GET /card); never backwards\n"
+      "'card passphrase' sets or changes the card file's passphrase: the new one\n"
+      "is typed twice on the terminal (not echoed), or read from F.\n"
+      "  --remove             store the card without a passphrase\n"
+      "  --new-passphrase-file F  the new passphrase, first line of F (mode 0600)\n",
+      0 },
     { "seal", kmdc_cmd_seal,
       "seal --to ADDR[,ADDR...] [--name N] [--type T] [-o OUT] FILE|-",
       "Seal FILE offline into an envelope for upload with any HTTP client, e.g.\n"
@@ -642,16 +646,21 @@ kmdc_cli_find(const char *name)
 static const char global_help[] =
     "Global options (before or after the command):\n"
     "  --card FILE          the card (default $KMDC_CARD, else ~/.kmdc/card)\n"
-    "  --passphrase-file F  the card's passphrase, first line of F\n"
-    "                       (default $KMDC_PASSPHRASE_FILE)\n"
+    "  --passphrase-file F  the card's passphrase, first line of F (a file\n"
+    "                       others can read is refused; default\n"
+    "                       $KMDC_PASSPHRASE_FILE; else it is asked for on\n"
+    "                       the terminal)\n"
     "  --url URL            the datacenter, instead of the card's URL\n"
     "  --cacert FILE        CA certificates to verify the datacenter with\n"
     "  --insecure           do not verify the datacenter's TLS certificate\n"
     "  --wait               wait for another kmdc using the card, instead of\n"
     "                       failing with exit status 3\n"
-    "  -q, --quiet          no information lines and no progress bar\n"
+    "  -q, --quiet          no information lines and no progress line\n"
     "  --json               one JSON document on standard output (send, fetch,\n"
     "                       status, card, outbox)\n"
+    "  --progress           show the transfer progress (bytes, rate, time left,\n"
+    "                       publishing) even when stderr is not a terminal\n"
+    "  --no-progress        never show it (default: shown on a terminal)\n"
     "  -h, --help           help; 'kmdc COMMAND --help' for a command\n"
     "  --version            the version\n"
     "Environment: KMDC_CARD, KMDC_PASSPHRASE_FILE, KMDC_URL, KMDC_CACERT stand\n"
@@ -690,6 +699,8 @@ print_command_help(const kmdc_cmd *cmd)
     { "url", required_argument, NULL, KMDC_OPT_URL }, \
     { "json", no_argument, NULL, KMDC_OPT_JSON }, \
     { "quiet", no_argument, NULL, 'q' }, \
+    { "progress", no_argument, NULL, KMDC_OPT_PROGRESS }, \
+    { "no-progress", no_argument, NULL, KMDC_OPT_NO_PROGRESS }, \
     { "help", no_argument, NULL, 'h' }
 
 /* 1 when handled, 0 when opt is not a global option. */
@@ -720,6 +731,10 @@ global_option(kmdc_cli *c, int opt, const char *arg)
         return 1;
     case 'q':
         c->quiet = 1;
+        return 1;
+    case KMDC_OPT_PROGRESS:
+    case KMDC_OPT_NO_PROGRESS:
+        c->progress = opt == KMDC_OPT_PROGRESS;
         return 1;
     default:
         return 0;
@@ -878,6 +893,7 @@ main(int argc, char **argv)
     int opt, rc, card_from_env = 0;
 
     memset(&c, 0, sizeof c);
+    c.progress = -1;
     umask(077);
     opterr = 0;
     while ((opt = getopt_long(argc, argv, "+:hq", glob, NULL)) != -1) {

@@ -6,7 +6,6 @@
 #define _GNU_SOURCE
 #include "config.h"
 
-#include <ctype.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,8 +17,8 @@
 #include "kmdc_http.h"
 #include "kmdc_parse.h"
 #include "kmdc_util.h"
+#include "kmdc_wrap.h"
 
-#define CODE_MAX 32              /* an access code as typed, hyphens and spaces included */
 #define ACTIVATE_TRIES 2         /* POSTs of the same r in one run */
 
 /* ---- activate ------------------------------------------------------------------- */
@@ -73,23 +72,54 @@ probe_rotated(kmdc_cli *c, const kmdc_card *card, const char *base)
     return r;
 }
 
-/* The access code, form-encoded: letters, digits, '-' and ' ' only. */
+/*
+ * Check the access code as typed before anything is sent: its alphabet, its
+ * length and, for a code shown with one, its check symbol (PROTOCOL.md,
+ * activation).  A mistyped code never reaches the datacenter, so it spends
+ * none of the card's attempts.  out receives the 10 canonical symbols, the
+ * form every datacenter version accepts.
+ */
 static int
-check_code(kmdc_cli *c, const char *code, char *out, size_t cap)
+check_code(kmdc_cli *c, const char *code, char out[KMDC_ACCESS_CODE_LEN + 1])
 {
-    size_t i, j = 0, len = strlen(code);
+    size_t i, n = 0, len = strlen(code);
+    kmdc_err e;
 
-    if (len == 0 || len > CODE_MAX)
-        return kmdc_cli_usage(c, "an access code looks like XXXXX-XXXXX");
-    for (i = 0; i < len; i++) {
-        if (!isalnum((unsigned char)code[i]) && code[i] != '-' && code[i] != ' ')
-            return kmdc_cli_usage(c, "an access code looks like XXXXX-XXXXX");
-        if (j + 2 >= cap)
-            return kmdc_cli_usage(c, "an access code looks like XXXXX-XXXXX");
-        out[j++] = code[i] == ' ' ? '+' : code[i];
-    }
-    out[j] = '\0';
+    kmdc_err_clear(&e);
+    if (kmdc_access_code_normalize(code, len, out, &e) != KMDC_OK)
+        return kmdc_cli_fail(KMDC_EXIT_USAGE, "activate: the access code is mistyped (%s); "
+                             "it looks like XXXXX-XXXXX-X, as kmdcadm issue printed it.  "
+                             "Nothing was sent: no attempt was used", e.msg);
+    for (i = 0; i < len; i++)
+        n += code[i] != '-' && code[i] != ' ';
+    if (n == KMDC_ACCESS_CODE_LEN)
+        kmdc_cli_info(c, "this access code has no check character (an older kmdcadm issued "
+                      "it), so a typo in it cannot be caught before it is sent");
     return KMDC_EXIT_OK;
+}
+
+/* What the card holder can do after the datacenter refused the code. */
+static void
+refusal_advice(kmdc_cli *c, const kmdc_card *card, const kmdc_http_resp *rs)
+{
+    char serial[17];
+
+    kmdc_serial_format(serial, kmdc_card_serial(card));
+    if (strcmp(rs->error, "locked") == 0)
+        fprintf(stderr, "kmdc: card %s is locked after 5 wrong access codes and can no longer "
+                "be activated.  Ask the datacenter's operator for a new card: they run "
+                "'kmdcadm revoke %s' and then 'kmdcadm issue --address %s --url URL --out "
+                "FILE', and give you the new card file and its access code.\n", serial,
+                serial, kmdc_card_address(card));
+    else if (strcmp(rs->error, "activation_failed") == 0 && strstr(rs->message, "expired") != NULL)
+        fprintf(stderr, "kmdc: the access code of card %s has expired.  Ask the datacenter's "
+                "operator for a new card ('kmdcadm revoke %s', then 'kmdcadm issue --address "
+                "%s ...').\n", serial, serial, kmdc_card_address(card));
+    else if (strcmp(rs->error, "activation_failed") == 0)
+        kmdc_cli_info(c, "check the access code and run kmdc activate CODE again; five wrong "
+                      "codes lock the card");
+    else if (kmdc_http_transient(KMDC_EXIT_OK, rs))
+        kmdc_cli_info(c, "the card keeps its activation value: run kmdc activate again");
 }
 
 static int
@@ -110,7 +140,7 @@ kmdc_cmd_activate(kmdc_cli *c, int argc, char **argv)
     kmdc_http_req rq;
     kmdc_http_resp rs;
     uint8_t r[KMDC_KEY_LEN];
-    char code[CODE_MAX * 2 + 1], rhex[2 * KMDC_KEY_LEN + 1], path[40];
+    char code[KMDC_ACCESS_CODE_LEN + 1], rhex[2 * KMDC_KEY_LEN + 1], path[40];
     char body[sizeof code + sizeof rhex + 16], base[KMDC_CARD_MAX_URL + 1];
     int rc, first, hrc, p, tries, was_pending;
 
@@ -121,7 +151,7 @@ kmdc_cmd_activate(kmdc_cli *c, int argc, char **argv)
         return rc;
     if (argc - first != 1)
         return kmdc_cli_usage(c, "activate takes the access CODE");
-    if ((rc = check_code(c, argv[first], code, sizeof code)) != KMDC_EXIT_OK)
+    if ((rc = check_code(c, argv[first], code)) != KMDC_EXIT_OK)
         return rc;
     /* No send or fetch may run while the keys change. */
     if ((rc = kmdc_cli_lock(c, KMDC_LOCK_SEND, &slk)) != KMDC_EXIT_OK ||
@@ -183,7 +213,10 @@ kmdc_cmd_activate(kmdc_cli *c, int argc, char **argv)
     rc = kmdc_http_report("activate", hrc, &rs);
     if (rc == KMDC_EXIT_OK)
         rc = kmdc_cli_fail(KMDC_EXIT_FAIL, "activate: unexpected answer %ld", rs.status);
-    kmdc_cli_info(c, "the card keeps its activation value: run kmdc activate again");
+    if (hrc != KMDC_EXIT_OK || rs.status == 0)
+        kmdc_cli_info(c, "the card keeps its activation value: run kmdc activate again");
+    else
+        refusal_advice(c, card, &rs);
 out:
     kmdc_wipe(r, sizeof r);
     kmdc_wipe(rhex, sizeof rhex);

@@ -6,6 +6,7 @@
  *   kmdc_seal.c     seal, send (outbox protocol) and the sealing core
  *   kmdc_fetch.c    fetch, watch, open (the receive rules of DESIGN 3.4)
  *   kmdc_account.c  activate, status, card --resync
+ *   kmdc_pass.c     the passphrase prompt, card passphrase
  *   kmdc_http.c     libcurl: TLS, signing, errors, progress bar
  *   kmdc_testcmd.c  test-only commands (configure --enable-test-hooks)
  */
@@ -44,7 +45,8 @@ typedef struct kmdc_cli {
     const char *cacert;        /* --cacert */
     int insecure;              /* --insecure */
     int wait;                  /* --wait: wait for the send/recv lock */
-    int quiet;                 /* -q: no information lines, no progress bar */
+    int quiet;                 /* -q: no information lines, no progress line */
+    int progress;              /* -1 when stderr is a tty, 1 --progress, 0 --no-progress */
     const char *url;           /* --url: overrides the card's datacenter URL */
     const char *cmd;           /* the running command, for messages */
     int json;                  /* --json: one JSON document on standard output */
@@ -89,7 +91,8 @@ typedef int (*kmdc_cli_opt_fn)(kmdc_cli *c, void *ctx, int opt, const char *arg)
  * KMDC_OPT_OWN upwards. */
 enum {
     KMDC_OPT_CARD = 256, KMDC_OPT_PASSFILE, KMDC_OPT_CACERT, KMDC_OPT_INSECURE,
-    KMDC_OPT_WAIT, KMDC_OPT_URL, KMDC_OPT_HELP, KMDC_OPT_JSON,
+    KMDC_OPT_WAIT, KMDC_OPT_URL, KMDC_OPT_HELP, KMDC_OPT_JSON, KMDC_OPT_PROGRESS,
+    KMDC_OPT_NO_PROGRESS,
     KMDC_OPT_OWN = 300
 };
 
@@ -113,8 +116,27 @@ const kmdc_cmd *kmdc_cli_find(const char *name);
  * passphrase file once.  Returns an exit code (7 when unreadable). */
 int kmdc_cli_passphrase(kmdc_cli *c, const char **pass);
 
-/* Load the card file (no lock).  Returns an exit code; the message is printed. */
+/* Load the card file (no lock); a protected card without --passphrase-file
+ * asks for its passphrase on the terminal.  Returns an exit code; the
+ * message is printed. */
 int kmdc_cli_load(kmdc_cli *c, kmdc_card **card);
+
+/* ---- the passphrase on the terminal (kmdc_pass.c) ------------------------------- */
+
+/*
+ * Print prompt on /dev/tty and read one line from it with echo off into
+ * buf[0..cap) (without the line end).  0 read; -1 no terminal; -2
+ * interrupted or unreadable; -3 longer than cap - 2 bytes (buf wiped).
+ */
+int kmdc_cli_tty_read(const char *prompt, char *buf, size_t cap);
+
+/* kmdc_cli_load for a protected card without a passphrase file: ask on the
+ * terminal (3 tries) and keep the passphrase for the run. */
+int kmdc_cli_load_prompting(kmdc_cli *c, kmdc_card **card);
+
+/* `kmdc card passphrase`: set or change (new one from newfile, else typed
+ * twice) or remove the card file's passphrase. */
+int kmdc_cmd_card_passphrase(kmdc_cli *c, int remove, const char *newfile);
 
 /*
  * Take one of the card's locks: KMDC_LOCK_CARD always waits (it is held only

@@ -283,6 +283,16 @@ place_file(int dirfd, const char *tmp, const char *want, const char *fallback,
     return -1;
 }
 
+/* The file name for a delivery's NAME (a '_' before a leading '.' or '-',
+ * kmdc_name_local), else fallback.  local has room for KMDC_NAME_MAX + 2. */
+static const char *
+local_name(const kmdc_meta *m, const char *fallback, char *local, size_t cap)
+{
+    if (m->has_name && kmdc_name_local(m->name, m->name_len, local, cap) > 0)
+        return local;
+    return fallback;
+}
+
 /* ---- fetch ------------------------------------------------------------------------- */
 
 typedef kmdc_delivery dlv;
@@ -373,7 +383,7 @@ fetch_one(fetch_env *f, const dlv *d)
     kmdc_err e;
     const char *written;
     char path[64], tmp[64], fallback[32], final[512], record[KMDC_CARD_MAX_FILENAME + 1];
-    char what[64];
+    char what[64], local[KMDC_NAME_MAX + 2];
     int rc = KMDC_EXIT_OK, hrc, fd = -1, w;
 
     memset(&r, 0, sizeof r);
@@ -442,6 +452,7 @@ fetch_one(fetch_env *f, const dlv *d)
     rq.upload_fd = -1;
     rq.sink = sink_open;
     rq.sink_arg = o;
+    rq.progress_label = what;
     hrc = kmdc_http_do(f->c, f->base, &rq, &rs);
     if (hrc == KMDC_EXIT_FAIL && rs.sink_failed) {
         rc = kmdc_cli_fail(KMDC_EXIT_FAIL, "%s is refused and left in the mailbox: %s", what,
@@ -474,7 +485,7 @@ fetch_one(fetch_env *f, const dlv *d)
      */
     snprintf(fallback, sizeof fallback, "delivery-%016" PRIx64, d->id);
     {
-        const char *want = r.meta.has_name ? (const char *)r.meta.name : fallback;
+        const char *want = local_name(&r.meta, fallback, local, sizeof local);
         w = strcmp(f->dir, ".") == 0 ? snprintf(record, sizeof record, "%s", want)
                                      : snprintf(record, sizeof record, "%s/%s", f->dir, want);
         if (w < 0 || (size_t)w >= sizeof record)
@@ -486,7 +497,7 @@ fetch_one(fetch_env *f, const dlv *d)
     if ((rc = kmdc_cli_update(f->c, done_fn, &dn, NULL)) != KMDC_EXIT_OK)
         goto out;
     kmdc_crash_point("fetch:after-record");
-    if (place_file(f->dirfd, tmp, r.meta.has_name ? (const char *)r.meta.name : fallback,
+    if (place_file(f->dirfd, tmp, local_name(&r.meta, fallback, local, sizeof local),
                    fallback, final, sizeof final) != 0) {
         rc = kmdc_cli_fail(KMDC_EXIT_FAIL, "%s: cannot move the document into place in %s: %s",
                            what, f->dir, strerror(errno));
@@ -771,6 +782,7 @@ kmdc_cmd_open(kmdc_cli *c, int argc, char **argv)
     kmdc_err e;
     uint8_t *buf = NULL;
     char tmp[600], final[512], fallback[32], record[KMDC_CARD_MAX_FILENAME + 1];
+    char local[KMDC_NAME_MAX + 2];
     const char *where;
     ssize_t n;
     int rc, first, in = -1, dirfd = -1, fd = -1, to_stdout, w, special = 0;
@@ -868,7 +880,7 @@ kmdc_cmd_open(kmdc_cli *c, int argc, char **argv)
     if (oo.dir != NULL) {
         snprintf(fallback, sizeof fallback, "message-%016" PRIx64,
                  r.meta.has_msgid ? r.meta.msgid : r.seq);
-        if (place_file(dirfd, tmp, r.meta.has_name ? (const char *)r.meta.name : fallback,
+        if (place_file(dirfd, tmp, local_name(&r.meta, fallback, local, sizeof local),
                        fallback, final, sizeof final) != 0) {
             rc = kmdc_cli_fail(KMDC_EXIT_FAIL, "cannot move the document into place in %s: %s",
                                where, strerror(errno));

@@ -25,6 +25,7 @@
 #include "kmdc_auth.h"
 #include "kmdc_http.h"
 #include "kmdc_parse.h"
+#include "kmdc_progress.h"
 #include "kmdc_util.h"
 
 #define CONNECT_TIMEOUT 10L      /* seconds */
@@ -42,9 +43,7 @@ typedef struct xfer {
     kmdc_http_resp *resp;
     CURL *h;
     int too_big;                  /* collected body over KMDC_HTTP_MAX_BODY */
-    int show_progress;
-    int progress_drawn;
-    time_t last_draw;
+    kmdc_progress progress;
     kmdc_hdrs hdrs;               /* the answer's headers */
     int requests_sent;            /* prereq_cb calls in this transfer */
     int resend_blocked;           /* libcurl wanted to resend a signed request */
@@ -271,39 +270,20 @@ seek_cb(void *arg, curl_off_t off, int origin)
                                                             : CURL_SEEKFUNC_OK;
 }
 
-static void
-draw_progress(xfer *x, curl_off_t now, curl_off_t total, int last)
-{
-    char bar[31];
-    int pct = total > 0 ? (int)(now * 100 / total) : 0, fill, i;
-
-    fill = pct * 30 / 100;
-    for (i = 0; i < 30; i++)
-        bar[i] = i < fill ? '#' : ' ';
-    bar[30] = '\0';
-    fprintf(stderr, "\r%-24.24s [%s] %3d%% %8.1f MiB%s", x->rq->progress_label, bar, pct,
-            (double)now / 1048576.0, last ? "\n" : "");
-    x->progress_drawn = !last;
-}
-
 static int
 xferinfo_cb(void *arg, curl_off_t dltotal, curl_off_t dlnow, curl_off_t ultotal,
             curl_off_t ulnow)
 {
     xfer *x = arg;
-    time_t t;
 
-    (void)dltotal;
-    (void)dlnow;
     if (kmdc_http_interrupted)
         return 1;                /* aborts: CURLE_ABORTED_BY_CALLBACK */
-    if (x->show_progress && ultotal > 0) {
-        t = time(NULL);
-        if (t != x->last_draw || ulnow == ultotal) {
-            x->last_draw = t;
-            draw_progress(x, ulnow, ultotal, 0);
-        }
-    }
+    if (x->progress.upload)
+        kmdc_progress_update(&x->progress, ulnow > 0 ? (uint64_t)ulnow : 0,
+                             ultotal > 0 ? (uint64_t)ultotal : 0);
+    else if (current_status(x->h) / 100 == 2)   /* the document, not an error body */
+        kmdc_progress_update(&x->progress, dlnow > 0 ? (uint64_t)dlnow : 0,
+                             dltotal > 0 ? (uint64_t)dltotal : 0);
     return 0;
 }
 
@@ -415,7 +395,7 @@ attempt(const kmdc_cli *c, const char *base, const kmdc_http_req *rq, kmdc_http_
     x.resp = resp;
     x.h = h;
     kmdc_parse_hdrs_init(&x.hdrs);
-    x.show_progress = rq->progress_label != NULL && !c->quiet && isatty(STDERR_FILENO);
+    kmdc_progress_start(&x.progress, c, rq->progress_label, post && rq->upload_fd >= 0);
 
     w = snprintf(url, sizeof url, "%s%s", base, rq->path);
     if (w < 0 || (size_t)w >= sizeof url || request_target(url, target, sizeof target) != 0) {
@@ -497,8 +477,7 @@ attempt(const kmdc_cli *c, const char *base, const kmdc_http_req *rq, kmdc_http_
     }
 
     cc = curl_easy_perform(h);
-    if (x.progress_drawn)
-        fputc('\n', stderr);
+    kmdc_progress_finish(&x.progress);
     snprintf(resp->etag, sizeof resp->etag, "%s", x.hdrs.etag);
     snprintf(resp->location, sizeof resp->location, "%s", x.hdrs.location);
     snprintf(resp->content_type, sizeof resp->content_type, "%s", x.hdrs.content_type);

@@ -28,7 +28,7 @@ typedef struct kmdc_http_req {
     int upload_fd;                  /* >= 0: the body is upload_len bytes of this file */
     uint64_t upload_len;
     const char *if_none_match;      /* an ETag, or NULL */
-    const char *progress_label;     /* non-NULL: a progress bar when stderr is a tty */
+    const char *progress_label;     /* non-NULL: a progress line (kmdc_progress.h) */
     long idle_timeout;              /* seconds without a byte before giving up; 0: 120 */
     /* Where a 2xx answer's body goes; NULL: collected into resp.body.  An
      * error from the sink aborts the transfer and is kept in resp.sink_err. */

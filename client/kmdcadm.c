@@ -482,34 +482,17 @@ issue_opt(void *ctx, int opt, const char *arg)
     }
 }
 
-/* Read the passphrase: the first line of path, without its line end. */
+/* Read the passphrase: the first line of path, without its line end (a
+ * file that group or others may read is refused, as a card would be). */
 static int
 read_passphrase(const char *path, char *buf, size_t buflen)
 {
-    FILE *f;
-    size_t len;
-    int rc = EXIT_OK;
+    kmdc_err e;
 
-    f = fopen(path, "re");
-    if (f == NULL)
-        return fail("cannot read the passphrase file %s: %s", path, strerror(errno));
-    if (fgets(buf, (int)buflen, f) == NULL) {
-        rc = fail("the passphrase file %s is empty", path);
-        goto out;
-    }
-    len = strcspn(buf, "\r\n");
-    if (buf[len] == '\0' && len + 1 == buflen) {
-        rc = fail("the passphrase in %s is longer than %d bytes", path, PASSPHRASE_MAX - 2);
-        goto out;
-    }
-    buf[len] = '\0';
-    if (len == 0)
-        rc = fail("the passphrase file %s starts with an empty line", path);
-out:
-    fclose(f);
-    if (rc != EXIT_OK)
-        kmdc_wipe(buf, buflen);
-    return rc;
+    kmdc_err_clear(&e);
+    if (kmdc_passphrase_file_read(path, buf, buflen, &e) != KMDC_OK)
+        return fail("%s", e.msg);
+    return EXIT_OK;
 }
 
 /* Write the card image to a new temp file beside out (0600, fsynced). */
@@ -628,7 +611,8 @@ place_card(const char *tmp, const char *out, int force)
 static void
 print_access_code(const char *code)
 {
-    printf("access code: %.5s-%.5s\n", code, code + 5);
+    /* the ten symbols, then the check symbol that lets kmdc refuse a typo */
+    printf("access code: %.5s-%.5s-%c\n", code, code + 5, kmdc_access_code_check(code));
     printf("The access code is shown only this once: give it to the card holder by "
            "another channel than the card file. It expires in %d days.\n", ACCESS_DAYS);
 }

@@ -365,6 +365,67 @@ kmdc_card_set_unprotected(kmdc_card *card)
     card->protect = 0;
 }
 
+kmdc_status
+kmdc_passphrase_file_read(const char *path, char *buf, size_t cap, kmdc_err *err)
+{
+    struct stat st;
+    size_t len = 0;
+    kmdc_status rc = KMDC_OK;
+    char ch;
+    ssize_t n;
+    int fd;
+
+    if (path == NULL || buf == NULL || cap < 2)
+        return kmdc_err_set(err, KMDC_ERR_ARG, "passphrase: missing argument");
+    buf[0] = '\0';
+    if ((fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY)) < 0)
+        return kmdc_err_set(err, KMDC_ERR_IO, "cannot read the passphrase file %s: %s", path,
+                            strerror(errno));
+    if (fstat(fd, &st) != 0) {
+        rc = kmdc_err_set(err, KMDC_ERR_IO, "cannot stat the passphrase file %s: %s", path,
+                          strerror(errno));
+        goto out;
+    }
+    if (S_ISREG(st.st_mode) && (st.st_mode & 077) != 0) {
+        rc = kmdc_err_set(err, KMDC_ERR_PERM,
+                          "passphrase file can be read or written by others; run: chmod 600 %s",
+                          path);
+        goto out;
+    }
+    /* Byte by byte: nothing past the first line is read into any buffer. */
+    for (;;) {
+        n = read(fd, &ch, 1);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0) {
+            rc = kmdc_err_set(err, KMDC_ERR_IO, "cannot read the passphrase file %s: %s",
+                              path, strerror(errno));
+            goto out;
+        }
+        if (n == 0 || ch == '\n')
+            break;
+        if (len + 1 >= cap) {
+            rc = kmdc_err_set(err, KMDC_ERR_PASSPHRASE,
+                              "the passphrase in %s is longer than %zu bytes", path, cap - 2);
+            goto out;
+        }
+        buf[len++] = ch;
+    }
+    if (len > 0 && buf[len - 1] == '\r')
+        len--;
+    buf[len] = '\0';
+    if (len == 0)
+        rc = kmdc_err_set(err, KMDC_ERR_PASSPHRASE, n == 0 && st.st_size == 0
+                          ? "the passphrase file %s is empty"
+                          : "the passphrase file %s starts with an empty line", path);
+out:
+    close(fd);
+    ch = 0;
+    if (rc != KMDC_OK)
+        kmdc_wipe(buf, cap);
+    return rc;
+}
+
 uint64_t kmdc_card_serial(const kmdc_card *card) { return card->serial; }
 const char *kmdc_card_address(const kmdc_card *card) { return card->address; }
 const char *kmdc_card_url(const kmdc_card *card) { return card->url; }

@@ -165,6 +165,18 @@ kmdc_status kmdc_card_save_new(const kmdc_card *card, const char *path,
  * next save without a passphrase writes it in the clear. */
 void kmdc_card_set_unprotected(kmdc_card *card);
 
+/*
+ * Read a passphrase file: its first line, without the line end, into
+ * buf[0..cap) (NUL-terminated).  Like a card file, a regular passphrase file
+ * that group or others may read or write is refused (KMDC_ERR_PERM, the
+ * message names the chmod to run); a pipe such as bash's <(...) is fine.
+ * An empty file or first line, or a line of cap - 1 bytes or more, is
+ * KMDC_ERR_PASSPHRASE; a file that cannot be opened or read KMDC_ERR_IO.
+ * buf is wiped on failure.
+ */
+kmdc_status kmdc_passphrase_file_read(const char *path, char *buf, size_t cap,
+                                      kmdc_err *err);
+
 /* ---- accessors ----------------------------------------------------------- */
 
 /* The card's serial (1 .. 2^63-1). */

@@ -56,6 +56,19 @@ utf8_next(const uint8_t *p, size_t len, size_t *i, uint32_t *cp)
     return 1;
 }
 
+/*
+ * 1 for the characters a NAME may not hold besides '/' and '\': C0 controls,
+ * DEL, C1 controls, and the bidirectional and invisible format characters
+ * U+061C, U+200B-200F, U+202A-202E, U+2060-2064, U+2066-2069 and U+FEFF.
+ */
+static int
+name_forbidden(uint32_t c)
+{
+    return c < 0x20 || c == 0x7f || (c >= 0x80 && c <= 0x9f) || c == '/' || c == '\\' ||
+           c == 0x061c || (c >= 0x200b && c <= 0x200f) || (c >= 0x202a && c <= 0x202e) ||
+           (c >= 0x2060 && c <= 0x2064) || (c >= 0x2066 && c <= 0x2069) || c == 0xfeff;
+}
+
 int
 kmdc_name_valid(const uint8_t *p, size_t len)
 {
@@ -69,12 +82,27 @@ kmdc_name_valid(const uint8_t *p, size_t len)
     while (i < len) {
         if (!utf8_next(p, len, &i, &c))
             return 0;
-        if (c < 0x20 || c == 0x7f || (c >= 0x80 && c <= 0x9f) || c == '/' ||
-            c == '\\' || (c >= 0x202a && c <= 0x202e) ||
-            (c >= 0x2066 && c <= 0x2069))
+        if (name_forbidden(c))
             return 0;
     }
     return 1;
+}
+
+int
+kmdc_name_local(const uint8_t *p, size_t len, char *out, size_t cap)
+{
+    size_t pre;
+
+    if (!kmdc_name_valid(p, len))
+        return -1;
+    pre = p[0] == '.' || p[0] == '-' ? 1 : 0;
+    if (out == NULL || cap < pre + len + 1)
+        return -1;
+    if (pre)
+        out[0] = '_';
+    memcpy(out + pre, p, len);
+    out[pre + len] = '\0';
+    return (int)(pre + len);
 }
 
 static int
@@ -160,8 +188,8 @@ kmdc_meta_set_name(kmdc_meta *m, const uint8_t *name, size_t len, kmdc_err *err)
     if (!kmdc_name_valid(name, len))
         return kmdc_err_set(err, KMDC_ERR_NAME,
                             "the file name is not acceptable (1..255 bytes of "
-                            "UTF-8, not . or .., no slash, backslash or "
-                            "control character)");
+                            "UTF-8, not . or .., no slash, backslash, "
+                            "control or invisible format character)");
     memcpy(m->name, name, len);
     m->name[len] = '\0';
     m->name_len = len;

@@ -116,13 +116,26 @@ kmdc_status kmdc_tlv_encode(uint8_t *out, size_t cap, size_t *outlen,
                             const kmdc_meta *m, int direction, kmdc_err *err);
 
 /*
- * 1 when p[0..len) is an acceptable NAME: strict UTF-8 (no overlong form,
- * no surrogate, nothing above U+10FFFF) of 1..255 bytes, not "." or "..",
- * without '/', '\', C0 controls (NUL included), DEL, C1 controls or the
- * bidirectional controls U+202A-202E and U+2066-2069; else 0.  Receivers
- * call it again before using a name.
+ * The one NAME rule of KMDC/1, applied when sealing, at intake and on
+ * receipt: 1 when p[0..len) is an acceptable NAME: strict UTF-8 (no overlong
+ * form, no surrogate, nothing above U+10FFFF) of 1..255 bytes, not "." or
+ * "..", without '/', '\', C0 controls (NUL included), DEL, C1 controls or
+ * the bidirectional and invisible format characters U+061C, U+200B-200F,
+ * U+202A-202E, U+2060-2064, U+2066-2069 and U+FEFF; else 0.  Receivers call
+ * it again before using a name.
  */
 int kmdc_name_valid(const uint8_t *p, size_t len);
+
+/*
+ * The file name a receiver creates for NAME p[0..len): the NAME itself, with
+ * a '_' put in front when it starts with '.' or '-' (so a NAME never makes a
+ * hidden file or one a command takes for an option).  Writes it
+ * NUL-terminated to out (cap bytes: len + 2 always suffice) and returns its
+ * length, or -1 when the NAME is not valid (kmdc_name_valid) or cap is too
+ * small.  The result may be 256 bytes long: callers that cannot create such
+ * a name fall back to another.
+ */
+int kmdc_name_local(const uint8_t *p, size_t len, char *out, size_t cap);
 
 /*
  * 1 when p[0..len) is an RFC 6838 "type/subtype" made of two

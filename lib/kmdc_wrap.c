@@ -402,6 +402,37 @@ out:
     return rc;
 }
 
+/* x * alpha in GF(32) = GF(2)[x] / (x^5 + x^2 + 1). */
+static unsigned
+gf32_times_alpha(unsigned s)
+{
+    s <<= 1;
+    return (s & 0x20) ? s ^ 0x25 : s;
+}
+
+/* Horner over n canonical symbols: s = s * alpha + value. */
+static unsigned
+code_poly(const char *canon, size_t n)
+{
+    unsigned s = 0;
+    size_t i;
+
+    for (i = 0; i < n; i++)
+        s = gf32_times_alpha(s) ^ (unsigned)(strchr(crockford, canon[i]) - crockford);
+    return s;
+}
+
+char
+kmdc_access_code_check(const char canon[KMDC_ACCESS_CODE_LEN])
+{
+    size_t i;
+
+    for (i = 0; i < KMDC_ACCESS_CODE_LEN; i++)
+        if (canon[i] == '\0' || strchr(crockford, canon[i]) == NULL)
+            return 0;
+    return crockford[gf32_times_alpha(code_poly(canon, KMDC_ACCESS_CODE_LEN))];
+}
+
 /* The canonical symbol of typed character c, or 0 when it has none. */
 static char
 crockford_canon(char c)
@@ -421,7 +452,7 @@ kmdc_status
 kmdc_access_code_normalize(const char *in, size_t len,
                            char canon[KMDC_ACCESS_CODE_LEN + 1], kmdc_err *err)
 {
-    char tmp[KMDC_ACCESS_CODE_LEN + 1];
+    char tmp[KMDC_ACCESS_CODE_LEN + 2];
     size_t i, n = 0;
     kmdc_status rc;
 
@@ -442,20 +473,29 @@ kmdc_access_code_normalize(const char *in, size_t len,
                               "alphabet (digits and letters except U)", i + 1);
             goto out;
         }
-        if (n == KMDC_ACCESS_CODE_LEN) {
+        if (n == KMDC_ACCESS_CODE_LEN + 1) {
             rc = kmdc_err_set(err, KMDC_ERR_FORMAT,
-                              "access code: too long, it has 10 characters");
+                              "access code: too long, it has 11 characters "
+                              "(10 for a code without a check character)");
             goto out;
         }
         tmp[n++] = c;
     }
-    if (n != KMDC_ACCESS_CODE_LEN) {
+    if (n < KMDC_ACCESS_CODE_LEN) {
         rc = kmdc_err_set(err, KMDC_ERR_FORMAT,
-                          "access code: too short, it has 10 characters");
+                          "access code: too short, it has 11 characters "
+                          "(10 for a code without a check character)");
         goto out;
     }
-    tmp[n] = '\0';
-    memcpy(canon, tmp, sizeof(tmp));
+    /* 11 symbols: the last is the check character of the first ten. */
+    if (n == KMDC_ACCESS_CODE_LEN + 1 && code_poly(tmp, n) != 0) {
+        rc = kmdc_err_set(err, KMDC_ERR_FORMAT,
+                          "access code: the check character does not match, so a "
+                          "character is mistyped or two are swapped");
+        goto out;
+    }
+    tmp[KMDC_ACCESS_CODE_LEN] = '\0';
+    memcpy(canon, tmp, KMDC_ACCESS_CODE_LEN + 1);
     rc = KMDC_OK;
 out:
     if (rc != KMDC_OK)

@@ -14,6 +14,9 @@
  * only as
  *   HMAC(HKDF("", master, "KMDC/1 access code", 32), u64 serial || code)
  * where code is the 10-character canonical form (uppercase, no separators).
+ * It is shown with an 11th, check symbol (kmdc_access_code_check) that lets
+ * a client refuse a mistyped code before it spends an attempt; the check
+ * symbol is never part of the MAC, so codes shown without one stay valid.
  */
 #ifndef KMDC_WRAP_H
 #define KMDC_WRAP_H
@@ -110,11 +113,24 @@ kmdc_status kmdc_master_key_generate(const char *path, kmdc_err *err);
 kmdc_status kmdc_access_code_new(char out[KMDC_ACCESS_CODE_LEN + 1], kmdc_err *err);
 
 /*
+ * The check symbol of a canonical code canon[0..10) (0 when canon is not
+ * canonical): with d_1..d_10 the symbols' values (0..31, their places in
+ * the alphabet) and arithmetic in GF(32) = GF(2)[x]/(x^5 + x^2 + 1) (addition
+ * is XOR, alpha = x = 2), the symbol of value sum_i d_i * alpha^(11-i), so
+ * that Horner's s = s * alpha + d over all 11 symbols ends at 0.  It detects
+ * every single wrong symbol and every swap of two adjacent different ones.
+ */
+char kmdc_access_code_check(const char canon[KMDC_ACCESS_CODE_LEN]);
+
+/*
  * Normalise what a user typed, in[0..len), to the canonical code: Crockford
  * decoding is case-insensitive, I and L read as 1, O as 0, hyphens and
- * spaces are ignored; U and anything else outside the alphabet, or a count
- * of symbols other than 10, or len above 64, is KMDC_ERR_FORMAT (the message
- * never repeats the input).  canon is NUL-terminated on success and wiped on
+ * spaces are ignored.  11 symbols are the code and its check symbol, which
+ * must match (kmdc_access_code_check); 10 symbols are a code shown without
+ * one (before check symbols existed), taken as they are.  U and anything
+ * else outside the alphabet, another count of symbols, a wrong check symbol
+ * or len above 64 is KMDC_ERR_FORMAT (the message never repeats the input).
+ * canon receives the 10 symbols, NUL-terminated, on success and is wiped on
  * failure.
  */
 kmdc_status kmdc_access_code_normalize(const char *in, size_t len,

@@ -282,6 +282,7 @@ k --card bad.card card >/dev/null 2>&1; rc=$?
 ok $(( rc != 7 )) "card file: a damaged card exits 7"
 printf 'correct horse\n' >pass.txt
 printf 'wrong horse\n' >wrong.txt
+chmod 600 pass.txt wrong.txt     # a passphrase file others can read is refused
 k --passphrase-file pass.txt test-mkcard --serial 00000000000000c3 --address carol \
     --url $URL_DEAD --out p.card >/dev/null 2>&1
 k --card p.card card >/dev/null 2>&1; rc1=$?
@@ -410,7 +411,7 @@ class H(BaseHTTPRequestHandler):
                 return self.err(401, "unauthorized", "bad signature")
             form = dict(kv.split("=", 1) for kv in body.decode().split("&"))
             open(os.path.join(state, "activate.log"), "a").write(form.get("r", "") + "\n")
-            if form.get("code") != "ABCDE-FGHJK":
+            if form.get("code") != "ABCDEFGHJK":   # kmdc sends the canonical form
                 return self.err(403, "activation_failed", "wrong or expired access code")
             with lock:
                 k = keys()

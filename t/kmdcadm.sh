@@ -124,9 +124,9 @@ strace -f -qq -e trace=openat -o "$work/issue.strace" \
 ok $? "issue: the temporary card file is made in the card file's folder"
 [ $rc -eq 0 ] || diag "exit $rc: $(grep issue- "$work/issue.strace" | head -3)"
 q -c "DELETE FROM cards WHERE address = 'dora'" >/dev/null   # the counts below know three
-code_lines=$(printf '%s\n' "$out" | grep -cE '^access code: [0-9A-HJKMNP-TV-Z]{5}-[0-9A-HJKMNP-TV-Z]{5}$')
+code_lines=$(printf '%s\n' "$out" | grep -cE '^access code: [0-9A-HJKMNP-TV-Z]{5}-[0-9A-HJKMNP-TV-Z]{5}-[0-9A-HJKMNP-TV-Z]$')
 [ "$code_lines" = 1 ] && [[ $out == *"shown only this once"* ]]
-ok $? "issue: prints one Crockford access code XXXXX-XXXXX and says it is shown once"
+ok $? "issue: prints one Crockford access code XXXXX-XXXXX-C (C: check symbol) and says it is shown once"
 serial=$(printf '%s\n' "$out" | sed -n 's/^serial: \([0-9a-f]\{16\}\)$/\1/p')
 [ -n "$serial" ]
 ok $? "issue: prints the serial as 16 hex digits"
@@ -200,6 +200,12 @@ cserial=$(printf '%s\n' "$out" | sed -n 's/^serial: \([0-9a-f]\{16\}\)$/\1/p')
     && [ "$(q -c "SELECT key_id FROM cards WHERE serial = $((16#${cserial:-1}))")" = 2 ]
 ok $? "issue: with two master keys the highest id wraps"
 printf 'correct horse\n' >"$work/pass"
+chmod 644 "$work/pass"
+out=$(adm $MK issue --address dave --url https://dc.example/kmdc --out "$work/dave.card" \
+    --passphrase-file "$work/pass" 2>&1); rc=$?
+[ $rc -eq 1 ] && [ ! -e "$work/dave.card" ] && [[ $out == *"chmod 600"* ]]
+ok $? "issue: a passphrase file readable by others (0644) is refused, as a card would be"
+chmod 600 "$work/pass"
 out=$(adm $MK issue --address dave --url https://dc.example/kmdc --out "$work/dave.card" \
     --passphrase-file "$work/pass" 2>&1); rc=$?
 [ $rc -eq 0 ] && [ "$(stat -c %a "$work/dave.card")" = 600 ] && ! grep -q "dave" "$work/dave.card"

@@ -1010,6 +1010,66 @@ test_outbox(void)
            "outbox: an outbox others can read is refused");
 }
 
+/* Write text to the file name in the test folder with mode m. */
+static int
+write_mode(const char *name, const char *text, size_t len, mode_t m)
+{
+    FILE *f = fopen(tpath(name), "w");
+
+    if (f == NULL)
+        return -1;
+    if (fwrite(text, 1, len, f) != len) {
+        fclose(f);
+        return -1;
+    }
+    if (fclose(f) != 0)
+        return -1;
+    return chmod(tpath(name), m);
+}
+
+/* Passphrase files: refused like cards when others may read them. */
+static void
+test_passfile(void)
+{
+    static const mode_t bad[] = { 0644, 0640, 0604, 0660, 0602 };
+    char buf[16];
+    kmdc_err err = { .code = KMDC_OK };
+    size_t i;
+    int ok;
+
+    for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        memset(buf, 'x', sizeof(buf));
+        ok = write_mode("pass.txt", "secret\n", 7, bad[i]) == 0 &&
+             kmdc_passphrase_file_read(tpath("pass.txt"), buf, sizeof(buf), &err) ==
+                 KMDC_ERR_PERM &&
+             strstr(err.msg, "chmod 600") != NULL && buf[0] == 0 && buf[15] == 0;
+        tap_ok(ok, "passphrase file: mode 0%o is refused, the chmod named, the buffer wiped",
+               (unsigned)bad[i]);
+    }
+    tap_ok(write_mode("pass.txt", "secret\r\nsecond line\n", 20, 0600) == 0 &&
+               kmdc_passphrase_file_read(tpath("pass.txt"), buf, sizeof(buf), &err) ==
+                   KMDC_OK && strcmp(buf, "secret") == 0,
+           "passphrase file: mode 0600, the first line without CR LF");
+    tap_ok(write_mode("pass.txt", "secret", 6, 0400) == 0 &&
+               kmdc_passphrase_file_read(tpath("pass.txt"), buf, sizeof(buf), &err) ==
+                   KMDC_OK && strcmp(buf, "secret") == 0,
+           "passphrase file: mode 0400 without a line end");
+    tap_ok(write_mode("pass.txt", "", 0, 0600) == 0 &&
+               kmdc_passphrase_file_read(tpath("pass.txt"), buf, sizeof(buf), &err) ==
+                   KMDC_ERR_PASSPHRASE && strstr(err.msg, "empty") != NULL,
+           "passphrase file: an empty file is refused");
+    tap_ok(write_mode("pass.txt", "\nsecret\n", 8, 0600) == 0 &&
+               kmdc_passphrase_file_read(tpath("pass.txt"), buf, sizeof(buf), &err) ==
+                   KMDC_ERR_PASSPHRASE && strstr(err.msg, "empty line") != NULL,
+           "passphrase file: an empty first line is refused");
+    tap_ok(write_mode("pass.txt", "0123456789abcdef\n", 17, 0600) == 0 &&
+               kmdc_passphrase_file_read(tpath("pass.txt"), buf, sizeof(buf), &err) ==
+                   KMDC_ERR_PASSPHRASE && strstr(err.msg, "longer") != NULL && buf[0] == 0,
+           "passphrase file: a line longer than the buffer is refused");
+    tap_ok(kmdc_passphrase_file_read(tpath("nope.txt"), buf, sizeof(buf), &err) == KMDC_ERR_IO,
+           "passphrase file: a missing file is an I/O error");
+}
+
 int
 main(void)
 {
@@ -1037,6 +1097,7 @@ main(void)
     test_down();
     test_activation();
     test_outbox();
+    test_passfile();
     nftw(tdir, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
     return tap_done();
 }

@@ -1293,7 +1293,7 @@ static void
 test_spent(void)
 {
     enum { K_UNKNOWN, K_INACTIVE, K_TOO_MANY, K_SIZE, K_OLD, K_FUTURE, K_CHUNK, K_TRAILING,
-           K_NAME_SLASH, K_NAME_DOTDOT, K_NAME_BIDI, K_N };
+           K_NAME_SLASH, K_NAME_DOTDOT, K_NAME_BIDI, K_NAME_ZWSP, K_NAME_BOM, K_N };
     static const struct {
         int status;
         const char *code, *what;
@@ -1309,6 +1309,8 @@ test_spent(void)
         [K_NAME_SLASH] = { 400, "bad_name", "NAME with a slash" },
         [K_NAME_DOTDOT] = { 400, "bad_name", "NAME .." },
         [K_NAME_BIDI] = { 400, "bad_name", "NAME with U+202E" },
+        [K_NAME_ZWSP] = { 400, "bad_name", "NAME with U+200B (zero width space)" },
+        [K_NAME_BOM] = { 400, "bad_name", "NAME with U+FEFF" },
     };
     int k;
 
@@ -1336,9 +1338,11 @@ test_spent(void)
             sp.sent = NOW_MS - (uint64_t)MAX_AGE * 1000 - 1;
         if (k == K_FUTURE)
             sp.sent = NOW_MS + (uint64_t)MAX_AGE * 1000 + 1;
-        if (k == K_NAME_SLASH || k == K_NAME_DOTDOT || k == K_NAME_BIDI) {
+        if (k >= K_NAME_SLASH && k <= K_NAME_BOM) {
             struct buf t = { 0 };
             const char *nm = k == K_NAME_SLASH ? "a/b" : k == K_NAME_DOTDOT ? ".." :
+                             k == K_NAME_ZWSP ? "report\xe2\x80\x8b.pdf" :
+                             k == K_NAME_BOM ? "\xef\xbb\xbfreport.pdf" :
                              "evil\xe2\x80\xaetxt.exe";
             tlv_add(&t, KMDC_TLV_RCPT, "bob", 3);
             tlv_add(&t, KMDC_TLV_NAME, nm, strlen(nm));

@@ -511,6 +511,46 @@ struct name_case {
     int ok;
 };
 
+/* The file name a receiver makes of a NAME: '_' before a leading '.' or '-'. */
+static void
+test_name_local(const char *max255)
+{
+    static const struct {
+        const char *in, *out;
+    } cases[] = {
+        { ".bash_profile", "_.bash_profile" },
+        { "-rf", "_-rf" },
+        { "--help", "_--help" },
+        { "...", "_..." },
+        { "report.pdf", "report.pdf" },
+        { "_x", "_x" },
+        { "a-b.c", "a-b.c" },
+        { "r\xc3\xa9sum\xc3\xa9", "r\xc3\xa9sum\xc3\xa9" },
+    };
+    char out[KMDC_NAME_MAX + 2], big[260];
+    size_t i;
+    int n;
+
+    for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        n = kmdc_name_local((const uint8_t *)cases[i].in, strlen(cases[i].in), out,
+                            sizeof(out));
+        tap_ok(n == (int)strlen(cases[i].out) && strcmp(out, cases[i].out) == 0,
+               "tlv: name_local \"%s\" -> \"%s\"", cases[i].in, cases[i].out);
+    }
+    tap_ok(kmdc_name_local((const uint8_t *)"..", 2, out, sizeof(out)) == -1 &&
+           kmdc_name_local((const uint8_t *)"a\xe2\x80\x8b", 4, out, sizeof(out)) == -1 &&
+           kmdc_name_local((const uint8_t *)"a/b", 3, out, sizeof(out)) == -1,
+           "tlv: name_local refuses what kmdc_name_valid refuses");
+    big[0] = '-';
+    memcpy(big + 1, max255, 254);
+    n = kmdc_name_local((const uint8_t *)big, 255, out, sizeof(out));
+    tap_ok(n == 256 && out[0] == '_' && out[1] == '-' && out[256] == '\0',
+           "tlv: name_local of a 255-byte NAME starting with '-' is 256 bytes");
+    tap_ok(kmdc_name_local((const uint8_t *)"-rf", 3, out, 4) == -1 &&
+           kmdc_name_local((const uint8_t *)"-rf", 3, out, 5) == 4,
+           "tlv: name_local needs room for the prefix and the NUL");
+}
+
 static void
 test_names(void)
 {
@@ -533,6 +573,20 @@ test_names(void)
         { "U+202E (RLO) is refused", "gpj\xe2\x80\xae.exe", 0, 0 },
         { "U+2066 is refused", "\xe2\x81\xa6" "a", 0, 0 },
         { "U+2069 is refused", "a\xe2\x81\xa9", 0, 0 },
+        { "U+061C (Arabic letter mark) is refused", "a\xd8\x9c" "b", 0, 0 },
+        { "U+200B (zero width space) is refused", "a\xe2\x80\x8b" "b", 0, 0 },
+        { "U+200C is refused", "a\xe2\x80\x8c", 0, 0 },
+        { "U+200D is refused", "\xe2\x80\x8d" "a", 0, 0 },
+        { "U+200E (LRM) is refused", "a\xe2\x80\x8e", 0, 0 },
+        { "U+200F (RLM) is refused", "a\xe2\x80\x8f", 0, 0 },
+        { "U+2060 (word joiner) is refused", "a\xe2\x81\xa0", 0, 0 },
+        { "U+2061 is refused", "a\xe2\x81\xa1", 0, 0 },
+        { "U+2062 is refused", "a\xe2\x81\xa2", 0, 0 },
+        { "U+2063 is refused", "a\xe2\x81\xa3", 0, 0 },
+        { "U+2064 is refused", "a\xe2\x81\xa4", 0, 0 },
+        { "U+2067 is refused", "a\xe2\x81\xa7", 0, 0 },
+        { "U+2068 is refused", "a\xe2\x81\xa8", 0, 0 },
+        { "U+FEFF (BOM) is refused", "\xef\xbb\xbf" "a.txt", 0, 0 },
         { "overlong 2-byte '/' is refused", "a\xc0\xaf" "b", 0, 0 },
         { "overlong 3-byte '/' is refused", "a\xe0\x80\xaf" "b", 0, 0 },
         { "overlong 4-byte form is refused", "\xf0\x82\x82\xac", 0, 0 },
@@ -550,6 +604,14 @@ test_names(void)
         { "\".hidden\" is accepted", ".hidden", 0, 1 },
         { "U+00A0 is accepted", "a\xc2\xa0" "b", 0, 1 },
         { "U+202F is accepted", "a\xe2\x80\xaf", 0, 1 },
+        { "U+061B is accepted", "a\xd8\x9b", 0, 1 },
+        { "U+200A is accepted", "a\xe2\x80\x8a", 0, 1 },
+        { "U+2010 is accepted", "a\xe2\x80\x90", 0, 1 },
+        { "U+2065 is accepted", "a\xe2\x81\xa5", 0, 1 },
+        { "U+206A is accepted", "a\xe2\x81\xaa", 0, 1 },
+        { "U+FEFE is accepted", "a\xef\xbb\xbe", 0, 1 },
+        { "U+FF00 is accepted", "a\xef\xbc\x80", 0, 1 },
+        { "\"-rf\" is accepted (the receiver prefixes it)", "-rf", 0, 1 },
         { "a 4-byte emoji is accepted", "\xf0\x9f\x93\x84.txt", 0, 1 },
         { "U+10FFFF is accepted", "\xf4\x8f\xbf\xbf", 0, 1 },
         { "spaces are accepted", "my report (final).txt", 0, 1 },
@@ -575,6 +637,7 @@ test_names(void)
             tap_ok(direct == 0 && rc == KMDC_ERR_NAME,
                    "tlv: NAME %s (KMDC_ERR_NAME)", cases[i].label);
     }
+    test_name_local(max);
 }
 
 static void

@@ -307,6 +307,56 @@ test_access_code(void)
     tap_ok(norm_bad("ABCDE-FGHJK-------------------------------------------------------",
                     66), "normalize: more than 64 characters refused");
 
+    /* the check symbol (PROTOCOL.md: activation) */
+    tap_ok(kmdc_access_code_check("ABCDEFGHJK") == 'J' &&
+           kmdc_access_code_check("0123456789") == '0' &&
+           kmdc_access_code_check("0000000001") == '2' &&
+           kmdc_access_code_check("1000000000") == 'H' &&
+           kmdc_access_code_check("YZ01234567") == '8',
+           "check symbol: the values of the documented examples");
+    tap_ok(kmdc_access_code_check("abcdefghjk") == 0 &&
+           kmdc_access_code_check("ABCDEFGHJU") == 0,
+           "check symbol: none for a non-canonical code");
+    tap_ok(norm_is("ABCDE-FGHJK-J", "ABCDEFGHJK"), "normalize: code and check symbol");
+    tap_ok(norm_is("abcde fghjk j", "ABCDEFGHJK"), "normalize: check symbol in lowercase");
+    tap_ok(norm_is("01234-56789-o", "0123456789"), "normalize: check symbol O read as 0");
+    tap_ok(norm_bad("ABCDE-FGHJK-K", 13), "normalize: wrong check symbol refused");
+    tap_ok(norm_bad("ABCDE-FGHJM-J", 13), "normalize: one wrong symbol is caught by the check");
+    tap_ok(norm_bad("BACDE-FGHJK-J", 13), "normalize: two swapped symbols are caught");
+    tap_ok(norm_bad("ABCDE-FGHKJ-J", 13), "normalize: a swap next to the check is caught");
+    tap_ok(norm_bad("ABCDE-FGHJK-J0", 14), "normalize: 12 symbols refused");
+    tap_ok(norm_bad("12345", 5), "normalize: 5 symbols refused");
+    {
+        /* every single substitution and adjacent swap of random codes is caught */
+        char code[12], typo[12], cn[11];
+        int k, j, v, caught = 1;
+        for (k = 0; k < 200 && caught; k++) {
+            if (kmdc_access_code_new(code, NULL) != KMDC_OK)
+                caught = 0;
+            code[10] = kmdc_access_code_check(code);
+            code[11] = '\0';
+            if (kmdc_access_code_normalize(code, 11, cn, NULL) != KMDC_OK)
+                caught = 0;
+            for (j = 0; j < 11 && caught; j++) {
+                for (v = 0; v < 32; v++) {
+                    memcpy(typo, code, sizeof(typo));
+                    typo[j] = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"[v];
+                    if (typo[j] != code[j] &&
+                        kmdc_access_code_normalize(typo, 11, cn, NULL) != KMDC_ERR_FORMAT)
+                        caught = 0;
+                }
+                if (j < 10 && code[j] != code[j + 1]) {
+                    memcpy(typo, code, sizeof(typo));
+                    typo[j] = code[j + 1];
+                    typo[j + 1] = code[j];
+                    if (kmdc_access_code_normalize(typo, 11, cn, NULL) != KMDC_ERR_FORMAT)
+                        caught = 0;
+                }
+            }
+        }
+        tap_ok(caught, "check symbol: every single typo and adjacent swap of 200 codes is caught");
+    }
+
     tap_ok(kmdc_access_code_mac(mac, master, SERIAL, "0123456789", &e) == KMDC_OK,
            "access code MAC computed");
     kmdc_hex_decode(want, 32, MAC1, 64, NULL);
@@ -322,6 +372,10 @@ test_access_code(void)
            "access code MAC: serial 0 refused");
     tap_ok(kmdc_access_code_verify(want, master, SERIAL, "abcde-fghjk", 11, &e) == KMDC_OK,
            "access code verify: typed form accepted");
+    tap_ok(kmdc_access_code_verify(want, master, SERIAL, "abcde-fghjk-j", 13, &e) == KMDC_OK,
+           "access code verify: with its check symbol accepted (same MAC)");
+    tap_ok(kmdc_access_code_verify(want, master, SERIAL, "abcde-fghjk-k", 13, NULL) ==
+           KMDC_ERR_FORMAT, "access code verify: a wrong check symbol is a format error");
     tap_ok(kmdc_access_code_verify(want, master, SERIAL, "abcde-fghjm", 11, &e) ==
            KMDC_ERR_AUTH, "access code verify: wrong code refused");
     tap_ok(kmdc_access_code_verify(want, master, SERIAL + 1, "ABCDEFGHJK", 10, NULL) ==

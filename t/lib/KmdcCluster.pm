@@ -314,7 +314,7 @@ sub issue {
                          '--address', $o{address}, '--url', $o{url}, '--out', $o{file});
     die "kmdcadm issue $o{address} failed: $out" if $rc;
     my ($serial) = $out =~ /^serial:\s*([0-9a-f]{16})$/m or die "no serial in: $out";
-    my ($code) = $out =~ /^access code:\s*([0-9A-Z]{5}-[0-9A-Z]{5})$/m
+    my ($code) = $out =~ /^access code:\s*([0-9A-Z]{5}-[0-9A-Z]{5}(?:-[0-9A-Z])?)$/m
         or die "no access code in: $out";
     return { address => $o{address}, serial => $serial, code => $code, file => $o{file} };
 }

@@ -71,7 +71,7 @@ sub issue {
     die "kmdcadm issue $addr failed: $r->{out}$r->{err}" if $r->{rc} // 1;
     my ($serial) = "$r->{out}$r->{err}" =~ /serial:\s*([0-9a-f]{16})/
         or die "no serial in: $r->{out}";
-    my ($code) = "$r->{out}$r->{err}" =~ /access code:\s*([0-9A-Z]{5}-[0-9A-Z]{5})/
+    my ($code) = "$r->{out}$r->{err}" =~ /access code:\s*([0-9A-Z]{5}-[0-9A-Z]{5}(?:-[0-9A-Z])?)/
         or die "no access code in: $r->{out}";
     unless ($o{inactive}) {
         $r = run({}, kmdc_bin(), '--card', $file, '-q', 'activate', $code);

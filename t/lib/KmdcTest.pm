@@ -123,7 +123,7 @@ sub issue_card {
                          '--address', $addr, '--url', $url, '--out', $file);
     die "kmdcadm issue $addr failed: $out" if $rc;
     my ($serial) = $out =~ /^serial:\s*([0-9a-f]{16})$/m or die "no serial in: $out";
-    my ($code) = $out =~ /^access code:\s*([0-9A-Z]{5}-[0-9A-Z]{5})$/m
+    my ($code) = $out =~ /^access code:\s*([0-9A-Z]{5}-[0-9A-Z]{5}(?:-[0-9A-Z])?)$/m
         or die "no access code in: $out";
     my $c = read_card($file);
     die "card file serial differs" unless $c->{serial} eq $serial;
