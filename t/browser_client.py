@@ -16,8 +16,10 @@ Steps: {"do": "import", "file": F, "pass": P}, {"do": "activate", "code": C},
 {"do": "send", "files": [F...], "to": "a b"}, {"do": "send_reload", "file": F,
 "to": A, "at": FRACTION}, {"do": "receive"}, {"do": "confirm"},
 {"do": "downloads", "names": [N...]}, {"do": "export", "pass": P},
-{"do": "status", "message": ID}, {"do": "watch", "count": N, "then": ARGV},
-{"do": "state"}, {"do": "reload"}.  Each waits for the page's answer.
+{"do": "status", "message": ID or "" (the oldest)}, {"do": "watch", "count": N, "then": ARGV},
+{"do": "state"}, {"do": "reload"}, {"do": "cmd", "argv": ARGV} (runs a
+command, e.g. kmdc, between two steps), {"do": "vectors", "vectors": DIR,
+"cards": DIR} (as the vectors mode).  Each waits for the page's answer.
 
 Options:
   --profile DIR      the Chromium profile (kept: IndexedDB lives there)
@@ -309,6 +311,7 @@ def step(d, page, s, ddir):
         return r
     if do == "send_reload":
         reset(d, "seal-result")
+        d.execute_script("document.getElementById('seal-progress').removeAttribute('data-phase');")
         by_id(d, "seal-files").send_keys(os.path.abspath(s["file"]))
         by_id(d, "seal-to").send_keys(s["to"])
         t0 = time.time()
@@ -360,7 +363,10 @@ def step(d, page, s, ddir):
     if do == "status":
         from selenium.webdriver.common.by import By
         reset(d, "sent-result")
-        row = d.find_element(By.CSS_SELECTOR, "#sent-table tr[data-message='%s']" % s["message"])
+        if s.get("message"):
+            row = d.find_element(By.CSS_SELECTOR, "#sent-table tr[data-message='%s']" % s["message"])
+        else:   # the oldest sent message
+            row = d.find_elements(By.CSS_SELECTOR, "#sent-table tr")[0]
         row.find_element(By.TAG_NAME, "button").click()
         return result(d, "sent-result")
     if do == "watch":
@@ -383,12 +389,36 @@ def step(d, page, s, ddir):
                 "state": state(d)}
     if do == "state":
         return state(d)
+    if do == "vectors":
+        return vectors(d, s["vectors"], s["cards"])
+    if do == "cmd":
+        import subprocess
+        t0 = time.time()
+        p = subprocess.run(s["argv"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=WAIT)
+        return {"rc": p.returncode, "out": p.stdout.decode(errors="replace"),
+                "seconds": round(time.time() - t0, 2)}
     if do == "reload":
         open_page(d, page)
         return state(d)
     if do == "js":
         return d.execute_async_script(s["script"])
     raise ValueError("unknown step " + do)
+
+
+def vectors(d, vdir, cdir):
+    data = {"scrypt": SCRYPT_RFC7914, "pbkdf2": PBKDF2_RFC7914, "cards": {}}
+    for name in ("chain", "kdf", "activation", "request", "envelopes"):
+        with open(os.path.join(vdir, name + ".json")) as f:
+            data[name] = bigints_as_strings(json.load(f))
+    for p in sorted(glob.glob(os.path.join(cdir, "*.card"))):
+        with open(p, "rb") as f:
+            b = f.read()
+        n = os.path.basename(p)
+        data["cards"][n] = {"hex": b.hex(), "pass": "fuzz" if n.startswith("scrypt") else "",
+                            "bad": n == "short.card"}
+    t0 = time.time()
+    return {"results": d.execute_async_script(VECTOR_JS, data),
+            "seconds": round(time.time() - t0, 2)}
 
 
 def requests_made(d):
@@ -446,19 +476,7 @@ def main(argv):
         d = start_browser(profile, opts["downloads"], opts["driver_log"])
         open_page(d, args[1])
         if args[0] == "vectors":
-            data = {"scrypt": SCRYPT_RFC7914, "pbkdf2": PBKDF2_RFC7914, "cards": {}}
-            for name in ("chain", "kdf", "activation", "request", "envelopes"):
-                with open(os.path.join(args[2], name + ".json")) as f:
-                    data[name] = bigints_as_strings(json.load(f))
-            for p in sorted(glob.glob(os.path.join(args[3], "*.card"))):
-                with open(p, "rb") as f:
-                    b = f.read()
-                n = os.path.basename(p)
-                data["cards"][n] = {"hex": b.hex(), "pass": "fuzz" if n.startswith("scrypt") else "",
-                                    "bad": n == "short.card"}
-            t0 = time.time()
-            out["results"] = d.execute_async_script(VECTOR_JS, data)
-            out["seconds"] = round(time.time() - t0, 2)
+            out.update(vectors(d, args[2], args[3]))
         else:
             steps = json.loads(args[2])
             out["steps"] = []

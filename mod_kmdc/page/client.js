@@ -259,8 +259,10 @@
    * before it leaves the page. */
   C.sendFile = function (serialHex, file, rcpt) {
     return S.lock('kmdc-send-' + serialHex, async function () {
-      var fp = await fingerprint(serialHex, file, rcpt), all = await S.all('outbox'), entry,
-        name = K.utf8(file.name), type = file.type, mk, seq, key, env;
+      var fp, all, entry, name = K.utf8(file.name), type = file.type, mk, seq, key, env;
+      progress('preparing', 0, file.size, file.name);
+      fp = await fingerprint(serialHex, file, rcpt);
+      all = await S.all('outbox');
       entry = all.filter(function (e) { return e.serial === serialHex && e.fp === fp; })[0];
       if (entry && entry.state === 'ready') {
         progress('resuming', 0, entry.length, file.name);
