@@ -256,7 +256,7 @@ static const char page_body[] =
     "<code>kmdcadm issue</code> made (or one exported from <code>kmdc</code>): the\n"
     "file must not be used anywhere else afterwards.</p>\n"
     "<dl id=\"card-info\" hidden></dl>\n"
-    "<p id=\"card-gone\" class=\"hint\"></p>\n"
+    "<div id=\"card-gone\"></div>\n"
     "<form id=\"import-form\">\n"
     "<label for=\"card-file\">Card file</label>\n"
     "<input id=\"card-file\" name=\"card\" type=\"file\" required>\n"

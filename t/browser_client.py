@@ -300,6 +300,7 @@ def step(d, page, s, ddir):
         return r
     if do == "send":
         reset(d, "seal-result")
+        d.execute_script("document.getElementById('seal-files').value = '';")
         by_id(d, "seal-files").send_keys("\n".join(os.path.abspath(f) for f in s["files"]))
         by_id(d, "seal-to").clear()
         by_id(d, "seal-to").send_keys(s["to"])
@@ -311,8 +312,10 @@ def step(d, page, s, ddir):
         return r
     if do == "send_reload":
         reset(d, "seal-result")
-        d.execute_script("document.getElementById('seal-progress').removeAttribute('data-phase');")
+        d.execute_script("document.getElementById('seal-progress').removeAttribute('data-phase');"
+                         "document.getElementById('seal-files').value = '';")
         by_id(d, "seal-files").send_keys(os.path.abspath(s["file"]))
+        by_id(d, "seal-to").clear()
         by_id(d, "seal-to").send_keys(s["to"])
         t0 = time.time()
         submit(d, "seal-form")

@@ -516,10 +516,30 @@
       }
     }
     all = await S.cards();
-    $('card-gone').textContent = all.filter(function (r) { return r.exported; }).map(function (r) {
-      return r.serial + ' (' + r.address + ') was exported on ' +
-        new Date(r.exported).toISOString() + ' and is used by kmdc now.';
-    }).join(' ');
+    $('card-gone').textContent = '';
+    all.filter(function (r) { return r.exported; }).forEach(function (r) {
+      var p = el('p', r.serial + ' (' + r.address + ') was exported on ' +
+                 new Date(r.exported).toISOString() + ' and is used by kmdc now. ', 'hint');
+      if (r.sealed) {
+        p.appendChild(button('Download its file again', function () {
+          act('card-result', 'Exporting', function () {
+            return S.exportAgain(r.serial, $('export-pass').value).then(function (out) {
+              download(new Blob([out.file], { type: 'application/octet-stream' }),
+                       r.address + '-' + r.serial + '.card');
+              K.wipe(out.file);
+              return 'Saved again; this page still does not use the card.';
+            });
+          });
+        }));
+        p.appendChild(button('Forget its keys here', function () {
+          if (window.confirm('Forget the keys of the exported card? The file kmdc has is then ' +
+                             'the only copy.')) {
+            S.forget(r.serial).then(render);
+          }
+        }));
+      }
+      $('card-gone').appendChild(p);
+    });
     ob = $('outbox-list');
     ob.textContent = '';
     (await S.all('outbox')).forEach(function (e) {
@@ -644,6 +664,7 @@
                    (r.status === 200 ? ' (sent before: the first answer is repeated)' : ''));
       }
       $('seal-result').setAttribute('data-messages', lines.length);
+      $('seal-files').value = '';
       return lines.join('\n');
     });
   });

@@ -214,6 +214,21 @@
     });
   };
 
+  /* The file of a handed-over card again (a download that failed), from the
+   * keys kept until S.forget; the card itself stays unused here. */
+  S.exportAgain = function (serialHex, pass) {
+    return lock('kmdc-card-' + serialHex, async function () {
+      var rec = await S.get('cards', serialHex), card;
+      if (!rec || !rec.exported || !rec.sealed) { throw K.fail('gone', 'nothing to export again'); }
+      card = await unseal(rec);
+      try {
+        return { file: await K.serializeCard(card, pass || ''), rec: rec };
+      } finally {
+        K.cardWipe(card);
+      }
+    });
+  };
+
   /* Drop the keys of a handed-over card; its tombstone (serial, counters)
    * stays so an older copy is refused later. */
   S.forget = async function (serialHex) {
