@@ -44,6 +44,8 @@ typedef struct kmdc_db {
     request_rec *r;           /* the borrowing request */
     kmdc_db_pool *pool;       /* where it goes back to */
     int broken;               /* a failure showed the connection is unusable */
+    const char *purpose;      /* what it was borrowed for, a short label for
+                               * the log ("publish"); NULL: none given */
 } kmdc_db;
 
 /* Why the database could not be used. */
@@ -153,9 +155,13 @@ void kmdc_db_param_text_array(kmdc_db_params *pp, apr_pool_t *p,
  * 1 asks for every result column in binary (needed for bytea).  On
  * KMDC_DB_OK *res is the result (PGRES_COMMAND_OK or PGRES_TUPLES_OK), freed
  * with r->pool or earlier with kmdc_db_clear().  On failure *res still holds
- * the failed result when there is one (for kmdc_db_sqlstate), the failure is
- * logged at debug level with its SQLSTATE, and a broken connection marks db
- * broken (KMDC_DB_UNAVAILABLE).
+ * the failed result when there is one (for kmdc_db_sqlstate), and a broken
+ * connection marks db broken (KMDC_DB_UNAVAILABLE).  Every failure is logged
+ * at error level with its SQLSTATE and class and what the statement was for
+ * (db->purpose and the statement's verb and table, never a value: the
+ * server's message goes to debug only, it may name a file), counted in
+ * kmdc_db_errors_total, and a permission (42501) or resource (53xxx) error
+ * makes /health answer degraded for KMDC_DEGRADED_WINDOW seconds.
  */
 kmdc_db_rc kmdc_db_exec(kmdc_db *db, const char *sql, const kmdc_db_params *pp,
                         int binary_result, PGresult **res);

@@ -35,7 +35,7 @@ _Static_assert(ATOMIC_INT_LOCK_FREE == 2, "int atomics must be lock-free");
 /* "KMDM" and the layout version: a module of another layout loaded by a
  * restart makes a new segment instead of misreading the old one. */
 #define KMDC_METRICS_MAGIC 0x4b4d444du
-#define KMDC_METRICS_LAYOUT 1u
+#define KMDC_METRICS_LAYOUT 2u
 
 /* Gauge slots when the MPM does not say how many children it may run. */
 #define KMDC_METRICS_DEFAULT_SLOTS 64
@@ -80,6 +80,18 @@ static const char *const activation_labels[KMDC_METRIC_ACT_N] = {
 /* The r->notes key the dispatcher's route is noted under. */
 #define NOTE_ENDPOINT "kmdc-endpoint"
 
+/* SQLSTATE classes: two characters of [0-9A-Z]. */
+#define N_SQLCLASS (36 * 36)
+
+/* Databases (KmdcDatabase strings) whose degraded state is kept. */
+#define N_DEGRADED_SLOTS 16
+
+/* When one database last saw each reason to be degraded. */
+typedef struct degraded_slot {
+    atomic_ullong key;            /* hash of its conninfo, 0 when free */
+    atomic_llong seen[KMDC_DEGRADED_N];   /* apr_time_t, 0 never */
+} degraded_slot;
+
 /* One child's share of the long-poll gauge. */
 typedef struct gauge_slot {
     atomic_int pid;               /* the owner, 0 when free */
@@ -100,6 +112,8 @@ typedef struct metrics_seg {
     atomic_ullong auth_failures;
     atomic_ullong activations[KMDC_METRIC_ACT_N];
     atomic_ullong db_unavailable;
+    atomic_ullong db_errors[N_SQLCLASS];
+    degraded_slot degraded[N_DEGRADED_SLOTS];
     atomic_llong waiting_unslotted;  /* children that found no free slot */
     gauge_slot slots[];
 } metrics_seg;
@@ -176,6 +190,15 @@ int kmdc_metrics_post_config(apr_pool_t *pconf, server_rec *s)
         atomic_init(&m->activations[i], 0);
     }
     atomic_init(&m->db_unavailable, 0);
+    for (i = 0; i < N_SQLCLASS; i++) {
+        atomic_init(&m->db_errors[i], 0);
+    }
+    for (i = 0; i < N_DEGRADED_SLOTS; i++) {
+        atomic_init(&m->degraded[i].key, 0);
+        for (int k = 0; k < KMDC_DEGRADED_N; k++) {
+            atomic_init(&m->degraded[i].seen[k], 0);
+        }
+    }
     atomic_init(&m->waiting_unslotted, 0);
     for (i = 0; i < nslots; i++) {
         atomic_init(&m->slots[i].pid, 0);
@@ -338,6 +361,153 @@ void kmdc_metrics_longpoll(int delta)
 }
 
 /* ------------------------------------------------------------------------ */
+/* database errors and the degraded state                                    */
+
+/* The index of one SQLSTATE character, -1 when it is not [0-9A-Z]. */
+static int class_digit(char c)
+{
+    if (c >= '0' && c <= '9') {
+        return c - '0';
+    }
+    if (c >= 'A' && c <= 'Z') {
+        return 10 + (c - 'A');
+    }
+    return -1;
+}
+
+/* The counter index of sqlstate's class; "XX" (internal_error) when it is
+ * not a SQLSTATE. */
+static int class_index(const char *sqlstate)
+{
+    int a = sqlstate != NULL && sqlstate[0] != '\0' ? class_digit(sqlstate[0]) : -1;
+    int b = a >= 0 ? class_digit(sqlstate[1]) : -1;
+
+    if (a < 0 || b < 0) {
+        a = class_digit('X');
+        b = class_digit('X');
+    }
+    return a * 36 + b;
+}
+
+static char class_char(int d)
+{
+    return (char)(d < 10 ? '0' + d : 'A' + (d - 10));
+}
+
+/* FNV-1a of the conninfo, never 0 (0 marks a free slot). */
+static uint64_t conninfo_key(const char *conninfo)
+{
+    uint64_t h = 0xcbf29ce484222325ull;
+    const unsigned char *c;
+
+    for (c = (const unsigned char *)(conninfo != NULL ? conninfo : ""); *c != '\0'; c++) {
+        h ^= *c;
+        h *= 0x100000001b3ull;
+    }
+    return h != 0 ? h : 1;
+}
+
+/* The slot of key: its own, else a free one claimed now; NULL when every
+ * slot belongs to another database (more than N_DEGRADED_SLOTS of them). */
+static degraded_slot *degraded_find(uint64_t key, int claim)
+{
+    int i;
+
+    for (i = 0; i < N_DEGRADED_SLOTS; i++) {
+        degraded_slot *d = &seg->degraded[(key + (uint64_t)i) % N_DEGRADED_SLOTS];
+        unsigned long long k = atomic_load(&d->key);
+
+        if (k == key) {
+            return d;
+        }
+        if (k == 0) {
+            if (!claim) {
+                return NULL;
+            }
+            if (atomic_compare_exchange_strong(&d->key, &k, (unsigned long long)key)
+                || k == key) {
+                return d;
+            }
+        }
+    }
+    return NULL;
+}
+
+/* This process's record, used when there is no segment. */
+static apr_time_t local_seen[KMDC_DEGRADED_N];
+
+static kmdc_degraded degraded_reason(const char *sqlstate)
+{
+    if (sqlstate == NULL) {
+        return KMDC_DEGRADED_NONE;
+    }
+    if (strcmp(sqlstate, "42501") == 0) {
+        return KMDC_DEGRADED_PERMISSION;
+    }
+    if (strcmp(sqlstate, "53100") == 0) {
+        return KMDC_DEGRADED_DISK_FULL;
+    }
+    if (strncmp(sqlstate, "53", 2) == 0) {
+        return KMDC_DEGRADED_RESOURCES;
+    }
+    return KMDC_DEGRADED_NONE;
+}
+
+void kmdc_metrics_db_error(const char *conninfo, const char *sqlstate)
+{
+    kmdc_degraded why = degraded_reason(sqlstate);
+    apr_time_t now = apr_time_now();
+
+    if (why != KMDC_DEGRADED_NONE) {
+        local_seen[why] = now;
+    }
+    if (seg == NULL) {
+        return;
+    }
+    add(&seg->db_errors[class_index(sqlstate)], 1);
+    if (why != KMDC_DEGRADED_NONE) {
+        degraded_slot *d = degraded_find(conninfo_key(conninfo), 1);
+
+        if (d != NULL) {
+            atomic_store(&d->seen[why], (long long)now);
+        }
+    }
+}
+
+kmdc_degraded kmdc_metrics_db_degraded(const char *conninfo, apr_time_t now, int *ago)
+{
+    degraded_slot *d = seg != NULL ? degraded_find(conninfo_key(conninfo), 0) : NULL;
+    kmdc_degraded best = KMDC_DEGRADED_NONE;
+    apr_time_t best_t = 0;
+    int k;
+
+    *ago = 0;
+    for (k = 1; k < KMDC_DEGRADED_N; k++) {
+        apr_time_t t = seg != NULL ? (d != NULL ? (apr_time_t)atomic_load(&d->seen[k]) : 0)
+                       : local_seen[k];
+
+        if (t != 0 && now - t < apr_time_from_sec(KMDC_DEGRADED_WINDOW) && t > best_t) {
+            best = (kmdc_degraded)k;
+            best_t = t;
+        }
+    }
+    if (best != KMDC_DEGRADED_NONE) {
+        *ago = now > best_t ? (int)apr_time_sec(now - best_t) : 0;
+    }
+    return best;
+}
+
+const char *kmdc_degraded_name(kmdc_degraded why)
+{
+    switch (why) {
+    case KMDC_DEGRADED_PERMISSION: return "permission_denied";
+    case KMDC_DEGRADED_DISK_FULL: return "disk_full";
+    case KMDC_DEGRADED_RESOURCES: return "insufficient_resources";
+    default: return "none";
+    }
+}
+
+/* ------------------------------------------------------------------------ */
 /* the page                                                                  */
 
 /* The text being built. */
@@ -459,6 +629,25 @@ int kmdc_metrics_handler(request_rec *r)
     counter(&pg, "kmdc_db_unavailable_total",
             "Requests answered 503 because the database could not be used.",
             &seg->db_unavailable);
+    header(&pg, "kmdc_db_errors_total", "counter",
+           "Statements the database refused or failed, by SQLSTATE class (the "
+           "first two characters: 08 connection, 23 integrity, 40 transaction "
+           "rollback, 42 permission or syntax, 53 insufficient resources such as "
+           "a full disk, 57 operator intervention; XX none or internal).");
+    for (i = 0; i < N_SQLCLASS; i++) {
+        uint64_t n = get(&seg->db_errors[i]);
+        char cls[3];
+
+        cls[0] = class_char(i / 36);
+        cls[1] = class_char(i % 36);
+        cls[2] = '\0';
+        /* the classes an alert watches are always there; others once seen */
+        if (n != 0 || strcmp(cls, "08") == 0 || strcmp(cls, "42") == 0
+            || strcmp(cls, "53") == 0) {
+            emit(&pg, "kmdc_db_errors_total{class=\"%s\"} %" APR_UINT64_T_FMT "\n",
+                 cls, (apr_uint64_t)n);
+        }
+    }
     header(&pg, "kmdc_start_time_seconds", "gauge",
            "When these counters started, in Unix seconds (reset only when httpd "
            "stops, not by a restart).");

@@ -10,6 +10,8 @@
 
 #include "kmdc_store.h"
 
+#include "mod_kmdc_metrics.h"
+
 /*
  * The PostgreSQL store serving r (allocated from r->pool).  Each operation
  * borrows a pooled connection of r's server for its own duration and gives
@@ -21,6 +23,14 @@ kmdc_store *kmdc_store_pg(request_rec *r);
 /* Create this child's connection pools for the servers that use the handler
  * (child_init; see mod_kmdc_db.h). */
 void kmdc_store_child_init(apr_pool_t *pchild, server_rec *s);
+
+/*
+ * Whether r's database (its server's KmdcDatabase) refused a statement for
+ * lack of privilege (42501) or resources (53xxx: a full disk) within the
+ * last KMDC_DEGRADED_WINDOW seconds, in any child: the reason (*ago its age
+ * in seconds) or KMDC_DEGRADED_NONE.  GET /health then answers 503 degraded.
+ */
+kmdc_degraded kmdc_store_degraded(request_rec *r, int *ago);
 
 /*
  * Answer a store failure: UNAVAILABLE 503 "unavailable" and SCHEMA 503
