@@ -1,6 +1,6 @@
 /*
  * kmdcadm.c - the datacenter administrator's tool: schema migrations, master
- * keys, issuing cards and changing their status (DESIGN 4).
+ * keys, issuing cards and changing their status (docs/ADMIN.md, kmdcadm(8)).
  *
  *   kmdcadm [GLOBAL OPTIONS] COMMAND [OPTIONS]     (kmdcadm --help)
  *
@@ -45,7 +45,7 @@
 #define EXIT_USAGE 2
 
 #define MAX_MASTER_KEYS 16
-#define ACCESS_DAYS 7            /* DESIGN 3.6: the access code is valid 7 days */
+#define ACCESS_DAYS 7            /* the access code is valid 7 days (PROTOCOL.md 7) */
 #define SERIAL_ATTEMPTS 8        /* draws before giving up on a free serial */
 #define PASSPHRASE_MAX 1024
 
@@ -1372,7 +1372,7 @@ parse_counter(const char *cmd, const char *opt, const char *s, uint64_t *v)
 
 /*
  * Parse a duration: decimal seconds, or a number followed by s, m, h or d
- * (DESIGN 4), at most 100 years.  Returns 1 and sets *secs when s is one.
+ * (docs/ADMIN.md, kmdcadm(8)), at most 100 years.  Returns 1 and sets *secs when s is one.
  */
 static int
 duration_value(const char *s, int64_t *secs)
@@ -1405,7 +1405,7 @@ duration_value(const char *s, int64_t *secs)
 
 /* --- resync -------------------------------------------------------------------------- */
 
-/* The most steps resync takes in one go (DESIGN: a bounded walk of the chain). */
+/* The most steps resync takes in one go (a bounded walk of the chain: kmdcadm(8), resync). */
 #define RESYNC_MAX_STEPS (UINT64_C(1) << 20)
 
 typedef struct resync_opts {

@@ -20,7 +20,7 @@
 #include "kmdc_store.h"
 #define KMDCADM_SCHEMA_VERSION KMDC_SCHEMA_VERSION
 
-/* Length of a wrapped value (DESIGN 3.8) and of an access-code MAC. */
+/* Length of a wrapped value (docs/PROTOCOL.md section 8) and of an access-code MAC. */
 #define KMDCADM_WRAPPED_LEN 76
 #define KMDCADM_ACCESS_MAC_LEN 32
 
@@ -183,7 +183,7 @@ kmdc_status kmdcadm_db_card_transition(kmdcadm_db *db, uint64_t serial,
 
 /*
  * One card's stored keys and counters, as resync and rekey read and write
- * them.  The three values are wrapped (DESIGN 3.8); nothing here is a raw
+ * them.  The three values are wrapped (docs/PROTOCOL.md section 8); nothing here is a raw
  * secret.  code_live is set when the card still holds an access code that
  * can activate it (status issued or suspended, not locked, not expired): its
  * access_mac is keyed by the master key key_id names, so that key is still

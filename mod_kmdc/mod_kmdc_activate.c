@@ -1,5 +1,5 @@
 /*
- * mod_kmdc_activate.c - POST /activate/{serial} (DESIGN 3.2, 3.6) and
+ * mod_kmdc_activate.c - POST /activate/{serial} (docs/PROTOCOL.md sections 2 and 7) and
  * GET /card/{serial}.
  *
  * Activation, after request authentication (signed with the issued AK):
@@ -38,7 +38,7 @@
 #include "mod_kmdc_metrics.h"
 #include "mod_kmdc_store.h"
 
-/* Failed attempts that lock a card (DESIGN 3.6). */
+/* Failed attempts that lock a card (docs/PROTOCOL.md section 7). */
 #define KMDC_ACTIVATION_MAX_FAILURES 5
 
 /* The three card keys, in the order they are rotated. */

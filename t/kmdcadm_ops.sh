@@ -9,7 +9,7 @@
 # (messages, deliveries, uploads, receipts, nonces with old timestamps) is
 # built directly with SQL, since none of it needs the service.  The stored
 # chain keys are checked independently of libkmdc with Python's cryptography
-# package when it is installed (DESIGN 3.8 wrapping, 3.2 chain step).
+# package when it is installed (docs/PROTOCOL.md section 8 wrapping, section 2 chain step).
 # Exit status non-zero on any failure.
 set -u
 
@@ -90,7 +90,7 @@ wrapped() {   # wrapped SERIAL COLUMN: the stored value in hex
 counters() { q -c "SELECT up_next || '/' || down_next FROM cards WHERE serial = $1"; }
 audit_rows() { q -c "SELECT count(*) FROM audit_log WHERE event = '$1'"; }
 
-# An independent reader of DESIGN 3.8 wrapped values and the 3.2 chain step.
+# An independent reader of docs/PROTOCOL.md section 8 wrapped values and the section 2 chain step.
 have_py=0
 if python3 -c 'import cryptography.hazmat.primitives.ciphers.aead' 2>/dev/null; then
     have_py=1
