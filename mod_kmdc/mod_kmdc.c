@@ -170,7 +170,14 @@ static int kmdc_dispatch(request_rec *r)
                              m.route->id == KMDC_RT_MESSAGE ? "message" : "delivery");
         goto out;
     }
-    rv = kmdc_endpoints[m.route->id](kr);
+    if (m.route->id == KMDC_RT_SEND) {
+        kmdc_metrics_gauge(KMDC_GAUGE_UPLOADS, 1);
+        rv = kmdc_endpoints[m.route->id](kr);
+        kmdc_metrics_gauge(KMDC_GAUGE_UPLOADS, -1);
+    }
+    else {
+        rv = kmdc_endpoints[m.route->id](kr);
+    }
 out:
     return rv;
 }

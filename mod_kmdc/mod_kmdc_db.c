@@ -316,6 +316,7 @@ static apr_status_t db_release_cleanup(void *data)
         return APR_SUCCESS;
     }
     db->pg = NULL;
+    kmdc_metrics_gauge(KMDC_GAUGE_DB_IN_USE, -1);
     if (!db->broken) {
         PGTransactionStatusType ts = PQtransactionStatus(pg);
 
@@ -360,7 +361,9 @@ kmdc_db_rc kmdc_db_acquire(request_rec *r, kmdc_db **out)
         goto out;
     }
     for (attempt = 0; attempt < 2 && pg == NULL; attempt++) {
+        kmdc_metrics_gauge(KMDC_GAUGE_DB_WAITING, 1);
         rv = apr_reslist_acquire(pool->list, &res);
+        kmdc_metrics_gauge(KMDC_GAUGE_DB_WAITING, -1);
         if (rv == KMDC_RV_SCHEMA) {
             rc = KMDC_DB_SCHEMA;
             goto out;
@@ -400,6 +403,7 @@ kmdc_db_rc kmdc_db_acquire(request_rec *r, kmdc_db **out)
     db->pg = pg;
     db->r = r;
     db->pool = pool;
+    kmdc_metrics_gauge(KMDC_GAUGE_DB_IN_USE, 1);
     apr_pool_cleanup_register(r->pool, db, db_release_cleanup,
                               apr_pool_cleanup_null);
     *out = db;

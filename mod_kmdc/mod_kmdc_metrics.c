@@ -23,6 +23,11 @@
 #include "mod_kmdc.h"
 #include "mod_kmdc_http.h"
 #include "mod_kmdc_metrics.h"
+#include "kmdc_store.h"
+
+#ifndef KMDC_VERSION
+#define KMDC_VERSION "unknown"
+#endif
 
 /* Children add to the counters without a lock, from several processes: that
  * is only sound when the atomics are lock-free (no process-local lock). */
@@ -35,7 +40,7 @@ _Static_assert(ATOMIC_INT_LOCK_FREE == 2, "int atomics must be lock-free");
 /* "KMDM" and the layout version: a module of another layout loaded by a
  * restart makes a new segment instead of misreading the old one. */
 #define KMDC_METRICS_MAGIC 0x4b4d444du
-#define KMDC_METRICS_LAYOUT 2u
+#define KMDC_METRICS_LAYOUT 3u
 
 /* Gauge slots when the MPM does not say how many children it may run. */
 #define KMDC_METRICS_DEFAULT_SLOTS 64
@@ -92,10 +97,29 @@ typedef struct degraded_slot {
     atomic_llong seen[KMDC_DEGRADED_N];   /* apr_time_t, 0 never */
 } degraded_slot;
 
-/* One child's share of the long-poll gauge. */
+/* Status codes counted per endpoint: 100 .. 599. */
+#define STATUS_MIN 100
+#define N_STATUS 500
+
+/* The upper bounds of the request duration buckets, in seconds (+Inf is
+ * the count): from a cached answer to an upload of a gigabyte; a long-poll
+ * waits up to 60 s. */
+static const double duration_bounds[] = {
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300
+};
+#define N_BUCKETS ((int)(sizeof(duration_bounds) / sizeof(duration_bounds[0])))
+
+/* The same bounds as the page writes them (le="..."). */
+static const char *const duration_les[N_BUCKETS] = {
+    "0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5", "1", "2.5", "5", "10", "30",
+    "60", "120", "300"
+};
+
+/* One child's share of the gauges. */
 typedef struct gauge_slot {
     atomic_int pid;               /* the owner, 0 when free */
     atomic_llong waiting;         /* its long-polls in progress */
+    atomic_llong gauges[KMDC_GAUGE_N];
 } gauge_slot;
 
 /* The shared segment. */
@@ -109,12 +133,17 @@ typedef struct metrics_seg {
     atomic_ullong send_bytes;
     atomic_ullong deliveries;
     atomic_ullong requests[N_ENDPOINTS];
+    atomic_ullong by_status[N_ENDPOINTS][N_STATUS];
+    atomic_ullong duration_bucket[N_ENDPOINTS][N_BUCKETS];
+    atomic_ullong duration_count[N_ENDPOINTS];
+    atomic_ullong duration_usec[N_ENDPOINTS];
     atomic_ullong auth_failures;
     atomic_ullong activations[KMDC_METRIC_ACT_N];
     atomic_ullong db_unavailable;
     atomic_ullong db_errors[N_SQLCLASS];
     degraded_slot degraded[N_DEGRADED_SLOTS];
     atomic_llong waiting_unslotted;  /* children that found no free slot */
+    atomic_llong gauges_unslotted[KMDC_GAUGE_N];
     gauge_slot slots[];
 } metrics_seg;
 
@@ -184,6 +213,14 @@ int kmdc_metrics_post_config(apr_pool_t *pconf, server_rec *s)
     atomic_init(&m->deliveries, 0);
     for (i = 0; i < N_ENDPOINTS; i++) {
         atomic_init(&m->requests[i], 0);
+        for (int k = 0; k < N_STATUS; k++) {
+            atomic_init(&m->by_status[i][k], 0);
+        }
+        for (int k = 0; k < N_BUCKETS; k++) {
+            atomic_init(&m->duration_bucket[i][k], 0);
+        }
+        atomic_init(&m->duration_count[i], 0);
+        atomic_init(&m->duration_usec[i], 0);
     }
     atomic_init(&m->auth_failures, 0);
     for (i = 0; i < KMDC_METRIC_ACT_N; i++) {
@@ -200,9 +237,15 @@ int kmdc_metrics_post_config(apr_pool_t *pconf, server_rec *s)
         }
     }
     atomic_init(&m->waiting_unslotted, 0);
+    for (int k = 0; k < KMDC_GAUGE_N; k++) {
+        atomic_init(&m->gauges_unslotted[k], 0);
+    }
     for (i = 0; i < nslots; i++) {
         atomic_init(&m->slots[i].pid, 0);
         atomic_init(&m->slots[i].waiting, 0);
+        for (int k = 0; k < KMDC_GAUGE_N; k++) {
+            atomic_init(&m->slots[i].gauges[k], 0);
+        }
     }
     /* userdata_set copies the key; the segment goes with the process pool */
     rv = apr_pool_userdata_set(shm, KMDC_METRICS_KEY, apr_pool_cleanup_null, pp);
@@ -225,6 +268,9 @@ static apr_status_t slot_release(void *data)
     gauge_slot *slot = data;
 
     atomic_store(&slot->waiting, 0);
+    for (int k = 0; k < KMDC_GAUGE_N; k++) {
+        atomic_store(&slot->gauges[k], 0);
+    }
     atomic_store(&slot->pid, 0);
     if (my_slot == slot) {
         my_slot = NULL;
@@ -248,6 +294,9 @@ void kmdc_metrics_child_init(apr_pool_t *pchild, server_rec *s)
         if ((owner == 0 || (owner != me && !process_alive(owner)))
             && atomic_compare_exchange_strong(&slot->pid, &owner, me)) {
             atomic_store(&slot->waiting, 0);
+            for (int k = 0; k < KMDC_GAUGE_N; k++) {
+                atomic_store(&slot->gauges[k], 0);
+            }
             my_slot = slot;
         }
     }
@@ -303,6 +352,25 @@ void kmdc_metrics_answered(request_rec *r, int rv)
         }
     }
     add(&seg->requests[ep], 1);
+    if (status >= STATUS_MIN && status < STATUS_MIN + N_STATUS) {
+        add(&seg->by_status[ep][status - STATUS_MIN], 1);
+    }
+    {
+        apr_time_t took = apr_time_now() - r->request_time;
+        double secs;
+
+        if (took < 0) {
+            took = 0;
+        }
+        secs = (double)took / (double)APR_USEC_PER_SEC;
+        for (i = 0; i < N_BUCKETS; i++) {
+            if (secs <= duration_bounds[i]) {
+                add(&seg->duration_bucket[ep][i], 1);
+            }
+        }
+        add(&seg->duration_count[ep], 1);
+        add(&seg->duration_usec[ep], (uint64_t)took);
+    }
     if (status == HTTP_SERVICE_UNAVAILABLE) {
         add(&seg->db_unavailable, 1);
     }
@@ -357,6 +425,16 @@ void kmdc_metrics_longpoll(int delta)
     }
     atomic_fetch_add_explicit(my_slot != NULL ? &my_slot->waiting
                               : &seg->waiting_unslotted,
+                              (long long)delta, memory_order_relaxed);
+}
+
+void kmdc_metrics_gauge(kmdc_metric_gauge g, int delta)
+{
+    if (seg == NULL || (int)g < 0 || g >= KMDC_GAUGE_N) {
+        return;
+    }
+    atomic_fetch_add_explicit(my_slot != NULL ? &my_slot->gauges[g]
+                              : &seg->gauges_unslotted[g],
                               (long long)delta, memory_order_relaxed);
 }
 
@@ -571,6 +649,28 @@ static long long waiting_now(void)
     return sum < 0 ? 0 : sum;
 }
 
+/* Gauge g now: the slots of live children. */
+static long long gauge_now(kmdc_metric_gauge g)
+{
+    long long sum = atomic_load(&seg->gauges_unslotted[g]);
+    int i;
+
+    for (i = 0; i < seg->nslots; i++) {
+        int pid = atomic_load(&seg->slots[i].pid);
+
+        if (pid != 0 && process_alive(pid)) {
+            sum += atomic_load(&seg->slots[i].gauges[g]);
+        }
+    }
+    return sum < 0 ? 0 : sum;
+}
+
+/* The label value of endpoint index ep. */
+static const char *endpoint_label(int ep)
+{
+    return ep < N_KNOWN ? endpoints[ep].label : ep == EP_OTHER ? "other" : "unknown";
+}
+
 int kmdc_metrics_handler(request_rec *r)
 {
     page pg;
@@ -606,14 +706,38 @@ int kmdc_metrics_handler(request_rec *r)
             &seg->deliveries);
     header(&pg, "kmdc_requests_total", "counter",
            "Requests answered by the kmdc handler, by endpoint (unknown: no "
-           "route matched).");
-    for (i = 0; i < N_KNOWN; i++) {
-        labelled(&pg, "kmdc_requests_total", "endpoint", endpoints[i].label,
-                 &seg->requests[i]);
+           "route matched) and HTTP status code (each code once seen).");
+    for (i = 0; i < N_ENDPOINTS; i++) {
+        for (int k = 0; k < N_STATUS; k++) {
+            uint64_t n = get(&seg->by_status[i][k]);
+
+            if (n != 0) {
+                emit(&pg, "kmdc_requests_total{endpoint=\"%s\",code=\"%d\"} %"
+                     APR_UINT64_T_FMT "\n", endpoint_label(i), STATUS_MIN + k,
+                     (apr_uint64_t)n);
+            }
+        }
     }
-    labelled(&pg, "kmdc_requests_total", "endpoint", "other", &seg->requests[EP_OTHER]);
-    labelled(&pg, "kmdc_requests_total", "endpoint", "unknown",
-             &seg->requests[EP_UNKNOWN]);
+    header(&pg, "kmdc_request_duration_seconds", "histogram",
+           "Time from the request line to the handler's answer, by endpoint "
+           "(a streamed answer: until its last byte was handed to httpd).");
+    for (i = 0; i < N_ENDPOINTS; i++) {
+        const char *ep = endpoint_label(i);
+        uint64_t usec = get(&seg->duration_usec[i]);
+
+        for (int k = 0; k < N_BUCKETS; k++) {
+            emit(&pg, "kmdc_request_duration_seconds_bucket{endpoint=\"%s\",le=\"%s\"} %"
+                 APR_UINT64_T_FMT "\n", ep, duration_les[k],
+                 (apr_uint64_t)get(&seg->duration_bucket[i][k]));
+        }
+        emit(&pg, "kmdc_request_duration_seconds_bucket{endpoint=\"%s\",le=\"+Inf\"} %"
+             APR_UINT64_T_FMT "\n", ep, (apr_uint64_t)get(&seg->duration_count[i]));
+        emit(&pg, "kmdc_request_duration_seconds_sum{endpoint=\"%s\"} %" APR_UINT64_T_FMT
+             ".%06" APR_UINT64_T_FMT "\n", ep, (apr_uint64_t)(usec / 1000000u),
+             (apr_uint64_t)(usec % 1000000u));
+        emit(&pg, "kmdc_request_duration_seconds_count{endpoint=\"%s\"} %"
+             APR_UINT64_T_FMT "\n", ep, (apr_uint64_t)get(&seg->duration_count[i]));
+    }
     counter(&pg, "kmdc_auth_failures_total",
             "Requests refused 401 by request authentication.", &seg->auth_failures);
     header(&pg, "kmdc_activations_total", "counter",
@@ -626,6 +750,25 @@ int kmdc_metrics_handler(request_rec *r)
     header(&pg, "kmdc_longpoll_waiting", "gauge",
            "Mailbox long-polls (?wait=S) in progress, each holding a worker thread.");
     emit(&pg, "kmdc_longpoll_waiting %" APR_INT64_T_FMT "\n", (apr_int64_t)waiting_now());
+    header(&pg, "kmdc_db_pool_in_use", "gauge",
+           "Pooled database connections borrowed by requests now (all children; "
+           "each child has KmdcDbPoolMax).");
+    emit(&pg, "kmdc_db_pool_in_use %" APR_INT64_T_FMT "\n",
+         (apr_int64_t)gauge_now(KMDC_GAUGE_DB_IN_USE));
+    header(&pg, "kmdc_db_pool_waiting", "gauge",
+           "Requests waiting now for a pooled database connection (up to 10 s, "
+           "then 503).");
+    emit(&pg, "kmdc_db_pool_waiting %" APR_INT64_T_FMT "\n",
+         (apr_int64_t)gauge_now(KMDC_GAUGE_DB_WAITING));
+    header(&pg, "kmdc_uploads_in_flight", "gauge",
+           "POST /send requests in progress now (reading and storing an envelope).");
+    emit(&pg, "kmdc_uploads_in_flight %" APR_INT64_T_FMT "\n",
+         (apr_int64_t)gauge_now(KMDC_GAUGE_UPLOADS));
+    header(&pg, "kmdc_build_info", "gauge",
+           "Always 1; the labels say which build of mod_kmdc answers and the "
+           "schema version it needs.");
+    emit(&pg, "kmdc_build_info{version=\"%s\",schema=\"%d\"} 1\n", KMDC_VERSION,
+         KMDC_SCHEMA_VERSION);
     counter(&pg, "kmdc_db_unavailable_total",
             "Requests answered 503 because the database could not be used.",
             &seg->db_unavailable);

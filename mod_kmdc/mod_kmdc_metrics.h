@@ -80,7 +80,9 @@ void kmdc_metrics_route(request_rec *r, const char *name, int nseg, int method);
  * Count a request the kmdc handler answered (rv: what the handler returns):
  * kmdc_requests_total under the endpoint noted by kmdc_metrics_route
  * ("unknown" when none was noted: no route matched, or its serial or id
- * was malformed), and kmdc_db_unavailable_total when the answer was 503.
+ * was malformed) and the answer's status code, its duration since
+ * r->request_time in kmdc_request_duration_seconds, and
+ * kmdc_db_unavailable_total when the answer was 503.
  */
 void kmdc_metrics_answered(request_rec *r, int rv);
 
@@ -101,6 +103,17 @@ void kmdc_metrics_activation(kmdc_metric_activation result);
 
 /* Add delta (+1 or -1) to this child's long-polls in progress. */
 void kmdc_metrics_longpoll(int delta);
+
+/* Gauges kept per child like the long-poll gauge (kmdc_metrics_gauge). */
+typedef enum kmdc_metric_gauge {
+    KMDC_GAUGE_DB_IN_USE = 0,     /* pooled connections borrowed by requests */
+    KMDC_GAUGE_DB_WAITING,        /* requests waiting for a pooled connection */
+    KMDC_GAUGE_UPLOADS,           /* POST /send requests in progress */
+    KMDC_GAUGE_N
+} kmdc_metric_gauge;
+
+/* Add delta (+1 or -1) to this child's share of gauge g. */
+void kmdc_metrics_gauge(kmdc_metric_gauge g, int delta);
 
 /* How long a permission or resource error of the database keeps /health
  * degraded after it was last seen, in seconds (docs/ADMIN.md, Logs). */
