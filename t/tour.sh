@@ -47,7 +47,7 @@ mkdir -p "$work/src" "$work/home"
 
 # --- the state before --------------------------------------------------------------
 pg_was_up=0; pg_lsclusters -h 2>/dev/null | awk '$1 == 15 && $2 == "main" && $4 == "online"' | grep -q . && pg_was_up=1
-apache_was_up=0; apache2ctl status >/dev/null 2>&1 && apache_was_up=1
+apache_was_up=0
 [ -f /var/run/apache2/apache2.pid ] && kill -0 "$(cat /var/run/apache2/apache2.pid)" 2>/dev/null && apache_was_up=1
 mods_before=$(ls /etc/apache2/mods-enabled 2>/dev/null)
 sites_before=$(ls /etc/apache2/sites-enabled 2>/dev/null)
@@ -83,7 +83,7 @@ ok $? "kmdcadm setup printed the KmdcDatabase line the tour uses"
     (cd "$work/src" && make uninstall-debian && make uninstall)
     rm -f /etc/apache2/mods-available/kmdc.conf.dist
     [ "$had_kmdc_conf" = 1 ] || rm -f /etc/apache2/mods-available/kmdc.conf /etc/apache2/mods-available/kmdc.load
-    if [ "$apache_was_up" = 1 ]; then service apache2 restart; else service apache2 stop; fi
+    if [ "$apache_was_up" = 1 ]; then apache2ctl graceful; else apache2ctl stop; fi
     runuser -u postgres -- psql -X -q -c 'DROP DATABASE IF EXISTS kmdc' \
         -c 'DROP ROLE IF EXISTS kmdc_httpd' -c 'DROP ROLE IF EXISTS kmdc_owner'
     cp -p "$work/pg_hba.conf.before" "$pgconf/pg_hba.conf"
