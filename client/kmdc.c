@@ -33,7 +33,7 @@
 #include "kmdc_http.h"
 #include "kmdc_util.h"
 
-#define SIGN_BODY_MAX 4096        /* DESIGN 3.5: authenticated bodies are at most 4 KiB */
+#define SIGN_BODY_MAX 4096        /* authenticated bodies: at most 4 KiB (PROTOCOL.md 5) */
 
 static int json_capable(const char *name);
 

@@ -1,6 +1,6 @@
 /*
  * kmdc_account.c - the card's standing with the datacenter: `kmdc activate`
- * (DESIGN 3.6, PROTOCOL 7: a lost answer never strands the card), `kmdc
+ * (docs/PROTOCOL.md section 7: a lost answer never strands the card), `kmdc
  * status` of a sent message, and `kmdc card --resync` (GET /card).
  */
 #define _GNU_SOURCE

@@ -4,7 +4,7 @@
  * helpers and the fault-injection points.  One command per file:
  *   kmdc.c          main, command table, help, card, sign
  *   kmdc_seal.c     seal, send (outbox protocol) and the sealing core
- *   kmdc_fetch.c    fetch, watch, open (the receive rules of DESIGN 3.4)
+ *   kmdc_fetch.c    fetch, watch, open (the receive rules of docs/PROTOCOL.md section 4)
  *   kmdc_account.c  activate, status, card --resync
  *   kmdc_pass.c     the passphrase prompt, card passphrase
  *   kmdc_http.c     libcurl: TLS, signing, errors, progress bar

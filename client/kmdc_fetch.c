@@ -1,6 +1,6 @@
 /*
  * kmdc_fetch.c - receiving: `kmdc fetch`, `kmdc watch` and `kmdc open`, with
- * the card's receive rules (DESIGN 3.4):
+ * the card's receive rules (docs/PROTOCOL.md section 4):
  *   - deliveries are processed in seq order, with the recv lock held;
  *   - the down chain advances (card saved) only after a keyblock
  *     authenticated, from the reader's on_meta callback;
@@ -478,7 +478,7 @@ fetch_one(fetch_env *f, const dlv *d)
     fd = -1;
     /*
      * Record "delivery -> file" (and erase the message key) BEFORE the final
-     * rename, as DESIGN 3.4 asks: the document is already safe in its .part
+     * rename, as docs/PROTOCOL.md section 4 asks: the document is already safe in its .part
      * file, which a later run finishes (see above) if a crash comes between
      * the record and the rename.  So a crash neither loses the document nor
      * writes it twice.

@@ -1,7 +1,7 @@
 /*
  * kmdc_http.h - the kmdc client's HTTP layer over libcurl: TLS verified by
  * default (--cacert, --insecure only when asked), no redirects, a 10 s
- * connect timeout, the Authorization header of DESIGN 3.5, bodies from
+ * connect timeout, the Authorization header of docs/PROTOCOL.md section 5, bodies from
  * memory or a file, streaming answers, JSON error answers and a progress bar.
  */
 #ifndef KMDC_HTTP_H

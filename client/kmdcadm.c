@@ -1,10 +1,10 @@
 /*
  * kmdcadm.c - the datacenter administrator's tool: schema migrations, master
- * keys, issuing cards and changing their status (DESIGN 4).
+ * keys, issuing cards and changing their status (docs/ADMIN.md, kmdcadm(8)).
  *
  *   kmdcadm [GLOBAL OPTIONS] COMMAND [OPTIONS]     (kmdcadm --help)
  *
- * Commands: migrate, keygen, issue, list, show, suspend, resume, revoke,
+ * Commands: setup, migrate, keygen, issue, list, show, suspend, resume, revoke,
  * resync, rekey, purge, audit (kmdcadm(8) documents them all).
  *
  * Exit status: 0 done, 1 the operation failed (message on stderr prefixed
@@ -23,7 +23,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dirent.h>
+#include <grp.h>
+#include <pwd.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "kmdc_card.h"
@@ -41,7 +45,7 @@
 #define EXIT_USAGE 2
 
 #define MAX_MASTER_KEYS 16
-#define ACCESS_DAYS 7            /* DESIGN 3.6: the access code is valid 7 days */
+#define ACCESS_DAYS 7            /* the access code is valid 7 days (PROTOCOL.md 7) */
 #define SERIAL_ATTEMPTS 8        /* draws before giving up on a free serial */
 #define PASSPHRASE_MAX 1024
 
@@ -71,7 +75,9 @@ enum {
     OPT_DB = 256, OPT_MASTER_KEY, OPT_SQLDIR, OPT_HELP, OPT_ADDRESS, OPT_URL,
     OPT_OUT, OPT_PASSFILE, OPT_FORCE, OPT_STATUS, OPT_JSON, OPT_REASON, OPT_UP,
     OPT_DOWN, OPT_CHECK, OPT_DRY_RUN, OPT_RECEIPT_AGE, OPT_TOMBSTONE_AGE, OPT_UPLOAD_AGE,
-    OPT_NONCE_AGE, OPT_SERIAL, OPT_SINCE, OPT_LIMIT, OPT_VERSION
+    OPT_NONCE_AGE, OPT_SERIAL, OPT_SINCE, OPT_LIMIT, OPT_VERSION, OPT_DATABASE, OPT_OWNER,
+    OPT_HTTPD_ROLE, OPT_HTTPD_USER, OPT_ADMIN_USER, OPT_KEY_DIR, OPT_NO_KEY, OPT_PEER_MAP,
+    OPT_AS, OPT_PRINT_GRANTS
 };
 
 #define GLOBAL_OPTIONS \
@@ -391,6 +397,258 @@ cmd_migrate(globals *g, int argc, char **argv)
 out:
     kmdcadm_db_close(db);
     return finish_output(rc);
+}
+
+/* --- setup -------------------------------------------------------------------- */
+
+typedef struct setup_cli {
+    kmdcadm_setup_opts db;
+    const char *key_dir;
+    int no_key;
+    const char *as;           /* run the database part as this system user */
+    int as_given;
+    int print_grants;
+} setup_cli;
+
+static int
+setup_opt(void *ctx, int opt, const char *arg)
+{
+    setup_cli *o = ctx;
+
+    switch (opt) {
+    case OPT_DATABASE: o->db.database = arg; return 0;
+    case OPT_OWNER: o->db.owner = arg; return 0;
+    case OPT_HTTPD_ROLE: o->db.httpd_role = arg; return 0;
+    case OPT_HTTPD_USER: o->db.httpd_user = arg; return 0;
+    case OPT_ADMIN_USER: o->db.admin_user = arg; return 0;
+    case OPT_KEY_DIR: o->key_dir = arg; return 0;
+    case OPT_NO_KEY: o->no_key = 1; return 0;
+    case OPT_PEER_MAP: o->db.peer_map = 1; return 0;
+    case OPT_AS: o->as = arg; o->as_given = 1; return 0;
+    case OPT_PRINT_GRANTS: o->print_grants = 1; return 0;
+    default: return 1;
+    }
+}
+
+/* The master key folder (0700, ours) and a key in it: the highest
+ * master-N.key there, else a new master-1.key.  Prints what it did and sets
+ * *id and path (cap bytes). */
+static int
+setup_master_key(const char *dir, uint32_t *id, char *path, size_t cap)
+{
+    struct stat sb;
+    DIR *d;
+    struct dirent *de;
+    unsigned long best = 0;
+    int found = 0;
+    kmdc_err e;
+
+    kmdc_err_clear(&e);
+    if (lstat(dir, &sb) != 0) {
+        if (errno != ENOENT)
+            return fail("%s: %s", dir, strerror(errno));
+        if (mkdir(dir, 0700) != 0)
+            return fail("cannot create the master key folder %s: %s", dir, strerror(errno));
+        if (lstat(dir, &sb) != 0)
+            return fail("%s: %s", dir, strerror(errno));
+        printf("master key folder %s: created (mode 0700, owner uid %u)\n", dir,
+               (unsigned)sb.st_uid);
+    }
+    else {
+        if (!S_ISDIR(sb.st_mode))
+            return fail("%s is not a folder", dir);
+        if (sb.st_uid != geteuid())
+            return fail("the master key folder %s belongs to uid %u, not to the user "
+                        "running kmdcadm (uid %u); httpd reads master keys as root",
+                        dir, (unsigned)sb.st_uid, (unsigned)geteuid());
+        if ((sb.st_mode & 077) != 0) {
+            if (chmod(dir, 0700) != 0)
+                return fail("cannot chmod %s: %s", dir, strerror(errno));
+            printf("master key folder %s: existed, mode set to 0700\n", dir);
+        }
+        else {
+            printf("master key folder %s: exists (mode %04o)\n", dir,
+                   (unsigned)(sb.st_mode & 07777));
+        }
+    }
+    d = opendir(dir);
+    if (d == NULL)
+        return fail("cannot read %s: %s", dir, strerror(errno));
+    while ((de = readdir(d)) != NULL) {
+        unsigned long n;
+        char *end;
+
+        if (strncmp(de->d_name, "master-", 7) != 0 || !isdigit((unsigned char)de->d_name[7]))
+            continue;
+        errno = 0;
+        n = strtoul(de->d_name + 7, &end, 10);
+        if (errno != 0 || strcmp(end, ".key") != 0 || n > INT32_MAX)
+            continue;
+        if (!found || n > best)
+            best = n;
+        found = 1;
+    }
+    closedir(d);
+    if (!found)
+        best = 1;
+    if (snprintf(path, cap, "%s/master-%lu.key", dir, best) >= (int)cap)
+        return fail("the master key folder's name is too long");
+    *id = (uint32_t)best;
+    if (found) {
+        if (lstat(path, &sb) != 0 || !S_ISREG(sb.st_mode))
+            return fail("%s is not a regular file", path);
+        if ((sb.st_mode & 077) != 0 || sb.st_uid != geteuid())
+            return fail("%s must be mode 0600 and owned by uid %u (httpd refuses it "
+                        "otherwise)", path, (unsigned)geteuid());
+        printf("master key %s: exists (id %lu)\n", path, best);
+        return EXIT_OK;
+    }
+    if (kmdc_master_key_generate(path, &e) != KMDC_OK)
+        return fail_err(&e);
+    printf("master key %s: created (id 1, mode 0600); keep it out of database backups\n",
+           path);
+    return EXIT_OK;
+}
+
+/* The database part, in this process or, with o->as, in a child that runs as
+ * that system user (peer authentication over the Unix socket). */
+static int
+setup_database(setup_cli *o)
+{
+    struct passwd *pw = NULL;
+    kmdc_err e;
+    pid_t pid;
+    int status = 0;
+
+    kmdc_err_clear(&e);
+    if (o->as == NULL || o->as[0] == '\0') {
+        if (kmdcadm_setup_database(&o->db, stdout, &e) != KMDC_OK)
+            return fail_err(&e);
+        return EXIT_OK;
+    }
+    errno = 0;
+    pw = getpwnam(o->as);
+    if (pw == NULL)
+        return fail("--as %s: no such system user", o->as);
+    if (geteuid() != 0 && pw->pw_uid != geteuid())
+        return fail("--as %s needs root", o->as);
+    if (fflush(stdout) != 0)
+        return fail("cannot write the output: %s", strerror(errno));
+    pid = fork();
+    if (pid < 0)
+        return fail("fork: %s", strerror(errno));
+    if (pid == 0) {
+        if (geteuid() == 0
+            && (initgroups(pw->pw_name, pw->pw_gid) != 0 || setgid(pw->pw_gid) != 0
+                || setuid(pw->pw_uid) != 0)) {
+            fail("cannot become %s: %s", o->as, strerror(errno));
+            _exit(EXIT_FAIL);
+        }
+        if (setenv("HOME", pw->pw_dir, 1) != 0 || chdir("/") != 0) {
+            fail("cannot set up the environment of %s: %s", o->as, strerror(errno));
+            _exit(EXIT_FAIL);
+        }
+        if (kmdcadm_setup_database(&o->db, stdout, &e) != KMDC_OK) {
+            fflush(stdout);
+            fail_err(&e);
+            _exit(EXIT_FAIL);
+        }
+        _exit(fflush(stdout) == 0 ? EXIT_OK : EXIT_FAIL);
+    }
+    while (waitpid(pid, &status, 0) < 0) {
+        if (errno != EINTR)
+            return fail("waitpid: %s", strerror(errno));
+    }
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+        return EXIT_FAIL;
+    return EXIT_OK;
+}
+
+static int
+cmd_setup(globals *g, int argc, char **argv)
+{
+    static const struct option own[] = {
+        { "database", required_argument, NULL, OPT_DATABASE },
+        { "owner", required_argument, NULL, OPT_OWNER },
+        { "httpd-role", required_argument, NULL, OPT_HTTPD_ROLE },
+        { "httpd-user", required_argument, NULL, OPT_HTTPD_USER },
+        { "admin-user", required_argument, NULL, OPT_ADMIN_USER },
+        { "key-dir", required_argument, NULL, OPT_KEY_DIR },
+        { "no-key", no_argument, NULL, OPT_NO_KEY },
+        { "peer-map", no_argument, NULL, OPT_PEER_MAP },
+        { "as", required_argument, NULL, OPT_AS },
+        { "print-grants", no_argument, NULL, OPT_PRINT_GRANTS },
+    };
+    const command *c = find_command("setup");
+    char buildsql[PATH_MAX + 8], keypath[PATH_MAX];
+    struct passwd *me;
+    setup_cli o;
+    uint32_t key_id = 0;
+    int rc, first;
+
+    memset(&o, 0, sizeof o);
+    o.db.database = "kmdc";
+    o.db.owner = "kmdc_owner";
+    o.db.httpd_role = "kmdc_httpd";
+    o.db.httpd_user = "www-data";
+    o.key_dir = "/etc/kmdc";
+    rc = parse_options(g, c, argc, argv, own, sizeof own / sizeof own[0], setup_opt, &o,
+                       &first);
+    if (rc >= 0)
+        return rc;
+    if (first < argc)
+        return usage_error(c->name, "unexpected argument '%s'", argv[first]);
+    if (!kmdcadm_setup_name_valid(o.db.database) || !kmdcadm_setup_name_valid(o.db.owner)
+        || !kmdcadm_setup_name_valid(o.db.httpd_role))
+        return usage_error(c->name, "database and role names are 1 to 63 of a-z, 0-9 and "
+                           "'_', not starting with a digit");
+    if (strcmp(o.db.owner, o.db.httpd_role) == 0)
+        return usage_error(c->name, "the owner and the httpd role must differ");
+    if (o.print_grants) {
+        kmdcadm_setup_print_grants(stdout, o.db.httpd_role);
+        return finish_output(EXIT_OK);
+    }
+    if (o.db.admin_user == NULL) {
+        me = getpwuid(geteuid());
+        o.db.admin_user = me != NULL ? strdup(me->pw_name) : "root";
+        if (o.db.admin_user == NULL)
+            return fail("out of memory");
+    }
+    if (o.db.httpd_user[0] == '\0' || strpbrk(o.db.httpd_user, " \t\n#") != NULL
+        || o.db.admin_user[0] == '\0' || strpbrk(o.db.admin_user, " \t\n#") != NULL)
+        return usage_error(c->name, "a system user name holds no blank and no '#'");
+    o.db.conninfo = g->db;
+    if (g->sqldir != NULL)
+        o.db.sqldir = g->sqldir;
+    else if (getenv("KMDC_SQLDIR") != NULL && getenv("KMDC_SQLDIR")[0] != '\0')
+        o.db.sqldir = getenv("KMDC_SQLDIR");
+    else if (build_tree_sqldir(buildsql, sizeof buildsql))
+        o.db.sqldir = buildsql;
+    else
+        o.db.sqldir = KMDC_SQLDIR;
+    /* root without connection settings: the postgres superuser, by peer */
+    if (!o.as_given && geteuid() == 0 && g->db == NULL && getenv("PGUSER") == NULL
+        && getpwnam("postgres") != NULL)
+        o.as = "postgres";
+
+    if (!o.no_key) {
+        rc = setup_master_key(o.key_dir, &key_id, keypath, sizeof keypath);
+        if (rc != EXIT_OK)
+            return finish_output(rc);
+    }
+    if (o.as != NULL && o.as[0] != '\0')
+        printf("connecting to PostgreSQL as the system user %s (peer authentication)\n",
+               o.as);
+    rc = setup_database(&o);
+    if (rc != EXIT_OK)
+        return finish_output(rc);
+    if (!o.no_key)
+        printf("    KmdcMasterKey %" PRIu32 " %s\n", key_id, keypath);
+    if (!o.db.peer_map)
+        printf("httpd's children connect as %s: add --peer-map (system user %s), or give "
+               "the role a password in a passfile (docs/ADMIN.md section 2)\n",
+               o.db.httpd_role, o.db.httpd_user);
+    return finish_output(EXIT_OK);
 }
 
 /* --- keygen ------------------------------------------------------------------- */
@@ -1106,7 +1364,7 @@ parse_counter(const char *cmd, const char *opt, const char *s, uint64_t *v)
 
 /*
  * Parse a duration: decimal seconds, or a number followed by s, m, h or d
- * (DESIGN 4), at most 100 years.  Returns 1 and sets *secs when s is one.
+ * (docs/ADMIN.md, kmdcadm(8)), at most 100 years.  Returns 1 and sets *secs when s is one.
  */
 static int
 duration_value(const char *s, int64_t *secs)
@@ -1139,7 +1397,7 @@ duration_value(const char *s, int64_t *secs)
 
 /* --- resync -------------------------------------------------------------------------- */
 
-/* The most steps resync takes in one go (DESIGN: a bounded walk of the chain). */
+/* The most steps resync takes in one go (a bounded walk of the chain: kmdcadm(8), resync). */
 #define RESYNC_MAX_STEPS (UINT64_C(1) << 20)
 
 typedef struct resync_opts {
@@ -1772,6 +2030,32 @@ out:
 /* --- dispatch ------------------------------------------------------------------------- */
 
 static const command commands[] = {
+    { "setup", cmd_setup,
+      "setup [--database D] [--owner R] [--httpd-role R] [--httpd-user U] "
+      "[--admin-user U] [--key-dir DIR] [--no-key] [--peer-map] [--as USER] "
+      "[--print-grants]",
+      "Prepare everything the module needs, in one step, on a connection as a\n"
+      "PostgreSQL superuser: the roles R (default kmdc_owner: owns the schema, what\n"
+      "kmdcadm connects as) and --httpd-role (default kmdc_httpd: httpd's children,\n"
+      "only the grants of docs/ADMIN.md section 2), the database D (default kmdc)\n"
+      "owned by the owner, with PUBLIC's rights revoked, the schema (migrated as the\n"
+      "owner) and the grants; then a master key: the folder DIR (default /etc/kmdc) is\n"
+      "created with mode 0700 and a new DIR/master-1.key with mode 0600, both owned by\n"
+      "the user running kmdcadm (root: httpd reads master keys before it drops\n"
+      "privileges), unless a master-N.key is there.  Every step looks first: running it\n"
+      "again changes nothing.  Prints each step and the KmdcDatabase and KmdcMasterKey\n"
+      "lines to use.\n"
+      "  --peer-map      also add to the server's pg_ident.conf the map kmdc (system\n"
+      "                  user --httpd-user, default www-data, as the httpd role;\n"
+      "                  --admin-user, default the user running kmdcadm, as the owner)\n"
+      "                  and to pg_hba.conf, above its rules, 'local D R1,R2 peer\n"
+      "                  map=kmdc'; then reload PostgreSQL (the files must be writable\n"
+      "                  by the user that connects: see --as)\n"
+      "  --as USER       do the database part as system user USER (peer authentication\n"
+      "                  over the Unix socket); default postgres when kmdcadm runs as\n"
+      "                  root without --db and without PGUSER; --as '' for none\n"
+      "  --no-key        no master key\n"
+      "  --print-grants  print the GRANT statements for the httpd role and stop\n" },
     { "migrate", cmd_migrate, "migrate [--sqldir DIR]",
       "Apply the schema migrations the database lacks, in order, each in one\n"
       "transaction, under an advisory lock (two migrators never race).  Running it\n"

@@ -20,7 +20,7 @@
 #include "kmdc_store.h"
 #define KMDCADM_SCHEMA_VERSION KMDC_SCHEMA_VERSION
 
-/* Length of a wrapped value (DESIGN 3.8) and of an access-code MAC. */
+/* Length of a wrapped value (docs/PROTOCOL.md section 8) and of an access-code MAC. */
 #define KMDCADM_WRAPPED_LEN 76
 #define KMDCADM_ACCESS_MAC_LEN 32
 
@@ -35,6 +35,46 @@ typedef struct kmdcadm_db kmdcadm_db;
  */
 kmdc_status kmdcadm_db_open(kmdcadm_db **out, const char *conninfo,
                             kmdc_err *err);
+
+/*
+ * Connect like kmdcadm_db_open, to database dbname instead of conninfo's (or
+ * the environment's), and act as role (SET ROLE role: the session's user must
+ * be a member of it, a superuser is) so that what it creates belongs to role.
+ */
+kmdc_status kmdcadm_db_open_as(kmdcadm_db **out, const char *conninfo,
+                               const char *dbname, const char *role,
+                               kmdc_err *err);
+
+/* What `kmdcadm setup` prepares (kmdcadm_setup.c). */
+typedef struct kmdcadm_setup_opts {
+    const char *conninfo;     /* a superuser's connection; NULL: the environment */
+    const char *sqldir;       /* the migrations */
+    const char *database;     /* kmdc */
+    const char *owner;        /* kmdc_owner: owns the schema, kmdcadm's role */
+    const char *httpd_role;   /* kmdc_httpd: httpd's children, least privilege */
+    const char *httpd_user;   /* www-data: the system user of httpd's children */
+    const char *admin_user;   /* root: the system user who runs kmdcadm */
+    int peer_map;             /* add the pg_hba.conf and pg_ident.conf lines */
+} kmdcadm_setup_opts;
+
+/*
+ * As a PostgreSQL superuser: create the roles owner and httpd_role (LOGIN,
+ * nothing else) and the database owned by owner when missing; revoke PUBLIC's
+ * rights on it and on schema public; migrate the schema as owner; grant
+ * httpd_role the least privileges of docs/ADMIN.md section 2; with peer_map,
+ * add the peer-authentication lines to the server's pg_ident.conf and
+ * pg_hba.conf (the files must be writable: run as their owner) and reload.
+ * Prints each step (done, or found done) and the KmdcDatabase line to report.
+ * Idempotent.
+ */
+kmdc_status kmdcadm_setup_database(const kmdcadm_setup_opts *o, FILE *report,
+                                   kmdc_err *err);
+
+/* 1 when name is a role or database name setup accepts: [a-z_][a-z0-9_]{0,62}. */
+int kmdcadm_setup_name_valid(const char *name);
+
+/* Print the GRANT statements setup gives httpd_role, one per line. */
+void kmdcadm_setup_print_grants(FILE *out, const char *httpd_role);
 
 /* Close the connection and free the handle.  Accepts NULL. */
 void kmdcadm_db_close(kmdcadm_db *db);
@@ -143,7 +183,7 @@ kmdc_status kmdcadm_db_card_transition(kmdcadm_db *db, uint64_t serial,
 
 /*
  * One card's stored keys and counters, as resync and rekey read and write
- * them.  The three values are wrapped (DESIGN 3.8); nothing here is a raw
+ * them.  The three values are wrapped (docs/PROTOCOL.md section 8); nothing here is a raw
  * secret.  code_live is set when the card still holds an access code that
  * can activate it (status issued or suspended, not locked, not expired): its
  * access_mac is keyed by the master key key_id names, so that key is still

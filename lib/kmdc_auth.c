@@ -1,4 +1,4 @@
-/* kmdc_auth.c - the KMDC1-HMAC-SHA256 Authorization header (DESIGN 3.5). */
+/* kmdc_auth.c - the KMDC1-HMAC-SHA256 Authorization header (docs/PROTOCOL.md section 5). */
 #include "kmdc_auth.h"
 #include "kmdc_crypto.h"
 #include "kmdc_util.h"

@@ -1,5 +1,5 @@
 /*
- * kmdc_auth.h - request authentication of KMDC/1 (DESIGN 3.5): the
+ * kmdc_auth.h - request authentication of KMDC/1 (docs/PROTOCOL.md section 5): the
  * Authorization header value, its strict parser, the signature, signing and
  * verification.
  *
@@ -24,7 +24,7 @@
 #define KMDC_AUTH_SCHEME "KMDC1-HMAC-SHA256"
 #define KMDC_AUTH_NONCE_LEN 16
 #define KMDC_AUTH_SIG_LEN 32
-#define KMDC_AUTH_MAX_SKEW 300       /* seconds, DESIGN 3.5 */
+#define KMDC_AUTH_MAX_SKEW 300       /* seconds, docs/PROTOCOL.md section 5 */
 /* Longest header value: scheme, space, serial, a 19-digit ts, nonce, sig. */
 #define KMDC_AUTH_HDR_MAX 172
 #define KMDC_AUTH_HDR_BUFSZ (KMDC_AUTH_HDR_MAX + 1)
@@ -62,7 +62,7 @@ kmdc_status kmdc_auth_format(char *out, size_t cap, const kmdc_auth_hdr *h,
                              kmdc_err *err);
 
 /*
- * Compute the signature of DESIGN 3.5 into sig: HMAC under the 32-byte ak of
+ * Compute the signature of docs/PROTOCOL.md section 5 into sig: HMAC under the 32-byte ak of
  * the signing string built from method (e.g. "GET"), target (the raw
  * request-target as on the request line, query included), ts (>= 0, as
  * decimal text), the nonce (as 32 hex characters) and the SHA-256 of the body

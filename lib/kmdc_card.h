@@ -1,6 +1,6 @@
 /*
- * kmdc_card.h - the card file: a user's software token on disk (DESIGN 3.9)
- * and the card side of the counter rules (DESIGN 3.4).
+ * kmdc_card.h - the card file: a user's software token on disk (docs/PROTOCOL.md section 9)
+ * and the card side of the counter rules (docs/PROTOCOL.md section 4).
  *
  * A card holds its serial, address, datacenter URL, state, the up chain
  * (CK, up_next), the down chain (CK, down_next), the request key AK, the
@@ -203,7 +203,7 @@ size_t kmdc_card_skipped_count(const kmdc_card *card);
 /* How many delivery records the card currently keeps. */
 size_t kmdc_card_delivery_count(const kmdc_card *card);
 
-/* ---- activation (DESIGN 3.2, 3.6) --------------------------------------- */
+/* ---- activation (docs/PROTOCOL.md sections 2 and 7) --------------------------------------- */
 
 /*
  * Begin (or resume) an activation: when no r is pending draw 32 random bytes
@@ -275,7 +275,7 @@ kmdc_status kmdc_card_down_done(kmdc_card *card, uint64_t m,
                                 kmdc_err *err);
 
 /*
- * The two halves of kmdc_card_down_done, for the order of DESIGN 3.4:
+ * The two halves of kmdc_card_down_done, for the order of docs/PROTOCOL.md section 4:
  * record delivery_id -> filename (same rules as above; m need not be known)
  * and save BEFORE the final rename of the document; after the rename erase
  * the key of m (kmdc_card_down_forget: m must be below down_next; a key

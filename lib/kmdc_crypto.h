@@ -1,7 +1,7 @@
 /*
  * kmdc_crypto.h - the primitives of KMDC/1 over OpenSSL 3 EVP: SHA-256,
  * HMAC-SHA-256, HKDF-SHA-256 (RFC 5869), AES-256-GCM, the chain step and the
- * activation rotation (DESIGN 3.2).  Nothing here is hand-written crypto.
+ * activation rotation (docs/PROTOCOL.md section 2).  Nothing here is hand-written crypto.
  */
 #ifndef KMDC_CRYPTO_H
 #define KMDC_CRYPTO_H
@@ -72,7 +72,7 @@ kmdc_status kmdc_gcm_open_ctx(kmdc_gcm *g, uint8_t *out,
 void kmdc_gcm_free(kmdc_gcm *g);   /* wipes the key schedule */
 
 /*
- * One chain step (DESIGN 3.2): mk = HMAC(ck, 0x01), ck_next = HMAC(ck, 0x02).
+ * One chain step (docs/PROTOCOL.md section 2): mk = HMAC(ck, 0x01), ck_next = HMAC(ck, 0x02).
  * ck_next may equal ck (in-place ratchet; the old value is overwritten).
  * mk may be NULL when only the ratchet is wanted.
  */
@@ -88,7 +88,7 @@ kmdc_status kmdc_chain_step(uint8_t mk[KMDC_KEY_LEN],
 kmdc_status kmdc_chain_seek(uint8_t ck[KMDC_KEY_LEN], uint64_t from,
                             uint64_t to, uint8_t mk[KMDC_KEY_LEN], kmdc_err *err);
 
-/* Activation rotation (DESIGN 3.2): out = HKDF(r, k, "KMDC/1 activate " || name, 32).
+/* Activation rotation (PROTOCOL.md section 2): out = HKDF(r, k, "KMDC/1 activate " || name, 32).
  * name is "up_chain", "down_chain" or "auth_key".  out may equal k. */
 kmdc_status kmdc_activate_key(uint8_t out[KMDC_KEY_LEN],
                               const uint8_t r[KMDC_KEY_LEN],

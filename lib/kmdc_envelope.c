@@ -1,4 +1,4 @@
-/* kmdc_envelope.c - the KMDC/1 envelope (DESIGN 3.3): header, keyblock,
+/* kmdc_envelope.c - the KMDC/1 envelope (docs/PROTOCOL.md section 3): header, keyblock,
  * chunked payload, and the streaming writer and reader built on them. */
 #include "kmdc_envelope.h"
 #include "kmdc_crypto.h"

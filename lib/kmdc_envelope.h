@@ -1,5 +1,5 @@
 /*
- * kmdc_envelope.h - the KMDC/1 envelope (DESIGN 3.3):
+ * kmdc_envelope.h - the KMDC/1 envelope (docs/PROTOCOL.md section 3):
  *   header (40) || u32 kb_len || keyblock || payload
  * in three layers that the client and the datacenter combine as they need:
  *   - the header codec and the two key derivations (KBK, PK);

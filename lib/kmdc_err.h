@@ -25,7 +25,7 @@ typedef enum kmdc_status {
     KMDC_ERR_PASSPHRASE,  /* wrong passphrase, or one is needed */
     KMDC_ERR_CORRUPT,     /* a stored file failed its checksum */
     KMDC_ERR_EXHAUSTED,   /* a counter would pass 2^63-1 */
-    KMDC_ERR_NAME,        /* a NAME value breaks a rule of DESIGN 3.3 */
+    KMDC_ERR_NAME,        /* a NAME value breaks a rule of docs/PROTOCOL.md section 3 */
     KMDC_ERR_STALE,       /* a timestamp is outside the allowed window */
     KMDC_ERR_NOTFOUND,    /* a looked-up item does not exist */
     KMDC_ERR__MAX

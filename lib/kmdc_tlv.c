@@ -1,4 +1,4 @@
-/* kmdc_tlv.c - the keyblock metadata TLV (DESIGN 3.3): decode, encode, and
+/* kmdc_tlv.c - the keyblock metadata TLV (docs/PROTOCOL.md section 3): decode, encode, and
  * the NAME and TYPE rules. */
 #include "kmdc_tlv.h"
 #include "kmdc_util.h"

@@ -1,6 +1,6 @@
 /*
  * kmdc_tlv.h - the metadata TLV carried in a keyblock after the DEK
- * (DESIGN 3.3): entries u8 type || u16 len || value, sorted by type.
+ * (docs/PROTOCOL.md section 3): entries u8 type || u16 len || value, sorted by type.
  *
  * kmdc_meta holds every field this implementation knows, each with a has_
  * flag (RCPT has a count).  The decoder applies every rule of the design and
@@ -85,7 +85,7 @@ kmdc_status kmdc_meta_set_from(kmdc_meta *m, const char *addr, size_t len,
 
 /*
  * Start a down meta from an up one, as the datacenter does for each
- * recipient (DESIGN 3.3): dst receives NAME, TYPE, SIZE and SENT of src and
+ * recipient (docs/PROTOCOL.md section 3): dst receives NAME, TYPE, SIZE and SENT of src and
  * nothing else (no recipient, no unknown field); the caller then sets FROM,
  * FROMSERIAL, MSGID and RCVD.  dst may not alias src.
  */
@@ -93,7 +93,7 @@ void kmdc_meta_copy_shared(kmdc_meta *dst, const kmdc_meta *src);
 
 /*
  * Decode the TLV p[0..len) for `direction` (KMDC_DIR_UP or KMDC_DIR_DOWN)
- * into m, applying every rule of DESIGN 3.3: well-formed entries, sorted by
+ * into m, applying every rule of docs/PROTOCOL.md section 3: well-formed entries, sorted by
  * type, every type but RCPT at most once (unknown ones too), no unknown type
  * below 0x80, no known type of the other direction, the value rules of each
  * field and the required fields of the direction.  Types >= 0x80 are

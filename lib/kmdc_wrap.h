@@ -1,6 +1,7 @@
 /*
- * kmdc_wrap.h - secrets at rest (DESIGN 3.8): wrapping card keys under a
- * master key, master key files, and the activation access codes (DESIGN 3.6).
+ * kmdc_wrap.h - secrets at rest (docs/PROTOCOL.md section 8): wrapping card keys under a
+ * master key, master key files, and the activation access codes
+ * (docs/PROTOCOL.md section 7).
  *
  * A wrapped value is
  *   u32 key id || salt (24 random bytes) || AES-256-GCM(

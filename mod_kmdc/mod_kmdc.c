@@ -38,10 +38,28 @@ static int kmdc_handle_health(kmdc_req *kr)
     request_rec *r = kr->r;
     kmdc_store *st = kmdc_store_pg(r);
     kmdc_store_rc rc;
+    kmdc_degraded why;
+    int ago = 0;
 
     rc = st->ops->health(st);
     if (rc != KMDC_STORE_OK) {
         return kmdc_store_answer_failure(r, rc);
+    }
+    /* connected with the right schema, but statements were refused lately
+     * (a missing grant, a full disk): not healthy, though it answers */
+    why = kmdc_store_degraded(r, &ago);
+    if (why != KMDC_DEGRADED_NONE) {
+        apr_table_setn(r->headers_out, "Retry-After", "5");
+        return kmdc_http_json(r, HTTP_SERVICE_UNAVAILABLE,
+                              json_pack("{s:s, s:s, s:i, s:s, s:s}",
+                                        "status", "degraded",
+                                        "error", "degraded",
+                                        "schema", KMDC_SCHEMA_VERSION,
+                                        "reason", kmdc_degraded_name(why),
+                                        "message", apr_psprintf(r->pool,
+                                            "the database refused a statement "
+                                            "(%s) %d s ago; see the error log",
+                                            kmdc_degraded_name(why), ago)));
     }
     return kmdc_http_json(r, HTTP_OK,
                           json_pack("{s:s, s:i}", "status", "ok", "schema",
@@ -159,7 +177,14 @@ static int kmdc_dispatch(request_rec *r)
                              m.route->id == KMDC_RT_MESSAGE ? "message" : "delivery");
         goto out;
     }
-    rv = kmdc_endpoints[m.route->id](kr);
+    if (m.route->id == KMDC_RT_SEND) {
+        kmdc_metrics_gauge(KMDC_GAUGE_UPLOADS, 1);
+        rv = kmdc_endpoints[m.route->id](kr);
+        kmdc_metrics_gauge(KMDC_GAUGE_UPLOADS, -1);
+    }
+    else {
+        rv = kmdc_endpoints[m.route->id](kr);
+    }
     if ((m.route->flags & KMDC_ROUTE_AUTH) && rv != SUSPENDED) {
         /* every signed endpoint's first operation carries the deferred nonce
          * record; should one ever answer without the store, record it now */

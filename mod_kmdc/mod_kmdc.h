@@ -38,7 +38,7 @@ extern module AP_MODULE_DECLARE_DATA kmdc_module;
  * KMDC_ROUTE_MAX_SEGMENTS, the most any route has: mailbox/S/ID). */
 #define KMDC_MAX_SEGMENTS 4
 
-/* Largest authenticated request body (DESIGN 3.5). */
+/* Largest authenticated request body (docs/PROTOCOL.md section 5). */
 #define KMDC_AUTH_BODY_MAX 4096
 
 /* The route flags (KMDC_ROUTE_AUTH, KMDC_ROUTE_INACTIVE, KMDC_ROUTE_SERIAL)
@@ -71,7 +71,7 @@ typedef int kmdc_endpoint_fn(kmdc_req *kr);
 /*
  * Request authentication (mod_kmdc_reqauth.c), run by the dispatcher before
  * every route flagged KMDC_ROUTE_AUTH.  Reads the (bounded) body, verifies
- * the Authorization header of DESIGN 3.5, records the nonce, checks that the
+ * the Authorization header of docs/PROTOCOL.md section 5, records the nonce, checks that the
  * signer equals kr->serial when the path names one and that the card may use
  * the route (kr->route_flags), and fills kr->signer, kr->body, kr->body_len.
  * Returns OK when the request may proceed; otherwise it has already answered
@@ -83,7 +83,7 @@ int kmdc_reqauth_check(kmdc_req *kr);
  * store finds it out with the endpoint's first operation (KMDC_STORE_REPLAY). */
 int kmdc_reqauth_answer_replay(request_rec *r);
 
-/* POST {location}/send: the envelope intake of DESIGN 3.7 (mod_kmdc_send.c).
+/* POST {location}/send: the envelope intake of docs/PROTOCOL.md section 6 (mod_kmdc_send.c).
  * Not authenticated by header: the envelope authenticates itself. */
 int kmdc_handle_send(kmdc_req *kr);
 
@@ -92,7 +92,7 @@ int kmdc_handle_send(kmdc_req *kr);
  * text). */
 int kmdc_handle_message(kmdc_req *kr);
 
-/* POST {location}/activate/{serial}: key rotation of DESIGN 3.2/3.6
+/* POST {location}/activate/{serial}: key rotation of docs/PROTOCOL.md section 2/3.6
  * (mod_kmdc_activate.c).  kr->serial is set, kr->body holds the form. */
 int kmdc_handle_activate(kmdc_req *kr);
 

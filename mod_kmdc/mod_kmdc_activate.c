@@ -1,5 +1,5 @@
 /*
- * mod_kmdc_activate.c - POST /activate/{serial} (DESIGN 3.2, 3.6) and
+ * mod_kmdc_activate.c - POST /activate/{serial} (docs/PROTOCOL.md sections 2 and 7) and
  * GET /card/{serial}.
  *
  * Activation, after request authentication (signed with the issued AK):
@@ -38,7 +38,7 @@
 #include "mod_kmdc_metrics.h"
 #include "mod_kmdc_store.h"
 
-/* Failed attempts that lock a card (DESIGN 3.6). */
+/* Failed attempts that lock a card (docs/PROTOCOL.md section 7). */
 #define KMDC_ACTIVATION_MAX_FAILURES 5
 
 /* The three card keys, in the order they are rotated. */
@@ -212,7 +212,9 @@ int kmdc_handle_activate(kmdc_req *kr)
         rv = kmdc_http_no_content(r);
         break;
     case KMDC_ACTIVATION_FAIL:
-        ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r,
+        /* an operator sees failed attempts at warn and a card that locks at
+         * error (someone guessing, or a user who needs a new card) */
+        ap_log_rerror(APLOG_MARK, result.locked ? APLOG_ERR : APLOG_WARNING, 0, r,
                       "activate: card %016" APR_UINT64_T_HEX_FMT ": %s access code, "
                       "failure %" APR_INT64_T_FMT "%s", (apr_uint64_t)kr->serial,
                       ctx.expired ? "expired" : "wrong", (apr_int64_t)result.failures,
@@ -245,6 +247,9 @@ int kmdc_handle_activate(kmdc_req *kr)
                                  kmdc_card_status_name(ctx.status));
             break;
         case ABORT_LOCKED:
+            ap_log_rerror(APLOG_MARK, APLOG_WARNING, 0, r,
+                          "activate: card %016" APR_UINT64_T_HEX_FMT ": an attempt "
+                          "on a locked card", (apr_uint64_t)kr->serial);
             kmdc_metrics_activation(KMDC_METRIC_ACT_LOCKED);
             rv = answer_locked(r);
             break;

@@ -45,13 +45,13 @@
 #define KMDC_POOLING_SESSION        0   /* PostgreSQL itself, or a session pooler */
 #define KMDC_POOLING_TRANSACTION    1   /* a transaction pooler (pgbouncer) */
 
-/* Defaults and bounds (DESIGN 3.4, 3.5, 4; documented in docs/). */
+/* Defaults and bounds (docs/PROTOCOL.md sections 4 and 5; documented in docs/DIRECTIVES.md). */
 #define KMDC_DEF_SEQUENCE_WINDOW    64
 #define KMDC_MAX_SEQUENCE_WINDOW    1024
 #define KMDC_DEF_ENVELOPE_MAX_AGE   APR_INT64_C(86400)          /* 24 h */
 #define KMDC_MAX_ENVELOPE_MAX_AGE   APR_INT64_C(31536000)       /* 365 d */
 #define KMDC_DEF_MAX_DOCUMENT_SIZE  (APR_INT64_C(1) << 30)      /* 1 GiB */
-#define KMDC_MAX_MAX_DOCUMENT_SIZE  (APR_INT64_C(1) << 40)      /* DESIGN */
+#define KMDC_MAX_MAX_DOCUMENT_SIZE  (APR_INT64_C(1) << 40)  /* SIZE, PROTOCOL.md 3.3 */
 #define KMDC_DEF_MAX_RECIPIENTS     32
 #define KMDC_MAX_MAX_RECIPIENTS     32
 #define KMDC_DEF_MAX_UPLOADS        4

@@ -25,6 +25,7 @@
 #include "mod_kmdc.h"
 #include "mod_kmdc_db.h"
 #include "mod_kmdc_http.h"
+#include "mod_kmdc_metrics.h"
 
 /* PostgreSQL type oids used when reading binary results (pg_type.h). */
 #define KMDC_INT8OID 20
@@ -496,6 +497,7 @@ static apr_status_t db_release_cleanup(void *data)
         return APR_SUCCESS;
     }
     db->pg = NULL;
+    kmdc_metrics_gauge(KMDC_GAUGE_DB_IN_USE, -1);
     if (!db->broken) {
         PGTransactionStatusType ts = PQtransactionStatus(pg);
 
@@ -540,7 +542,9 @@ kmdc_db_rc kmdc_db_acquire(request_rec *r, kmdc_db **out)
         goto out;
     }
     for (attempt = 0; attempt < 2 && pg == NULL; attempt++) {
+        kmdc_metrics_gauge(KMDC_GAUGE_DB_WAITING, 1);
         rv = apr_reslist_acquire(pool->list, &res);
+        kmdc_metrics_gauge(KMDC_GAUGE_DB_WAITING, -1);
         if (rv == KMDC_RV_SCHEMA) {
             rc = KMDC_DB_SCHEMA;
             goto out;
@@ -580,6 +584,7 @@ kmdc_db_rc kmdc_db_acquire(request_rec *r, kmdc_db **out)
     db->pg = pg;
     db->r = r;
     db->pool = pool;
+    kmdc_metrics_gauge(KMDC_GAUGE_DB_IN_USE, 1);
     apr_pool_cleanup_register(r->pool, db, db_release_cleanup,
                               apr_pool_cleanup_null);
     *out = db;
@@ -775,6 +780,151 @@ void kmdc_db_param_text_array(kmdc_db_params *pp, apr_pool_t *p,
     kmdc_db_param_array(pp, p, KMDC_DB_TEXTOID, n, vals, lens);
 }
 
+/* ------------------------------------------------------------------------ */
+/* failures                                                                  */
+
+/* The names of the SQLSTATE classes an operator meets (PostgreSQL's
+ * errcodes appendix); NULL for the others. */
+static const char *class_name(const char *state)
+{
+    static const struct { const char cls[3]; const char *name; } names[] = {
+        { "08", "connection exception" },
+        { "22", "data exception" },
+        { "23", "integrity constraint violation" },
+        { "25", "invalid transaction state" },
+        { "28", "invalid authorization specification" },
+        { "40", "transaction rollback" },
+        { "42", "syntax error or access rule violation" },
+        { "53", "insufficient resources" },
+        { "54", "program limit exceeded" },
+        { "55", "object not in prerequisite state" },
+        { "57", "operator intervention" },
+        { "58", "system error" },
+        { "XX", "internal error" },
+    };
+    size_t i;
+
+    for (i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+        if (strncmp(state, names[i].cls, 2) == 0) {
+            return names[i].name;
+        }
+    }
+    return NULL;
+}
+
+/* Is c part of an SQL identifier? */
+static int ident_char(char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9')
+           || c == '_';
+}
+
+/* Does the keyword kw start at sql + i, as a whole word? */
+static int keyword_at(const char *sql, size_t i, const char *kw)
+{
+    size_t n = strlen(kw);
+
+    return (i == 0 || !ident_char(sql[i - 1])) && strncmp(sql + i, kw, n) == 0
+           && !ident_char(sql[i + n]);
+}
+
+/*
+ * What a statement does, from its text (the module's own constant SQL, never
+ * a value): its verb and the table it writes or reads, e.g. "INSERT
+ * audit_log", "SELECT cards", "COMMIT".  A WITH statement is named by the
+ * first INSERT, UPDATE or DELETE inside it; a SELECT by its first FROM
+ * outside parentheses.
+ */
+static const char *statement_label(char *buf, size_t cap, const char *sql)
+{
+    static const struct { const char *kw; const char *verb; } dml[] = {
+        { "INSERT INTO", "INSERT" }, { "UPDATE", "UPDATE" }, { "DELETE FROM", "DELETE" },
+    };
+    const char *verb = NULL;
+    const char *table = NULL;
+    size_t i, k, n = 0;
+    int depth = 0;
+
+    while (*sql == ' ' || *sql == '\n' || *sql == '\t') {
+        sql++;
+    }
+    for (i = 0; sql[i] != '\0' && table == NULL; i++) {
+        char c = sql[i];
+
+        if (c == '\'') {        /* a literal: skip to its end */
+            for (i++; sql[i] != '\0' && sql[i] != '\''; i++) {
+            }
+            if (sql[i] == '\0') {
+                break;
+            }
+            continue;
+        }
+        if (c == '(') {
+            depth++;
+            continue;
+        }
+        if (c == ')') {
+            depth--;
+            continue;
+        }
+        for (k = 0; k < sizeof(dml) / sizeof(dml[0]); k++) {
+            if (keyword_at(sql, i, dml[k].kw)) {
+                verb = dml[k].verb;
+                table = sql + i + strlen(dml[k].kw);
+                break;
+            }
+        }
+        if (table == NULL && depth == 0 && keyword_at(sql, i, "FROM")
+            && keyword_at(sql, 0, "SELECT")) {
+            verb = "SELECT";
+            table = sql + i + 4;
+        }
+    }
+    if (table == NULL) {
+        /* BEGIN, COMMIT, ROLLBACK, a SELECT of no table: its first word */
+        while (ident_char(sql[n]) && n + 1 < cap) {
+            buf[n] = sql[n];
+            n++;
+        }
+        buf[n] = '\0';
+        return n > 0 ? buf : "statement";
+    }
+    while (*table == ' ' || *table == '\n') {
+        table++;
+    }
+    n = (size_t)apr_snprintf(buf, cap, "%s ", verb);
+    while (ident_char(*table) && n + 1 < cap) {
+        buf[n++] = *table++;
+    }
+    buf[n] = '\0';
+    return buf;
+}
+
+/*
+ * One failed statement: logged at error level (purpose, statement, SQLSTATE
+ * and its class; the server's own message only at debug, since it may name a
+ * file or quote a value), counted by class, and noted for /health.
+ */
+static void note_failure(kmdc_db *db, const char *sql, const char *sqlstate,
+                         const char *primary, int lost)
+{
+    const char *state = sqlstate != NULL && sqlstate[0] != '\0' ? sqlstate
+                        : lost ? "08006" : "";
+    const char *cname = state[0] != '\0' ? class_name(state) : NULL;
+    char what[64];
+
+    statement_label(what, sizeof(what), sql);
+    ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, db->r,
+                  "kmdc: database statement failed: %s (%s), SQLSTATE %s, "
+                  "class %.2s%s%s%s", db->purpose != NULL ? db->purpose : "request",
+                  what, state[0] != '\0' ? state : "none",
+                  state[0] != '\0' ? state : "--", cname != NULL ? " (" : "",
+                  cname != NULL ? cname : "", cname != NULL ? ")" : "");
+    ap_log_rerror(APLOG_MARK, APLOG_DEBUG, 0, db->r,
+                  "kmdc: the database's message: %s", primary != NULL ? primary : "?");
+    kmdc_metrics_db_error(db->pool != NULL ? db->pool->conninfo : NULL, state);
+}
+
 static apr_status_t res_cleanup(void *data)
 {
     PQclear(data);
@@ -813,16 +963,16 @@ kmdc_db_rc kmdc_db_exec(kmdc_db *db, const char *sql, const kmdc_db_params *pp,
     pr = kmdc_db_stmt_exec(db->pg, sql, pp, binary_result);
     if (pr == NULL) {
         db->broken = 1;
-        ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r,
-                      "kmdc: a statement could not be sent to the database");
+        note_failure(db, sql, NULL, "no result (out of memory, or the connection "
+                     "is gone)", 1);
         return KMDC_DB_UNAVAILABLE;
     }
     apr_pool_cleanup_register(r->pool, pr, res_cleanup, apr_pool_cleanup_null);
     *res = pr;
-    return kmdc_db_check_result(db, pr);
+    return kmdc_db_check_result(db, pr, sql);
 }
 
-kmdc_db_rc kmdc_db_check_result(kmdc_db *db, const PGresult *pr)
+kmdc_db_rc kmdc_db_check_result(kmdc_db *db, const PGresult *pr, const char *sql)
 {
     request_rec *r = db->r;
     ExecStatusType st = PQresultStatus(pr);
@@ -848,12 +998,10 @@ kmdc_db_rc kmdc_db_check_result(kmdc_db *db, const PGresult *pr)
         ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r,
                       "kmdc: the database connection was lost: %s",
                       one_line(buf, sizeof(buf), PQerrorMessage(db->pg)));
+        note_failure(db, sql, kmdc_db_sqlstate(pr), primary, 1);
         return KMDC_DB_UNAVAILABLE;
     }
-    /* the primary message and SQLSTATE only: DETAIL may quote values */
-    ap_log_rerror(APLOG_MARK, APLOG_DEBUG, 0, r,
-                  "kmdc: statement failed, SQLSTATE %s: %s",
-                  kmdc_db_sqlstate(pr), primary != NULL ? primary : "?");
+    note_failure(db, sql, kmdc_db_sqlstate(pr), primary, 0);
     return KMDC_DB_ERROR;
 }
 

@@ -46,6 +46,8 @@ typedef struct kmdc_db {
     int broken;               /* a failure showed the connection is unusable */
     struct kmdc_db_batch *prefix; /* sent ahead of the next statement or batch
                                * (kmdc_db_defer), in the same round trip */
+    const char *purpose;      /* what it was borrowed for, a short label for
+                               * the log ("publish"); NULL: none given */
 } kmdc_db;
 
 /* Why the database could not be used. */
@@ -176,9 +178,13 @@ void kmdc_db_param_text_array(kmdc_db_params *pp, apr_pool_t *p,
  * 1 asks for every result column in binary (needed for bytea).  On
  * KMDC_DB_OK *res is the result (PGRES_COMMAND_OK or PGRES_TUPLES_OK), freed
  * with r->pool or earlier with kmdc_db_clear().  On failure *res still holds
- * the failed result when there is one (for kmdc_db_sqlstate), the failure is
- * logged at debug level with its SQLSTATE, and a broken connection marks db
- * broken (KMDC_DB_UNAVAILABLE).
+ * the failed result when there is one (for kmdc_db_sqlstate), and a broken
+ * connection marks db broken (KMDC_DB_UNAVAILABLE).  Every failure is logged
+ * at error level with its SQLSTATE and class and what the statement was for
+ * (db->purpose and the statement's verb and table, never a value: the
+ * server's message goes to debug only, it may name a file), counted in
+ * kmdc_db_errors_total, and a permission (42501) or resource (53xxx) error
+ * makes /health answer degraded for KMDC_DEGRADED_WINDOW seconds.
  */
 kmdc_db_rc kmdc_db_exec(kmdc_db *db, const char *sql, const kmdc_db_params *pp,
                         int binary_result, PGresult **res);
@@ -186,9 +192,10 @@ kmdc_db_rc kmdc_db_exec(kmdc_db *db, const char *sql, const kmdc_db_params *pp,
 /*
  * The result of one statement: KMDC_DB_OK for PGRES_COMMAND_OK or
  * PGRES_TUPLES_OK; KMDC_DB_UNAVAILABLE (db marked broken) when the
- * connection is gone; otherwise KMDC_DB_ERROR, logged with its SQLSTATE.
+ * connection is gone; otherwise KMDC_DB_ERROR, logged with its SQLSTATE and
+ * what sql was for.
  */
-kmdc_db_rc kmdc_db_check_result(kmdc_db *db, const PGresult *res);
+kmdc_db_rc kmdc_db_check_result(kmdc_db *db, const PGresult *res, const char *sql);
 
 /* ---- mod_kmdc_dbexec.c: prepared statements and batches ------------------- */
 

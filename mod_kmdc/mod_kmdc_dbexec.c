@@ -339,7 +339,17 @@ kmdc_db_rc kmdc_db_batch_run(kmdc_db_batch *b)
         }
         kmdc_db_keep_result(db, res);
         it->res = res;
-        if (rc == KMDC_DB_OK && (rc = kmdc_db_check_result(db, res)) != KMDC_DB_OK) {
+        if (rc != KMDC_DB_OK) {
+            continue;                    /* skipped by the server */
+        }
+        if (pre != NULL && i < pre->n && PQresultStatus(res) == PGRES_FATAL_ERROR
+            && strcmp(kmdc_db_sqlstate(res), "23505") == 0) {
+            /* a deferred statement's unique violation is its answer (a
+             * replayed nonce), not a failure to log */
+            rc = KMDC_DB_DEFERRED_CONFLICT;
+            failed = i;
+        }
+        else if ((rc = kmdc_db_check_result(db, res, it->sql)) != KMDC_DB_OK) {
             failed = i;
         }
     }
@@ -367,12 +377,8 @@ kmdc_db_rc kmdc_db_batch_run(kmdc_db_batch *b)
         return KMDC_DB_UNAVAILABLE;
     }
     if (failed >= 0 && pre != NULL && failed < pre->n) {
-        /* the deferred statements failed: nothing of b ran */
-        b->failed = 0;
-        if (rc == KMDC_DB_ERROR
-            && strcmp(kmdc_db_sqlstate(pre->items[failed].res), "23505") == 0) {
-            rc = KMDC_DB_DEFERRED_CONFLICT;
-        }
+        b->failed = 0;                   /* the deferred statements failed:
+                                          * nothing of b ran */
         return rc;
     }
     if (failed >= 0) {

@@ -1,6 +1,6 @@
 /*
  * mod_kmdc_mailbox.c - GET /mailbox/{serial}, GET and DELETE
- * /mailbox/{serial}/{id} (DESIGN 3.6).  Request authentication has already
+ * /mailbox/{serial}/{id} (docs/API.md).  Request authentication has already
  * checked that the signer is the card of the path and that it is active.
  *
  * The listing shows the queued, unexpired deliveries in seq order with the
@@ -52,7 +52,7 @@
 
 #define ENVELOPE_TYPE "application/vnd.kmdc.envelope"
 
-/* Longest ?wait=S honoured (DESIGN 3.6). */
+/* Longest ?wait=S honoured (docs/API.md). */
 #define KMDC_WAIT_MAX 60
 
 /* Bytes of SHA-256 the ETag shows. */

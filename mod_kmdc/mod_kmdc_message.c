@@ -1,5 +1,5 @@
 /*
- * mod_kmdc_message.c - GET /messages/{id} (DESIGN 3.6): the sender's view of
+ * mod_kmdc_message.c - GET /messages/{id} (docs/API.md): the sender's view of
  * one message, each recipient's state.
  *
  * Only the card that sent the message sees it; for every other signer the

@@ -26,6 +26,7 @@
 
 #include "httpd.h"
 #include "apr_pools.h"
+#include "apr_time.h"
 
 /* The outcomes of POST /send (kmdc_send_total{result=...}). */
 typedef enum kmdc_metric_send {
@@ -79,7 +80,9 @@ void kmdc_metrics_route(request_rec *r, const char *name, int nseg, int method);
  * Count a request the kmdc handler answered (rv: what the handler returns):
  * kmdc_requests_total under the endpoint noted by kmdc_metrics_route
  * ("unknown" when none was noted: no route matched, or its serial or id
- * was malformed), and kmdc_db_unavailable_total when the answer was 503.
+ * was malformed) and the answer's status code, its duration since
+ * r->request_time in kmdc_request_duration_seconds, and
+ * kmdc_db_unavailable_total when the answer was 503.
  */
 void kmdc_metrics_answered(request_rec *r, int rv);
 
@@ -108,5 +111,52 @@ void kmdc_metrics_db_round_trip(void);
 /* Add delta (+1 or -1) to this child's long-polls suspended in the event MPM
  * (a part of those counted by kmdc_metrics_longpoll). */
 void kmdc_metrics_longpoll_suspended(int delta);
+
+/* Gauges kept per child like the long-poll gauge (kmdc_metrics_gauge). */
+typedef enum kmdc_metric_gauge {
+    KMDC_GAUGE_DB_IN_USE = 0,     /* pooled connections borrowed by requests */
+    KMDC_GAUGE_DB_WAITING,        /* requests waiting for a pooled connection */
+    KMDC_GAUGE_UPLOADS,           /* POST /send requests in progress */
+    KMDC_GAUGE_N
+} kmdc_metric_gauge;
+
+/* Add delta (+1 or -1) to this child's share of gauge g. */
+void kmdc_metrics_gauge(kmdc_metric_gauge g, int delta);
+
+/* How long a permission or resource error of the database keeps /health
+ * degraded after it was last seen, in seconds (docs/ADMIN.md, Logs). */
+#define KMDC_DEGRADED_WINDOW 60
+
+/* Why a database is degraded (kmdc_metrics_db_degraded). */
+typedef enum kmdc_degraded {
+    KMDC_DEGRADED_NONE = 0,
+    KMDC_DEGRADED_PERMISSION,     /* SQLSTATE 42501 insufficient_privilege */
+    KMDC_DEGRADED_DISK_FULL,      /* SQLSTATE 53100 disk_full */
+    KMDC_DEGRADED_RESOURCES,      /* any other of class 53 (memory, connections) */
+    KMDC_DEGRADED_N
+} kmdc_degraded;
+
+/*
+ * Count one failed statement of the database named by conninfo (its
+ * KmdcDatabase) under kmdc_db_errors_total{class=...}, the first two
+ * characters of sqlstate ("" or anything malformed counts as class "XX",
+ * internal error).  42501 and class 53 also mark that database degraded
+ * now, in the shared segment (every child's /health sees it) and in this
+ * process (when there is no segment).
+ */
+void kmdc_metrics_db_error(const char *conninfo, const char *sqlstate);
+
+/*
+ * Whether the database named by conninfo saw a permission or resource
+ * error within the last KMDC_DEGRADED_WINDOW seconds before now (in any
+ * child; in this child only when shared memory is off).  Returns the most
+ * recent such reason and sets *ago to its age in seconds, or
+ * KMDC_DEGRADED_NONE.
+ */
+kmdc_degraded kmdc_metrics_db_degraded(const char *conninfo, apr_time_t now, int *ago);
+
+/* The stable name of a reason ("permission_denied", "disk_full",
+ * "insufficient_resources"; "none"). */
+const char *kmdc_degraded_name(kmdc_degraded why);
 
 #endif

@@ -1,6 +1,6 @@
 /*
  * mod_kmdc_notify.h - the NOTIFY listener that wakes mailbox long-polls
- * (GET /mailbox/{serial}?wait=S, DESIGN 3.6 and 4).
+ * (GET /mailbox/{serial}?wait=S, docs/API.md and docs/ADMIN.md section 11).
  *
  * Every child keeps, per database (KmdcDatabase), one dedicated libpq
  * connection outside the pool that runs `LISTEN kmdc_mailbox`, and one thread

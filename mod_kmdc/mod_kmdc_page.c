@@ -3,7 +3,7 @@
  *
  * A small, dependency-free HTML page with two forms: an upload form for a
  * sealed .kmdc envelope (multipart/form-data with one file part "envelope",
- * posted to {location}/send, exactly what DESIGN 3.6 accepts), and a status
+ * posted to {location}/send, exactly what docs/API.md accepts), and a status
  * form for GET {location}/messages/{id}, which needs a signed Authorization
  * header the browser cannot make: the user pastes the line `kmdc sign`
  * printed.  A little inline script sends both with fetch() and renders the

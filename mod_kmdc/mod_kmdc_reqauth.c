@@ -1,5 +1,5 @@
 /*
- * mod_kmdc_reqauth.c - request authentication (DESIGN 3.5), run by the
+ * mod_kmdc_reqauth.c - request authentication (docs/PROTOCOL.md section 5), run by the
  * dispatcher before every route flagged KMDC_ROUTE_AUTH.
  *
  * In this order, so that each refusal says as little as it must:
@@ -52,7 +52,7 @@ static int answered(int rv)
     return rv == OK ? DONE : rv;
 }
 
-/* 401 with the challenge of DESIGN 3.5. */
+/* 401 with the challenge of docs/PROTOCOL.md section 5. */
 static int unauthorized(request_rec *r, const char *msg)
 {
     apr_table_setn(r->headers_out, "WWW-Authenticate", KMDC_AUTH_SCHEME);

@@ -64,11 +64,15 @@ kmdc_store *kmdc_store_pg(request_rec *r)
     return &ps->base;
 }
 
-kmdc_store_rc kmdc_pg_borrow(kmdc_pg_store *ps, kmdc_db **db)
+kmdc_store_rc kmdc_pg_borrow_for(kmdc_pg_store *ps, kmdc_db **db, const char *op)
 {
     kmdc_db_rc rc = kmdc_db_acquire(ps->r, db);
 
     if (rc == KMDC_DB_OK) {
+        if (op != NULL && strncmp(op, "kmdc_pg_", 8) == 0) {
+            op += 8;
+        }
+        (*db)->purpose = op;
         if (ps->deferred != NULL) {
             kmdc_db_defer(*db, ps->deferred);
             ps->deferred = NULL;
@@ -227,6 +231,13 @@ void kmdc_pg_audit_add(kmdc_db_batch *b, uint64_t serial, const char *event, jso
                       "VALUES ($1::bigint, $2::text, $3::jsonb)", &pp, 0);
     free(detail);
     json_decref(obj);
+}
+
+kmdc_degraded kmdc_store_degraded(request_rec *r, int *ago)
+{
+    const kmdc_srv_conf *sc = kmdc_conf_get(r->server);
+
+    return kmdc_metrics_db_degraded(sc != NULL ? sc->conninfo : NULL, apr_time_now(), ago);
 }
 
 int kmdc_store_answer_failure(request_rec *r, kmdc_store_rc rc)

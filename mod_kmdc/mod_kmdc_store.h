@@ -10,6 +10,8 @@
 
 #include "kmdc_store.h"
 
+#include "mod_kmdc_metrics.h"
+
 /*
  * The PostgreSQL store serving r (allocated from r->pool).  Each operation
  * borrows a pooled connection of r's server for its own duration and gives
@@ -28,6 +30,14 @@ void kmdc_store_child_init(apr_pool_t *pchild, server_rec *s);
  */
 const char *kmdc_db_conninfo_problem(apr_pool_t *p, const char *directive,
                                      const char *conninfo);
+
+/*
+ * Whether r's database (its server's KmdcDatabase) refused a statement for
+ * lack of privilege (42501) or resources (53xxx: a full disk) within the
+ * last KMDC_DEGRADED_WINDOW seconds, in any child: the reason (*ago its age
+ * in seconds) or KMDC_DEGRADED_NONE.  GET /health then answers 503 degraded.
+ */
+kmdc_degraded kmdc_store_degraded(request_rec *r, int *ago);
 
 /*
  * Answer a store failure: UNAVAILABLE 503 "unavailable" and SCHEMA 503

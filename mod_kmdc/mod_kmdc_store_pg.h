@@ -34,8 +34,11 @@ typedef struct kmdc_pg_store {
 
 /* Borrow a connection for one operation: KMDC_STORE_OK (*db set, give it
  * back with kmdc_db_release), UNAVAILABLE or SCHEMA (*db NULL).  A deferred
- * nonce record goes with its first statement. */
-kmdc_store_rc kmdc_pg_borrow(kmdc_pg_store *ps, kmdc_db **db);
+ * nonce record goes with its first statement.  op names
+ * the operation in the log of a failed statement (kmdc_pg_borrow passes the
+ * calling function's name: "kmdc_pg_publish" is logged as "publish"). */
+kmdc_store_rc kmdc_pg_borrow_for(kmdc_pg_store *ps, kmdc_db **db, const char *op);
+#define kmdc_pg_borrow(ps, db) kmdc_pg_borrow_for((ps), (db), __func__)
 
 /* The store's code for a statement that failed with rc (the connection is
  * rolled back and given back by the caller). */

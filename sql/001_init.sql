@@ -4,7 +4,7 @@
 -- COMMIT; this file must not).  The last statement records the version, so the
 -- file is also correct under `psql -1 -v ON_ERROR_STOP=1 -f 001_init.sql`.
 --
--- The constraints below hold the invariants of DESIGN.md even against a buggy
+-- The constraints below hold the invariants of docs/PROTOCOL.md even against a buggy
 -- caller: counters stay in 0 .. 2^63-1 and never go back, one live card per
 -- address, unique (recipient, seq) deliveries, unique (serial, seq) receipts,
 -- a revoked card stays revoked.  No column ever holds an unwrapped secret.
@@ -15,7 +15,7 @@ CREATE TABLE schema_migrations (
     applied_at timestamptz NOT NULL DEFAULT now()
 );
 
--- One row per card.  Wrapped values (DESIGN 3.8) are
+-- One row per card.  Wrapped values (docs/PROTOCOL.md section 8) are
 -- u32 key id || 24-byte salt || 32-byte ciphertext || 16-byte tag = 76 bytes.
 CREATE TABLE cards (
     serial              bigint      PRIMARY KEY CHECK (serial > 0),
@@ -130,7 +130,7 @@ CREATE TABLE deliveries (
 CREATE INDEX deliveries_mailbox ON deliveries (recipient, state);
 CREATE INDEX deliveries_expiry ON deliveries (expires_at) WHERE state = 'queued';
 
--- One receipt per spent up counter (DESIGN 3.4).  answer is the JSON body given.
+-- One receipt per spent up counter (docs/PROTOCOL.md section 4).  answer is the JSON body given.
 CREATE TABLE receipts (
     serial          bigint      NOT NULL REFERENCES cards (serial),
     seq             bigint      NOT NULL CHECK (seq >= 0),
@@ -147,7 +147,7 @@ CREATE TABLE receipts (
 );
 CREATE INDEX receipts_created_at ON receipts (created_at);
 
--- Request nonces seen (DESIGN 3.5), kept even when the request failed,
+-- Request nonces seen (docs/PROTOCOL.md section 5), kept even when the request failed,
 -- purged after 600 s.
 CREATE TABLE request_nonces (
     serial  bigint      NOT NULL,

@@ -1,4 +1,4 @@
-# t/010_reqauth.t - request authentication (DESIGN 3.5) against the real
+# t/010_reqauth.t - request authentication (docs/PROTOCOL.md section 5) against the real
 # server and database: missing, malformed, wrong, stale and replayed
 # Authorization headers answer 401 with WWW-Authenticate; a good signature
 # for a card that may not do this answers 403; bodies are bounded; nonces are

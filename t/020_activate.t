@@ -1,5 +1,5 @@
-# t/020_activate.t - POST /activate/{serial} and GET /card/{serial} (DESIGN
-# 3.2, 3.6) against the real server and database: the strict form, wrong and
+# t/020_activate.t - POST /activate/{serial} and GET /card/{serial} (docs/PROTOCOL.md
+# sections 2 and 7, docs/API.md) against the real server and database: the strict form, wrong and
 # expired codes counted in the database, the lock after five failures, the
 # key rotation (the pre-activation key stops working, the rotated one works,
 # the stored keys changed), 409 for an active card, the card JSON.

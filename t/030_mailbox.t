@@ -199,7 +199,7 @@ my $etag1;
     if (!$pid) {
         Time::HiRes::sleep(0.7);
         inject($bob, [5], [$carol, 1, '1 day']);
-        # what POST /send does after its rows: wake the long-polls (DESIGN 3.6)
+        # what POST /send does after its rows: wake the long-polls (docs/API.md)
         sql("SELECT pg_notify('kmdc_mailbox', '$carol->{serial}')");
         exit 0;
     }

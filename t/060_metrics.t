@@ -19,11 +19,12 @@ use lib "$FindBin::Bin/lib";
 use Apache::Test qw(-withtestmore);
 use Apache::TestRequest ();
 use File::Temp qw(tempdir);
+use IO::Socket::INET ();
 use POSIX ();
 use Time::HiRes qw(time sleep);
 use KmdcTest qw(:all);
 
-plan tests => 43;
+plan tests => 52;
 
 my $build = $ENV{KMDC_BUILD} or die "KMDC_BUILD not set: run t/run-suite BUILD_DIR\n";
 my $mkey = $ENV{KMDC_MASTER_KEY_FILE} or die "KMDC_MASTER_KEY_FILE not set\n";
@@ -71,7 +72,9 @@ sub parse {
         }
         if ($line =~ /^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{$label(?:,$label)*\})? (-?[0-9]+(?:\.[0-9]+)?(?:e[+-]?[0-9]+)?)$/) {
             my ($name, $labels, $v) = ($1, $2 // '', $3);
-            push @bad, "no TYPE before: $line" unless $types{$name};
+            (my $base = $name) =~ s/_(?:bucket|sum|count)$//;
+            push @bad, "no TYPE before: $line"
+                unless $types{$name} || ($types{$base} // '') eq 'histogram';
             push @bad, "twice: $line" if exists $samples{"$name$labels"};
             $samples{"$name$labels"} = $v;
             next;
@@ -85,6 +88,40 @@ sub snapshot {
     my ($code, $h, $body) = page();
     die "the metrics page answered $code" unless $code == 200;
     return parse($body)->{samples};
+}
+
+# The endpoints of kmdc_requests_total.
+my @endpoints = qw(page health send activate card mailbox_list mailbox_fetch mailbox_ack
+                   messages other unknown);
+
+# A reading as counters per endpoint: kmdc_requests_total{endpoint=X,code=Y}
+# summed into kmdc_requests_total{endpoint=X} (every endpoint, 0 when none),
+# without the histogram and the gauges (checked on their own).
+sub collapse {
+    my ($raw) = @_;
+    my %c = map { ("kmdc_requests_total{endpoint=\"$_\"}" => 0) } @endpoints;
+    for my $k (keys %$raw) {
+        if ($k =~ /^kmdc_requests_total\{endpoint="([a-z_]+)",code="\d+"\}$/) {
+            $c{"kmdc_requests_total{endpoint=\"$1\"}"} += $raw->{$k};
+        }
+        elsif ($k !~ /^kmdc_request_duration_seconds_|^kmdc_db_pool_|^kmdc_uploads_in_flight$|^kmdc_build_info\{/) {
+            $c{$k} = $raw->{$k};
+        }
+    }
+    return \%c;
+}
+
+# The delta of kmdc_requests_total{endpoint=ep,code=...} between two raw
+# readings, as "code:n ..." (sorted, nonzero only).
+sub code_deltas {
+    my ($a, $b, $ep) = @_;
+    my %d;
+    for my $k (keys %$b) {
+        next unless $k =~ /^kmdc_requests_total\{endpoint="\Q$ep\E",code="(\d+)"\}$/;
+        my $n = $b->{$k} - ($a->{$k} // 0);
+        $d{$1} = $n if $n;
+    }
+    return join ' ', map { "$_:$d{$_}" } sort keys %d;
 }
 
 sub client_card {
@@ -143,7 +180,9 @@ sub slurp {
 my @metrics = qw(kmdc_send_total kmdc_send_bytes_total kmdc_deliveries_total
                  kmdc_requests_total kmdc_auth_failures_total kmdc_activations_total
                  kmdc_longpoll_waiting kmdc_longpoll_suspended kmdc_db_unavailable_total
-                 kmdc_db_round_trips_total kmdc_start_time_seconds);
+                 kmdc_db_round_trips_total kmdc_start_time_seconds
+                 kmdc_request_duration_seconds kmdc_db_pool_in_use kmdc_db_pool_waiting
+                 kmdc_uploads_in_flight kmdc_build_info kmdc_db_errors_total);
 my $start_time;
 {
     my ($code, $h, $body) = page();
@@ -159,6 +198,28 @@ my $start_time;
     is_deeply([sort grep { !/_total$/ } grep { $p->{types}{$_} eq 'counter' } keys %{ $p->{types} }],
               [], '... counters are named *_total');
     is($p->{types}{kmdc_longpoll_waiting}, 'gauge', '... kmdc_longpoll_waiting is a gauge');
+    is(join(' ', map { $p->{types}{$_} // '-' } qw(kmdc_db_pool_in_use kmdc_db_pool_waiting
+                                                    kmdc_uploads_in_flight kmdc_build_info
+                                                    kmdc_request_duration_seconds)),
+       'gauge gauge gauge gauge histogram', '... the pool, upload and build gauges, the histogram');
+    is(join(' ', map { $p->{samples}{$_} // '-' } qw(kmdc_db_pool_in_use kmdc_db_pool_waiting
+                                                      kmdc_uploads_in_flight)),
+       '0 0 0', '... no connection borrowed, none waited for, no upload now');
+    my @info = grep { /^kmdc_build_info\{version="[0-9][^"]*",schema="2"\}$/ } keys %{ $p->{samples} };
+    ok(@info == 1 && $p->{samples}{$info[0]} == 1, '... kmdc_build_info{version,schema="2"} 1')
+        or diag(explain([grep { /build_info/ } keys %{ $p->{samples} }]));
+    my $hist_ok = 1;
+    for my $ep (@endpoints) {
+        my $n = 0;
+        for my $le (qw(0.005 0.01 0.025 0.05 0.1 0.25 0.5 1 2.5 5 10 30 60 120 300 +Inf)) {
+            my $v = $p->{samples}{"kmdc_request_duration_seconds_bucket{endpoint=\"$ep\",le=\"$le\"}"};
+            $hist_ok = 0 unless defined $v && $v >= $n;
+            $n = $v // $n;
+        }
+        $hist_ok = 0 unless ($p->{samples}{"kmdc_request_duration_seconds_count{endpoint=\"$ep\"}"} // -1) == $n
+            && defined $p->{samples}{"kmdc_request_duration_seconds_sum{endpoint=\"$ep\"}"};
+    }
+    ok($hist_ok, '... a histogram per endpoint: cumulative buckets, +Inf equal to _count, _sum');
     $start_time = $p->{samples}{kmdc_start_time_seconds} // 0;
     ok($start_time > time - 86400 && $start_time <= time + 1,
        "... kmdc_start_time_seconds is a recent Unix time ($start_time)");
@@ -186,7 +247,8 @@ my $wrong = '00000-00000';
     is(scalar keys %distinct, 1, 'eight reads over new connections give the same text');
 }
 
-my $m0 = snapshot();
+my $raw0 = snapshot();
+my $m0 = collapse($raw0);
 my %want;     # expected deltas, "name{labels}" => n
 
 # ---- activations -----------------------------------------------------------------------
@@ -257,7 +319,7 @@ my %want;     # expected deltas, "name{labels}" => n
 # is known, but its serial or id is not one: neither the endpoint's counter
 # nor any other moves.
 {
-    my $before = snapshot();
+    my $before = collapse(snapshot());
     my $mb = "/kmdc/mailbox/$x->{serial}";
     my @codes = (request('GET', '/kmdc/mailbox/XYZ')->code,
                  signed($x, 'GET', "$mb/notanid")->code,
@@ -265,7 +327,7 @@ my %want;     # expected deltas, "name{labels}" => n
                  signed($x, 'GET', '/kmdc/messages/notanid')->code);
     is("@codes", '404 404 404 404',
        'requests: a malformed serial, a malformed delivery id (GET, DELETE), a malformed message id');
-    my $after = snapshot();
+    my $after = collapse(snapshot());
     my %moved;
     for my $ep (qw(unknown mailbox_list mailbox_fetch mailbox_ack messages other)) {
         my $k = "kmdc_requests_total{endpoint=\"$ep\"}";
@@ -308,10 +370,63 @@ my %want;     # expected deltas, "name{labels}" => n
     $want{'kmdc_requests_total{endpoint="mailbox_list"}'} += 2;
 }
 
-# ---- the deltas ---------------------------------------------------------------------------------
-my $m1 = snapshot();
+# ---- uploads in flight ------------------------------------------------------------------------
+# An upload that stalls after its first bytes is in flight until the client
+# goes away.
 {
-    is_deeply([sort keys %$m1], [sort keys %$m0], 'the second reading has the same samples');
+    my ($host, $port) = $url =~ m{^http://([^/:]+):(\d+)} or die "url: $url";
+    my $sock = IO::Socket::INET->new(PeerAddr => $host, PeerPort => $port, Proto => 'tcp')
+        or die "connect: $!";
+    print {$sock} "POST /kmdc/send HTTP/1.1\r\nHost: $host\r\n"
+        . "Content-Type: application/vnd.kmdc.envelope\r\nContent-Length: 100000\r\n\r\nKMDC";
+    $sock->flush;
+    my $seen = 0;
+    my $end = time + 5;
+    while (time < $end && !$seen) {
+        $seen = (snapshot()->{kmdc_uploads_in_flight} // 0) == 1;
+        sleep 0.05 unless $seen;
+    }
+    ok($seen, 'kmdc_uploads_in_flight is 1 while an upload is in progress');
+    close $sock;
+    $end = time + 10;
+    my $now = 1;
+    while (time < $end && $now) {
+        $now = snapshot()->{kmdc_uploads_in_flight} // 0;
+        sleep 0.05 if $now;
+    }
+    is($now, 0, '... and 0 once its client went away');
+    $want{'kmdc_requests_total{endpoint="send"}'} += 1;
+    $want{'kmdc_send_total{result="rejected"}'} += 1;
+}
+
+# ---- the deltas ---------------------------------------------------------------------------------
+my $raw1 = snapshot();
+my $m1 = collapse($raw1);
+{
+    my @gone = grep { !exists $raw1->{$_} } sort keys %$raw0;
+    my @new = grep { !exists $raw0->{$_} && !/^kmdc_requests_total\{endpoint="[a-z_]+",code="\d+"\}$/ }
+              sort keys %$raw1;
+    ok(!@gone && !@new, 'the second reading has the same samples, and new status codes')
+        or diag(explain({ gone => \@gone, new => \@new }));
+    my %codes = (activate => '204:1 403:8', send => '200:1 201:2 400:2 403:1 404:1',
+                 mailbox_list => '200:2 304:1 401:3', health => '200:1', card => '200:1',
+                 unknown => '404:5 405:1', page => '', mailbox_fetch => '', mailbox_ack => '',
+                 messages => '', other => '');
+    is_deeply({ map { $_ => code_deltas($raw0, $raw1, $_) } @endpoints }, \%codes,
+              'kmdc_requests_total counts each answer under its status code');
+    my ($counts_ok, @why) = (1);
+    for my $ep (@endpoints) {
+        my $dc = $raw1->{"kmdc_request_duration_seconds_count{endpoint=\"$ep\"}"}
+                 - $raw0->{"kmdc_request_duration_seconds_count{endpoint=\"$ep\"}"};
+        my $dr = $m1->{"kmdc_requests_total{endpoint=\"$ep\"}"} - $m0->{"kmdc_requests_total{endpoint=\"$ep\"}"};
+        if ($dc != $dr) { $counts_ok = 0; push @why, "$ep: $dc timed, $dr counted"; }
+    }
+    ok($counts_ok, 'every answered request is timed in its endpoint\'s histogram') or diag("@why");
+    my $k = 'kmdc_request_duration_seconds_bucket{endpoint="mailbox_list",le="2.5"}';
+    my $slow = ($raw1->{'kmdc_request_duration_seconds_count{endpoint="mailbox_list"}'}
+               - $raw0->{'kmdc_request_duration_seconds_count{endpoint="mailbox_list"}'})
+               - ($raw1->{$k} - $raw0->{$k});
+    is($slow, 1, '... the 3-second long-poll is the one mailbox_list request above 2.5 s');
     my %got;
     for my $k (keys %$m1) {
         # the round trips depend on which connections had prepared what:

@@ -234,7 +234,7 @@ is(db_card($alice)->{up_next}, $ci->{up_next}, 'sizes: the card\'s up_next equal
     is($r->{rc}, 1, 'out of order: the second envelope cannot be opened again')
         or diag(explain_run($r));
 
-    # opened with kmdc open but never acknowledged: DESIGN 3.4, "a listed
+    # opened with kmdc open but never acknowledged: docs/PROTOCOL.md section 4, "a listed
     # delivery it has already written is simply acknowledged again"
     my $doc4 = document(path('.o4'), 3000, 'order-4');
     ($r) = send_doc($alice, $bob->{addr}, $doc4, name => 'order-4.bin');

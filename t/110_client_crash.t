@@ -57,7 +57,7 @@ my @fetch_steps = qw(fetch:after-advance fetch:after-rename fetch:after-record f
 my $PER_SEND = 10;
 my $PER_FETCH = 8;
 
-# DESIGN 3.4 has the card record "delivery id -> file written" before the
+# docs/PROTOCOL.md section 4 has the card record "delivery id -> file written" before the
 # final rename; client/kmdc_fetch.c renames first, so a crash between the two
 # writes the document a second time ("name (1)").  Reported to the lead.
 my %todo = ();    # no known bug left

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# t/kmdcadm_ops.sh - kmdcadm resync, rekey, purge and audit against a private
+# t/kmdcadm_ops.sh - kmdcadm setup, resync, rekey, purge and audit against a private
 # PostgreSQL cluster, printing TAP.
 #
 #   t/kmdcadm_ops.sh [BUILDDIR | PATH-TO-KMDCADM]     (or env KMDCADM=PATH)
@@ -9,7 +9,7 @@
 # (messages, deliveries, uploads, receipts, nonces with old timestamps) is
 # built directly with SQL, since none of it needs the service.  The stored
 # chain keys are checked independently of libkmdc with Python's cryptography
-# package when it is installed (DESIGN 3.8 wrapping, 3.2 chain step).
+# package when it is installed (docs/PROTOCOL.md section 8 wrapping, section 2 chain step).
 # Exit status non-zero on any failure.
 set -u
 
@@ -90,7 +90,7 @@ wrapped() {   # wrapped SERIAL COLUMN: the stored value in hex
 counters() { q -c "SELECT up_next || '/' || down_next FROM cards WHERE serial = $1"; }
 audit_rows() { q -c "SELECT count(*) FROM audit_log WHERE event = '$1'"; }
 
-# An independent reader of DESIGN 3.8 wrapped values and the 3.2 chain step.
+# An independent reader of docs/PROTOCOL.md section 8 wrapped values and the section 2 chain step.
 have_py=0
 if python3 -c 'import cryptography.hazmat.primitives.ciphers.aead' 2>/dev/null; then
     have_py=1
@@ -473,6 +473,106 @@ adm audit --serial zz >/dev/null 2>&1; r3=$?
 [ $r1 -eq 2 ] && [ $r2 -eq 2 ] && [ $r3 -eq 2 ]
 ok $? "audit: a bad --since, --limit or --serial is a usage error"
 
+# --- setup -------------------------------------------------------------------------
+# One step from a superuser's connection to a database the module can use:
+# roles, database, schema, least-privilege grants, master key; twice.
+sk="$work/setup-keys"
+setup() {
+    adm setup --database kmdc_st --owner kmdc_st_owner --httpd-role kmdc_st_httpd \
+        --key-dir "$sk" --admin-user root "$@" 2>&1
+}
+out1=$(setup); rc=$?
+[ $rc -eq 0 ] && [[ $out1 == *"role kmdc_st_owner: created"* ]] \
+    && [[ $out1 == *"role kmdc_st_httpd: created"* ]] \
+    && [[ $out1 == *"database kmdc_st: created, owned by kmdc_st_owner"* ]] \
+    && [[ $out1 == *"schema is now at version 2"* ]] \
+    && [[ $out1 == *"master key $sk/master-1.key: created"* ]]
+ok $? "setup: creates the roles, the database, the schema and a master key, saying so"
+[ $rc -eq 0 ] || diag "$out1"
+printf '%s\n' "$out1" | grep -qxF "    KmdcDatabase \"host=$PGHOST port=$PGPORT dbname=kmdc_st user=kmdc_st_httpd\"" \
+    && printf '%s\n' "$out1" | grep -qxF "    KmdcMasterKey 1 $sk/master-1.key"
+ok $? "setup: prints the KmdcDatabase and KmdcMasterKey lines to use"
+[ "$(stat -c %a:%U "$sk")" = "700:$(id -un)" ] \
+    && [ "$(stat -c %a:%U "$sk/master-1.key")" = "600:$(id -un)" ] \
+    && [ "$(wc -c <"$sk/master-1.key")" -eq 65 ]
+ok $? "setup: the key folder is 0700 and the key 0600, owned by the user running it"
+key_sum=$(sha256sum <"$sk/master-1.key")
+out2=$(setup); rc=$?
+[ $rc -eq 0 ] && [[ $out2 != *created* ]] && [[ $out2 == *"schema is up to date at version 2"* ]] \
+    && [[ $out2 == *"master key $sk/master-1.key: exists"* ]] \
+    && [ "$(sha256sum <"$sk/master-1.key")" = "$key_sum" ]
+ok $? "setup: a second run creates nothing and keeps the key"
+[ $rc -eq 0 ] || diag "$out2"
+[ "$(q -d kmdc_st -c "SELECT count(*) FROM pg_tables WHERE schemaname = 'public' AND tableowner <> 'kmdc_st_owner'")" = 0 ] \
+    && [ "$(q -d kmdc_st -c "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'")" -gt 5 ]
+ok $? "setup: every table belongs to the owner role"
+[ "$(q -c "SELECT rolsuper::text || rolcreatedb::text || rolcreaterole::text FROM pg_roles WHERE rolname IN ('kmdc_st_owner', 'kmdc_st_httpd')" | sort -u)" = falsefalsefalse ]
+ok $? "setup: neither role is a superuser or may create databases or roles"
+# the httpd role: what the module does works, nothing more
+asw() { psql -X -q -At -v ON_ERROR_STOP=1 -U kmdc_st_httpd -d kmdc_st -c "$1" 2>&1; }
+[ "$(asw 'SELECT max(version) FROM schema_migrations')" = 2 ] \
+    && asw "INSERT INTO audit_log (serial, event, detail) VALUES (1, 'setup.test', '{}')" >/dev/null \
+    && asw "INSERT INTO request_nonces (serial, nonce) VALUES (1, '\\x00')" >/dev/null \
+    && asw 'SELECT count(*) FROM cards' >/dev/null \
+    && asw 'UPDATE cards SET up_next = up_next WHERE false' >/dev/null
+ok $? "setup: the httpd role reads the schema version and cards, writes the audit log and nonces"
+denied=0
+for stmt in 'SELECT count(*) FROM audit_log' 'DELETE FROM receipts' 'DELETE FROM request_nonces' \
+            "INSERT INTO cards (serial) VALUES (1)" "UPDATE cards SET address = 'x' WHERE false" \
+            'DELETE FROM cards' 'CREATE TABLE kmdc_st_x (i int)' 'DELETE FROM deliveries'; do
+    o=$(asw "$stmt")
+    case "$o" in *"permission denied"*) ;; *) denied=1; diag "not refused: $stmt: $o" ;; esac
+done
+ok $denied "setup: the httpd role may not read the audit log, delete receipts, nonces, cards or deliveries, write addresses or create tables"
+q -c "CREATE ROLE kmdc_st_other LOGIN" >/dev/null
+o=$(psql -X -q -At -U kmdc_st_other -d kmdc_st -c 'SELECT 1' 2>&1)
+[[ $o == *"permission denied for database"* ]]
+ok $? "setup: PUBLIC may not connect to the database"
+grants_doc=$(sed -n '/^### Grants for the module/,/^## 3\./p' "$top/docs/ADMIN.md" \
+    | sed -n '/^```sql$/,/^```$/p' | sed '1d;$d' | tr -s ' \n' ' ' | sed 's/ *; */;\n/g; s/^ //')
+grants_adm=$(adm setup --print-grants | tr -s ' \n' ' ' | sed 's/ *; */;\n/g; s/^ //')
+[ -n "$grants_adm" ] && [ "$grants_doc" = "$grants_adm" ]
+ok $? "setup: its grants are exactly those of docs/ADMIN.md section 2"
+[ "$grants_doc" = "$grants_adm" ] || diag "ADMIN.md: $grants_doc" "kmdcadm: $grants_adm"
+o=$(PGUSER=kmdc_st_owner PGDATABASE=kmdc_st adm setup --no-key --database kmdc_st2 2>&1); rc=$?
+[ $rc -eq 1 ] && [[ $o == *"needs a PostgreSQL superuser"* ]]
+ok $? "setup: refused, exit 1, on a connection that is not a superuser's"
+o=$(adm setup --no-key --database kmdc_st2 --owner postgres 2>&1); rc=$?
+[ $rc -eq 1 ] && [[ $o == *"is a superuser"* ]] \
+    && [ "$(q -c "SELECT count(*) FROM pg_database WHERE datname = 'kmdc_st2'")" = 0 ]
+ok $? "setup: an existing superuser role is refused as the owner"
+o=$(adm setup --no-key --database 'Kmdc;drop' 2>&1); rc=$?
+[ $rc -eq 2 ]
+ok $? "setup: a database or role name outside [a-z_][a-z0-9_]* is a usage error"
+if id postgres >/dev/null 2>&1 && [ "$(id -u)" -eq 0 ]; then
+    o=$(env -u PGUSER "$kmdcadm" setup --no-key --database kmdc_st --owner kmdc_st_owner \
+            --httpd-role kmdc_st_httpd --as postgres 2>&1); rc=$?
+    [ $rc -eq 0 ] && [[ $o == *"as the system user postgres"* ]] \
+        && [[ $o == *"schema is up to date at version 2"* ]]
+    ok $? "setup --as postgres: the database part runs as that system user"
+    [ $rc -eq 0 ] || diag "$o"
+else
+    skip "setup --as: needs root and a postgres user"
+fi
+# --peer-map last: its pg_hba.conf line makes kmdc_st peer-only
+hba=$(q -c 'SHOW hba_file'); ident=$(q -c 'SHOW ident_file')
+o1=$(setup --peer-map); rc1=$?
+o2=$(setup --peer-map); rc2=$?
+[ $rc1 -eq 0 ] && [ $rc2 -eq 0 ] \
+    && [ "$(grep -cE '^kmdc +www-data +kmdc_st_httpd$' "$ident")" = 1 ] \
+    && [ "$(grep -cE '^kmdc +root +kmdc_st_owner$' "$ident")" = 1 ] \
+    && [ "$(grep -cE '^local +kmdc_st +kmdc_st_httpd,kmdc_st_owner +peer +map=kmdc$' "$hba")" = 1 ] \
+    && [ "$(grep -vE '^[[:space:]]*(#|$)' "$hba" | head -1)" = "local kmdc_st kmdc_st_httpd,kmdc_st_owner peer map=kmdc" ] \
+    && [[ $o2 == *"already in"* ]]
+ok $? "setup --peer-map: adds the map and the pg_hba.conf line above the others, once"
+[ $rc1 -eq 0 ] || diag "$o1"
+sleep 1
+o=$(psql -X -q -At -U kmdc_st_owner -d kmdc_st -c 'SELECT current_user' 2>&1)
+o2=$(psql -X -q -At -U kmdc_st_httpd -d kmdc_st -c 'SELECT 1' 2>&1)
+[ "$o" = kmdc_st_owner ] && [[ $o2 == *"authentication failed"* ]]
+ok $? "setup --peer-map: root connects as the owner by peer, not as the httpd role"
+[ "$o" = kmdc_st_owner ] || diag "$o" "$o2"
+
 # --- usage -------------------------------------------------------------------------
 for c in resync rekey purge audit; do
     out=$(adm "$c" --help 2>&1); rc=$?
@@ -486,12 +586,13 @@ ok $? "usage: kmdcadm --help lists resync, rekey, purge and audit"
 man_page="$top/docs/kmdcadm.8"
 if [ -f "$man_page" ]; then
     missing=""
-    for c in migrate keygen issue list show suspend resume revoke resync rekey purge audit; do
+    for c in setup migrate keygen issue list show suspend resume revoke resync rekey purge audit; do
         grep -q "^\.SS $c\b" "$man_page" || missing="$missing $c"
     done
     for o in --db --master-key --sqldir --address --url --out --passphrase-file --force --status \
              --json --reason --up --down --check --dry-run --receipt-age --tombstone-age \
-             --upload-age --nonce-age --serial --since --limit; do
+             --upload-age --nonce-age --serial --since --limit --database --owner --httpd-role \
+             --httpd-user --admin-user --key-dir --no-key --peer-map --as --print-grants; do
         grep -qF -- "${o//-/\\-}" "$man_page" || missing="$missing $o"
     done
     [ -z "$missing" ]

@@ -1,4 +1,4 @@
-/* test_auth.c - the KMDC1-HMAC-SHA256 Authorization header (DESIGN 3.5). */
+/* test_auth.c - the KMDC1-HMAC-SHA256 Authorization header (docs/PROTOCOL.md section 5). */
 #include "tap.h"
 
 #include <stdint.h>

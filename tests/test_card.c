@@ -1,6 +1,6 @@
 /*
- * test_card.c - the card file (DESIGN 3.9) and the card side of the counter
- * rules (DESIGN 3.4): format, corruption, modes, atomic replace, locks,
+ * test_card.c - the card file (docs/PROTOCOL.md section 9) and the card side of the counter
+ * rules (docs/PROTOCOL.md section 4): format, corruption, modes, atomic replace, locks,
  * chains, activation, outbox.
  *
  * With KMDC_CARD_CORPUS=<folder> set it also writes the seed corpus for

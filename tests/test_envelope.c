@@ -1,4 +1,4 @@
-/* test_envelope.c - the KMDC/1 envelope (DESIGN 3.3): header, keyblock,
+/* test_envelope.c - the KMDC/1 envelope (docs/PROTOCOL.md section 3): header, keyblock,
  * payload stream, writer and reader; round trips, every refusal, and the
  * constant-memory bound of the streaming writer and reader. */
 #include "kmdc_crypto.h"

@@ -1,4 +1,4 @@
-/* test_tlv.c - the keyblock metadata TLV (DESIGN 3.3): round trips and one
+/* test_tlv.c - the keyblock metadata TLV (docs/PROTOCOL.md section 3): round trips and one
  * named negative case per rule. */
 #include "kmdc_tlv.h"
 #include "kmdc_util.h"

@@ -1,6 +1,6 @@
 # t/lib/KmdcTest.pm - shared helpers of the endpoint tests (t/010-030):
 # issuing cards with the built kmdcadm, reading a plain card file's keys,
-# signing requests (DESIGN 3.5) in Perl, activation's key rotation, psql.
+# signing requests (docs/PROTOCOL.md section 5) in Perl, activation's key rotation, psql.
 #
 # Needs the environment of t/run-suite (KMDC_BUILD, KMDC_MASTER_KEY_FILE,
 # PGHOST/PGPORT/PGDATABASE/PGUSER).  Keys are raw byte strings.
@@ -77,7 +77,7 @@ sub hkdf {
     return substr($okm, 0, $len);
 }
 
-# The activation rotation of one key (DESIGN 3.2).
+# The activation rotation of one key (docs/PROTOCOL.md section 2).
 sub rotate {
     my ($r, $k, $name) = @_;
     return hkdf($r, $k, "KMDC/1 activate $name", 32);
@@ -130,7 +130,7 @@ sub issue_card {
     return { %$c, code => $code, file => $file, address => $addr };
 }
 
-# The Authorization header value for a request (DESIGN 3.5).  %o: ts, nonce
+# The Authorization header value for a request (docs/PROTOCOL.md section 5).  %o: ts, nonce
 # (32 hex), serial (to claim another), ak (another key).
 sub sign_header {
     my ($card, $method, $target, $body, %o) = @_;
