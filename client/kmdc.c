@@ -626,7 +626,8 @@ print_command_help(const kmdc_cmd *cmd)
     { "wait", no_argument, NULL, KMDC_OPT_WAIT }, \
     { "url", required_argument, NULL, KMDC_OPT_URL }, \
     { "quiet", no_argument, NULL, 'q' }, \
-    { "help", no_argument, NULL, 'h' }
+    { "help", no_argument, NULL, 'h' }, \
+    { "version", no_argument, NULL, KMDC_OPT_VERSION }
 
 /* 1 when handled, 0 when opt is not a global option. */
 static int
@@ -684,6 +685,10 @@ kmdc_cli_parse(kmdc_cli *c, const kmdc_cmd *cmd, int argc, char **argv,
             print_command_help(cmd);
             return KMDC_EXIT_OK;
         }
+        if (opt == KMDC_OPT_VERSION) {
+            printf("kmdc %s\n", PACKAGE_VERSION);
+            return KMDC_EXIT_OK;
+        }
         if (opt == '?') {
             if (optopt != 0 && optopt < 256 && argv[optind - 1][1] != '-')
                 return kmdc_cli_usage(c, "unknown option '-%c'", optopt);
@@ -730,7 +735,6 @@ main(int argc, char **argv)
 {
     static const struct option glob[] = {
         GLOBAL_LONG_OPTIONS,
-        { "version", no_argument, NULL, KMDC_OPT_OWN },
         { NULL, 0, NULL, 0 }
     };
     const kmdc_cmd *cmd;
@@ -747,7 +751,7 @@ main(int argc, char **argv)
             print_main_help();
             return KMDC_EXIT_OK;
         }
-        if (opt == KMDC_OPT_OWN) {
+        if (opt == KMDC_OPT_VERSION) {
             printf("kmdc %s\n", PACKAGE_VERSION);
             return KMDC_EXIT_OK;
         }
