@@ -22,8 +22,10 @@
 #      were, /etc/apache2, /var/lib/apache2 and the cluster's roles and
 #      databases as before (compared; /etc/apache2 is restored from a copy
 #      if it differs), apt having installed nothing but the two packages.
-# Holds /run/lock/kmdc-system-tests.lock meanwhile, so two tests that use the
-# machine's services never overlap.  Refuses to run when the packages are
+# Holds /tmp/kmdc-system-tests.lock meanwhile (as t/tour.sh does), so two
+# tests that use the machine's services never overlap.  apache2 is started
+# and stopped with apache2ctl: Debian's init script refuses to start it while
+# other httpds (the other suites' private ones) run.  Refuses to run when the packages are
 # installed already.  TAP output; the seconds each stage took as comments.
 set -u
 umask 022
@@ -44,8 +46,8 @@ bail() { nok "$*"; echo "1..$n"; exit 1; }
 for c in dpkg-buildpackage lintian apt-get apache2ctl a2enmod pg_lsclusters curl flock; do
     command -v "$c" >/dev/null 2>&1 || bail "$c is not installed (scripts/check installs it)"
 done
-exec 9>/run/lock/kmdc-system-tests.lock
-flock -w 1800 9 || bail "another system test holds /run/lock/kmdc-system-tests.lock"
+exec 9>/tmp/kmdc-system-tests.lock
+flock -w 1800 9 || bail "another system test holds /tmp/kmdc-system-tests.lock"
 
 pkgs="libapache2-mod-kmdc kmdc"
 for p in $pkgs; do
@@ -68,6 +70,20 @@ snapshot() {   # the files of /etc/apache2 and /var/lib/apache2: path type mode 
         done
 }
 apache_running() { [ -s /run/apache2/apache2.pid ] && kill -0 "$(cat /run/apache2/apache2.pid)" 2>/dev/null; }
+apache_start() {   # (re)start, then wait up to 60 s for the pid file
+    local i
+    apache2ctl restart >>"$tmp/apache.log" 2>&1
+    for i in $(seq 1 120); do apache_running && return 0; sleep 0.5; done
+    tail -n 5 "$tmp/apache.log" /var/log/apache2/error.log 2>/dev/null | diag
+    return 1
+}
+apache_stop() {
+    local i
+    apache_running || return 0
+    apache2ctl -k stop >>"$tmp/apache.log" 2>&1
+    for i in $(seq 1 120); do apache_running || return 0; sleep 0.5; done
+    return 1
+}
 snapshot >"$tmp/apache2.before"
 tar -C / -cpf "$tmp/etc-apache2.tar" etc/apache2
 apache_was=stopped
@@ -89,7 +105,7 @@ cleanup() {
     cleaned=1
     stage "undoing"
     if [ "$installed" = 1 ]; then
-        apache_running && service apache2 stop >/dev/null 2>&1
+        apache_stop
         if apt-get purge -y -q $pkgs >"$tmp/purge.log" 2>&1; then ok "apt-get purge $pkgs"
         else nok "apt-get purge $pkgs"; tail -n 20 "$tmp/purge.log" | diag; fi
         left=$(ls -d /etc/apache2/mods-available/kmdc.* /etc/apache2/mods-enabled/kmdc.* \
@@ -112,6 +128,10 @@ cleanup() {
         check "PostgreSQL $pg_ver/$pg_name stopped again, as it was" \
             bash -c "pg_lsclusters -h | awk '\$1 == \"$pg_ver\" && \$2 == \"$pg_name\" { print \$4 }' | grep -qx down"
     fi
+    # a2enmod and the package's scripts leave empty state folders behind
+    snapshot >"$tmp/apache2.after"
+    comm -13 "$tmp/apache2.before" "$tmp/apache2.after" | awk '$2 == "d" { print $1 }' | sort -r |
+        while read -r d; do rmdir "$d" 2>/dev/null; done
     snapshot >"$tmp/apache2.after"
     if cmp -s "$tmp/apache2.before" "$tmp/apache2.after"; then
         ok "/etc/apache2 and /var/lib/apache2 are as before"
@@ -121,10 +141,9 @@ cleanup() {
         rm -rf /etc/apache2 && tar -C / -xpf "$tmp/etc-apache2.tar"
     fi
     if [ "$apache_was" = running ]; then
-        service apache2 restart >/dev/null 2>&1
-        check "apache2 running again, as it was" apache_running
+        check "apache2 running again, as it was" apache_start
     else
-        apache_running && service apache2 stop >/dev/null 2>&1
+        apache_stop
         check "apache2 stopped, as it was" bash -c '! { [ -s /run/apache2/apache2.pid ] && kill -0 "$(cat /run/apache2/apache2.pid)"; } 2>/dev/null'
     fi
     gone=1
@@ -203,9 +222,12 @@ check "mods-enabled/kmdc.load and kmdc.conf link to mods-available" \
 out=$(apache2ctl -t 2>&1)
 if grep -q 'Syntax OK' <<<"$out"; then ok "apache2ctl -t with kmdc.conf as shipped: Syntax OK"
 else nok "apache2ctl -t with kmdc.conf as shipped"; echo "$out" | diag; fi
-service apache2 restart >"$tmp/apache.log" 2>&1
-check "apache2 starts with the module enabled and not configured" apache_running
-code=$(curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1/kmdc/health)
+check "apache2 starts with the module enabled and not configured" apache_start
+code=000
+for _ in $(seq 1 60); do
+    code=$(curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1/kmdc/health) && [ "$code" != 000 ] && break
+    sleep 0.5
+done
 check "unconfigured, the module serves nothing (/kmdc/health: $code)" test "$code" = 404
 
 # --- 3. database, master key, kmdc.conf ----------------------------------------------------
@@ -263,8 +285,7 @@ else nok "apache2ctl -t, configured"; echo "$out" | diag; fi
 
 # --- 4. relay one document -----------------------------------------------------------------
 stage "relaying"
-service apache2 restart >"$tmp/apache.log" 2>&1
-check "apache2 restarts with the module configured" apache_running
+check "apache2 restarts with the module configured" apache_start
 body=''
 for _ in $(seq 1 50); do
     body=$(curl -s http://127.0.0.1/kmdc/health) && [[ $body == *'"ok"'* ]] && break
