@@ -58,6 +58,11 @@ done
 
 tmp=$(mktemp -d /tmp/kmdc-package.XXXXXX)
 chmod 755 "$tmp"
+# What an installation by hand (make install-debian, a2enmod/a2dismod) left
+# behind would make dpkg ask about kmdc.conf and keep the module disabled: it
+# is moved aside meanwhile and put back after the purge.
+aside=$(ls -d /etc/apache2/mods-available/kmdc.* /etc/apache2/mods-enabled/kmdc.* \
+    /var/lib/apache2/module/*/kmdc 2>/dev/null)
 owner=kmdc_pkgtest_owner httpd_role=kmdc_pkgtest_httpd db=kmdc_pkgtest
 owner_pw=$(od -An -tx1 -N16 /dev/urandom | tr -d ' \n')
 httpd_pw=$(od -An -tx1 -N16 /dev/urandom | tr -d ' \n')
@@ -86,6 +91,10 @@ apache_stop() {
 }
 snapshot >"$tmp/apache2.before"
 tar -C / -cpf "$tmp/etc-apache2.tar" etc/apache2
+if [ -n "$aside" ]; then
+    echo "# moved aside until the end: $(echo $aside)"
+    tar -C / -cpf "$tmp/aside.tar" $(echo "$aside" | sed 's|^/||') && rm -f $aside
+fi
 apache_was=stopped
 apache_running && apache_was=running
 read -r pg_ver pg_name pg_port pg_status _ < <(pg_lsclusters -h | sort -k1,1nr | head -n1)
@@ -128,6 +137,7 @@ cleanup() {
         check "PostgreSQL $pg_ver/$pg_name stopped again, as it was" \
             bash -c "pg_lsclusters -h | awk '\$1 == \"$pg_ver\" && \$2 == \"$pg_name\" { print \$4 }' | grep -qx down"
     fi
+    [ -f "$tmp/aside.tar" ] && tar -C / -xpf "$tmp/aside.tar"
     # a2enmod and the package's scripts leave empty state folders behind
     snapshot >"$tmp/apache2.after"
     comm -13 "$tmp/apache2.before" "$tmp/apache2.after" | awk '$2 == "d" { print $1 }' | sort -r |
