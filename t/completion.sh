@@ -59,7 +59,7 @@ universe() {
 }
 kmdc_universe=$(universe "$top"/client/kmdc.c "$top"/client/kmdc_seal.c \
     "$top"/client/kmdc_fetch.c "$top"/client/kmdc_account.c)
-kmdcadm_universe=$(universe "$top"/client/kmdcadm.c)
+kmdcadm_universe=$(universe "$top"/client/kmdcadm*.c)
 # the command tables: { "name", function, ... } inside "commands[] = {",
 # without those under #ifdef KMDC_TEST_HOOKS (test builds only)
 table_commands() {
