@@ -701,7 +701,8 @@ print_command_help(const kmdc_cmd *cmd)
     { "quiet", no_argument, NULL, 'q' }, \
     { "progress", no_argument, NULL, KMDC_OPT_PROGRESS }, \
     { "no-progress", no_argument, NULL, KMDC_OPT_NO_PROGRESS }, \
-    { "help", no_argument, NULL, 'h' }
+    { "help", no_argument, NULL, 'h' }, \
+    { "version", no_argument, NULL, KMDC_OPT_VERSION }
 
 /* 1 when handled, 0 when opt is not a global option. */
 static int
@@ -764,6 +765,10 @@ kmdc_cli_parse(kmdc_cli *c, const kmdc_cmd *cmd, int argc, char **argv,
     while ((opt = getopt_long(argc, argv, shorts, table, NULL)) != -1) {
         if (opt == 'h') {
             print_command_help(cmd);
+            return KMDC_EXIT_OK;
+        }
+        if (opt == KMDC_OPT_VERSION) {
+            printf("kmdc %s\n", PACKAGE_VERSION);
             return KMDC_EXIT_OK;
         }
         if (opt == '?') {
@@ -883,7 +888,6 @@ main(int argc, char **argv)
 {
     static const struct option glob[] = {
         GLOBAL_LONG_OPTIONS,
-        { "version", no_argument, NULL, KMDC_OPT_OWN },
         { NULL, 0, NULL, 0 }
     };
     const kmdc_cmd *cmd;
@@ -901,7 +905,7 @@ main(int argc, char **argv)
             print_main_help();
             return KMDC_EXIT_OK;
         }
-        if (opt == KMDC_OPT_OWN) {
+        if (opt == KMDC_OPT_VERSION) {
             printf("kmdc %s\n", PACKAGE_VERSION);
             return KMDC_EXIT_OK;
         }

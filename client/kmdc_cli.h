@@ -92,7 +92,7 @@ typedef int (*kmdc_cli_opt_fn)(kmdc_cli *c, void *ctx, int opt, const char *arg)
 enum {
     KMDC_OPT_CARD = 256, KMDC_OPT_PASSFILE, KMDC_OPT_CACERT, KMDC_OPT_INSECURE,
     KMDC_OPT_WAIT, KMDC_OPT_URL, KMDC_OPT_HELP, KMDC_OPT_JSON, KMDC_OPT_PROGRESS,
-    KMDC_OPT_NO_PROGRESS,
+    KMDC_OPT_NO_PROGRESS, KMDC_OPT_VERSION,
     KMDC_OPT_OWN = 300
 };
 

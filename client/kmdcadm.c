@@ -131,7 +131,7 @@ static const char global_help[] =
     "                       digits, mode 0600); repeatable, the highest ID wraps\n"
     "                       (issue, resync, rekey)\n"
     "  --sqldir DIR         migrations folder (migrate only)\n"
-    "  --help               this text; 'kmdcadm COMMAND --help' for a command\n"
+    "  -h, --help           this text; 'kmdcadm COMMAND --help' for a command\n"
     "  --version            the version (before the command)\n";
 
 static void
@@ -2160,6 +2160,7 @@ print_main_help(void)
            "The mod_kmdc datacenter's administration tool.\n\nCommands:\n");
     for (i = 0; i < sizeof commands / sizeof commands[0]; i++)
         printf("  %s\n", commands[i].synopsis);
+    printf("  help [COMMAND]\n");
     printf("\n%s\nExit status: 0 done, 1 the operation failed, 2 usage error.\n",
            global_help);
 }
