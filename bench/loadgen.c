@@ -746,7 +746,7 @@ usage(void)
 int
 main(int argc, char **argv)
 {
-    CURLM *m;
+    CURLM *m = NULL;
     struct stream *st;
     int i, n, running = 0;
     double t0, deadline, last = 0;
@@ -763,7 +763,7 @@ main(int argc, char **argv)
     else usage();
     opt.seconds = 10;
     opt.size = opt.mode == M_UPLOAD ? (64u << 20) : 1024;
-    for (i = 2; i < argc; i++) {
+    for (i = 2; i < argc; i += 2) {      /* --option value pairs */
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
 
         if (v == NULL)
@@ -777,7 +777,6 @@ main(int argc, char **argv)
         else if (strcmp(a, "--seconds") == 0) opt.seconds = atof(v);
         else if (strcmp(a, "--count") == 0) opt.count = atol(v);
         else usage();
-        i++;
     }
     if (opt.url == NULL || (p = strstr(opt.url, "://")) == NULL ||
         (p = strchr(p + 3, '/')) == NULL || strlen(p) >= sizeof opt.base_path)
