@@ -537,7 +537,7 @@ out:
 static const kmdc_cmd commands[] = {
     { "send", kmdc_cmd_send,
       "send --to ADDR[,ADDR...] [--name N] [--type T] [--again] FILE...\n"
-      "  kmdc send --outbox",
+      "  send --outbox",
       "Seal each FILE for the recipients into the card's outbox and upload it.\n"
       "An envelope stays in the outbox until the datacenter itself answered.\n"
       "Running the same send again (same document, recipients, NAME, TYPE)\n"

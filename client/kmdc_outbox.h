@@ -1,5 +1,5 @@
 /*
- * kmdc_outbox.h - what each outbox entry was sealed from (DESIGN 3.4,
+ * kmdc_outbox.h - what each outbox entry was sealed from (docs/PROTOCOL.md section 4,
  * "clients never re-seal").
  *
  * Beside every envelope CARD.outbox/<seq>.kmdc the sender keeps a record

@@ -461,7 +461,7 @@ out:
 /* ---- send ----------------------------------------------------------------------------- */
 
 /*
- * The outbox protocol of DESIGN 3.4 and docs/PROTOCOL.md section 4, with the
+ * The outbox protocol of docs/PROTOCOL.md section 4, with the
  * rule "clients never re-seal": every FILE is first compared with the
  * records of the pending outbox entries (SHA-256 and size of the document,
  * recipients, NAME, TYPE); a match is resumed, anything else is sealed into

@@ -84,7 +84,8 @@ enum {
     { "db", required_argument, NULL, OPT_DB }, \
     { "master-key", required_argument, NULL, OPT_MASTER_KEY }, \
     { "sqldir", required_argument, NULL, OPT_SQLDIR }, \
-    { "help", no_argument, NULL, OPT_HELP }
+    { "help", no_argument, NULL, OPT_HELP }, \
+    { "version", no_argument, NULL, OPT_VERSION }
 
 static const command *find_command(const char *name);
 
@@ -132,7 +133,7 @@ static const char global_help[] =
     "                       (issue, resync, rekey)\n"
     "  --sqldir DIR         migrations folder (migrate only)\n"
     "  -h, --help           this text; 'kmdcadm COMMAND --help' for a command\n"
-    "  --version            the version (before the command)\n";
+    "  --version            the version\n";
 
 static void
 print_command_help(const command *c)
@@ -219,6 +220,10 @@ parse_options(globals *g, const command *c, int argc, char **argv,
     while ((opt = getopt_long(argc, argv, ":h", table, NULL)) != -1) {
         if (opt == 'h' || opt == OPT_HELP) {
             print_command_help(c);
+            return EXIT_OK;
+        }
+        if (opt == OPT_VERSION) {
+            printf("kmdcadm %s\n", PACKAGE_VERSION);
             return EXIT_OK;
         }
         if (opt == '?')
@@ -2170,7 +2175,6 @@ main(int argc, char **argv)
 {
     static const struct option glob[] = {
         GLOBAL_OPTIONS,
-        { "version", no_argument, NULL, OPT_VERSION },
         { NULL, 0, NULL, 0 }
     };
     globals g;
