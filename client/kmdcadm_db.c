@@ -109,54 +109,12 @@ db_command(kmdcadm_db *db, const char *sql, int n, const char *const *values,
 
 /* --- connection --------------------------------------------------------- */
 
-kmdc_status
-kmdcadm_db_open(kmdcadm_db **out, const char *conninfo, kmdc_err *err)
-{
-    const char *keys[3];
-    const char *vals[3];
-    kmdcadm_db *db = NULL;
-    kmdc_status st = KMDC_OK;
-    char line[200];
-    int n = 0;
-
-    *out = NULL;
-    db = calloc(1, sizeof *db);
-    if (db == NULL) {
-        st = kmdc_err_set(err, KMDC_ERR_INTERNAL, "out of memory");
-        goto out;
-    }
-    if (conninfo != NULL) {
-        keys[n] = "dbname";   /* expanded: a conninfo string or a URI */
-        vals[n++] = conninfo;
-    }
-    keys[n] = "application_name";
-    vals[n++] = "kmdcadm";
-    keys[n] = NULL;
-    vals[n] = NULL;
-    db->conn = PQconnectdbParams(keys, vals, 1);
-    if (db->conn == NULL) {
-        st = kmdc_err_set(err, KMDC_ERR_INTERNAL, "out of memory");
-        goto out;
-    }
-    if (PQstatus(db->conn) != CONNECTION_OK) {
-        first_line(line, sizeof line, PQerrorMessage(db->conn));
-        st = kmdc_err_set(err, KMDC_ERR_IO, "database unavailable: %s", line);
-        goto out;
-    }
-    st = db_command(db, "SET client_min_messages = warning", 0, NULL,
-                    "configure the session", err);
-    if (st != KMDC_OK)
-        goto out;
-    *out = db;
-    db = NULL;
-out:
-    kmdcadm_db_close(db);
-    return st;
-}
-
-kmdc_status
-kmdcadm_db_open_as(kmdcadm_db **out, const char *conninfo, const char *dbname,
-                   const char *role, kmdc_err *err)
+/* Connect with conninfo (expanded: a string or a URI; NULL: libpq's
+ * defaults), to database dbname instead of its own when not NULL, and act
+ * as role when not NULL (SET ROLE). */
+static kmdc_status
+db_connect(kmdcadm_db **out, const char *conninfo, const char *dbname, const char *role,
+           kmdc_err *err)
 {
     const char *keys[4];
     const char *vals[4];
@@ -177,8 +135,10 @@ kmdcadm_db_open_as(kmdcadm_db **out, const char *conninfo, const char *dbname,
         keys[n] = "dbname";   /* the first dbname is expanded */
         vals[n++] = conninfo;
     }
-    keys[n] = "dbname";       /* a later one is a plain name */
-    vals[n++] = dbname;
+    if (dbname != NULL) {
+        keys[n] = "dbname";   /* a later one is a plain name */
+        vals[n++] = dbname;
+    }
     keys[n] = "application_name";
     vals[n++] = "kmdcadm";
     keys[n] = NULL;
@@ -197,20 +157,35 @@ kmdcadm_db_open_as(kmdcadm_db **out, const char *conninfo, const char *dbname,
                     "configure the session", err);
     if (st != KMDC_OK)
         goto out;
-    q = PQescapeIdentifier(db->conn, role, strlen(role));
-    if (q == NULL || snprintf(sql, sizeof sql, "SET ROLE %s", q) >= (int)sizeof sql) {
-        st = kmdc_err_set(err, KMDC_ERR_INTERNAL, "a role name is too long");
-        goto out;
+    if (role != NULL) {
+        q = PQescapeIdentifier(db->conn, role, strlen(role));
+        if (q == NULL || snprintf(sql, sizeof sql, "SET ROLE %s", q) >= (int)sizeof sql) {
+            st = kmdc_err_set(err, KMDC_ERR_INTERNAL, "a role name is too long");
+            goto out;
+        }
+        st = db_command(db, sql, 0, NULL, "act as the owner role", err);
+        if (st != KMDC_OK)
+            goto out;
     }
-    st = db_command(db, sql, 0, NULL, "act as the owner role", err);
-    if (st != KMDC_OK)
-        goto out;
     *out = db;
     db = NULL;
 out:
     PQfreemem(q);
     kmdcadm_db_close(db);
     return st;
+}
+
+kmdc_status
+kmdcadm_db_open(kmdcadm_db **out, const char *conninfo, kmdc_err *err)
+{
+    return db_connect(out, conninfo, NULL, NULL, err);
+}
+
+kmdc_status
+kmdcadm_db_open_as(kmdcadm_db **out, const char *conninfo, const char *dbname,
+                   const char *role, kmdc_err *err)
+{
+    return db_connect(out, conninfo, dbname, role, err);
 }
 
 void

@@ -62,7 +62,11 @@ static int prepared_event(PGEventId id, void *info, void *pass)
         PGEventRegister *e = info;
         prepared_set *ps = calloc(1, sizeof(*ps));
 
-        return ps != NULL && PQsetInstanceData(e->conn, prepared_event, ps);
+        if (ps == NULL || !PQsetInstanceData(e->conn, prepared_event, ps)) {
+            free(ps);
+            return 0;
+        }
+        return 1;
     }
     case PGEVT_CONNRESET: {
         /* a new session: nothing is prepared on it */
@@ -111,6 +115,16 @@ static int prepared_find(const prepared_set *ps, const char *sql)
     return -1;
 }
 
+/* The first free slot of ps (KMDC_DB_MAX_PREPARED when it is full). */
+static int prepared_free_slot(const prepared_set *ps)
+{
+    int i;
+
+    for (i = 0; i < ps->n && ps->sql[i] != NULL; i++) {
+    }
+    return i;
+}
+
 /* A free slot for sql (not yet prepared), -1 when the table is full. */
 static int prepared_claim(prepared_set *ps, const char *sql)
 {
@@ -119,8 +133,7 @@ static int prepared_claim(prepared_set *ps, const char *sql)
     if (ps == NULL) {
         return -1;
     }
-    for (i = 0; i < ps->n && ps->sql[i] != NULL; i++) {
-    }
+    i = prepared_free_slot(ps);
     if (i == KMDC_DB_MAX_PREPARED || (ps->sql[i] = strdup(sql)) == NULL) {
         return -1;
     }
@@ -144,14 +157,12 @@ static void stmt_name(char *buf, int slot)
 int kmdc_db_stmt_ready(PGconn *pg, const char *sql)
 {
     prepared_set *ps = PQinstanceData(pg, prepared_event);
-    int i;
 
     if (ps == NULL || prepared_find(ps, sql) >= 0) {
         return 1;
     }
-    for (i = 0; i < ps->n && ps->sql[i] != NULL; i++) {
-    }
-    return i == KMDC_DB_MAX_PREPARED;    /* full: it will run unprepared */
+    /* full: it will run unprepared */
+    return prepared_free_slot(ps) == KMDC_DB_MAX_PREPARED;
 }
 
 PGresult *kmdc_db_stmt_exec(PGconn *pg, const char *sql, const kmdc_db_params *pp,
