@@ -1,6 +1,6 @@
 /*
  * fuzz_answer.c - the kmdc client's readers of the datacenter's JSON answers
- * (client/kmdc_parse.h).  The first byte picks the reader, the rest is the
+ * (kmdc/kmdc_parse.h).  The first byte picks the reader, the rest is the
  * body as it came from the network:
  *   0  an error body (the next two bytes: status; the third: Content-Type)
  *   1  the 201 body of POST /send

@@ -1,6 +1,6 @@
 /*
  * fuzz_headers.c - the kmdc client's reading of an answer's headers and of
- * an error body by what the headers say (client/kmdc_parse.h).  The input
+ * an error body by what the headers say (kmdc/kmdc_parse.h).  The input
  * is a header block as libcurl hands it over, one line per callback (split
  * at '\n', any bytes), then an empty line and the body.  The headers read
  * must be NUL-terminated, bounded and free of control characters; the

@@ -287,7 +287,7 @@ SKIP: {
 
 # --- part 2: a relay with the real client ----------------------------------------------------------------
 SKIP: {
-    my $kmdc = ($ENV{KMDC_BUILD} // '') . '/client/kmdc';
+    my $kmdc = ($ENV{KMDC_BUILD} // '') . '/kmdc/kmdc';
     skip "the client $kmdc is not built", 18 unless -x $kmdc;
     my $dir = workdir();
     my %c;

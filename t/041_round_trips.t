@@ -25,7 +25,7 @@ use KmdcTest qw(:all);
 plan tests => 24;
 
 my $build = $ENV{KMDC_BUILD} or die "KMDC_BUILD not set: run t/run-suite BUILD_DIR\n";
-my $kmdc = "$build/client/kmdc";
+my $kmdc = "$build/kmdc/kmdc";
 my $url = Apache::TestRequest::resolve_url('/kmdc');
 $url =~ s{/+$}{};
 my $metrics_url = Apache::TestRequest::resolve_url('/kmdc-metrics');

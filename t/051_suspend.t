@@ -37,7 +37,7 @@ for my $v (qw(KMDC_BUILD KMDC_MODULE KMDC_SRCDIR PGHOST PGPORT PGUSER)) {
 plan tests => 22;
 
 my $build = $ENV{KMDC_BUILD};
-my $kmdc = "$build/client/kmdc";
+my $kmdc = "$build/kmdc/kmdc";
 my $db = 'kmdc_suspend';
 my $root = File::Spec->rel2abs('t/logs/051_suspend');
 my $work = tempdir('kmdc-suspend-XXXXXX', TMPDIR => 1, CLEANUP => 1);

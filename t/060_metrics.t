@@ -28,8 +28,8 @@ plan tests => 52;
 
 my $build = $ENV{KMDC_BUILD} or die "KMDC_BUILD not set: run t/run-suite BUILD_DIR\n";
 my $mkey = $ENV{KMDC_MASTER_KEY_FILE} or die "KMDC_MASTER_KEY_FILE not set\n";
-my $kmdcadm = "$build/client/kmdcadm";
-my $kmdc = "$build/client/kmdc";
+my $kmdcadm = "$build/admin/kmdcadm";
+my $kmdc = "$build/kmdc/kmdc";
 my $url = Apache::TestRequest::resolve_url('/kmdc');
 $url =~ s{/+$}{};
 my $metrics_url = Apache::TestRequest::resolve_url('/kmdc-metrics');

@@ -51,8 +51,8 @@ for my $v (qw(KMDC_BUILD KMDC_MODULE KMDC_SRCDIR PGHOST PGPORT PGUSER)) {
 plan tests => 82;
 
 my $build = $ENV{KMDC_BUILD};
-my $kmdc = "$build/client/kmdc";
-my $kmdcadm = "$build/client/kmdcadm";
+my $kmdc = "$build/kmdc/kmdc";
+my $kmdcadm = "$build/admin/kmdcadm";
 my $db = 'kmdc_cluster';
 my $root = File::Spec->rel2abs('t/logs/080_cluster');
 my $work = tempdir('kmdc-cluster-XXXXXX', TMPDIR => 1, CLEANUP => 1);

@@ -31,8 +31,8 @@ plan tests => 36;
 delete @ENV{qw(SSL_CERT_FILE SSL_CERT_DIR CURL_CA_BUNDLE)};
 
 my $build = $ENV{KMDC_BUILD};
-my $kmdc = "$build/client/kmdc";
-my $kmdcadm = "$build/client/kmdcadm";
+my $kmdc = "$build/kmdc/kmdc";
+my $kmdcadm = "$build/admin/kmdcadm";
 my $mkey = $ENV{KMDC_MASTER_KEY_FILE};
 my $root = File::Spec->rel2abs('t/logs/090_https');
 my $work = tempdir('kmdc-https-XXXXXX', TMPDIR => 1, CLEANUP => 1);

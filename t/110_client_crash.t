@@ -3,7 +3,7 @@
 # --enable-test-hooks: env KMDC_CRASH_AT=<step>), then run again: nothing
 # lost, nothing duplicated, the card in sync with the datacenter.
 #
-# Send steps (client/kmdc_cli.h), and the right outcome of each:
+# Send steps (kmdc/kmdc_cli.h), and the right outcome of each:
 #   send:after-reserve        counter reserved in memory only: nothing spent,
 #                             nothing sent; the user sends the document again
 #   send:after-card-save      counter saved as used, no envelope: the counter
@@ -58,7 +58,7 @@ my $PER_SEND = 10;
 my $PER_FETCH = 8;
 
 # docs/PROTOCOL.md section 4 has the card record "delivery id -> file written" before the
-# final rename; client/kmdc_fetch.c renames first, so a crash between the two
+# final rename; kmdc/kmdc_fetch.c renames first, so a crash between the two
 # writes the document a second time ("name (1)").  Reported to the lead.
 my %todo = ();    # no known bug left
 

@@ -17,14 +17,14 @@ set -u
 
 arg=${1:-}
 if [ -n "$arg" ] && [ -d "$arg" ]; then
-    kmdc="$arg/client/kmdc"
+    kmdc="$arg/kmdc/kmdc"
 elif [ -n "$arg" ]; then
     kmdc=$arg
 elif [ -n "${KMDC:-}" ]; then
     kmdc=$KMDC
 else
     here=$(cd "$(dirname "$0")" && pwd)
-    kmdc="$here/../_build/client/kmdc"
+    kmdc="$here/../_build/kmdc/kmdc"
 fi
 case "$kmdc" in /*) ;; *) kmdc="$(pwd)/$kmdc" ;; esac
 

@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # t/completion.sh BUILD_DIR - the bash completion (completion/kmdc.bash) against
-# the programs it completes, BUILD_DIR/client/kmdc and BUILD_DIR/client/kmdcadm.
+# the programs it completes, BUILD_DIR/kmdc/kmdc and BUILD_DIR/admin/kmdcadm.
 #
 # The completion reads commands and options from the programs' help; this
 # suite checks that what it offers is exactly what the programs accept:
 #   - the commands completed are the commands of the program's command table
-#     in client/ (those of test builds only excepted), each accepted;
+#     in kmdc/ and admin/ (those of test builds only excepted), each accepted;
 #   - for the options before a command and after each command, the options
 #     completed are exactly those the program accepts, found by asking the
-#     program about every long option any table in client/ names and every
+#     program about every long option any table in kmdc/ or admin/ names and every
 #     short option any option string there names ("PROG [CMD] OPT X --help":
 #     refused with "unknown option", or not);
 #   - an option completes a value exactly when the program takes one
@@ -21,7 +21,7 @@ set -u
 
 top=$(cd "$(dirname "$0")/.." && pwd)
 build=$(cd "${1:?usage: t/completion.sh BUILD_DIR}" && pwd)
-export PATH="$build/client:$PATH" LC_ALL=C HOME=${HOME:-/nonexistent}
+export PATH="$build/kmdc:$build/admin:$PATH" LC_ALL=C HOME=${HOME:-/nonexistent}
 
 n=0
 failed=0
@@ -29,8 +29,8 @@ ok()  { n=$((n + 1)); echo "ok $n - $*"; }
 nok() { n=$((n + 1)); failed=$((failed + 1)); echo "not ok $n - $*"; }
 diag() { sed 's/^/# /'; }
 
-for p in kmdc kmdcadm; do
-    [ -x "$build/client/$p" ] || { echo "1..0 # SKIP $build/client/$p not built"; exit 1; }
+for p in kmdc/kmdc admin/kmdcadm; do
+    [ -x "$build/$p" ] || { echo "1..0 # SKIP $build/$p not built"; exit 1; }
 done
 
 # shellcheck source=../completion/kmdc.bash
@@ -57,9 +57,9 @@ universe() {
         grep -oE '"[+:]*[a-zA-Z:%s]*:[a-zA-Z:%s]*"' | sed 's/%s//g'; echo '"h"'; } |
         grep -oE '[a-zA-Z]' | sort -u | sed 's/^/-/'
 }
-kmdc_universe=$(universe "$top"/client/kmdc.c "$top"/client/kmdc_seal.c \
-    "$top"/client/kmdc_fetch.c "$top"/client/kmdc_account.c)
-kmdcadm_universe=$(universe "$top"/client/kmdcadm*.c)
+kmdc_universe=$(universe "$top"/kmdc/kmdc.c "$top"/kmdc/kmdc_seal.c \
+    "$top"/kmdc/kmdc_fetch.c "$top"/kmdc/kmdc_account.c)
+kmdcadm_universe=$(universe "$top"/admin/kmdcadm*.c)
 # the command tables: { "name", function, ... } inside "commands[] = {",
 # without those under #ifdef KMDC_TEST_HOOKS (test builds only)
 table_commands() {
@@ -70,9 +70,9 @@ table_commands() {
          on && !skip && match($0, /^    \{ "[a-z][a-z0-9-]*", /) {
              s = substr($0, RSTART + 7); sub(/".*/, "", s); print s }' "$1" | sort -u
 }
-kmdc_table=$(table_commands "$top/client/kmdc.c")
+kmdc_table=$(table_commands "$top/kmdc/kmdc.c")
 # kmdcadm also takes "help [COMMAND]" (its main())
-kmdcadm_table=$( { table_commands "$top/client/kmdcadm.c"; echo help; } | sort -u)
+kmdcadm_table=$( { table_commands "$top/admin/kmdcadm.c"; echo help; } | sort -u)
 
 # --- commands -------------------------------------------------------------------
 for p in kmdc kmdcadm; do

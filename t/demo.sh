@@ -45,7 +45,7 @@ CONF
     if [ "$result" = fail ]; then
         printf 'all:\n\t@echo "make: the compiler says: KMDC-STUB-REASON"; exit 2\n' >"$t/Makefile.stub"
     else
-        printf 'all:\n\t@mkdir -p mod_kmdc/.libs client && touch mod_kmdc/.libs/mod_kmdc.so && printf "#!/bin/sh\\n" > client/kmdcadm && cp client/kmdcadm client/kmdc && chmod +x client/kmdcadm client/kmdc\n' >"$t/Makefile.stub"
+        printf 'all:\n\t@mkdir -p mod_kmdc/.libs admin kmdc && touch mod_kmdc/.libs/mod_kmdc.so && printf "#!/bin/sh\\n" > admin/kmdcadm && cp admin/kmdcadm kmdc/kmdc && chmod +x admin/kmdcadm kmdc/kmdc\n' >"$t/Makefile.stub"
     fi
     chmod +x "$t/scripts/demo" "$t/scripts/install-deps" "$t/t/pgcluster" "$t/configure"
 }

@@ -43,7 +43,7 @@ unknown=$(grep -ohw 'Kmdc[A-Z][A-Za-z]*' $alldocs | sort -u | while read -r w; d
 [ -z "$unknown" ] || diag "not directives: $unknown"
 
 # --- kmdcadm commands -------------------------------------------------------------
-adm_cmds=$(sed -n 's/^    { "\([a-z-]*\)", cmd_[a-z_]*,.*/\1/p' "$top/client/kmdcadm.c")
+adm_cmds=$(sed -n 's/^    { "\([a-z-]*\)", cmd_[a-z_]*,.*/\1/p' "$top/admin/kmdcadm.c")
 [ -n "$adm_cmds" ]; ok $? "kmdcadm has commands"
 adm_ss=$(sed -n 's/^\.SS \([a-z-]*\)$/\1/p' "$top/docs/kmdcadm.8")
 for c in $adm_cmds; do
@@ -65,7 +65,7 @@ unknown=$(for w in $used; do printf '%s\nhelp\n' "$adm_cmds" | grep -qx "$w" || 
 kmdc_cmds=$(awk '/^#ifdef KMDC_TEST_HOOKS/ {skip = 1} /^#endif/ {skip = 0}
                  !skip && /^    \{ "[a-z-]*", (kmdc_)?cmd_[a-z_]*,/ {
                      match($0, /"[a-z-]*"/); print substr($0, RSTART + 1, RLENGTH - 2) }' \
-            "$top/client/kmdc.c")
+            "$top/kmdc/kmdc.c")
 [ -n "$kmdc_cmds" ]; ok $? "kmdc has commands"
 kmdc_tp=$(awk '/^\.SH COMMANDS/ {on = 1; next} /^\.SH/ {on = 0}
                on && prev == ".TP" && /^\.BI? / { w = $2; gsub(/"/, "", w); print w }
@@ -83,10 +83,10 @@ unknown=$(for w in $used; do printf '%s\nhelp\n' "$kmdc_cmds" | grep -qx "$w" ||
 [ -z "$unknown" ]; ok $? "every 'kmdc WORD' in the documents names a command"
 [ -z "$unknown" ] || diag "unknown: $unknown"
 
-if [ -n "$build" ] && [ -x "$build/client/kmdcadm" ] && [ -x "$build/client/kmdc" ]; then
-    h=$("$build/client/kmdcadm" --help); miss=""
+if [ -n "$build" ] && [ -x "$build/admin/kmdcadm" ] && [ -x "$build/kmdc/kmdc" ]; then
+    h=$("$build/admin/kmdcadm" --help); miss=""
     for c in $adm_cmds; do printf '%s\n' "$h" | grep -q "^  $c\b" || miss="$miss $c"; done
-    h=$("$build/client/kmdc" --help 2>&1); for c in $kmdc_cmds; do
+    h=$("$build/kmdc/kmdc" --help 2>&1); for c in $kmdc_cmds; do
         printf '%s\n' "$h" | grep -q "^  $c\b" || miss="$miss kmdc:$c"; done
     [ -z "$miss" ]; ok $? "kmdcadm --help and kmdc --help list every command"
     [ -z "$miss" ] || diag "missing:$miss"
@@ -128,7 +128,7 @@ unknown=$(for w in $used; do printf '%s\n' "$codes" | grep -qx "$w" || echo "$w"
 [ -z "$unknown" ] || diag "unknown: $unknown"
 
 # --- citations --------------------------------------------------------------------------------
-cites=$(grep -rln 'DESIGN' "$top"/docs "$top"/sql "$top"/mod_kmdc "$top"/client "$top"/lib \
+cites=$(grep -rln 'DESIGN' "$top"/docs "$top"/sql "$top"/mod_kmdc "$top"/kmdc "$top"/admin "$top"/lib \
             "$top"/tests "$top"/t "$top"/README.md "$top"/conf "$top"/scripts 2>/dev/null \
         | grep -v '/t/logs/\|/t/docs.sh$')
 [ -z "$cites" ]; ok $? "nothing cites DESIGN (a document the project does not ship)"

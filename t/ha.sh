@@ -24,7 +24,7 @@ fi
 # Under the sanitizer build, failover.t drives the plain build's kmdc and
 # kmdcadm (when there is one): the module is what it exercises, and each of
 # its few hundred client runs costs several times as much under ASan.
-if [ -z "${KMDC_HA_CLIENT_BUILD:-}" ] && [ -x "$src/_build/client/kmdc" ] &&
+if [ -z "${KMDC_HA_CLIENT_BUILD:-}" ] && [ -x "$src/_build/kmdc/kmdc" ] &&
     [ "$(cd "$build" && pwd)" != "$src/_build" ]; then
     export KMDC_HA_CLIENT_BUILD="$src/_build"
 fi

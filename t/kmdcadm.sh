@@ -14,13 +14,13 @@ top=$(cd "$here/.." && pwd)
 
 arg=${1:-}
 if [ -n "$arg" ] && [ -d "$arg" ]; then
-    kmdcadm="$arg/client/kmdcadm"
+    kmdcadm="$arg/admin/kmdcadm"
 elif [ -n "$arg" ]; then
     kmdcadm=$arg
 elif [ -n "${KMDCADM:-}" ]; then
     kmdcadm=$KMDCADM
 else
-    kmdcadm="$top/_build/client/kmdcadm"
+    kmdcadm="$top/_build/admin/kmdcadm"
 fi
 case "$kmdcadm" in /*) ;; *) kmdcadm="$(pwd)/$kmdcadm" ;; esac
 

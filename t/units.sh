@@ -70,7 +70,7 @@ if command -v systemd-analyze >/dev/null 2>&1; then
     mkdir -p "$tmp/units" "$tmp/xdg"
     chmod 700 "$tmp/xdg"
     for f in "$dest$sysdir"/kmdc-purge.* "$dest$userdir"/kmdc-watch.service; do
-        sed -e "s|$sbindir/kmdcadm|$build/client/kmdcadm|; s|$bindir/kmdc |$build/client/kmdc |" \
+        sed -e "s|$sbindir/kmdcadm|$build/admin/kmdcadm|; s|$bindir/kmdc |$build/kmdc/kmdc |" \
             "$f" >"$tmp/units/${f##*/}"
     done
     out=$(systemd-analyze verify --man=no "$tmp/units/kmdc-purge.service" "$tmp/units/kmdc-purge.timer" 2>&1)

@@ -1,6 +1,6 @@
 /* rules.js - the KMDC/1 naming and input rules the browser client applies,
  * in one place so they can be kept in step with lib/kmdc_tlv.c and
- * client/kmdc_account.c.  Embedded in the page before client.js; exposes
+ * kmdc/kmdc_account.c.  Embedded in the page before client.js; exposes
  * window.KMDC_RULES. */
 (function () {
   'use strict';

@@ -53,10 +53,10 @@ plan tests => 25;
 # test is the sanitizer build: hundreds of client runs cost minutes under ASan,
 # and the clients have their own sanitizer runs elsewhere.
 $ENV{KMDC_BUILD} = $ENV{KMDC_HA_CLIENT_BUILD}
-    if $ENV{KMDC_HA_CLIENT_BUILD} && -x "$ENV{KMDC_HA_CLIENT_BUILD}/client/kmdc";
+    if $ENV{KMDC_HA_CLIENT_BUILD} && -x "$ENV{KMDC_HA_CLIENT_BUILD}/kmdc/kmdc";
 my $build = $ENV{KMDC_BUILD};
-my $kmdc = "$build/client/kmdc";
-my $kmdcadm = "$build/client/kmdcadm";
+my $kmdc = "$build/kmdc/kmdc";
+my $kmdcadm = "$build/admin/kmdcadm";
 my $root = File::Spec->rel2abs('t/logs/ha_failover');
 my $work = tempdir('kmdc-ha-XXXXXX', TMPDIR => 1, CLEANUP => 1);
 chmod 0700, $work;

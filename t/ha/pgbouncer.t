@@ -39,8 +39,8 @@ plan skip_all => "pgbouncer not installed ($pgbouncer): apt-get install pgbounce
 plan tests => 16;
 
 my $build = $ENV{KMDC_BUILD};
-my $kmdc = "$build/client/kmdc";
-my $kmdcadm = "$build/client/kmdcadm";
+my $kmdc = "$build/kmdc/kmdc";
+my $kmdcadm = "$build/admin/kmdcadm";
 my $root = File::Spec->rel2abs('t/logs/ha_pgbouncer');
 my $work = tempdir('kmdc-pgb-XXXXXX', TMPDIR => 1, CLEANUP => 1);
 chmod 0755, $work;

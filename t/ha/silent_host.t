@@ -31,7 +31,7 @@ for my $v (qw(KMDC_BUILD KMDC_MODULE KMDC_SRCDIR PGHOST PGPORT PGUSER)) {
 }
 plan tests => 5;
 
-my $kmdc = "$ENV{KMDC_BUILD}/client/kmdc";
+my $kmdc = "$ENV{KMDC_BUILD}/kmdc/kmdc";
 my $root = File::Spec->rel2abs('t/logs/ha_silent_host');
 my $work = tempdir('kmdc-silent-XXXXXX', TMPDIR => 1, CLEANUP => 1);
 remove_tree($root);

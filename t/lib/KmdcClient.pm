@@ -33,8 +33,8 @@ my $nrun = 0;
 sub build {
     return $ENV{KMDC_BUILD} // die "KMDC_BUILD not set: run t/run-suite BUILD_DIR\n";
 }
-sub kmdc_bin { return build() . '/client/kmdc' }
-sub kmdcadm_bin { return build() . '/client/kmdcadm' }
+sub kmdc_bin { return build() . '/kmdc/kmdc' }
+sub kmdcadm_bin { return build() . '/admin/kmdcadm' }
 
 # The handler's base URL (http://127.0.0.1:PORT/kmdc) and its path (/kmdc).
 sub base_url {

@@ -285,7 +285,7 @@ sub create_db {
     my ($rc, $out) = run('psql', '-XAtq', '-v', 'ON_ERROR_STOP=1', '-d', 'postgres',
                          '-c', "DROP DATABASE IF EXISTS $db", '-c', "CREATE DATABASE $db");
     die "cannot create database $db: $out" if $rc;
-    ($rc, $out) = run("$ENV{KMDC_BUILD}/client/kmdcadm", '--db', conninfo($db), 'migrate');
+    ($rc, $out) = run("$ENV{KMDC_BUILD}/admin/kmdcadm", '--db', conninfo($db), 'migrate');
     die "kmdcadm migrate on $db failed: $out" if $rc;
     return conninfo($db);
 }
@@ -300,7 +300,7 @@ sub conninfo {
 sub keygen {
     my ($file) = @_;
     unlink $file;
-    my ($rc, $out) = run("$ENV{KMDC_BUILD}/client/kmdcadm", 'keygen', '--out', $file);
+    my ($rc, $out) = run("$ENV{KMDC_BUILD}/admin/kmdcadm", 'keygen', '--out', $file);
     die "kmdcadm keygen failed: $out" if $rc;
     return $file;
 }
@@ -310,7 +310,7 @@ sub keygen {
 sub issue {
     my (%o) = @_;
     my @keys = map { ('--master-key', $_) } @{ $o{keys} };
-    my ($rc, $out) = run("$ENV{KMDC_BUILD}/client/kmdcadm", '--db', $o{db}, @keys, 'issue',
+    my ($rc, $out) = run("$ENV{KMDC_BUILD}/admin/kmdcadm", '--db', $o{db}, @keys, 'issue',
                          '--address', $o{address}, '--url', $o{url}, '--out', $o{file});
     die "kmdcadm issue $o{address} failed: $out" if $rc;
     my ($serial) = $out =~ /^serial:\s*([0-9a-f]{16})$/m or die "no serial in: $out";

@@ -119,7 +119,7 @@ sub issue_card {
     my $url = Apache::TestRequest::resolve_url('/kmdc');
     $url =~ s{/+$}{};
     my $file = workdir() . "/$addr.card";
-    my ($rc, $out) = run("$build/client/kmdcadm", '--master-key', "1:$mkey", 'issue',
+    my ($rc, $out) = run("$build/admin/kmdcadm", '--master-key', "1:$mkey", 'issue',
                          '--address', $addr, '--url', $url, '--out', $file);
     die "kmdcadm issue $addr failed: $out" if $rc;
     my ($serial) = $out =~ /^serial:\s*([0-9a-f]{16})$/m or die "no serial in: $out";

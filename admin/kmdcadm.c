@@ -331,7 +331,7 @@ finish_output(int rc)
 /* --- migrate ------------------------------------------------------------------ */
 
 /* The source tree's sql/ when this binary runs from a build tree: the build
- * tree's Makefile (one level above client/) names abs_top_srcdir. */
+ * tree's Makefile (one level above admin/) names abs_top_srcdir. */
 static int
 build_tree_sqldir(char *out, size_t outlen)
 {
@@ -347,7 +347,7 @@ build_tree_sqldir(char *out, size_t outlen)
     if (n <= 0)
         return 0;
     exe[n] = '\0';
-    dir = dirname(exe);                 /* .../client or .../client/.libs */
+    dir = dirname(exe);                 /* .../admin or .../admin/.libs */
     if (strcmp(basename(dir), ".libs") == 0)
         dir = dirname(dir);
     w = snprintf(mk, sizeof mk, "%s/../Makefile", dir);
