@@ -19,14 +19,6 @@
 /* ---- small helpers ---------------------------------------------------------- */
 
 kmdc_status
-kmdc_card_sys_fail(kmdc_err *err, const char *what, const char *path)
-{
-    int e = errno;
-
-    return kmdc_err_set(err, KMDC_ERR_IO, "%s %s: %s", what, path, strerror(e));
-}
-
-kmdc_status
 kmdc_card_oom(kmdc_err *err)
 {
     return kmdc_err_set(err, KMDC_ERR_INTERNAL, "out of memory");

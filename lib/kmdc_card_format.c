@@ -493,10 +493,10 @@ kmdc_card_load(const char *path, const char *pass, kmdc_card **out, kmdc_err *er
             return kmdc_err_set(err, KMDC_ERR_PERM,
                                 "card file %s is a symbolic link; give the path of the card itself",
                                 path);
-        return kmdc_card_sys_fail(err, "cannot open card file", path);
+        return kmdc_err_sys(err, "cannot open card file", path);
     }
     if (fstat(fd, &st) != 0) {
-        rc = kmdc_card_sys_fail(err, "cannot stat card file", path);
+        rc = kmdc_err_sys(err, "cannot stat card file", path);
         goto out;
     }
     if (!S_ISREG(st.st_mode)) {
@@ -523,7 +523,7 @@ kmdc_card_load(const char *path, const char *pass, kmdc_card **out, kmdc_err *er
         if (n < 0) {
             if (errno == EINTR)
                 continue;
-            rc = kmdc_card_sys_fail(err, "cannot read card file", path);
+            rc = kmdc_err_sys(err, "cannot read card file", path);
             goto out;
         }
         if (n == 0)
@@ -571,7 +571,7 @@ card_write(const kmdc_card *card, const char *path, const char *pass,
             goto out;
         }
     } else if (errno != ENOENT) {
-        rc = kmdc_card_sys_fail(err, "cannot stat", path);
+        rc = kmdc_err_sys(err, "cannot stat", path);
         goto out;
     }
     if ((rc = kmdc_card_serialize(card, pass, &img, &imglen, err)) != KMDC_OK)

@@ -49,9 +49,6 @@ struct kmdc_card {
     int protect;                                 /* loaded from a protected file */
 };
 
-/* errno text for a failed system call on path (KMDC_ERR_IO). */
-kmdc_status kmdc_card_sys_fail(kmdc_err *err, const char *what, const char *path);
-
 /* "out of memory" (KMDC_ERR_INTERNAL). */
 kmdc_status kmdc_card_oom(kmdc_err *err);
 

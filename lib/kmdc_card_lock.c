@@ -40,7 +40,7 @@ kmdc_card_lock(const char *card_path, kmdc_card_lockwhich which, int wait,
     }
     fd = open(path, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC | O_NOCTTY, 0600);
     if (fd < 0) {
-        rc = kmdc_card_sys_fail(err, "cannot open lock file", path);
+        rc = kmdc_err_sys(err, "cannot open lock file", path);
         goto out;
     }
     for (;;) {
@@ -55,7 +55,7 @@ kmdc_card_lock(const char *card_path, kmdc_card_lockwhich which, int wait,
                               : which == KMDC_LOCK_RECV ? "receiver" : "process");
             goto out;
         }
-        rc = kmdc_card_sys_fail(err, "cannot lock", path);
+        rc = kmdc_err_sys(err, "cannot lock", path);
         goto out;
     }
     h->fd = fd;

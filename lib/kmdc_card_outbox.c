@@ -40,16 +40,16 @@ outbox_ensure(const char *card_path, const char *dir, kmdc_err *err)
 
     if (mkdir(dir, 0700) == 0) {
         if (chmod(dir, 0700) != 0)
-            return kmdc_card_sys_fail(err, "cannot set mode 0700 on", dir);
+            return kmdc_err_sys(err, "cannot set mode 0700 on", dir);
         if ((rc = kmdc_card_split_path(card_path, &parent, &base, err)) == KMDC_OK)
             rc = kmdc_fsync_dir(parent, err);
         free(parent);
         return rc;
     }
     if (errno != EEXIST)
-        return kmdc_card_sys_fail(err, "cannot create outbox folder", dir);
+        return kmdc_err_sys(err, "cannot create outbox folder", dir);
     if (lstat(dir, &st) != 0)
-        return kmdc_card_sys_fail(err, "cannot stat", dir);
+        return kmdc_err_sys(err, "cannot stat", dir);
     if (!S_ISDIR(st.st_mode))
         return kmdc_err_set(err, KMDC_ERR_PERM, "%s is not a folder", dir);
     if ((st.st_mode & 077) != 0)
@@ -136,61 +136,90 @@ entry_name(const char *name, uint64_t *seq)
     return 1;
 }
 
-kmdc_status
-kmdc_outbox_list(const char *card_path, uint64_t **seqs, size_t *n, kmdc_err *err)
+/* Called by outbox_scan for each entry name of the outbox folder dir (dfd open on it). */
+typedef kmdc_status (*outbox_entry_fn)(void *arg, int dfd, const char *dir, const char *name,
+                                       kmdc_err *err);
+
+/* Call fn for every entry of the outbox of card_path, stopping at its first
+ * error.  A missing outbox has no entries. */
+static kmdc_status
+outbox_scan(const char *card_path, outbox_entry_fn fn, void *arg, kmdc_err *err)
 {
     char *dir = NULL;
     DIR *d = NULL;
     struct dirent *de;
-    uint64_t *v = NULL, seq;
-    size_t cnt = 0, cap = 0;
     kmdc_status rc;
 
-    if (seqs == NULL || n == NULL)
-        return kmdc_err_set(err, KMDC_ERR_ARG, "outbox: missing argument");
-    *seqs = NULL;
-    *n = 0;
     if ((rc = outbox_dir(card_path, &dir, err)) != KMDC_OK)
         goto out;
     if ((d = opendir(dir)) == NULL) {
         if (errno != ENOENT)
-            rc = kmdc_card_sys_fail(err, "cannot open outbox", dir);
+            rc = kmdc_err_sys(err, "cannot open outbox", dir);
         goto out;
     }
     for (;;) {
         errno = 0;
         if ((de = readdir(d)) == NULL) {
             if (errno != 0)
-                rc = kmdc_card_sys_fail(err, "cannot read outbox", dir);
+                rc = kmdc_err_sys(err, "cannot read outbox", dir);
             break;
         }
-        if (!entry_name(de->d_name, &seq))
-            continue;
-        if (cnt == cap) {
-            size_t ncap = cap ? cap * 2 : 16;
-            uint64_t *nv = realloc(v, ncap * sizeof(*nv));
-            if (nv == NULL) {
-                rc = kmdc_card_oom(err);
-                goto out;
-            }
-            v = nv;
-            cap = ncap;
-        }
-        v[cnt++] = seq;
+        if ((rc = fn(arg, dirfd(d), dir, de->d_name, err)) != KMDC_OK)
+            break;
     }
-    if (rc != KMDC_OK)
-        goto out;
-    if (cnt > 1)
-        qsort(v, cnt, sizeof(*v), kmdc_card_cmp_u64);
-    *seqs = v;
-    *n = cnt;
-    v = NULL;
 out:
     if (d != NULL)
         closedir(d);
-    free(v);
     free(dir);
     return rc;
+}
+
+typedef struct seq_list {
+    uint64_t *v;
+    size_t cnt, cap;
+} seq_list;
+
+static kmdc_status
+list_entry(void *arg, int dfd, const char *dir, const char *name, kmdc_err *err)
+{
+    seq_list *l = arg;
+    uint64_t seq;
+
+    (void)dfd;
+    (void)dir;
+    if (!entry_name(name, &seq))
+        return KMDC_OK;
+    if (l->cnt == l->cap) {
+        size_t ncap = l->cap ? l->cap * 2 : 16;
+        uint64_t *nv = realloc(l->v, ncap * sizeof(*nv));
+        if (nv == NULL)
+            return kmdc_card_oom(err);
+        l->v = nv;
+        l->cap = ncap;
+    }
+    l->v[l->cnt++] = seq;
+    return KMDC_OK;
+}
+
+kmdc_status
+kmdc_outbox_list(const char *card_path, uint64_t **seqs, size_t *n, kmdc_err *err)
+{
+    seq_list l = { NULL, 0, 0 };
+    kmdc_status rc;
+
+    if (seqs == NULL || n == NULL)
+        return kmdc_err_set(err, KMDC_ERR_ARG, "outbox: missing argument");
+    *seqs = NULL;
+    *n = 0;
+    if ((rc = outbox_scan(card_path, list_entry, &l, err)) != KMDC_OK) {
+        free(l.v);
+        return rc;
+    }
+    if (l.cnt > 1)
+        qsort(l.v, l.cnt, sizeof(*l.v), kmdc_card_cmp_u64);
+    *seqs = l.v;
+    *n = l.cnt;
+    return KMDC_OK;
 }
 
 kmdc_status
@@ -219,7 +248,7 @@ kmdc_outbox_remove(const char *card_path, uint64_t seq, kmdc_err *err)
         goto out;
     if (unlink(path) != 0) {
         if (errno != ENOENT)
-            rc = kmdc_card_sys_fail(err, "cannot remove", path);
+            rc = kmdc_err_sys(err, "cannot remove", path);
         goto out;
     }
     rc = kmdc_fsync_dir(dir, err);
@@ -229,40 +258,22 @@ out:
     return rc;
 }
 
+/* Remove a temporary file ".<...>.tmp" a crash left. */
+static kmdc_status
+sweep_entry(void *arg, int dfd, const char *dir, const char *name, kmdc_err *err)
+{
+    size_t l = strlen(name);
+
+    (void)arg;
+    if (name[0] != '.' || l < 5 || strcmp(name + l - 4, ".tmp") != 0)
+        return KMDC_OK;
+    if (unlinkat(dfd, name, 0) != 0 && errno != ENOENT)
+        return kmdc_err_sys(err, "cannot remove a temporary file in", dir);
+    return KMDC_OK;
+}
+
 kmdc_status
 kmdc_outbox_sweep(const char *card_path, kmdc_err *err)
 {
-    char *dir = NULL;
-    DIR *d = NULL;
-    struct dirent *de;
-    kmdc_status rc;
-
-    if ((rc = outbox_dir(card_path, &dir, err)) != KMDC_OK)
-        goto out;
-    if ((d = opendir(dir)) == NULL) {
-        if (errno != ENOENT)
-            rc = kmdc_card_sys_fail(err, "cannot open outbox", dir);
-        goto out;
-    }
-    for (;;) {
-        size_t l;
-        errno = 0;
-        if ((de = readdir(d)) == NULL) {
-            if (errno != 0)
-                rc = kmdc_card_sys_fail(err, "cannot read outbox", dir);
-            break;
-        }
-        l = strlen(de->d_name);
-        if (de->d_name[0] != '.' || l < 5 || strcmp(de->d_name + l - 4, ".tmp") != 0)
-            continue;
-        if (unlinkat(dirfd(d), de->d_name, 0) != 0 && errno != ENOENT) {
-            rc = kmdc_card_sys_fail(err, "cannot remove a temporary file in", dir);
-            break;
-        }
-    }
-out:
-    if (d != NULL)
-        closedir(d);
-    free(dir);
-    return rc;
+    return outbox_scan(card_path, sweep_entry, NULL, err);
 }
