@@ -88,7 +88,8 @@ kmdc_status kmdc_unwrap(uint8_t *out, size_t cap, size_t *outlen,
  * Load a master key file: exactly 64 lowercase hex digits, optionally
  * followed by one "\n".  The file is opened once and checked with fstat on
  * that descriptor: it must be a regular file with no permission bit for
- * group or others (KMDC_ERR_PERM, the message says to chmod 600 it).
+ * group or others (KMDC_ERR_PERM: "<path> is readable by group or others;
+ * chmod 600 <path>", or "is accessible to" for a write or execute bit).
  * KMDC_ERR_FORMAT when the content is wrong, KMDC_ERR_IO when it cannot be
  * opened or read.  Every buffer holding key material is wiped; key is only
  * written on success.
@@ -98,10 +99,11 @@ kmdc_status kmdc_master_key_load(const char *path,
 
 /*
  * Create a new master key file at path: 32 random bytes written as 64
- * lowercase hex digits and "\n", created with O_CREAT|O_EXCL|O_NOFOLLOW and
- * mode 0600, fsynced together with its directory.  An existing path is never
- * overwritten (KMDC_ERR_IO, "exists"); on a write failure the new file is
- * removed.
+ * lowercase hex digits and "\n", mode 0600, with kmdc_file_write_atomic
+ * (a temporary file beside it, fsynced, moved into place without replacing,
+ * the folder fsynced), so the file appears whole or not at all.  An existing
+ * path (a symbolic link included) is never overwritten (KMDC_ERR_IO, "...
+ * never overwritten"); on a failure nothing is left behind.
  */
 kmdc_status kmdc_master_key_generate(const char *path, kmdc_err *err);
 
