@@ -12,11 +12,13 @@ use warnings FATAL => 'all';
 use Test::More;
 use File::Path qw(make_path remove_tree);
 use File::Spec ();
-use IO::Socket::INET ();
 use JSON::PP ();
 use LWP::UserAgent ();
 use POSIX qw(WNOHANG);
 use Time::HiRes qw(sleep time);
+use FindBin ();
+use lib "$FindBin::Bin/lib";
+use KmdcUtil qw(slurp spew free_port);
 
 for my $v (qw(KMDC_MODULE KMDC_CONNINFO KMDC_MASTER_KEY_FILE PGPORT PGUSER)) {
     BAIL_OUT("$v is not set: run the suite with t/run-suite BUILD_DIR")
@@ -35,31 +37,6 @@ my %running;    # pid => 1, stopped in END
 
 remove_tree($root);
 make_path($root);
-
-sub slurp {
-    my ($file) = @_;
-    open my $fh, '<', $file or return '';
-    local $/;
-    my $s = <$fh>;
-    return defined $s ? $s : '';
-}
-
-sub spew {
-    my ($file, $text, $mode) = @_;
-    open my $fh, '>', $file or die "cannot write $file: $!";
-    print {$fh} $text;
-    close $fh or die "cannot write $file: $!";
-    chmod $mode, $file or die "chmod $file: $!" if defined $mode;
-}
-
-sub free_port {
-    my $s = IO::Socket::INET->new(Listen => 1, LocalAddr => '127.0.0.1',
-                                  LocalPort => 0, Proto => 'tcp', ReuseAddr => 1)
-        or die "cannot probe a free port: $!";
-    my $port = $s->sockport;
-    close $s;
-    return $port;
-}
 
 sub new_key_file {
     my ($file, $mode) = @_;

@@ -18,7 +18,7 @@ use File::Temp qw(tempdir);
 use JSON::PP ();
 use FindBin ();
 use lib "$FindBin::Bin/lib";
-use KmdcTest qw(run sql);
+use KmdcUtil qw(run sql slurp spew kmdcadm_issue);
 
 plan tests => 157;
 
@@ -37,22 +37,6 @@ my $json = JSON::PP->new;
 
 my $n_files = 0;
 sub tmpfile { $n_files++; return "$dir/f$n_files" . ($_[0] // '') }
-
-sub write_file {
-    my ($path, $bytes) = @_;
-    open my $fh, '>:raw', $path or die "$path: $!";
-    print $fh $bytes;
-    close $fh or die;
-    return $path;
-}
-
-sub read_file {
-    my ($path) = @_;
-    open my $fh, '<:raw', $path or die "$path: $!";
-    local $/;
-    my $b = <$fh>;
-    return $b // '';
-}
 
 # A document of n pseudo-random bytes (reproducible).
 sub document {
@@ -76,16 +60,13 @@ my %cards;
 sub card {
     my ($addr, %o) = @_;
     my $file = "$dir/$addr.card";
-    my ($rc, $out) = run($kmdcadm, '--master-key', "1:$mkey", 'issue', '--address', $addr,
-                         '--url', $url, '--out', $file);
-    die "kmdcadm issue $addr failed: $out" if $rc;
-    my ($serial) = $out =~ /serial:\s*([0-9a-f]{16})/ or die "no serial in: $out";
-    my ($code) = $out =~ /access code:\s*([0-9A-Z-]+)/ or die "no code in: $out";
+    my $i = kmdcadm_issue(address => $addr, url => $url, file => $file);
     unless ($o{inactive}) {
-        ($rc, $out) = run($kmdc, '--card', $file, 'activate', $code);
+        my ($rc, $out) = run($kmdc, '--card', $file, 'activate', $i->{code});
         die "kmdc activate $addr failed ($rc): $out" if $rc;
     }
-    return $cards{$addr} = { addr => $addr, file => $file, serial => $serial, code => $code };
+    return $cards{$addr} = { addr => $addr, file => $file, serial => $i->{serial},
+                             code => $i->{code} };
 }
 
 # Seal with the real client; the envelope's path.
@@ -129,8 +110,8 @@ sub post {
     } else { die $how }
     push @c, "$url/send";
     my ($rc, $code) = run(@c);
-    my $j = eval { $json->decode(read_file($body)) };
-    return ($code + 0, $j, read_file($hdrs));
+    my $j = eval { $json->decode(slurp($body)) };
+    return ($code + 0, $j, slurp($hdrs));
 }
 
 # Fetch the recipient's mailbox with the client into a fresh folder.
@@ -283,9 +264,9 @@ sub refused_before {
 
 sub patched {
     my ($env, $offset, $xor) = @_;
-    my $b = read_file($env);
+    my $b = slurp($env);
     substr($b, $offset, 1) = chr(ord(substr($b, $offset, 1)) ^ $xor);
-    return write_file(tmpfile('.kmdc'), $b);
+    return spew(tmpfile('.kmdc'), $b);
 }
 
 {
@@ -297,17 +278,17 @@ sub patched {
     refused_before('tampered keyblock', patched($env, 60, 0x01), 403, 'rejected');
     refused_before('bad magic', patched($env, 0, 0x20), 400, 'bad_envelope');
     refused_before('version 2', patched($env, 4, 0x03), 400, 'bad_envelope');
-    my $b = read_file($env);
-    refused_before('truncated in the header', write_file(tmpfile('.kmdc'), substr($b, 0, 20)),
+    my $b = slurp($env);
+    refused_before('truncated in the header', spew(tmpfile('.kmdc'), substr($b, 0, 20)),
                    400, 'incomplete');
-    refused_before('truncated in the payload', write_file(tmpfile('.kmdc'), substr($b, 0, 5000)),
+    refused_before('truncated in the payload', spew(tmpfile('.kmdc'), substr($b, 0, 5000)),
                    400, 'incomplete');
     my $mp = "--XyZ\r\nContent-Disposition: form-data; name=\"envelope\"\r\n\r\n" . $b
            . "\r\n--XyZ\r\nContent-Disposition: form-data; name=\"other\"\r\n\r\nx\r\n--XyZ--\r\n";
-    refused_before('multipart with another part', write_file(tmpfile('.mp'), $mp), 400,
+    refused_before('multipart with another part', spew(tmpfile('.mp'), $mp), 400,
                    'bad_multipart', 'multipart-raw');
     refused_before('multipart without close delimiter',
-                   write_file(tmpfile('.mp'), "--XyZ\r\nContent-Disposition: form-data; "
+                   spew(tmpfile('.mp'), "--XyZ\r\nContent-Disposition: form-data; "
                               . "name=\"envelope\"\r\n\r\n" . $b), 400, 'bad_multipart',
                    'multipart-raw');
     # suspended and revoked senders
@@ -319,9 +300,9 @@ sub patched {
     run($kmdcadm, 'revoke', $frank->{serial});
     refused_before('revoked card', $fenv, 403, 'rejected');
     # a card that was never activated: its envelope's header names it
-    my $eb = read_file($env);
+    my $eb = slurp($env);
     substr($eb, 8, 8) = pack('H16', $erin->{serial});
-    refused_before('unactivated card', write_file(tmpfile('.kmdc'), $eb), 403, 'rejected');
+    refused_before('unactivated card', spew(tmpfile('.kmdc'), $eb), 403, 'rejected');
     # the unmodified envelope still goes through afterwards
     is((post($env, 'raw'))[0], 201, 'after the refusals the original envelope is accepted');
     fetch($bob);
@@ -359,8 +340,8 @@ sub refused_after {
     refused_after('stale SENT', testseal($alice, 'bob', $doc, '--sent', '1000'), 400, 'too_old');
     my $env = seal($alice, 'bob', $doc);
     refused_after('tampered chunk', patched($env, -(100), 0x01), 400, 'protocol');
-    my $tb = read_file(seal($alice, 'bob', $doc));
-    refused_after('bytes after the last chunk', write_file(tmpfile('.kmdc'), $tb . ('x' x 16)),
+    my $tb = slurp(seal($alice, 'bob', $doc));
+    refused_after('bytes after the last chunk', spew(tmpfile('.kmdc'), $tb . ('x' x 16)),
                   400, 'protocol');
     {
         # fill hank's mailbox to its pending count (KmdcMailboxQuota 1000 ...) with SQL

@@ -23,6 +23,7 @@ use IO::Socket::INET ();
 use POSIX ();
 use Time::HiRes qw(time sleep);
 use KmdcTest qw(:all);
+use KmdcUtil qw(slurp spew);
 
 plan tests => 52;
 
@@ -159,23 +160,6 @@ sub post {
     return $code + 0;
 }
 
-sub write_bytes {
-    my ($path, $bytes) = @_;
-    open my $fh, '>:raw', $path or die;
-    print $fh $bytes;
-    close $fh or die;
-    return $path;
-}
-
-sub slurp {
-    my ($path) = @_;
-    open my $fh, '<:raw', $path or die;
-    local $/;
-    my $b = <$fh>;
-    close $fh;
-    return $b;
-}
-
 # ---- the page itself --------------------------------------------------------------
 my @metrics = qw(kmdc_send_total kmdc_send_bytes_total kmdc_deliveries_total
                  kmdc_requests_total kmdc_auth_failures_total kmdc_activations_total
@@ -274,8 +258,8 @@ my %want;     # expected deltas, "name{labels}" => n
     my $e4 = seal($sender, 'mx-one', 'tampered');
     my $t = slurp($e4);
     substr($t, 50, 1) = chr(ord(substr($t, 50, 1)) ^ 0x01);    # in the keyblock
-    write_bytes($e4, $t);
-    my $e5 = write_bytes("$dir/garbage.kmdc", 'KMDX' . ("\0" x 60));
+    spew($e4, $t);
+    my $e5 = spew("$dir/garbage.kmdc", 'KMDX' . ("\0" x 60));
     my @codes = map { post($_) } $e1, $e2, $e1, $e3, $e4, $e5;
     is("@codes", '201 201 200 404 403 400',
        'sends: two accepted, a retry, an unknown recipient, a bad keyblock, bad magic');
