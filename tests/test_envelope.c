@@ -4,6 +4,7 @@
 #include "kmdc_crypto.h"
 #include "kmdc_envelope.h"
 #include "kmdc_util.h"
+#include "fixtures.h"
 #include "tap.h"
 
 #include <malloc.h>
@@ -66,45 +67,6 @@ gen(uint8_t *p, uint64_t off, size_t len)
         uint64_t x = off + i;
         p[i] = (uint8_t)((x * UINT64_C(2654435761)) >> 13 ^ (x >> 16));
     }
-}
-
-struct buf {
-    uint8_t *p;
-    size_t n, cap;
-};
-
-static void
-buf_add(struct buf *b, const void *p, size_t len)
-{
-    if (b->n + len > b->cap) {
-        size_t cap = b->cap ? b->cap : 1024;
-        while (cap < b->n + len)
-            cap *= 2;
-        b->p = realloc(b->p, cap);
-        if (b->p == NULL) {
-            fprintf(stderr, "out of memory\n");
-            exit(2);
-        }
-        b->cap = cap;
-    }
-    if (len > 0)
-        memcpy(b->p + b->n, p, len);
-    b->n += len;
-}
-
-static void
-buf_free(struct buf *b)
-{
-    free(b->p);
-    memset(b, 0, sizeof(*b));
-}
-
-static kmdc_status
-emit_buf(void *arg, const uint8_t *p, size_t len, kmdc_err *err)
-{
-    (void)err;
-    buf_add(arg, p, len);
-    return KMDC_OK;
 }
 
 /* Slice length for mode: 0 all at once, 1 one byte, 2 random. */
