@@ -20,8 +20,6 @@ use FindBin ();
 use lib "$FindBin::Bin/lib";
 use KmdcUtil qw(run sql slurp spew kmdcadm_issue);
 
-plan tests => 157;
-
 my $build = $ENV{KMDC_BUILD} or die "KMDC_BUILD not set: run t/run-suite BUILD_DIR\n";
 my $mkey = $ENV{KMDC_MASTER_KEY_FILE} or die "KMDC_MASTER_KEY_FILE not set\n";
 my $kmdcadm = "$build/admin/kmdcadm";
@@ -202,54 +200,55 @@ for my $rl (@relays) {
 }
 
 # ---- retries and counters -------------------------------------------------------
+subtest 'retries and counters' => sub {
+    {
+        my $doc = document(100);
+        my $env = seal($alice, 'bob', $doc);
+        my ($c1, $j1) = post($env, 'raw');
+        my ($c2, $j2) = post($env, 'raw');
+        my ($c3, $j3) = post($env, 'multipart', $alice->{serial});
+        is($c1, 201, 'retry: first upload 201');
+        is($c2, 200, 'retry: the byte-identical retry answers 200');
+        ok($j1 && $j2 && $j1->{message} eq $j2->{message}, 'retry: same message id');
+        ok($j3 && $j3->{message} eq $j1->{message}, 'retry: also through multipart');
+        is(sql("SELECT count(*) FROM deliveries WHERE message_id = x'$j1->{message}'::bigint"), 1,
+           'retry: one delivery');
+        my ($rc, $d) = fetch($bob);
+        my @got = files_in($d);
+        is(scalar @got, 1, 'retry: the recipient gets it once');
 
-{
-    my $doc = document(100);
-    my $env = seal($alice, 'bob', $doc);
-    my ($c1, $j1) = post($env, 'raw');
-    my ($c2, $j2) = post($env, 'raw');
-    my ($c3, $j3) = post($env, 'multipart', $alice->{serial});
-    is($c1, 201, 'retry: first upload 201');
-    is($c2, 200, 'retry: the byte-identical retry answers 200');
-    ok($j1 && $j2 && $j1->{message} eq $j2->{message}, 'retry: same message id');
-    ok($j3 && $j3->{message} eq $j1->{message}, 'retry: also through multipart');
-    is(sql("SELECT count(*) FROM deliveries WHERE message_id = x'$j1->{message}'::bigint"), 1,
-       'retry: one delivery');
-    my ($rc, $d) = fetch($bob);
-    my @got = files_in($d);
-    is(scalar @got, 1, 'retry: the recipient gets it once');
+        # the same counter with another envelope: copy the card, seal twice
+        my $copy = "$dir/alice-copy.card";
+        copy($alice->{file}, $copy) or die;
+        chmod 0600, $copy;
+        my $a = seal($alice, 'bob', $doc);
+        my $b = seal({ %$alice, file => $copy }, 'bob', $doc);
+        is((post($a, 'raw'))[0], 201, 'used counter: the first envelope 201');
+        my $before = state();
+        my ($cb, $jb) = post($b, 'raw');
+        is($cb, 403, 'used counter: another envelope for it 403');
+        is($jb && $jb->{error}, 'rejected', 'used counter: error rejected');
+        is(state(), $before, 'used counter: nothing changed');
+        fetch($bob);
+    }
 
-    # the same counter with another envelope: copy the card, seal twice
-    my $copy = "$dir/alice-copy.card";
-    copy($alice->{file}, $copy) or die;
-    chmod 0600, $copy;
-    my $a = seal($alice, 'bob', $doc);
-    my $b = seal({ %$alice, file => $copy }, 'bob', $doc);
-    is((post($a, 'raw'))[0], 201, 'used counter: the first envelope 201');
-    my $before = state();
-    my ($cb, $jb) = post($b, 'raw');
-    is($cb, 403, 'used counter: another envelope for it 403');
-    is($jb && $jb->{error}, 'rejected', 'used counter: error rejected');
-    is(state(), $before, 'used counter: nothing changed');
-    fetch($bob);
-}
-
-{
-    # the window: seal 64 envelopes without sending; the 64th ahead is the edge
-    my $doc = document(10);
-    my $base = up_next($alice);
-    my @envs = map { seal($alice, 'bob', $doc) } 1 .. 65;
-    my $before = state();
-    my ($c, $j) = post($envs[64], 'raw');     # seq = base + 64: outside a window of 64
-    is($c, 403, 'window: seq up_next + 64 is refused');
-    is(state(), $before, 'window: nothing changed');
-    ($c) = post($envs[63], 'raw');            # seq = base + 63: the edge
-    is($c, 201, 'window: seq up_next + 63 is accepted');
-    is(up_next($alice), $base + 64, 'window: up_next moved past it');
-    ($c) = post($envs[0], 'raw');             # skipped counter below up_next, no receipt
-    is($c, 403, 'window: a skipped counter below up_next is refused');
-    fetch($bob);
-}
+    {
+        # the window: seal 64 envelopes without sending; the 64th ahead is the edge
+        my $doc = document(10);
+        my $base = up_next($alice);
+        my @envs = map { seal($alice, 'bob', $doc) } 1 .. 65;
+        my $before = state();
+        my ($c, $j) = post($envs[64], 'raw');     # seq = base + 64: outside a window of 64
+        is($c, 403, 'window: seq up_next + 64 is refused');
+        is(state(), $before, 'window: nothing changed');
+        ($c) = post($envs[63], 'raw');            # seq = base + 63: the edge
+        is($c, 201, 'window: seq up_next + 63 is accepted');
+        is(up_next($alice), $base + 64, 'window: up_next moved past it');
+        ($c) = post($envs[0], 'raw');             # skipped counter below up_next, no receipt
+        is($c, 403, 'window: a skipped counter below up_next is refused');
+        fetch($bob);
+    }
+};
 
 # ---- refusals before authentication change nothing -------------------------------
 
@@ -361,3 +360,5 @@ sub refused_after {
     refused_after('over KmdcMaxRecipients',
                   testseal($alice, join(',', map { "r$_" } 1 .. 9), $doc), 413, 'too_large');
 }
+
+done_testing();

@@ -25,8 +25,6 @@ use Time::HiRes qw(time sleep);
 use KmdcTest qw(:all);
 use KmdcUtil qw(slurp spew);
 
-plan tests => 52;
-
 my $build = $ENV{KMDC_BUILD} or die "KMDC_BUILD not set: run t/run-suite BUILD_DIR\n";
 my $mkey = $ENV{KMDC_MASTER_KEY_FILE} or die "KMDC_MASTER_KEY_FILE not set\n";
 my $kmdcadm = "$build/admin/kmdcadm";
@@ -299,30 +297,32 @@ my %want;     # expected deltas, "name{labels}" => n
 }
 
 # ---- malformed serials and ids count as "unknown" --------------------------------------------
-# (docs/ADMIN.md: a path that matched no endpoint.)  The route of such a path
-# is known, but its serial or id is not one: neither the endpoint's counter
-# nor any other moves.
-{
-    my $before = collapse(snapshot());
-    my $mb = "/kmdc/mailbox/$x->{serial}";
-    my @codes = (request('GET', '/kmdc/mailbox/XYZ')->code,
-                 signed($x, 'GET', "$mb/notanid")->code,
-                 signed($x, 'DELETE', "$mb/0000000000000000")->code,
-                 signed($x, 'GET', '/kmdc/messages/notanid')->code);
-    is("@codes", '404 404 404 404',
-       'requests: a malformed serial, a malformed delivery id (GET, DELETE), a malformed message id');
-    my $after = collapse(snapshot());
-    my %moved;
-    for my $ep (qw(unknown mailbox_list mailbox_fetch mailbox_ack messages other)) {
-        my $k = "kmdc_requests_total{endpoint=\"$ep\"}";
-        $moved{$ep} = ($after->{$k} // 0) - ($before->{$k} // 0);
+subtest 'malformed serials and ids count as "unknown"' => sub {
+    # (docs/ADMIN.md: a path that matched no endpoint.)  The route of such a path
+    # is known, but its serial or id is not one: neither the endpoint's counter
+    # nor any other moves.
+    {
+        my $before = collapse(snapshot());
+        my $mb = "/kmdc/mailbox/$x->{serial}";
+        my @codes = (request('GET', '/kmdc/mailbox/XYZ')->code,
+                     signed($x, 'GET', "$mb/notanid")->code,
+                     signed($x, 'DELETE', "$mb/0000000000000000")->code,
+                     signed($x, 'GET', '/kmdc/messages/notanid')->code);
+        is("@codes", '404 404 404 404',
+           'requests: a malformed serial, a malformed delivery id (GET, DELETE), a malformed message id');
+        my $after = collapse(snapshot());
+        my %moved;
+        for my $ep (qw(unknown mailbox_list mailbox_fetch mailbox_ack messages other)) {
+            my $k = "kmdc_requests_total{endpoint=\"$ep\"}";
+            $moved{$ep} = ($after->{$k} // 0) - ($before->{$k} // 0);
+        }
+        is($moved{unknown}, 4, '... kmdc_requests_total{endpoint="unknown"} moved by 4');
+        is_deeply([map { "$_=$moved{$_}" } qw(mailbox_list mailbox_fetch mailbox_ack messages other)],
+                  [qw(mailbox_list=0 mailbox_fetch=0 mailbox_ack=0 messages=0 other=0)],
+                  '... the endpoints of those routes did not move');
+        $want{'kmdc_requests_total{endpoint="unknown"}'} += 4;
     }
-    is($moved{unknown}, 4, '... kmdc_requests_total{endpoint="unknown"} moved by 4');
-    is_deeply([map { "$_=$moved{$_}" } qw(mailbox_list mailbox_fetch mailbox_ack messages other)],
-              [qw(mailbox_list=0 mailbox_fetch=0 mailbox_ack=0 messages=0 other=0)],
-              '... the endpoints of those routes did not move');
-    $want{'kmdc_requests_total{endpoint="unknown"}'} += 4;
-}
+};
 
 # ---- the long-poll gauge ----------------------------------------------------------------------
 {
@@ -429,3 +429,5 @@ my $m1 = collapse($raw1);
            'kmdc_db_round_trips_total grew with the requests');
     is($m1->{kmdc_start_time_seconds}, $start_time, 'kmdc_start_time_seconds did not change');
 }
+
+done_testing();
