@@ -284,8 +284,9 @@ ok $? "card file: a protected card stays protected after a save"
 # ======================= part 2: a loopback stand-in ===========================
 
 if ! command -v python3 >/dev/null 2>&1; then
-    while [ $n -lt $PLAN ]; do skip "loopback test" "python3 not found"; done
-    exit $(( failed > 0 ))
+    # the results part 2 prints, skipped as a whole (keep in step with it)
+    for _ in $(seq 39); do skip "loopback test" "python3 not found"; done
+    tap_exit
 fi
 
 mkdir -p dc/receipts dc/sent dc/mailbox/00000000000000e5
