@@ -3,9 +3,10 @@
  * (kmdc_sendbody), against the in-memory store of the unit tests.
  *
  * The fixture is fixed: cards alice (the sender), bob and carol, their
- * chain keys derived from their serials exactly as tests/test_intake.c
- * derives them (so the seeds it writes, `test_intake --seeds DIR`, are
- * authentic up envelopes of alice and reach the payload and publication),
+ * chain keys derived from their serials by tests/fixtures.h, exactly as
+ * tests/test_intake.c derives them (so the seeds it writes, `test_intake
+ * --seeds DIR`, are authentic up envelopes of alice and reach the payload
+ * and publication),
  * one master key, a fixed clock.
  *
  * Input: four control bytes, then the envelope (or, in body mode 3, the
@@ -54,27 +55,19 @@
 #include "kmdc_intake.h"
 #include "kmdc_sendbody.h"
 #include "kmdc_util.h"
+#include "fixtures.h"
 #include "memstore.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-#define NOW_MS UINT64_C(1700000000000)
 #define ALICE UINT64_C(0x1a11ce0000000001)
 #define BOB UINT64_C(0x0b0b000000000002)
 #define CAROL UINT64_C(0x0ca2010000000003)
-#define BOUNDARY "------------------------d74496d66958873e"
-#define MP_TYPE "multipart/form-data; boundary=" BOUNDARY
 #define CT KMDC_CHUNK_CT_MAX
 
 static const uint8_t MASTER[32] = { 0x4d, 0x4b, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14,
                                     15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28,
                                     29, 30 };
-
-static uint64_t
-fixed_now(void)
-{
-    return NOW_MS;
-}
 
 #define CHECK(cond, what)                                                       \
     do {                                                                        \
@@ -84,45 +77,6 @@ fixed_now(void)
             abort();                                                            \
         }                                                                       \
     } while (0)
-
-struct buf {
-    uint8_t *p;
-    size_t n, cap;
-};
-
-static void
-buf_add(struct buf *b, const void *p, size_t len)
-{
-    if (b->n + len > b->cap) {
-        size_t cap = b->cap ? b->cap : 256;
-        while (cap < b->n + len)
-            cap *= 2;
-        if ((b->p = realloc(b->p, cap)) == NULL)
-            abort();
-        b->cap = cap;
-    }
-    if (len > 0)
-        memcpy(b->p + b->n, p, len);
-    b->n += len;
-}
-
-static void
-buf_str(struct buf *b, const char *s)
-{
-    buf_add(b, s, strlen(s));
-}
-
-/* The raw CK_0 of a card's chain, as tests/test_intake.c derives it. */
-static void
-card_key(uint64_t serial, int up, uint8_t ck[32])
-{
-    uint8_t in[9];
-
-    in[0] = up ? 'u' : 'd';
-    kmdc_put_u64(in + 1, serial);
-    if (kmdc_sha256(ck, in, sizeof(in), NULL) != KMDC_OK)
-        abort();
-}
 
 static void
 add_card(memstore *ms, const kmdc_keyring *ring, uint64_t serial, const char *addr,

@@ -9,8 +9,6 @@ use Apache::TestRequest qw(GET HEAD POST);
 use HTTP::Request ();
 use JSON::PP ();
 
-plan tests => 53;
-
 my $json = JSON::PP->new;
 
 # Any method, through Apache::Test's user agent and server address.
@@ -47,30 +45,32 @@ sub is_json_error {
 my $serial = '0123456789abcdef';
 
 # --- health ----------------------------------------------------------------
-{
-    my $res = GET '/kmdc/health';
-    is($res->code, 200, 'health: 200 with the migrated database '
-       . '(also: the nested <Location /kmdc/health> does not move the base)')
-        or diag($res->as_string);
-    like($res->header('Content-Type') // '', qr{^application/json\b},
-         'health: Content-Type application/json');
-    my $b = body_json($res);
-    ok($b && ($b->{status} // '') eq 'ok', 'health: status is "ok"');
-    ok($b && defined $b->{schema} && $b->{schema} == 2
-       && !ref $b->{schema} && $res->decoded_content =~ /"schema":2\b/,
-       'health: schema is the number 2');
-    is($res->header('Cache-Control') // '', 'no-store',
-       'health: Cache-Control no-store');
-}
-{
-    my $res = HEAD '/kmdc/health';
-    is($res->code, 200, 'health: HEAD answers 200');
-    is(length($res->content // ''), 0, 'health: HEAD has no body');
-}
-{
-    my $res = GET '/kmdc/health?probe=1';
-    is($res->code, 200, 'health: a query string does not change the path');
-}
+subtest 'health' => sub {
+    {
+        my $res = GET '/kmdc/health';
+        is($res->code, 200, 'health: 200 with the migrated database '
+           . '(also: the nested <Location /kmdc/health> does not move the base)')
+            or diag($res->as_string);
+        like($res->header('Content-Type') // '', qr{^application/json\b},
+             'health: Content-Type application/json');
+        my $b = body_json($res);
+        ok($b && ($b->{status} // '') eq 'ok', 'health: status is "ok"');
+        ok($b && defined $b->{schema} && $b->{schema} == 2
+           && !ref $b->{schema} && $res->decoded_content =~ /"schema":2\b/,
+           'health: schema is the number 2');
+        is($res->header('Cache-Control') // '', 'no-store',
+           'health: Cache-Control no-store');
+    }
+    {
+        my $res = HEAD '/kmdc/health';
+        is($res->code, 200, 'health: HEAD answers 200');
+        is(length($res->content // ''), 0, 'health: HEAD has no body');
+    }
+    {
+        my $res = GET '/kmdc/health?probe=1';
+        is($res->code, 200, 'health: a query string does not change the path');
+    }
+};
 
 # --- 404 -------------------------------------------------------------------
 is_json_error(GET('/kmdc/nope'), 404, 'not_found', 'unknown path');
@@ -108,44 +108,50 @@ is(GET("/kmdc/mailbox/$serial/notanid")->code, 401,
    'a malformed delivery id, unsigned: 401 (authentication first)');
 
 # --- 405 -------------------------------------------------------------------
-{
-    my $res = POST '/kmdc/health', content => '';
-    is_json_error($res, 405, 'method_not_allowed', 'POST /health');
-    is($res->header('Allow') // '', 'GET, HEAD', 'POST /health: Allow: GET, HEAD');
-}
-{
-    my $res = request(DELETE => '/kmdc/send');
-    is_json_error($res, 405, 'method_not_allowed', 'DELETE /send');
-    is($res->header('Allow') // '', 'POST', 'DELETE /send: Allow: POST');
-}
-{
-    my $res = request(PUT => "/kmdc/mailbox/$serial/1", 'x');
-    is_json_error($res, 405, 'method_not_allowed', 'PUT /mailbox/S/ID');
-    is($res->header('Allow') // '', 'GET, HEAD, DELETE',
-       'PUT /mailbox/S/ID: Allow lists GET, HEAD, DELETE');
-}
-{
-    my $res = GET "/kmdc/activate/$serial";
-    is($res->code, 405, 'GET /activate/S: 405');
-    is($res->header('Allow') // '', 'POST', 'GET /activate/S: Allow: POST');
-}
-{
-    # the method is checked before the serial
-    my $res = POST '/kmdc/mailbox/XYZ', content => '';
-    is($res->code, 405, 'POST /mailbox/XYZ: 405 (the method before the serial)');
-}
+subtest '405' => sub {
+    {
+        my $res = POST '/kmdc/health', content => '';
+        is_json_error($res, 405, 'method_not_allowed', 'POST /health');
+        is($res->header('Allow') // '', 'GET, HEAD', 'POST /health: Allow: GET, HEAD');
+    }
+    {
+        my $res = request(DELETE => '/kmdc/send');
+        is_json_error($res, 405, 'method_not_allowed', 'DELETE /send');
+        is($res->header('Allow') // '', 'POST', 'DELETE /send: Allow: POST');
+    }
+    {
+        my $res = request(PUT => "/kmdc/mailbox/$serial/1", 'x');
+        is_json_error($res, 405, 'method_not_allowed', 'PUT /mailbox/S/ID');
+        is($res->header('Allow') // '', 'GET, HEAD, DELETE',
+           'PUT /mailbox/S/ID: Allow lists GET, HEAD, DELETE');
+    }
+    {
+        my $res = GET "/kmdc/activate/$serial";
+        is($res->code, 405, 'GET /activate/S: 405');
+        is($res->header('Allow') // '', 'POST', 'GET /activate/S: Allow: POST');
+    }
+    {
+        # the method is checked before the serial
+        my $res = POST '/kmdc/mailbox/XYZ', content => '';
+        is($res->code, 405, 'POST /mailbox/XYZ: 405 (the method before the serial)');
+    }
+};
 
 # --- OPTIONS ---------------------------------------------------------------
-{
-    my $res = request(OPTIONS => "/kmdc/mailbox/$serial/0000000000000001");
-    is($res->code, 204, 'OPTIONS /mailbox/S/ID: 204');
-    is($res->header('Allow') // '', 'GET, HEAD, DELETE',
-       'OPTIONS /mailbox/S/ID: Allow: GET, HEAD, DELETE');
-    is(length($res->content // ''), 0, 'OPTIONS /mailbox/S/ID: no body');
-}
-{
-    my $res = request(OPTIONS => '/kmdc');
-    ok($res->code == 204 && ($res->header('Allow') // '') eq 'GET, HEAD',
-       'OPTIONS on the page: 204, Allow: GET, HEAD');
-}
+subtest 'OPTIONS' => sub {
+    {
+        my $res = request(OPTIONS => "/kmdc/mailbox/$serial/0000000000000001");
+        is($res->code, 204, 'OPTIONS /mailbox/S/ID: 204');
+        is($res->header('Allow') // '', 'GET, HEAD, DELETE',
+           'OPTIONS /mailbox/S/ID: Allow: GET, HEAD, DELETE');
+        is(length($res->content // ''), 0, 'OPTIONS /mailbox/S/ID: no body');
+    }
+    {
+        my $res = request(OPTIONS => '/kmdc');
+        ok($res->code == 204 && ($res->header('Allow') // '') eq 'GET, HEAD',
+           'OPTIONS on the page: 204, Allow: GET, HEAD');
+    }
+};
 is_json_error(request(OPTIONS => '/kmdc/nope'), 404, 'not_found', 'OPTIONS on an unknown path');
+
+done_testing();

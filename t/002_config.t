@@ -12,18 +12,18 @@ use warnings FATAL => 'all';
 use Test::More;
 use File::Path qw(make_path remove_tree);
 use File::Spec ();
-use IO::Socket::INET ();
 use JSON::PP ();
 use LWP::UserAgent ();
 use POSIX qw(WNOHANG);
 use Time::HiRes qw(sleep time);
+use FindBin ();
+use lib "$FindBin::Bin/lib";
+use KmdcUtil qw(slurp spew free_port);
 
 for my $v (qw(KMDC_MODULE KMDC_CONNINFO KMDC_MASTER_KEY_FILE PGPORT PGUSER)) {
     BAIL_OUT("$v is not set: run the suite with t/run-suite BUILD_DIR")
         unless defined $ENV{$v} && length $ENV{$v};
 }
-
-plan tests => 31;
 
 my $httpd = $ENV{KMDC_HTTPD} || '/usr/sbin/apache2';
 my $apxs = $ENV{KMDC_APXS} || 'apxs';
@@ -35,31 +35,6 @@ my %running;    # pid => 1, stopped in END
 
 remove_tree($root);
 make_path($root);
-
-sub slurp {
-    my ($file) = @_;
-    open my $fh, '<', $file or return '';
-    local $/;
-    my $s = <$fh>;
-    return defined $s ? $s : '';
-}
-
-sub spew {
-    my ($file, $text, $mode) = @_;
-    open my $fh, '>', $file or die "cannot write $file: $!";
-    print {$fh} $text;
-    close $fh or die "cannot write $file: $!";
-    chmod $mode, $file or die "chmod $file: $!" if defined $mode;
-}
-
-sub free_port {
-    my $s = IO::Socket::INET->new(Listen => 1, LocalAddr => '127.0.0.1',
-                                  LocalPort => 0, Proto => 'tcp', ReuseAddr => 1)
-        or die "cannot probe a free port: $!";
-    my $port = $s->sockport;
-    close $s;
-    return $port;
-}
 
 sub new_key_file {
     my ($file, $mode) = @_;
@@ -242,37 +217,39 @@ refused('window-2000', $good . "KmdcSequenceWindow 2000\n" . $location,
         'KmdcSequenceWindow 2000');
 
 # --- a database without the migrations ------------------------------------
-{
-    my $db = 'kmdc_nomigr';
-    local $ENV{PGOPTIONS} = '-c client_min_messages=warning';
-    my $psql = system('psql', '-X', '-q', '-v', 'ON_ERROR_STOP=1', '-d', 'postgres',
-                      '-c', "DROP DATABASE IF EXISTS $db",
-                      '-c', "CREATE DATABASE $db");
-    diag("psql could not create $db") if $psql != 0;
-    my $conninfo = "host=127.0.0.1 port=$ENV{PGPORT} dbname=$db user=$ENV{PGUSER}";
-    my $h = start_httpd('no-migrations',
-                        qq{KmdcDatabase "$conninfo"\nKmdcMasterKey 1 "$good_key"\n}
-                        . $location);
-    ok($h->{started}, 'no migrations: httpd starts (the database is checked '
-       . 'per connection, not at start-up)') or diag($h->{log});
-    my $res = $h->{started} ? $ua->get("http://127.0.0.1:$h->{port}/kmdc/health")
-                            : undef;
-    is($res ? $res->code : 0, 503, 'no migrations: /health answers 503');
-    my $b = $res ? eval { JSON::PP->new->decode($res->decoded_content) } : undef;
-    ok(ref $b eq 'HASH' && ($b->{error} // '') eq 'schema_mismatch'
-       && ($res->header('Content-Type') // '') =~ m{^application/json},
-       'no migrations: the 503 is JSON {"error":"schema_mismatch"}')
-        or diag($res ? $res->as_string : 'no answer');
-    my $log = '';
-    for (1 .. 50) {
-        $log = slurp("$h->{dir}/error_log");
-        last if $log =~ /schema version/;
-        sleep 0.1;
+subtest 'a database without the migrations' => sub {
+    {
+        my $db = 'kmdc_nomigr';
+        local $ENV{PGOPTIONS} = '-c client_min_messages=warning';
+        my $psql = system('psql', '-X', '-q', '-v', 'ON_ERROR_STOP=1', '-d', 'postgres',
+                          '-c', "DROP DATABASE IF EXISTS $db",
+                          '-c', "CREATE DATABASE $db");
+        diag("psql could not create $db") if $psql != 0;
+        my $conninfo = "host=127.0.0.1 port=$ENV{PGPORT} dbname=$db user=$ENV{PGUSER}";
+        my $h = start_httpd('no-migrations',
+                            qq{KmdcDatabase "$conninfo"\nKmdcMasterKey 1 "$good_key"\n}
+                            . $location);
+        ok($h->{started}, 'no migrations: httpd starts (the database is checked '
+           . 'per connection, not at start-up)') or diag($h->{log});
+        my $res = $h->{started} ? $ua->get("http://127.0.0.1:$h->{port}/kmdc/health")
+                                : undef;
+        is($res ? $res->code : 0, 503, 'no migrations: /health answers 503');
+        my $b = $res ? eval { JSON::PP->new->decode($res->decoded_content) } : undef;
+        ok(ref $b eq 'HASH' && ($b->{error} // '') eq 'schema_mismatch'
+           && ($res->header('Content-Type') // '') =~ m{^application/json},
+           'no migrations: the 503 is JSON {"error":"schema_mismatch"}')
+            or diag($res ? $res->as_string : 'no answer');
+        my $log = '';
+        for (1 .. 50) {
+            $log = slurp("$h->{dir}/error_log");
+            last if $log =~ /schema version/;
+            sleep 0.1;
+        }
+        like($log, qr/schema version 0 found, this module needs 2: run kmdcadm migrate/,
+             'no migrations: one clear log line asks for kmdcadm migrate');
+        stop_httpd($h);
     }
-    like($log, qr/schema version 0 found, this module needs 2: run kmdcadm migrate/,
-         'no migrations: one clear log line asks for kmdcadm migrate');
-    stop_httpd($h);
-}
+};
 
 # --- other start-up refusals ----------------------------------------------
 refused('no-database', qq{KmdcMasterKey 1 "$good_key"\n} . $location,
@@ -296,25 +273,29 @@ refused('pool-min', $good . "KmdcDbPoolMin 10\n" . $location,
         'KmdcDbPoolMin above the default KmdcDbPoolMax');
 
 # --- every directive is in the command table, merged and documented --------
-# (what mod_auth_openidc's suite enforces; read from the source tree)
-{
-    my $srcdir = $ENV{KMDC_SRCDIR} || '.';
-    my $h = slurp("$srcdir/mod_kmdc/mod_kmdc_config.h");
-    my $c = slurp("$srcdir/mod_kmdc/mod_kmdc_config.c");
-    my $doc = slurp("$srcdir/docs/DIRECTIVES.md");
-    my %dir = $h =~ /^#define\s+(KMDC_DIR_\w+)\s+"(\w+)"/mg;
-    my @missing_cmd = grep { $c !~ /AP_INIT_\w+\(\Q$_\E,/ } sort keys %dir;
-    ok(keys(%dir) >= 13 && !@missing_cmd,
-       'directives: every KMDC_DIR_* name is in the command table')
-        or diag("not in kmdc_cmds: @missing_cmd");
-    my @undoc = grep { $doc !~ /^\| `\Q$_\E` \|/m } sort values %dir;
-    ok(!@undoc, 'directives: every directive has a row in docs/DIRECTIVES.md')
-        or diag("undocumented: @undoc");
-    my ($fields) = $h =~ /--- directives -+ \*\/\n(.*?)\n\s*\/\* --- filled/s;
-    (my $decls = $fields // '') =~ s{/\*.*?\*/}{}gs;    # drop the comments
-    my @names = $decls =~ /\b(\w+);/g;
-    my @unmerged = grep { $c !~ /MERGE_(?:PTR|VAL)\(\Q$_\E\)/ } @names;
-    ok(@names >= 13 && !@unmerged,
-       'directives: every configuration field is merged for virtual hosts')
-        or diag("fields: @names; not merged: @unmerged");
-}
+subtest 'every directive is in the command table, merged and documented' => sub {
+    # (what mod_auth_openidc's suite enforces; read from the source tree)
+    {
+        my $srcdir = $ENV{KMDC_SRCDIR} || '.';
+        my $h = slurp("$srcdir/mod_kmdc/mod_kmdc_config.h");
+        my $c = slurp("$srcdir/mod_kmdc/mod_kmdc_config.c");
+        my $doc = slurp("$srcdir/docs/DIRECTIVES.md");
+        my %dir = $h =~ /^#define\s+(KMDC_DIR_\w+)\s+"(\w+)"/mg;
+        my @missing_cmd = grep { $c !~ /AP_INIT_\w+\(\Q$_\E,/ } sort keys %dir;
+        ok(keys(%dir) >= 13 && !@missing_cmd,
+           'directives: every KMDC_DIR_* name is in the command table')
+            or diag("not in kmdc_cmds: @missing_cmd");
+        my @undoc = grep { $doc !~ /^\| `\Q$_\E` \|/m } sort values %dir;
+        ok(!@undoc, 'directives: every directive has a row in docs/DIRECTIVES.md')
+            or diag("undocumented: @undoc");
+        my ($fields) = $h =~ /--- directives -+ \*\/\n(.*?)\n\s*\/\* --- filled/s;
+        (my $decls = $fields // '') =~ s{/\*.*?\*/}{}gs;    # drop the comments
+        my @names = $decls =~ /\b(\w+);/g;
+        my @unmerged = grep { $c !~ /MERGE_(?:PTR|VAL)\(\Q$_\E\)/ } @names;
+        ok(@names >= 13 && !@unmerged,
+           'directives: every configuration field is merged for virtual hosts')
+            or diag("fields: @names; not merged: @unmerged");
+    }
+};
+
+done_testing();

@@ -13,8 +13,6 @@ use lib "$FindBin::Bin/lib";
 use Apache::Test qw(-withtestmore);
 use KmdcTest qw(:all);
 
-plan tests => 101;
-
 my $alice = issue_card('ra-alice');
 my $bob = issue_card('ra-bob');
 my $carol = issue_card('ra-carol');     # stays issued
@@ -62,16 +60,18 @@ sub server_headers {
 sub nonces { return sql("SELECT count(*) FROM request_nonces WHERE serial = x'$_[0]'::bigint") }
 
 # --- a good request ---------------------------------------------------------------
-{
-    my $res = signed($alice, 'GET', $card_a);
-    is($res->code, 200, 'a correctly signed GET /card answers 200') or diag($res->as_string);
-    my $res2 = signed($alice, 'GET', $mbox_a);
-    is($res2->code, 200, 'a correctly signed GET /mailbox answers 200');
-    my $res3 = signed($alice, 'HEAD', $card_a);
-    is($res3->code, 200, 'HEAD is signed as HEAD and answers 200');
-    my $res4 = signed($alice, 'GET', "$card_a?x=1");
-    is($res4->code, 200, 'the query is part of the signed target');
-}
+subtest 'a good request' => sub {
+    {
+        my $res = signed($alice, 'GET', $card_a);
+        is($res->code, 200, 'a correctly signed GET /card answers 200') or diag($res->as_string);
+        my $res2 = signed($alice, 'GET', $mbox_a);
+        is($res2->code, 200, 'a correctly signed GET /mailbox answers 200');
+        my $res3 = signed($alice, 'HEAD', $card_a);
+        is($res3->code, 200, 'HEAD is signed as HEAD and answers 200');
+        my $res4 = signed($alice, 'GET', "$card_a?x=1");
+        is($res4->code, 200, 'the query is part of the signed target');
+    }
+};
 
 # --- missing and malformed headers -------------------------------------------------------
 is_401(request('GET', $card_a), 'no Authorization');
@@ -123,31 +123,33 @@ is_401(signed($alice, 'GET', $card_a, serial => '7fffffffffff0001', ak => $alice
        'an unknown serial');
 
 # --- a 401 does not tell whether the card exists -------------------------------------------
-{
-    my $unknown = '7fffffffffff0002';
-    my $u = signed($alice, 'GET', $card_a, serial => $unknown);
-    my $b = signed($alice, 'GET', $card_a, ak => $bob->{ak});
-    is_401($u, 'unknown serial vs bad signature: the unknown serial');
-    is_401($b, 'unknown serial vs bad signature: the bad signature of a known card');
-    is($u->content, $b->content,
-       'an unknown serial and a bad signature get byte-identical 401 bodies')
-        or diag("unknown serial: " . $u->content . "\nbad signature: " . $b->content);
-    is(server_headers($u), server_headers($b),
-       'an unknown serial and a bad signature get the same headers (but Date)')
-        or diag("unknown serial:\n" . server_headers($u) . "bad signature:\n" . server_headers($b));
+subtest 'a 401 does not tell whether the card exists' => sub {
+    {
+        my $unknown = '7fffffffffff0002';
+        my $u = signed($alice, 'GET', $card_a, serial => $unknown);
+        my $b = signed($alice, 'GET', $card_a, ak => $bob->{ak});
+        is_401($u, 'unknown serial vs bad signature: the unknown serial');
+        is_401($b, 'unknown serial vs bad signature: the bad signature of a known card');
+        is($u->content, $b->content,
+           'an unknown serial and a bad signature get byte-identical 401 bodies')
+            or diag("unknown serial: " . $u->content . "\nbad signature: " . $b->content);
+        is(server_headers($u), server_headers($b),
+           'an unknown serial and a bad signature get the same headers (but Date)')
+            or diag("unknown serial:\n" . server_headers($u) . "bad signature:\n" . server_headers($b));
 
-    # the clock is checked whatever the card: the same 401 with a good
-    # signature, a bad one and an unknown serial
-    my $ts = time - 310;
-    my @stale = (signed($alice, 'GET', $card_a, ts => $ts),
-                 signed($alice, 'GET', $card_a, ts => $ts, ak => $bob->{ak}),
-                 signed($alice, 'GET', $card_a, ts => $ts, serial => $unknown));
-    ok(!grep({ $_->code != 401 || (body_json($_) // {})->{message} !~ /^the request's time is more than/ }
-             @stale), 'a stale ts: 401 with the clock message, signed well, badly or by nobody')
-        or diag(join("\n", map { $_->code . ' ' . $_->content } @stale));
-    is($stale[1]->content, $stale[0]->content, 'a stale ts: a bad signature gets the same body');
-    is($stale[2]->content, $stale[0]->content, 'a stale ts: an unknown serial gets the same body');
-}
+        # the clock is checked whatever the card: the same 401 with a good
+        # signature, a bad one and an unknown serial
+        my $ts = time - 310;
+        my @stale = (signed($alice, 'GET', $card_a, ts => $ts),
+                     signed($alice, 'GET', $card_a, ts => $ts, ak => $bob->{ak}),
+                     signed($alice, 'GET', $card_a, ts => $ts, serial => $unknown));
+        ok(!grep({ $_->code != 401 || (body_json($_) // {})->{message} !~ /^the request's time is more than/ }
+                 @stale), 'a stale ts: 401 with the clock message, signed well, badly or by nobody')
+            or diag(join("\n", map { $_->code . ' ' . $_->content } @stale));
+        is($stale[1]->content, $stale[0]->content, 'a stale ts: a bad signature gets the same body');
+        is($stale[2]->content, $stale[0]->content, 'a stale ts: an unknown serial gets the same body');
+    }
+};
 
 # --- the clock ----------------------------------------------------------------------------
 is_401(signed($alice, 'GET', $card_a, ts => time - 310), 'ts 310 s in the past (stale)');
@@ -156,40 +158,42 @@ is(signed($alice, 'GET', $card_a, ts => time - 250)->code, 200, 'ts 250 s in the
 is(signed($alice, 'GET', $card_a, ts => time + 250)->code, 200, 'ts 250 s in the future is accepted');
 
 # --- replays -----------------------------------------------------------------------------
-{
-    my $before = nonces($alice->{serial});
-    my $auth = sign_header($alice, 'GET', $card_a, '');
-    is(request('GET', $card_a, auth => $auth)->code, 200, 'replay: the first use answers 200');
-    is(nonces($alice->{serial}), $before + 1, 'replay: the nonce is recorded in request_nonces');
-    is_401(request('GET', $card_a, auth => $auth), 'replay: the same header again');
-    my $nonce = nonce_hex();
-    is(signed($alice, 'GET', $card_a, nonce => $nonce)->code, 200,
-       'replay: a chosen nonce is accepted once');
-    is_401(signed($alice, 'GET', $mbox_a, nonce => $nonce),
-           'replay: the same nonce in another request (freshly signed)');
-    is(signed($bob, 'GET', "/kmdc/card/$bob->{serial}", nonce => $nonce)->code, 200,
-       'replay: nonces are per card (another card may use the same nonce)');
+subtest 'replays' => sub {
+    {
+        my $before = nonces($alice->{serial});
+        my $auth = sign_header($alice, 'GET', $card_a, '');
+        is(request('GET', $card_a, auth => $auth)->code, 200, 'replay: the first use answers 200');
+        is(nonces($alice->{serial}), $before + 1, 'replay: the nonce is recorded in request_nonces');
+        is_401(request('GET', $card_a, auth => $auth), 'replay: the same header again');
+        my $nonce = nonce_hex();
+        is(signed($alice, 'GET', $card_a, nonce => $nonce)->code, 200,
+           'replay: a chosen nonce is accepted once');
+        is_401(signed($alice, 'GET', $mbox_a, nonce => $nonce),
+               'replay: the same nonce in another request (freshly signed)');
+        is(signed($bob, 'GET', "/kmdc/card/$bob->{serial}", nonce => $nonce)->code, 200,
+           'replay: nonces are per card (another card may use the same nonce)');
 
-    # a request that fails after authentication keeps its nonce
-    my $auth2 = sign_header($alice, 'GET', "/kmdc/mailbox/$bob->{serial}", '');
-    is_error(request('GET', "/kmdc/mailbox/$bob->{serial}", auth => $auth2), 403, 'forbidden',
-             'replay: a request for another mailbox');
-    is_401(request('GET', "/kmdc/mailbox/$bob->{serial}", auth => $auth2),
-           'replay: the refused request\'s nonce was kept');
-    my $auth3 = sign_header($alice, 'GET', '/kmdc/mailbox/' . $alice->{serial} . '/00000000000000ff', '');
-    is(request('GET', '/kmdc/mailbox/' . $alice->{serial} . '/00000000000000ff', auth => $auth3)->code,
-       404, 'replay: a fetch of an unknown delivery answers 404');
-    is(request('GET', '/kmdc/mailbox/' . $alice->{serial} . '/00000000000000ff', auth => $auth3)->code,
-       401, 'replay: and its nonce is kept too');
-    # a request refused for its signature leaves no nonce behind
-    my $n2 = nonce_hex();
-    is(signed($alice, 'GET', $card_a, nonce => $n2, ak => $bob->{ak})->code, 401,
-       'a bad signature with a fresh nonce: 401');
-    is(sql("SELECT count(*) FROM request_nonces WHERE nonce = '\\x$n2'::bytea"), 0,
-       'a bad signature records no nonce (nobody can burn nonces for a card)');
-    is(signed($alice, 'GET', $card_a, nonce => $n2)->code, 200,
-       'the nonce of a badly signed request stays usable');
-}
+        # a request that fails after authentication keeps its nonce
+        my $auth2 = sign_header($alice, 'GET', "/kmdc/mailbox/$bob->{serial}", '');
+        is_error(request('GET', "/kmdc/mailbox/$bob->{serial}", auth => $auth2), 403, 'forbidden',
+                 'replay: a request for another mailbox');
+        is_401(request('GET', "/kmdc/mailbox/$bob->{serial}", auth => $auth2),
+               'replay: the refused request\'s nonce was kept');
+        my $auth3 = sign_header($alice, 'GET', '/kmdc/mailbox/' . $alice->{serial} . '/00000000000000ff', '');
+        is(request('GET', '/kmdc/mailbox/' . $alice->{serial} . '/00000000000000ff', auth => $auth3)->code,
+           404, 'replay: a fetch of an unknown delivery answers 404');
+        is(request('GET', '/kmdc/mailbox/' . $alice->{serial} . '/00000000000000ff', auth => $auth3)->code,
+           401, 'replay: and its nonce is kept too');
+        # a request refused for its signature leaves no nonce behind
+        my $n2 = nonce_hex();
+        is(signed($alice, 'GET', $card_a, nonce => $n2, ak => $bob->{ak})->code, 401,
+           'a bad signature with a fresh nonce: 401');
+        is(sql("SELECT count(*) FROM request_nonces WHERE nonce = '\\x$n2'::bytea"), 0,
+           'a bad signature records no nonce (nobody can burn nonces for a card)');
+        is(signed($alice, 'GET', $card_a, nonce => $n2)->code, 200,
+           'the nonce of a badly signed request stays usable');
+    }
+};
 
 # --- bodies ------------------------------------------------------------------------------
 {
@@ -259,3 +263,5 @@ for my $c ([$sus, 'suspended'], [$rev, 'revoked']) {
 is(request('GET', '/kmdc/card/zz')->code, 404, 'an unsigned request for a malformed serial: 404');
 is(request('POST', "/kmdc/card/$alice->{serial}")->code, 405,
    'an unsigned request with the wrong method: 405');
+
+done_testing();

@@ -12,8 +12,6 @@ use lib "$FindBin::Bin/lib";
 use Apache::Test qw(-withtestmore);
 use KmdcTest qw(:all);
 
-plan tests => 60;
-
 sub is_error {
     my ($res, $status, $code, $name) = @_;
     my $b = body_json($res);
@@ -131,49 +129,51 @@ my $old = issue_card('ac-old');
 }
 
 # --- the right code -----------------------------------------------------------------------------
-{
-    my $before = row($eve, "encode(up_chain, 'hex') || encode(down_chain, 'hex') || encode(auth_key, 'hex')");
-    # wrong once first: the counter is reset by a success
-    is_error(post_activate($eve, form_body(wrong_code($eve->{code}), random_bytes(32))), 403,
-             'activation_failed', 'eve: one wrong code first');
-    my $issued_ak = $eve->{ak};
-    my $r = random_bytes(32);
-    # the code as a person might type it: lower case, '+' for a space, %2D
-    my $typed = lc($eve->{code}) =~ s/-/%2D/r;
-    $typed = substr($typed, 0, 3) . '+' . substr($typed, 3);
-    my $res = activate($eve, r => $r, body => "r=" . unpack('H*', $r) . "&code=$typed");
-    is($res->code, 204, 'the right code (typed loosely, fields in the other order): 204')
-        or diag($res->as_string);
-    is(length($res->content // ''), 0, '204 has no body');
-    is(row($eve, "status || '|' || (activated_at IS NOT NULL) || '|' || (access_mac IS NULL) "
-           . "|| '|' || activation_failures || '|' || locked || '|' || key_id"),
-       'active|true|true|0|false|1', 'the row: active, activated_at set, code gone, failures reset');
-    my $after = row($eve, "encode(up_chain, 'hex') || encode(down_chain, 'hex') || encode(auth_key, 'hex')");
-    ok($after ne $before && substr($after, 0, 152) ne substr($before, 0, 152)
-       && substr($after, 152, 152) ne substr($before, 152, 152)
-       && substr($after, 304) ne substr($before, 304),
-       'the three stored keys were rewrapped');
-    is(row($eve, 'up_next || \'|\' || down_next'), '0|0', 'the counters did not move');
-    is(sql("SELECT count(*) FROM audit_log WHERE serial = x'$eve->{serial}'::bigint "
-           . "AND event = 'card.activated' AND detail::text NOT LIKE '%ac-eve%'"), 1,
-       'one card.activated audit row, without the address');
+subtest 'the right code' => sub {
+    {
+        my $before = row($eve, "encode(up_chain, 'hex') || encode(down_chain, 'hex') || encode(auth_key, 'hex')");
+        # wrong once first: the counter is reset by a success
+        is_error(post_activate($eve, form_body(wrong_code($eve->{code}), random_bytes(32))), 403,
+                 'activation_failed', 'eve: one wrong code first');
+        my $issued_ak = $eve->{ak};
+        my $r = random_bytes(32);
+        # the code as a person might type it: lower case, '+' for a space, %2D
+        my $typed = lc($eve->{code}) =~ s/-/%2D/r;
+        $typed = substr($typed, 0, 3) . '+' . substr($typed, 3);
+        my $res = activate($eve, r => $r, body => "r=" . unpack('H*', $r) . "&code=$typed");
+        is($res->code, 204, 'the right code (typed loosely, fields in the other order): 204')
+            or diag($res->as_string);
+        is(length($res->content // ''), 0, '204 has no body');
+        is(row($eve, "status || '|' || (activated_at IS NOT NULL) || '|' || (access_mac IS NULL) "
+               . "|| '|' || activation_failures || '|' || locked || '|' || key_id"),
+           'active|true|true|0|false|1', 'the row: active, activated_at set, code gone, failures reset');
+        my $after = row($eve, "encode(up_chain, 'hex') || encode(down_chain, 'hex') || encode(auth_key, 'hex')");
+        ok($after ne $before && substr($after, 0, 152) ne substr($before, 0, 152)
+           && substr($after, 152, 152) ne substr($before, 152, 152)
+           && substr($after, 304) ne substr($before, 304),
+           'the three stored keys were rewrapped');
+        is(row($eve, 'up_next || \'|\' || down_next'), '0|0', 'the counters did not move');
+        is(sql("SELECT count(*) FROM audit_log WHERE serial = x'$eve->{serial}'::bigint "
+               . "AND event = 'card.activated' AND detail::text NOT LIKE '%ac-eve%'"), 1,
+           'one card.activated audit row, without the address');
 
-    my $old_res = signed($eve, 'GET', "/kmdc/card/$eve->{serial}", ak => $issued_ak);
-    is($old_res->code, 401, 'a request signed with the pre-activation key now fails 401');
-    my $new_res = signed($eve, 'GET', "/kmdc/card/$eve->{serial}");
-    my $b = body_json($new_res) // {};
-    ok($new_res->code == 200 && ($b->{status} // '') eq 'active' && !$b->{locked},
-       'a request signed with the rotated key: 200, status active');
-    is(signed($eve, 'GET', "/kmdc/mailbox/$eve->{serial}")->code, 200,
-       'the active card may read its mailbox');
+        my $old_res = signed($eve, 'GET', "/kmdc/card/$eve->{serial}", ak => $issued_ak);
+        is($old_res->code, 401, 'a request signed with the pre-activation key now fails 401');
+        my $new_res = signed($eve, 'GET', "/kmdc/card/$eve->{serial}");
+        my $b = body_json($new_res) // {};
+        ok($new_res->code == 200 && ($b->{status} // '') eq 'active' && !$b->{locked},
+           'a request signed with the rotated key: 200, status active');
+        is(signed($eve, 'GET', "/kmdc/mailbox/$eve->{serial}")->code, 200,
+           'the active card may read its mailbox');
 
-    is_error(post_activate($eve, form_body($eve->{code}, $r)), 409, 'already_active',
-             'activating an active card again (same r, rotated key)');
-    is(signed($eve, 'POST', "/kmdc/activate/$eve->{serial}",
-              body => form_body($eve->{code}, $r), ak => $issued_ak)->code, 401,
-       'a lost-answer retry signed with the old key: 401 (the client then probes GET /card)');
-    is(row($eve, 'activation_failures'), 0, '409 counts no failure');
-}
+        is_error(post_activate($eve, form_body($eve->{code}, $r)), 409, 'already_active',
+                 'activating an active card again (same r, rotated key)');
+        is(signed($eve, 'POST', "/kmdc/activate/$eve->{serial}",
+                  body => form_body($eve->{code}, $r), ak => $issued_ak)->code, 401,
+           'a lost-answer retry signed with the old key: 401 (the client then probes GET /card)');
+        is(row($eve, 'activation_failures'), 0, '409 counts no failure');
+    }
+};
 
 # --- rotation against the client's formula -------------------------------------------------------
 # The server's auth key must be exactly HKDF(r, AK, "KMDC/1 activate auth_key"):
@@ -204,3 +204,5 @@ my $sus = issue_card('ac-sus');
 }
 is(request('POST', '/kmdc/activate/zz', body => 'x')->code, 404,
    'POST /activate with a malformed serial: 404');
+
+done_testing();

@@ -18,9 +18,7 @@ use File::Temp qw(tempdir);
 use JSON::PP ();
 use FindBin ();
 use lib "$FindBin::Bin/lib";
-use KmdcTest qw(run sql);
-
-plan tests => 157;
+use KmdcUtil qw(run sql slurp spew kmdcadm_issue);
 
 my $build = $ENV{KMDC_BUILD} or die "KMDC_BUILD not set: run t/run-suite BUILD_DIR\n";
 my $mkey = $ENV{KMDC_MASTER_KEY_FILE} or die "KMDC_MASTER_KEY_FILE not set\n";
@@ -37,22 +35,6 @@ my $json = JSON::PP->new;
 
 my $n_files = 0;
 sub tmpfile { $n_files++; return "$dir/f$n_files" . ($_[0] // '') }
-
-sub write_file {
-    my ($path, $bytes) = @_;
-    open my $fh, '>:raw', $path or die "$path: $!";
-    print $fh $bytes;
-    close $fh or die;
-    return $path;
-}
-
-sub read_file {
-    my ($path) = @_;
-    open my $fh, '<:raw', $path or die "$path: $!";
-    local $/;
-    my $b = <$fh>;
-    return $b // '';
-}
 
 # A document of n pseudo-random bytes (reproducible).
 sub document {
@@ -76,16 +58,13 @@ my %cards;
 sub card {
     my ($addr, %o) = @_;
     my $file = "$dir/$addr.card";
-    my ($rc, $out) = run($kmdcadm, '--master-key', "1:$mkey", 'issue', '--address', $addr,
-                         '--url', $url, '--out', $file);
-    die "kmdcadm issue $addr failed: $out" if $rc;
-    my ($serial) = $out =~ /serial:\s*([0-9a-f]{16})/ or die "no serial in: $out";
-    my ($code) = $out =~ /access code:\s*([0-9A-Z-]+)/ or die "no code in: $out";
+    my $i = kmdcadm_issue(address => $addr, url => $url, file => $file);
     unless ($o{inactive}) {
-        ($rc, $out) = run($kmdc, '--card', $file, 'activate', $code);
+        my ($rc, $out) = run($kmdc, '--card', $file, 'activate', $i->{code});
         die "kmdc activate $addr failed ($rc): $out" if $rc;
     }
-    return $cards{$addr} = { addr => $addr, file => $file, serial => $serial, code => $code };
+    return $cards{$addr} = { addr => $addr, file => $file, serial => $i->{serial},
+                             code => $i->{code} };
 }
 
 # Seal with the real client; the envelope's path.
@@ -129,8 +108,8 @@ sub post {
     } else { die $how }
     push @c, "$url/send";
     my ($rc, $code) = run(@c);
-    my $j = eval { $json->decode(read_file($body)) };
-    return ($code + 0, $j, read_file($hdrs));
+    my $j = eval { $json->decode(slurp($body)) };
+    return ($code + 0, $j, slurp($hdrs));
 }
 
 # Fetch the recipient's mailbox with the client into a fresh folder.
@@ -221,54 +200,55 @@ for my $rl (@relays) {
 }
 
 # ---- retries and counters -------------------------------------------------------
+subtest 'retries and counters' => sub {
+    {
+        my $doc = document(100);
+        my $env = seal($alice, 'bob', $doc);
+        my ($c1, $j1) = post($env, 'raw');
+        my ($c2, $j2) = post($env, 'raw');
+        my ($c3, $j3) = post($env, 'multipart', $alice->{serial});
+        is($c1, 201, 'retry: first upload 201');
+        is($c2, 200, 'retry: the byte-identical retry answers 200');
+        ok($j1 && $j2 && $j1->{message} eq $j2->{message}, 'retry: same message id');
+        ok($j3 && $j3->{message} eq $j1->{message}, 'retry: also through multipart');
+        is(sql("SELECT count(*) FROM deliveries WHERE message_id = x'$j1->{message}'::bigint"), 1,
+           'retry: one delivery');
+        my ($rc, $d) = fetch($bob);
+        my @got = files_in($d);
+        is(scalar @got, 1, 'retry: the recipient gets it once');
 
-{
-    my $doc = document(100);
-    my $env = seal($alice, 'bob', $doc);
-    my ($c1, $j1) = post($env, 'raw');
-    my ($c2, $j2) = post($env, 'raw');
-    my ($c3, $j3) = post($env, 'multipart', $alice->{serial});
-    is($c1, 201, 'retry: first upload 201');
-    is($c2, 200, 'retry: the byte-identical retry answers 200');
-    ok($j1 && $j2 && $j1->{message} eq $j2->{message}, 'retry: same message id');
-    ok($j3 && $j3->{message} eq $j1->{message}, 'retry: also through multipart');
-    is(sql("SELECT count(*) FROM deliveries WHERE message_id = x'$j1->{message}'::bigint"), 1,
-       'retry: one delivery');
-    my ($rc, $d) = fetch($bob);
-    my @got = files_in($d);
-    is(scalar @got, 1, 'retry: the recipient gets it once');
+        # the same counter with another envelope: copy the card, seal twice
+        my $copy = "$dir/alice-copy.card";
+        copy($alice->{file}, $copy) or die;
+        chmod 0600, $copy;
+        my $a = seal($alice, 'bob', $doc);
+        my $b = seal({ %$alice, file => $copy }, 'bob', $doc);
+        is((post($a, 'raw'))[0], 201, 'used counter: the first envelope 201');
+        my $before = state();
+        my ($cb, $jb) = post($b, 'raw');
+        is($cb, 403, 'used counter: another envelope for it 403');
+        is($jb && $jb->{error}, 'rejected', 'used counter: error rejected');
+        is(state(), $before, 'used counter: nothing changed');
+        fetch($bob);
+    }
 
-    # the same counter with another envelope: copy the card, seal twice
-    my $copy = "$dir/alice-copy.card";
-    copy($alice->{file}, $copy) or die;
-    chmod 0600, $copy;
-    my $a = seal($alice, 'bob', $doc);
-    my $b = seal({ %$alice, file => $copy }, 'bob', $doc);
-    is((post($a, 'raw'))[0], 201, 'used counter: the first envelope 201');
-    my $before = state();
-    my ($cb, $jb) = post($b, 'raw');
-    is($cb, 403, 'used counter: another envelope for it 403');
-    is($jb && $jb->{error}, 'rejected', 'used counter: error rejected');
-    is(state(), $before, 'used counter: nothing changed');
-    fetch($bob);
-}
-
-{
-    # the window: seal 64 envelopes without sending; the 64th ahead is the edge
-    my $doc = document(10);
-    my $base = up_next($alice);
-    my @envs = map { seal($alice, 'bob', $doc) } 1 .. 65;
-    my $before = state();
-    my ($c, $j) = post($envs[64], 'raw');     # seq = base + 64: outside a window of 64
-    is($c, 403, 'window: seq up_next + 64 is refused');
-    is(state(), $before, 'window: nothing changed');
-    ($c) = post($envs[63], 'raw');            # seq = base + 63: the edge
-    is($c, 201, 'window: seq up_next + 63 is accepted');
-    is(up_next($alice), $base + 64, 'window: up_next moved past it');
-    ($c) = post($envs[0], 'raw');             # skipped counter below up_next, no receipt
-    is($c, 403, 'window: a skipped counter below up_next is refused');
-    fetch($bob);
-}
+    {
+        # the window: seal 64 envelopes without sending; the 64th ahead is the edge
+        my $doc = document(10);
+        my $base = up_next($alice);
+        my @envs = map { seal($alice, 'bob', $doc) } 1 .. 65;
+        my $before = state();
+        my ($c, $j) = post($envs[64], 'raw');     # seq = base + 64: outside a window of 64
+        is($c, 403, 'window: seq up_next + 64 is refused');
+        is(state(), $before, 'window: nothing changed');
+        ($c) = post($envs[63], 'raw');            # seq = base + 63: the edge
+        is($c, 201, 'window: seq up_next + 63 is accepted');
+        is(up_next($alice), $base + 64, 'window: up_next moved past it');
+        ($c) = post($envs[0], 'raw');             # skipped counter below up_next, no receipt
+        is($c, 403, 'window: a skipped counter below up_next is refused');
+        fetch($bob);
+    }
+};
 
 # ---- refusals before authentication change nothing -------------------------------
 
@@ -283,9 +263,9 @@ sub refused_before {
 
 sub patched {
     my ($env, $offset, $xor) = @_;
-    my $b = read_file($env);
+    my $b = slurp($env);
     substr($b, $offset, 1) = chr(ord(substr($b, $offset, 1)) ^ $xor);
-    return write_file(tmpfile('.kmdc'), $b);
+    return spew(tmpfile('.kmdc'), $b);
 }
 
 {
@@ -297,17 +277,17 @@ sub patched {
     refused_before('tampered keyblock', patched($env, 60, 0x01), 403, 'rejected');
     refused_before('bad magic', patched($env, 0, 0x20), 400, 'bad_envelope');
     refused_before('version 2', patched($env, 4, 0x03), 400, 'bad_envelope');
-    my $b = read_file($env);
-    refused_before('truncated in the header', write_file(tmpfile('.kmdc'), substr($b, 0, 20)),
+    my $b = slurp($env);
+    refused_before('truncated in the header', spew(tmpfile('.kmdc'), substr($b, 0, 20)),
                    400, 'incomplete');
-    refused_before('truncated in the payload', write_file(tmpfile('.kmdc'), substr($b, 0, 5000)),
+    refused_before('truncated in the payload', spew(tmpfile('.kmdc'), substr($b, 0, 5000)),
                    400, 'incomplete');
     my $mp = "--XyZ\r\nContent-Disposition: form-data; name=\"envelope\"\r\n\r\n" . $b
            . "\r\n--XyZ\r\nContent-Disposition: form-data; name=\"other\"\r\n\r\nx\r\n--XyZ--\r\n";
-    refused_before('multipart with another part', write_file(tmpfile('.mp'), $mp), 400,
+    refused_before('multipart with another part', spew(tmpfile('.mp'), $mp), 400,
                    'bad_multipart', 'multipart-raw');
     refused_before('multipart without close delimiter',
-                   write_file(tmpfile('.mp'), "--XyZ\r\nContent-Disposition: form-data; "
+                   spew(tmpfile('.mp'), "--XyZ\r\nContent-Disposition: form-data; "
                               . "name=\"envelope\"\r\n\r\n" . $b), 400, 'bad_multipart',
                    'multipart-raw');
     # suspended and revoked senders
@@ -319,9 +299,9 @@ sub patched {
     run($kmdcadm, 'revoke', $frank->{serial});
     refused_before('revoked card', $fenv, 403, 'rejected');
     # a card that was never activated: its envelope's header names it
-    my $eb = read_file($env);
+    my $eb = slurp($env);
     substr($eb, 8, 8) = pack('H16', $erin->{serial});
-    refused_before('unactivated card', write_file(tmpfile('.kmdc'), $eb), 403, 'rejected');
+    refused_before('unactivated card', spew(tmpfile('.kmdc'), $eb), 403, 'rejected');
     # the unmodified envelope still goes through afterwards
     is((post($env, 'raw'))[0], 201, 'after the refusals the original envelope is accepted');
     fetch($bob);
@@ -359,8 +339,8 @@ sub refused_after {
     refused_after('stale SENT', testseal($alice, 'bob', $doc, '--sent', '1000'), 400, 'too_old');
     my $env = seal($alice, 'bob', $doc);
     refused_after('tampered chunk', patched($env, -(100), 0x01), 400, 'protocol');
-    my $tb = read_file(seal($alice, 'bob', $doc));
-    refused_after('bytes after the last chunk', write_file(tmpfile('.kmdc'), $tb . ('x' x 16)),
+    my $tb = slurp(seal($alice, 'bob', $doc));
+    refused_after('bytes after the last chunk', spew(tmpfile('.kmdc'), $tb . ('x' x 16)),
                   400, 'protocol');
     {
         # fill hank's mailbox to its pending count (KmdcMailboxQuota 1000 ...) with SQL
@@ -380,3 +360,5 @@ sub refused_after {
     refused_after('over KmdcMaxRecipients',
                   testseal($alice, join(',', map { "r$_" } 1 .. 9), $doc), 413, 'too_large');
 }
+
+done_testing();

@@ -22,8 +22,6 @@ use Apache::TestRequest ();
 use File::Temp qw(tempdir);
 use KmdcTest qw(:all);
 
-plan tests => 24;
-
 my $build = $ENV{KMDC_BUILD} or die "KMDC_BUILD not set: run t/run-suite BUILD_DIR\n";
 my $kmdc = "$build/kmdc/kmdc";
 my $url = Apache::TestRequest::resolve_url('/kmdc');
@@ -194,3 +192,5 @@ $bob = { %$bob, %{ read_card($bob->{file}) } };
        '... and the delivery was not acknowledged');
     is(signed($bob, 'DELETE', $target)->code, 204, 'the same DELETE with a fresh nonce: 204');
 }
+
+done_testing();

@@ -26,12 +26,12 @@ use lib "$FindBin::Bin/lib";
 use Test::More;
 use File::Path qw(make_path remove_tree);
 use File::Spec ();
-use IO::Socket::INET ();
 use LWP::UserAgent ();
 use POSIX qw(WNOHANG);
 use Time::HiRes qw(sleep time);
 use KmdcClient qw(sql document path same slurp);
 use KmdcIntake qw(:all);
+use KmdcUtil qw(free_port);
 
 for my $v (qw(KMDC_MODULE KMDC_CONNINFO KMDC_MASTER_KEY_FILE KMDC_BUILD PGHOST)) {
     BAIL_OUT("$v is not set: run the suite with t/run-suite BUILD_DIR")
@@ -52,15 +52,6 @@ my $ua = LWP::UserAgent->new(timeout => 5, keep_alive => 0);
 
 remove_tree($root);
 make_path($root);
-
-sub free_port {
-    my $s = IO::Socket::INET->new(Listen => 1, LocalAddr => '127.0.0.1', LocalPort => 0,
-                                  Proto => 'tcp', ReuseAddr => 1)
-        or die "cannot probe a free port: $!";
-    my $port = $s->sockport;
-    close $s;
-    return $port;
-}
 
 # Start httpd in the foreground with the handler at /kmdc and $limits.
 # Returns {started, pid, port, url, dir, exit, log}.

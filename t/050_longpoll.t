@@ -22,8 +22,6 @@ use POSIX ();
 use Time::HiRes qw(time sleep);
 use KmdcTest qw(:all);
 
-plan tests => 43;
-
 my $build = $ENV{KMDC_BUILD} or die "KMDC_BUILD not set: run t/run-suite BUILD_DIR\n";
 my $mkey = $ENV{KMDC_MASTER_KEY_FILE} or die "KMDC_MASTER_KEY_FILE not set\n";
 my $kmdcadm = "$build/admin/kmdcadm";
@@ -186,156 +184,174 @@ my ($etag) = current($bob);
 }
 
 # ---- a stale ETag answers at once -------------------------------------------------------
-{
-    my $t0 = time;
-    my $res = signed($bob, 'GET', mailbox($bob) . '?wait=30',
-                     headers => { 'If-None-Match' => '"00000000000000000000000000000000"' });
-    my $el = time - $t0;
-    is($res->code, 200, 'wait=30 with a stale ETag: 200');
-    ok($el < 1, sprintf('... at once (%.2f s)', $el));
-    is($res->header('ETag'), $etag, '... with the current ETag');
-}
+subtest 'a stale ETag answers at once' => sub {
+    {
+        my $t0 = time;
+        my $res = signed($bob, 'GET', mailbox($bob) . '?wait=30',
+                         headers => { 'If-None-Match' => '"00000000000000000000000000000000"' });
+        my $el = time - $t0;
+        is($res->code, 200, 'wait=30 with a stale ETag: 200');
+        ok($el < 1, sprintf('... at once (%.2f s)', $el));
+        is($res->header('ETag'), $etag, '... with the current ETag');
+    }
+};
 
 # ---- a delivery wakes the poll ----------------------------------------------------------
-{
-    my $p = start_poll($bob, '?wait=20', $etag);
-    ok(until_waiting(1), 'the poll is waiting (kmdc_longpoll_waiting >= 1)');
-    sleep 0.2;
-    my $sent = deliver($alice, 'lp-bob');
-    my $r = poll_result($p);
-    is($r->{code}, 200, 'a delivery wakes the poll: 200');
-    my $lat = $r->{end} - $sent;
-    ok($lat < 1.5, sprintf('... within 1.5 s of the POST (%.3f s)', $lat));
-    isnt($r->{etag}, $etag, '... with a new ETag');
-    is($r->{n}, 1, '... listing the delivery');
-    $etag = $r->{etag};
-}
+subtest 'a delivery wakes the poll' => sub {
+    {
+        my $p = start_poll($bob, '?wait=20', $etag);
+        ok(until_waiting(1), 'the poll is waiting (kmdc_longpoll_waiting >= 1)');
+        sleep 0.2;
+        my $sent = deliver($alice, 'lp-bob');
+        my $r = poll_result($p);
+        is($r->{code}, 200, 'a delivery wakes the poll: 200');
+        my $lat = $r->{end} - $sent;
+        ok($lat < 1.5, sprintf('... within 1.5 s of the POST (%.3f s)', $lat));
+        isnt($r->{etag}, $etag, '... with a new ETag');
+        is($r->{n}, 1, '... listing the delivery');
+        $etag = $r->{etag};
+    }
+};
 
 # ---- the clamp: wait=999 is accepted, and waits ------------------------------------------
-{
-    my $res = signed($bob, 'GET', mailbox($bob) . '?wait=999',
-                     headers => { 'If-None-Match' => '"00000000000000000000000000000000"' });
-    is($res->code, 200, 'wait=999 is clamped, not refused (stale ETag: 200 at once)');
-    is(signed($bob, 'GET', mailbox($bob) . '?wait=9999999999')->code, 400,
-       'wait with ten digits: 400');
-    my $p = start_poll($bob, '?wait=999', $etag);
-    ok(until_waiting(1), 'wait=999 with the current ETag waits');
-    sleep 0.2;
-    my $sent = deliver($alice, 'lp-bob');
-    my $r = poll_result($p);
-    ok($r->{code} == 200 && $r->{end} - $sent < 1.5,
-       sprintf('... until a delivery wakes it (%d after %.3f s)', $r->{code}, $r->{end} - $sent));
-    $etag = $r->{etag};
-    $p = start_poll($bob, '?wait=1', $etag);
-    $r = poll_result($p);
-    my $el = $r->{end} - $r->{start};
-    ok($r->{code} == 304 && $el >= 0.8 && $el < 3,
-       sprintf('wait=1: 304 after about a second (%.2f s)', $el));
-}
+subtest 'the clamp: wait=999 is accepted, and waits' => sub {
+    {
+        my $res = signed($bob, 'GET', mailbox($bob) . '?wait=999',
+                         headers => { 'If-None-Match' => '"00000000000000000000000000000000"' });
+        is($res->code, 200, 'wait=999 is clamped, not refused (stale ETag: 200 at once)');
+        is(signed($bob, 'GET', mailbox($bob) . '?wait=9999999999')->code, 400,
+           'wait with ten digits: 400');
+        my $p = start_poll($bob, '?wait=999', $etag);
+        ok(until_waiting(1), 'wait=999 with the current ETag waits');
+        sleep 0.2;
+        my $sent = deliver($alice, 'lp-bob');
+        my $r = poll_result($p);
+        ok($r->{code} == 200 && $r->{end} - $sent < 1.5,
+           sprintf('... until a delivery wakes it (%d after %.3f s)', $r->{code}, $r->{end} - $sent));
+        $etag = $r->{etag};
+        $p = start_poll($bob, '?wait=1', $etag);
+        $r = poll_result($p);
+        my $el = $r->{end} - $r->{start};
+        ok($r->{code} == 304 && $el >= 0.8 && $el < 3,
+           sprintf('wait=1: 304 after about a second (%.2f s)', $el));
+    }
+};
 
 # ---- another card's delivery does not wake a poll -------------------------------------------
-{
-    my ($etag_c) = current($carol);
-    my $p = start_poll($carol, '?wait=2', $etag_c);
-    ok(until_waiting(1), "carol's poll is waiting");
-    deliver($alice, 'lp-bob');
-    deliver($alice, 'lp-bob');
-    my $r = poll_result($p);
-    my $el = $r->{end} - $r->{start};
-    is($r->{code}, 304, "deliveries to bob do not wake carol's poll: 304");
-    ok($el >= 1.8, sprintf('... after its full 2 s (%.2f s)', $el));
-    ($etag) = current($bob);
-}
+subtest 'another card\'s delivery does not wake a poll' => sub {
+    {
+        my ($etag_c) = current($carol);
+        my $p = start_poll($carol, '?wait=2', $etag_c);
+        ok(until_waiting(1), "carol's poll is waiting");
+        deliver($alice, 'lp-bob');
+        deliver($alice, 'lp-bob');
+        my $r = poll_result($p);
+        my $el = $r->{end} - $r->{start};
+        is($r->{code}, 304, "deliveries to bob do not wake carol's poll: 304");
+        ok($el >= 1.8, sprintf('... after its full 2 s (%.2f s)', $el));
+        ($etag) = current($bob);
+    }
+};
 
 # ---- an acknowledgement wakes the poll too -------------------------------------------------------
-{
-    my (undef, $list) = current($bob);
-    my $id = $list->{deliveries}[0]{id};
-    my $p = start_poll($bob, '?wait=20', $etag);
-    ok(until_waiting(1), 'a poll waits for an acknowledgement');
-    sleep 0.2;
-    my $t = time;
-    my $res = signed($bob, 'DELETE', mailbox($bob) . "/$id");
-    my $acked = time;
-    is($res->code, 204, 'DELETE of a delivery: 204');
-    my $r = poll_result($p);
-    ok($r->{code} == 200 && $r->{end} - $acked < 1.5,
-       sprintf('... wakes the poll (%d after %.3f s)', $r->{code}, $r->{end} - $acked));
-    $etag = $r->{etag};
-}
+subtest 'an acknowledgement wakes the poll too' => sub {
+    {
+        my (undef, $list) = current($bob);
+        my $id = $list->{deliveries}[0]{id};
+        my $p = start_poll($bob, '?wait=20', $etag);
+        ok(until_waiting(1), 'a poll waits for an acknowledgement');
+        sleep 0.2;
+        my $t = time;
+        my $res = signed($bob, 'DELETE', mailbox($bob) . "/$id");
+        my $acked = time;
+        is($res->code, 204, 'DELETE of a delivery: 204');
+        my $r = poll_result($p);
+        ok($r->{code} == 200 && $r->{end} - $acked < 1.5,
+           sprintf('... wakes the poll (%d after %.3f s)', $r->{code}, $r->{end} - $acked));
+        $etag = $r->{etag};
+    }
+};
 
 # ---- six polls hold no pooled connection ---------------------------------------------------------
-{
-    my @p = map { start_poll($bob, '?wait=20', $etag) } 1 .. 6;
-    ok(until_waiting(6), 'six long-polls wait at once (KmdcDbPool 1 4)');
-    my $t0 = time;
-    my $res = signed($bob, 'GET', "/kmdc/card/$bob->{serial}");
-    my $el = time - $t0;
-    is($res->code, 200, 'meanwhile GET /card answers 200');
-    ok($el < 1, sprintf('... promptly (%.3f s)', $el));
-    $t0 = time;
-    $res = signed($bob, 'GET', mailbox($bob));
-    $el = time - $t0;
-    ok($res->code == 200 && $el < 1, sprintf('... and so does a listing (%.3f s)', $el));
-    my $sent = deliver($alice, 'lp-bob');
-    my @r = map { poll_result($_) } @p;
-    is(scalar(grep { $_->{code} == 200 } @r), 6, 'one delivery wakes all six: 200');
-    my ($slowest) = sort { $b <=> $a } map { $_->{end} - $sent } @r;
-    ok($slowest < 1.5, sprintf('... all within 1.5 s (slowest %.3f s)', $slowest));
-    $etag = $r[0]{etag};
-    my $end = time + 3;
-    sleep 0.05 while (waiting() // -1) != 0 && time < $end;
-    is(waiting(), 0, 'kmdc_longpoll_waiting is back to 0');
-}
+subtest 'six polls hold no pooled connection' => sub {
+    {
+        my @p = map { start_poll($bob, '?wait=20', $etag) } 1 .. 6;
+        ok(until_waiting(6), 'six long-polls wait at once (KmdcDbPool 1 4)');
+        my $t0 = time;
+        my $res = signed($bob, 'GET', "/kmdc/card/$bob->{serial}");
+        my $el = time - $t0;
+        is($res->code, 200, 'meanwhile GET /card answers 200');
+        ok($el < 1, sprintf('... promptly (%.3f s)', $el));
+        $t0 = time;
+        $res = signed($bob, 'GET', mailbox($bob));
+        $el = time - $t0;
+        ok($res->code == 200 && $el < 1, sprintf('... and so does a listing (%.3f s)', $el));
+        my $sent = deliver($alice, 'lp-bob');
+        my @r = map { poll_result($_) } @p;
+        is(scalar(grep { $_->{code} == 200 } @r), 6, 'one delivery wakes all six: 200');
+        my ($slowest) = sort { $b <=> $a } map { $_->{end} - $sent } @r;
+        ok($slowest < 1.5, sprintf('... all within 1.5 s (slowest %.3f s)', $slowest));
+        $etag = $r[0]{etag};
+        my $end = time + 3;
+        sleep 0.05 while (waiting() // -1) != 0 && time < $end;
+        is(waiting(), 0, 'kmdc_longpoll_waiting is back to 0');
+    }
+};
 
 # ---- the listener comes back after the database dropped it -------------------------------------
-{
-    my $n0 = listeners();
-    my $p = start_poll($bob, '?wait=4', $etag);
-    ok(until_waiting(1), 'a poll waits while the listeners are killed');
-    my $killed = sql("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                     . "WHERE application_name = 'mod_kmdc listener'");
-    ok($killed >= 1, "pg_terminate_backend on the $killed listener connection(s)");
-    my $sent = deliver($alice, 'lp-bob');
-    my $r = poll_result($p);
-    ok($r->{code} == 200 && $r->{end} - $r->{start} < 4.5,
-       sprintf('the poll still sees the delivery (%d after %.2f s of its 4 s)', $r->{code},
-               $r->{end} - $r->{start}));
-    $etag = $r->{etag};
-    my $end = time + 8;
-    sleep 0.1 while listeners() < $n0 && time < $end;
-    ok(listeners() >= $n0, "the $n0 listener connection(s) reconnected");
-    $p = start_poll($bob, '?wait=20', $etag);
-    ok(until_waiting(1), 'a new poll waits');
-    sleep 0.2;
-    $sent = deliver($alice, 'lp-bob');
-    $r = poll_result($p);
-    ok($r->{code} == 200 && $r->{end} - $sent < 1.5,
-       sprintf('... and a delivery wakes it again (%d after %.3f s)', $r->{code},
-               $r->{end} - $sent));
-    $etag = $r->{etag};
-}
+subtest 'the listener comes back after the database dropped it' => sub {
+    {
+        my $n0 = listeners();
+        my $p = start_poll($bob, '?wait=4', $etag);
+        ok(until_waiting(1), 'a poll waits while the listeners are killed');
+        my $killed = sql("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                         . "WHERE application_name = 'mod_kmdc listener'");
+        ok($killed >= 1, "pg_terminate_backend on the $killed listener connection(s)");
+        my $sent = deliver($alice, 'lp-bob');
+        my $r = poll_result($p);
+        ok($r->{code} == 200 && $r->{end} - $r->{start} < 4.5,
+           sprintf('the poll still sees the delivery (%d after %.2f s of its 4 s)', $r->{code},
+                   $r->{end} - $r->{start}));
+        $etag = $r->{etag};
+        my $end = time + 8;
+        sleep 0.1 while listeners() < $n0 && time < $end;
+        ok(listeners() >= $n0, "the $n0 listener connection(s) reconnected");
+        $p = start_poll($bob, '?wait=20', $etag);
+        ok(until_waiting(1), 'a new poll waits');
+        sleep 0.2;
+        $sent = deliver($alice, 'lp-bob');
+        $r = poll_result($p);
+        ok($r->{code} == 200 && $r->{end} - $sent < 1.5,
+           sprintf('... and a delivery wakes it again (%d after %.3f s)', $r->{code},
+                   $r->{end} - $sent));
+        $etag = $r->{etag};
+    }
+};
 
 # ---- a graceful restart answers waiting polls at once --------------------------------------------
-{
-    my $pidfile = "$FindBin::Bin/logs/httpd.pid";
-    open my $fh, '<', $pidfile or die "$pidfile: $!";
-    my $httpd = <$fh> // '';
-    close $fh;
-    chomp $httpd;
-    my $p = start_poll($bob, '?wait=30', $etag);
-    ok(until_waiting(1), 'a poll waits before a graceful restart');
-    my $t0 = time;
-    ok(kill('USR1', $httpd), "graceful restart (SIGUSR1 to httpd $httpd)");
-    my $r = poll_result($p);
-    my $el = time - $t0;
-    ok($r->{code} == 304 && $el < 10,
-       sprintf('... the stopping child answers the poll at once: %d after %.2f s', $r->{code}, $el));
-    my $end = time + 10;
-    my $res;
-    do { sleep 0.2; $res = request('GET', '/kmdc/health') } until $res->code == 200 || time > $end;
-    is($res->code, 200, '... and the server answers after the restart');
-    $end = time + 10;
-    sleep 0.2 while listeners() < 1 && time < $end;
-    ok(listeners() >= 1, '... with its listeners');
-}
+subtest 'a graceful restart answers waiting polls at once' => sub {
+    {
+        my $pidfile = "$FindBin::Bin/logs/httpd.pid";
+        open my $fh, '<', $pidfile or die "$pidfile: $!";
+        my $httpd = <$fh> // '';
+        close $fh;
+        chomp $httpd;
+        my $p = start_poll($bob, '?wait=30', $etag);
+        ok(until_waiting(1), 'a poll waits before a graceful restart');
+        my $t0 = time;
+        ok(kill('USR1', $httpd), "graceful restart (SIGUSR1 to httpd $httpd)");
+        my $r = poll_result($p);
+        my $el = time - $t0;
+        ok($r->{code} == 304 && $el < 10,
+           sprintf('... the stopping child answers the poll at once: %d after %.2f s', $r->{code}, $el));
+        my $end = time + 10;
+        my $res;
+        do { sleep 0.2; $res = request('GET', '/kmdc/health') } until $res->code == 200 || time > $end;
+        is($res->code, 200, '... and the server answers after the restart');
+        $end = time + 10;
+        sleep 0.2 while listeners() < 1 && time < $end;
+        ok(listeners() >= 1, '... with its listeners');
+    }
+};
+
+done_testing();

@@ -23,8 +23,7 @@ use IO::Socket::INET ();
 use POSIX ();
 use Time::HiRes qw(time sleep);
 use KmdcTest qw(:all);
-
-plan tests => 52;
+use KmdcUtil qw(slurp spew);
 
 my $build = $ENV{KMDC_BUILD} or die "KMDC_BUILD not set: run t/run-suite BUILD_DIR\n";
 my $mkey = $ENV{KMDC_MASTER_KEY_FILE} or die "KMDC_MASTER_KEY_FILE not set\n";
@@ -159,23 +158,6 @@ sub post {
     return $code + 0;
 }
 
-sub write_bytes {
-    my ($path, $bytes) = @_;
-    open my $fh, '>:raw', $path or die;
-    print $fh $bytes;
-    close $fh or die;
-    return $path;
-}
-
-sub slurp {
-    my ($path) = @_;
-    open my $fh, '<:raw', $path or die;
-    local $/;
-    my $b = <$fh>;
-    close $fh;
-    return $b;
-}
-
 # ---- the page itself --------------------------------------------------------------
 my @metrics = qw(kmdc_send_total kmdc_send_bytes_total kmdc_deliveries_total
                  kmdc_requests_total kmdc_auth_failures_total kmdc_activations_total
@@ -274,8 +256,8 @@ my %want;     # expected deltas, "name{labels}" => n
     my $e4 = seal($sender, 'mx-one', 'tampered');
     my $t = slurp($e4);
     substr($t, 50, 1) = chr(ord(substr($t, 50, 1)) ^ 0x01);    # in the keyblock
-    write_bytes($e4, $t);
-    my $e5 = write_bytes("$dir/garbage.kmdc", 'KMDX' . ("\0" x 60));
+    spew($e4, $t);
+    my $e5 = spew("$dir/garbage.kmdc", 'KMDX' . ("\0" x 60));
     my @codes = map { post($_) } $e1, $e2, $e1, $e3, $e4, $e5;
     is("@codes", '201 201 200 404 403 400',
        'sends: two accepted, a retry, an unknown recipient, a bad keyblock, bad magic');
@@ -315,30 +297,32 @@ my %want;     # expected deltas, "name{labels}" => n
 }
 
 # ---- malformed serials and ids count as "unknown" --------------------------------------------
-# (docs/ADMIN.md: a path that matched no endpoint.)  The route of such a path
-# is known, but its serial or id is not one: neither the endpoint's counter
-# nor any other moves.
-{
-    my $before = collapse(snapshot());
-    my $mb = "/kmdc/mailbox/$x->{serial}";
-    my @codes = (request('GET', '/kmdc/mailbox/XYZ')->code,
-                 signed($x, 'GET', "$mb/notanid")->code,
-                 signed($x, 'DELETE', "$mb/0000000000000000")->code,
-                 signed($x, 'GET', '/kmdc/messages/notanid')->code);
-    is("@codes", '404 404 404 404',
-       'requests: a malformed serial, a malformed delivery id (GET, DELETE), a malformed message id');
-    my $after = collapse(snapshot());
-    my %moved;
-    for my $ep (qw(unknown mailbox_list mailbox_fetch mailbox_ack messages other)) {
-        my $k = "kmdc_requests_total{endpoint=\"$ep\"}";
-        $moved{$ep} = ($after->{$k} // 0) - ($before->{$k} // 0);
+subtest 'malformed serials and ids count as "unknown"' => sub {
+    # (docs/ADMIN.md: a path that matched no endpoint.)  The route of such a path
+    # is known, but its serial or id is not one: neither the endpoint's counter
+    # nor any other moves.
+    {
+        my $before = collapse(snapshot());
+        my $mb = "/kmdc/mailbox/$x->{serial}";
+        my @codes = (request('GET', '/kmdc/mailbox/XYZ')->code,
+                     signed($x, 'GET', "$mb/notanid")->code,
+                     signed($x, 'DELETE', "$mb/0000000000000000")->code,
+                     signed($x, 'GET', '/kmdc/messages/notanid')->code);
+        is("@codes", '404 404 404 404',
+           'requests: a malformed serial, a malformed delivery id (GET, DELETE), a malformed message id');
+        my $after = collapse(snapshot());
+        my %moved;
+        for my $ep (qw(unknown mailbox_list mailbox_fetch mailbox_ack messages other)) {
+            my $k = "kmdc_requests_total{endpoint=\"$ep\"}";
+            $moved{$ep} = ($after->{$k} // 0) - ($before->{$k} // 0);
+        }
+        is($moved{unknown}, 4, '... kmdc_requests_total{endpoint="unknown"} moved by 4');
+        is_deeply([map { "$_=$moved{$_}" } qw(mailbox_list mailbox_fetch mailbox_ack messages other)],
+                  [qw(mailbox_list=0 mailbox_fetch=0 mailbox_ack=0 messages=0 other=0)],
+                  '... the endpoints of those routes did not move');
+        $want{'kmdc_requests_total{endpoint="unknown"}'} += 4;
     }
-    is($moved{unknown}, 4, '... kmdc_requests_total{endpoint="unknown"} moved by 4');
-    is_deeply([map { "$_=$moved{$_}" } qw(mailbox_list mailbox_fetch mailbox_ack messages other)],
-              [qw(mailbox_list=0 mailbox_fetch=0 mailbox_ack=0 messages=0 other=0)],
-              '... the endpoints of those routes did not move');
-    $want{'kmdc_requests_total{endpoint="unknown"}'} += 4;
-}
+};
 
 # ---- the long-poll gauge ----------------------------------------------------------------------
 {
@@ -445,3 +429,5 @@ my $m1 = collapse($raw1);
            'kmdc_db_round_trips_total grew with the requests');
     is($m1->{kmdc_start_time_seconds}, $start_time, 'kmdc_start_time_seconds did not change');
 }
+
+done_testing();

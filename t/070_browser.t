@@ -17,64 +17,23 @@ use Apache::Test qw(-withtestmore);
 use Apache::TestRequest ();
 use Digest::SHA qw(sha256_base64);
 use File::Compare qw(compare);
-use File::Temp qw(tempdir);
 use IO::Socket::INET ();
 use JSON::PP ();
-
-plan tests => 66;
+use FindBin ();
+use lib "$FindBin::Bin/lib";
+use KmdcUtil qw(run sql slurp spew workdir kmdcadm_issue);
 
 my $build = $ENV{KMDC_BUILD} or die "KMDC_BUILD not set: run t/run-suite BUILD_DIR\n";
-my $mkey = $ENV{KMDC_MASTER_KEY_FILE} or die "KMDC_MASTER_KEY_FILE not set\n";
 my $src = $ENV{KMDC_SRCDIR} // '.';
-my $kmdcadm = "$build/admin/kmdcadm";
 my $kmdc = "$build/kmdc/kmdc";
 my $python = $ENV{KMDC_PYTHON} // '/usr/bin/python3';
 my $driver_script = "$src/t/browser_upload.py";
 my $url = Apache::TestRequest::resolve_url('/kmdc');
 $url =~ s{/+$}{};
-my $dir = tempdir('kmdc-browser-XXXXXX', TMPDIR => 1, CLEANUP => 1);
-chmod 0700, $dir;
+my $dir = workdir();
 my $json = JSON::PP->new;
 
 # ---- helpers ----------------------------------------------------------------
-
-# Run a command; (exit status, stdout+stderr).
-sub run {
-    my @argv = @_;
-    my $pid = open(my $fh, '-|') // die "fork: $!";
-    if (!$pid) {
-        open STDERR, '>&', \*STDOUT or die;
-        exec @argv or die "exec $argv[0]: $!";
-    }
-    local $/;
-    my $out = <$fh> // '';
-    close $fh;
-    return ($? >> 8, $out);
-}
-
-sub sql {
-    my ($q) = @_;
-    my ($rc, $out) = run('psql', '-XAtq', '-v', 'ON_ERROR_STOP=1', '-c', $q);
-    die "psql failed: $out" if $rc;
-    chomp $out;
-    return $out;
-}
-
-sub read_file {
-    my ($path) = @_;
-    open my $fh, '<:raw', $path or die "$path: $!";
-    local $/;
-    my $b = <$fh>;
-    return $b // '';
-}
-
-sub write_file {
-    my ($path, $bytes) = @_;
-    open my $fh, '>:raw', $path or die "$path: $!";
-    print $fh $bytes;
-    close $fh or die;
-    return $path;
-}
 
 my $n_files = 0;
 sub tmpfile { $n_files++; return "$dir/f$n_files" . ($_[0] // '') }
@@ -88,7 +47,7 @@ sub curl {
     push @c, $method eq 'HEAD' ? ('-I') : ('-X', $method);
     my ($rc, $code) = run(@c, $u);
     die "curl failed ($rc): $code" if $rc;
-    return ($code + 0, read_file($hdrs), read_file($body));
+    return ($code + 0, slurp($hdrs), slurp($body));
 }
 
 # HEAD target over a raw HTTP/1.0 connection: whatever follows the header
@@ -116,14 +75,10 @@ sub header {
 sub card {
     my ($addr) = @_;
     my $file = "$dir/$addr.card";
-    my ($rc, $out) = run($kmdcadm, '--master-key', "1:$mkey", 'issue', '--address', $addr,
-                         '--url', $url, '--out', $file);
-    die "kmdcadm issue $addr failed: $out" if $rc;
-    my ($serial) = $out =~ /serial:\s*([0-9a-f]{16})/ or die "no serial in: $out";
-    my ($code) = $out =~ /access code:\s*([0-9A-Z-]+)/ or die "no code in: $out";
-    ($rc, $out) = run($kmdc, '--card', $file, 'activate', $code);
+    my $i = kmdcadm_issue(address => $addr, url => $url, file => $file);
+    my ($rc, $out) = run($kmdc, '--card', $file, 'activate', $i->{code});
     die "kmdc activate $addr failed ($rc): $out" if $rc;
-    return { addr => $addr, file => $file, serial => $serial };
+    return { addr => $addr, file => $file, serial => $i->{serial} };
 }
 
 # A document of n pseudo-random bytes.
@@ -135,7 +90,7 @@ sub document {
         $x = ($x * 1103515245 + 12345) % 2147483648;
         $b .= pack('N', $x);
     }
-    return write_file(tmpfile('.doc'), substr($b, 0, $n));
+    return spew(tmpfile('.doc'), substr($b, 0, $n));
 }
 
 sub seal {
@@ -184,7 +139,7 @@ sub browser {
     close $fh;
     my $rc = $? >> 8;
     my $j = eval { $json->decode($out) };
-    return ($rc, $j, read_file($err));
+    return ($rc, $j, slurp($err));
 }
 
 # ---- the page over plain HTTP ------------------------------------------------------
@@ -324,7 +279,7 @@ SKIP: {
     like($j->{title} // '', qr/sent before/, 'retry: the page says it was sent before');
 
     # an error answer is rendered with its code and message
-    my $junk = write_file(tmpfile('.kmdc'), 'this is not an envelope, just text' x 3);
+    my $junk = spew(tmpfile('.kmdc'), 'this is not an envelope, just text' x 3);
     ($rc, $j, $err) = browser('upload', $page_url, $junk);
     $j //= {};
     is($j->{status}, '400', 'junk: the page shows 400') or diag($err);
@@ -352,3 +307,5 @@ SKIP: {
     is($j->{status}, '0', 'status: a pasted non-header is refused before any request')
         or diag($err);
 }
+
+done_testing();

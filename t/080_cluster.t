@@ -48,8 +48,6 @@ for my $v (qw(KMDC_BUILD KMDC_MODULE KMDC_SRCDIR PGHOST PGPORT PGUSER)) {
         unless defined $ENV{$v} && length $ENV{$v};
 }
 
-plan tests => 82;
-
 my $build = $ENV{KMDC_BUILD};
 my $kmdc = "$build/kmdc/kmdc";
 my $kmdcadm = "$build/admin/kmdcadm";
@@ -821,3 +819,5 @@ SKIP: {
 }
 
 httpd_stop($_) for values %httpd;
+
+done_testing();

@@ -25,8 +25,6 @@ for my $v (qw(KMDC_BUILD KMDC_MODULE KMDC_CONNINFO KMDC_MASTER_KEY_FILE PGHOST P
         unless defined $ENV{$v} && length $ENV{$v};
 }
 
-plan tests => 36;
-
 # Only the CA files a test names may be trusted.
 delete @ENV{qw(SSL_CERT_FILE SSL_CERT_DIR CURL_CA_BUNDLE)};
 
@@ -111,23 +109,24 @@ ok($h->{started}, 'httpd: an httpd with mod_ssl (SSLEngine on) and the module st
 BAIL_OUT('the https server did not start') unless $h->{started};
 
 # ---- plain curl ----------------------------------------------------------------------
-
-{
-    my ($code, $body, $crc) = http_get("$base/health", '--cacert', $ca);
-    ok($code == 200 && $body =~ /"status":"ok"/,
-       'curl --cacert: /health over https answers 200') or diag("$code $crc $body");
-    ($code, $body, $crc) = http_get("https://localhost:$port/kmdc/health", '--cacert', $ca,
-                                    '--resolve', "localhost:$port:127.0.0.1");
-    ok($code == 200, 'curl --cacert: the name localhost verifies too') or diag("$code $crc");
-    ($code, $body, $crc) = http_get("$base/health");
-    ok($code == 0 && $crc == 60, 'curl without --cacert: the certificate does not verify '
-       . '(curl exit 60)') or diag("$code $crc");
-    ($code, $body, $crc) = http_get("$base/health", '--cacert', $other);
-    ok($code == 0 && $crc == 60, 'curl --cacert OTHER-CA: refused (exit 60)')
-        or diag("$code $crc");
-    ($code, $body) = http_get("http://127.0.0.1:$port/kmdc/health");
-    is($code, 400, 'plain http to the https port: 400');
-}
+subtest 'plain curl' => sub {
+    {
+        my ($code, $body, $crc) = http_get("$base/health", '--cacert', $ca);
+        ok($code == 200 && $body =~ /"status":"ok"/,
+           'curl --cacert: /health over https answers 200') or diag("$code $crc $body");
+        ($code, $body, $crc) = http_get("https://localhost:$port/kmdc/health", '--cacert', $ca,
+                                        '--resolve', "localhost:$port:127.0.0.1");
+        ok($code == 200, 'curl --cacert: the name localhost verifies too') or diag("$code $crc");
+        ($code, $body, $crc) = http_get("$base/health");
+        ok($code == 0 && $crc == 60, 'curl without --cacert: the certificate does not verify '
+           . '(curl exit 60)') or diag("$code $crc");
+        ($code, $body, $crc) = http_get("$base/health", '--cacert', $other);
+        ok($code == 0 && $crc == 60, 'curl --cacert OTHER-CA: refused (exit 60)')
+            or diag("$code $crc");
+        ($code, $body) = http_get("http://127.0.0.1:$port/kmdc/health");
+        is($code, 400, 'plain http to the https port: 400');
+    }
+};
 
 # ---- cards for the https URL -----------------------------------------------------------
 
@@ -187,86 +186,90 @@ my $msgid;
 }
 
 # ---- refusals: no CA, another CA, another name -----------------------------------------------
+subtest 'refusals: no CA, another CA, another name' => sub {
+    {
+        my $a0 = dbstate($alice);
+        my $b0 = dbstate($bob);
+        my ($rc, $out) = k($alice, 'send', '--to', 'tls-bob', $doc2);
+        is($rc, 8, 'send without --cacert: refused, exit 8 (configuration)') or diag($out);
+        like($out, qr/certificate did not verify/, 'send without --cacert: the reason is the '
+             . 'certificate');
+        my $ci = card_info($kmdc, $alice->{file});
+        ok(dbstate($alice) eq $a0 && dbstate($bob) eq $b0 && $ci && $ci->{outbox} == 1,
+           'send without --cacert: nothing reached the datacenter; the envelope waits in the outbox')
+            or diag(dbstate($alice) . ' ' . ($ci ? $ci->{outbox} : '?'));
 
-{
-    my $a0 = dbstate($alice);
-    my $b0 = dbstate($bob);
-    my ($rc, $out) = k($alice, 'send', '--to', 'tls-bob', $doc2);
-    is($rc, 8, 'send without --cacert: refused, exit 8 (configuration)') or diag($out);
-    like($out, qr/certificate did not verify/, 'send without --cacert: the reason is the '
-         . 'certificate');
-    my $ci = card_info($kmdc, $alice->{file});
-    ok(dbstate($alice) eq $a0 && dbstate($bob) eq $b0 && $ci && $ci->{outbox} == 1,
-       'send without --cacert: nothing reached the datacenter; the envelope waits in the outbox')
-        or diag(dbstate($alice) . ' ' . ($ci ? $ci->{outbox} : '?'));
+        ($rc, $out) = k($alice, '--cacert', $other, 'send', '--to', 'tls-bob', $doc3);
+        ok($rc == 8 && $out =~ /certificate did not verify/ && dbstate($alice) eq $a0,
+           'send --cacert OTHER-CA: refused (exit 8), nothing sent') or diag($out);
 
-    ($rc, $out) = k($alice, '--cacert', $other, 'send', '--to', 'tls-bob', $doc3);
-    ok($rc == 8 && $out =~ /certificate did not verify/ && dbstate($alice) eq $a0,
-       'send --cacert OTHER-CA: refused (exit 8), nothing sent') or diag($out);
+        ($rc, $out) = k($alice, '--cacert', $ca, '--url', "https://127.0.0.2:$port/kmdc", 'send',
+                        '--to', 'tls-bob', $doc3);
+        ok($rc == 8 && $out =~ /certificate did not verify/ && dbstate($alice) eq $a0,
+           'send to 127.0.0.2 (not in the certificate) with the right CA: refused, nothing sent')
+            or diag($out);
 
-    ($rc, $out) = k($alice, '--cacert', $ca, '--url', "https://127.0.0.2:$port/kmdc", 'send',
-                    '--to', 'tls-bob', $doc3);
-    ok($rc == 8 && $out =~ /certificate did not verify/ && dbstate($alice) eq $a0,
-       'send to 127.0.0.2 (not in the certificate) with the right CA: refused, nothing sent')
-        or diag($out);
+        ($rc, $out) = k($alice, '--cacert', $ca, 'send', '--to', 'tls-bob', $doc3);
+        is($rc, 0, 'send --cacert: the kept envelope and the new one go through') or diag($out);
+        my @ids = $out =~ /^([0-9a-f]{16}) 1 /mg;
+        ok(@ids == 2 && dbstate($alice) =~ /^active:3:/, 'send --cacert: two messages, alice\'s '
+           . 'up_next is 3 (the refused attempts sealed nothing twice)')
+            or diag($out . dbstate($alice));
 
-    ($rc, $out) = k($alice, '--cacert', $ca, 'send', '--to', 'tls-bob', $doc3);
-    is($rc, 0, 'send --cacert: the kept envelope and the new one go through') or diag($out);
-    my @ids = $out =~ /^([0-9a-f]{16}) 1 /mg;
-    ok(@ids == 2 && dbstate($alice) =~ /^active:3:/, 'send --cacert: two messages, alice\'s '
-       . 'up_next is 3 (the refused attempts sealed nothing twice)')
-        or diag($out . dbstate($alice));
+        my $d = "$work/in2";
+        mkdir $d;
+        my $b1 = dbstate($bob);
+        ($rc, $out) = k($bob, 'fetch', '-d', $d);
+        ok($rc == 8 && $out =~ /certificate did not verify/, 'fetch without --cacert: refused, exit 8')
+            or diag($out);
+        opendir my $dh, $d or die;
+        my @f = grep { !/^\./ } readdir $dh;
+        ok(!@f && dbstate($bob) eq $b1 && $b1 =~ /:2$/,
+           'fetch without --cacert: no file written, both deliveries still queued')
+            or diag("@f " . dbstate($bob));
+        ($rc, $out) = k($bob, '--cacert', $ca, '--url', "https://127.0.0.2:$port/kmdc",
+                        'fetch', '-d', $d);
+        ok($rc == 8 && $out =~ /certificate did not verify/,
+           'fetch from a name the certificate does not carry: refused, exit 8') or diag($out);
 
-    my $d = "$work/in2";
-    mkdir $d;
-    my $b1 = dbstate($bob);
-    ($rc, $out) = k($bob, 'fetch', '-d', $d);
-    ok($rc == 8 && $out =~ /certificate did not verify/, 'fetch without --cacert: refused, exit 8')
-        or diag($out);
-    opendir my $dh, $d or die;
-    my @f = grep { !/^\./ } readdir $dh;
-    ok(!@f && dbstate($bob) eq $b1 && $b1 =~ /:2$/,
-       'fetch without --cacert: no file written, both deliveries still queued')
-        or diag("@f " . dbstate($bob));
-    ($rc, $out) = k($bob, '--cacert', $ca, '--url', "https://127.0.0.2:$port/kmdc",
-                    'fetch', '-d', $d);
-    ok($rc == 8 && $out =~ /certificate did not verify/,
-       'fetch from a name the certificate does not carry: refused, exit 8') or diag($out);
-
-    # --insecure works, and says so
-    my ($irc, $iout, $ierr) = k3($bob, '--insecure', 'fetch', '-d', $d);
-    is($irc, 0, 'fetch --insecure: exit 0') or diag("$iout$ierr");
-    like($ierr, qr/warning: --insecure: the datacenter's TLS certificate is not verified/,
-         'fetch --insecure: a warning on stderr');
-    opendir $dh, $d or die;
-    @f = sort grep { !/^\./ } readdir $dh;
-    ok("@f" eq 'second.bin third.txt' && slurp("$d/second.bin") eq slurp($doc2)
-       && slurp("$d/third.txt") eq slurp($doc3),
-       'fetch --insecure: both documents arrived once, byte for byte') or diag("@f");
-    ok(dbstate($bob) =~ /^active:0:3:0$/, 'fetch --insecure: the mailbox is empty');
-    my ($src, $sout, $serr) = k3($alice, '--insecure', 'send', '--to', 'tls-bob', $doc3);
-    ok($src == 0 && $serr =~ /warning: --insecure/, 'send --insecure: works and warns')
-        or diag("$sout$serr");
-}
+        # --insecure works, and says so
+        my ($irc, $iout, $ierr) = k3($bob, '--insecure', 'fetch', '-d', $d);
+        is($irc, 0, 'fetch --insecure: exit 0') or diag("$iout$ierr");
+        like($ierr, qr/warning: --insecure: the datacenter's TLS certificate is not verified/,
+             'fetch --insecure: a warning on stderr');
+        opendir $dh, $d or die;
+        @f = sort grep { !/^\./ } readdir $dh;
+        ok("@f" eq 'second.bin third.txt' && slurp("$d/second.bin") eq slurp($doc2)
+           && slurp("$d/third.txt") eq slurp($doc3),
+           'fetch --insecure: both documents arrived once, byte for byte') or diag("@f");
+        ok(dbstate($bob) =~ /^active:0:3:0$/, 'fetch --insecure: the mailbox is empty');
+        my ($src, $sout, $serr) = k3($alice, '--insecure', 'send', '--to', 'tls-bob', $doc3);
+        ok($src == 0 && $serr =~ /warning: --insecure/, 'send --insecure: works and warns')
+            or diag("$sout$serr");
+    }
+};
 
 # ---- a signed request with kmdc sign and plain curl --------------------------------------------
+subtest 'a signed request with kmdc sign and plain curl' => sub {
+    {
+        my $target = "/kmdc/mailbox/$bob->{serial}";
+        my ($rc, $hdr) = k($bob, 'sign', 'GET', $target);
+        chomp $hdr;
+        ok($rc == 0 && $hdr =~ /^Authorization: KMDC1-HMAC-SHA256 /, 'kmdc sign prints an '
+           . 'Authorization header') or diag($hdr);
+        my ($code, $body) = http_get("https://127.0.0.1:$port$target", '--cacert', $ca, '-H', $hdr);
+        my $j = eval { $json->decode($body) };
+        ok($code == 200 && ref $j eq 'HASH' && @{ $j->{deliveries} // [] } == 1,
+           'curl --cacert with the signed header: the mailbox lists the one pending delivery')
+            or diag("$code $body");
+    }
 
-{
-    my $target = "/kmdc/mailbox/$bob->{serial}";
-    my ($rc, $hdr) = k($bob, 'sign', 'GET', $target);
-    chomp $hdr;
-    ok($rc == 0 && $hdr =~ /^Authorization: KMDC1-HMAC-SHA256 /, 'kmdc sign prints an '
-       . 'Authorization header') or diag($hdr);
-    my ($code, $body) = http_get("https://127.0.0.1:$port$target", '--cacert', $ca, '-H', $hdr);
-    my $j = eval { $json->decode($body) };
-    ok($code == 200 && ref $j eq 'HASH' && @{ $j->{deliveries} // [] } == 1,
-       'curl --cacert with the signed header: the mailbox lists the one pending delivery')
-        or diag("$code $body");
-}
-
-{
-    my @crash = grep { /exit signal|Segmentation|AddressSanitizer/ }
-        split /\n/, slurp("$root/error_log");
-    ok(!@crash, 'httpd: no child crashed') or diag(join "\n", @crash);
-}
+    {
+        my @crash = grep { /exit signal|Segmentation|AddressSanitizer/ }
+            split /\n/, slurp("$root/error_log");
+        ok(!@crash, 'httpd: no child crashed') or diag(join "\n", @crash);
+    }
+};
 httpd_stop($h);
+
+done_testing();

@@ -19,8 +19,6 @@ use lib "$FindBin::Bin/lib";
 use Apache::Test qw(-withtestmore);
 use KmdcClient qw(:all);
 
-plan tests => 21;
-
 my $kmdc = kmdc_bin();
 my $w = workdir();
 my $p = "c105-$$";
@@ -136,20 +134,24 @@ my $erin = card("$p-erin", inactive => 1);
 }
 
 # ---- 3. progress -------------------------------------------------------------------------
-{
-    my $doc = document("$w/two.bin", 2 << 20);
-    my $r = kmdc_run($alice, 'send', '--to', $bob->{addr}, $doc);
-    ok(($r->{rc} // -1) == 0 && $r->{err} eq '',
-       'progress: nothing on stderr when it is not a terminal') or explain_run($r);
-    $r = kmdc_run($alice, '--progress', 'send', '--to', $bob->{addr}, $doc);
-    ok(($r->{rc} // -1) == 0
-       && $r->{err} =~ m{^two\.bin: 100% 2\.0 MiB of 2\.0 MiB, [0-9.]+ [KMGT]?i?B/s, publishing$}m,
-       'progress: --progress shows bytes, rate and then publishing') or explain_run($r);
-    my $in = newdir();
-    $r = kmdc_run($bob, '--progress', 'fetch', '-d', $in);
-    ok(($r->{rc} // -1) == 0 && $r->{err} =~ m{^delivery [0-9a-f]{16}: 100% 2\.0 MiB of 2\.0 MiB}m,
-       'progress: a fetch shows each download') or explain_run($r);
-    $r = kmdc_run($bob, 'fetch', '-d', $in);
-    ok(($r->{rc} // -1) == 0 && $r->{err} eq '', 'progress: a quiet fetch without --progress')
-        or explain_run($r);
-}
+subtest '3. progress' => sub {
+    {
+        my $doc = document("$w/two.bin", 2 << 20);
+        my $r = kmdc_run($alice, 'send', '--to', $bob->{addr}, $doc);
+        ok(($r->{rc} // -1) == 0 && $r->{err} eq '',
+           'progress: nothing on stderr when it is not a terminal') or explain_run($r);
+        $r = kmdc_run($alice, '--progress', 'send', '--to', $bob->{addr}, $doc);
+        ok(($r->{rc} // -1) == 0
+           && $r->{err} =~ m{^two\.bin: 100% 2\.0 MiB of 2\.0 MiB, [0-9.]+ [KMGT]?i?B/s, publishing$}m,
+           'progress: --progress shows bytes, rate and then publishing') or explain_run($r);
+        my $in = newdir();
+        $r = kmdc_run($bob, '--progress', 'fetch', '-d', $in);
+        ok(($r->{rc} // -1) == 0 && $r->{err} =~ m{^delivery [0-9a-f]{16}: 100% 2\.0 MiB of 2\.0 MiB}m,
+           'progress: a fetch shows each download') or explain_run($r);
+        $r = kmdc_run($bob, 'fetch', '-d', $in);
+        ok(($r->{rc} // -1) == 0 && $r->{err} eq '', 'progress: a quiet fetch without --progress')
+            or explain_run($r);
+    }
+};
+
+done_testing();

@@ -32,22 +32,7 @@ else
 fi
 case "$kmdc" in /*) ;; *) kmdc="$(pwd)/$kmdc" ;; esac
 
-PLAN=32
-echo "1..$PLAN"
-n=0
-failed=0
-ok() {   # ok STATUS NAME
-    n=$((n + 1))
-    if [ "$1" -eq 0 ]; then
-        echo "ok $n - $2"
-    else
-        echo "not ok $n - $2"
-        failed=$((failed + 1))
-    fi
-}
-skip() { n=$((n + 1)); echo "ok $n - $1 # SKIP $2"; }
-diag() { printf '# %s\n' "$@"; }
-bail() { echo "Bail out! $*"; exit 1; }
+. "$(dirname "$0")/lib/tap.sh"
 
 [ -x "$kmdc" ] || bail "kmdc not built at $kmdc (pass BUILDDIR or KMDC)"
 "$kmdc" test-mkcard --help >/dev/null 2>&1 \
@@ -335,5 +320,4 @@ rc=$?
 [ $rc -eq 0 ] && ! grep -q '%' pty.out
 ok $? "progress: -q keeps a terminal quiet"
 
-[ $n -eq $PLAN ] || diag "planned $PLAN tests but ran $n"
-[ $failed -eq 0 ] && [ $n -eq $PLAN ]
+tap_done

@@ -23,14 +23,10 @@ top=$(cd "$(dirname "$0")/.." && pwd)
 build=$(cd "${1:?usage: t/completion.sh BUILD_DIR}" && pwd)
 export PATH="$build/kmdc:$build/admin:$PATH" LC_ALL=C HOME=${HOME:-/nonexistent}
 
-n=0
-failed=0
-ok()  { n=$((n + 1)); echo "ok $n - $*"; }
-nok() { n=$((n + 1)); failed=$((failed + 1)); echo "not ok $n - $*"; }
-diag() { sed 's/^/# /'; }
+. "$top/t/lib/tap.sh"
 
 for p in kmdc/kmdc admin/kmdcadm; do
-    [ -x "$build/$p" ] || { echo "1..0 # SKIP $build/$p not built"; exit 1; }
+    [ -x "$build/$p" ] || { skip_all "$build/$p not built" 1; }
 done
 
 # shellcheck source=../completion/kmdc.bash
@@ -79,7 +75,7 @@ for p in kmdc kmdcadm; do
     if [ "$p" = kmdc ]; then table=$kmdc_table; else table=$kmdcadm_table; fi
     got=$(complete_line "$p ")
     if [ -n "$table" ] && [ "$got" = "$table" ]; then
-        ok "$p: the commands completed are its command table: $(echo $got)"
+        pass "$p: the commands completed are its command table: $(echo $got)"
     else
         nok "$p: the commands completed are its command table"
         diff <(echo "$table") <(echo "$got") | diag
@@ -88,10 +84,10 @@ for p in kmdc kmdcadm; do
     for c in $got; do
         "$p" "$c" --help >/dev/null 2>&1 || bad="$bad $c"
     done
-    if [ -z "$bad" ]; then ok "$p: every command completed is accepted"; else nok "$p: not accepted:$bad"; fi
+    if [ -z "$bad" ]; then pass "$p: every command completed is accepted"; else nok "$p: not accepted:$bad"; fi
     got=$(complete_line "$p s")
     want=$(echo "$table" | grep '^s' || :)
-    if [ "$got" = "$want" ]; then ok "$p: a prefix completes the commands it begins"; else
+    if [ "$got" = "$want" ]; then pass "$p: a prefix completes the commands it begins"; else
         nok "$p: a prefix completes the commands it begins"; diff <(echo "$want") <(echo "$got") | diag; fi
 done
 
@@ -166,7 +162,7 @@ check_context() {   # PROG [CMD]
         got=$(comm -23 <(echo "$got") <(echo "$g"))
     fi
     if [ -n "$want$g" ] && [ "$got" = "$want" ]; then
-        ok "$p${c:+ $c}: the options completed are those it accepts ($(echo $got | wc -w)${g:+ besides the global ones})"
+        pass "$p${c:+ $c}: the options completed are those it accepts ($(echo $got | wc -w)${g:+ besides the global ones})"
     else
         nok "$p${c:+ $c}: the options completed are those it accepts"
         diff <(echo "$want") <(echo "$got") | sed 's/^</accepted, not completed:/; s/^>/completed, not accepted:/' | diag
@@ -174,7 +170,7 @@ check_context() {   # PROG [CMD]
     vgot=$(for o in $got; do
         [[ ${_kmdc_vals["$p $c"]-} == *" $o="* ]] && echo "$o"; done | sort -u)
     if [ "$vgot" = "$vwant" ]; then
-        ok "$p${c:+ $c}: the options completed with a value are those that take one ($(echo $vgot | wc -w))"
+        pass "$p${c:+ $c}: the options completed with a value are those that take one ($(echo $vgot | wc -w))"
     else
         nok "$p${c:+ $c}: the options completed with a value are those that take one"
         diff <(echo "$vwant") <(echo "$vgot") | sed 's/^</takes a value, completed without:/; s/^>/completed with a value, takes none:/' | diag
@@ -201,7 +197,7 @@ expect() {   # DESC LINE WANT...
     shift 2
     want=$(printf '%s\n' "$@" | sed '/^$/d' | sort -u)
     got=$(complete_line "$line")
-    if [ "$got" = "$want" ]; then ok "$desc"; else
+    if [ "$got" = "$want" ]; then pass "$desc"; else
         nok "$desc"; { echo "line: $line"; diff <(echo "$want") <(echo "$got"); } | diag; fi
 }
 expect "kmdc --card FILE completes files" "kmdc --card " alice.card inbox outbox report.pdf
@@ -224,5 +220,4 @@ expect "kmdcadm --db CONNINFO completes nothing, then the commands" "kmdcadm --d
 # shellcheck disable=SC2046
 expect "kmdcadm help COMMAND completes the commands" "kmdcadm help " $kmdcadm_table
 
-echo "1..$n"
-[ "$failed" -eq 0 ]
+tap_done

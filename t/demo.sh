@@ -13,9 +13,7 @@
 set -u
 here=$(cd "$(dirname "$0")" && pwd)
 top=$(cd "$here/.." && pwd)
-n=0; bad=0
-ok() { n=$((n + 1)); if [ "$1" = 0 ]; then echo "ok $n - $2"; else echo "not ok $n - $2"; bad=$((bad + 1)); fi; }
-diag() { printf '# %s\n' "$@"; }
+. "$here/lib/tap.sh"
 
 work=$(mktemp -d /tmp/kmdc-demo-t.XXXXXX) || exit 1
 trap 'rm -rf "$work"' EXIT
@@ -83,5 +81,4 @@ out=$("$top/scripts/demo" --help 2>&1)
 [[ $out == *"scripts/demo clean"* ]] && [[ $out == *"KMDC_DEMO_NO_DEPS"* ]] && [[ $out != *"set -u"* ]]
 ok $? "--help prints the whole header and nothing else"
 
-echo "1..$n"
-[ "$bad" -eq 0 ]
+tap_done

@@ -20,9 +20,7 @@
 set -u
 top=$(cd "$(dirname "$0")/.." && pwd)
 build=${1:-}
-n=0; bad=0
-ok() { n=$((n + 1)); if [ "$1" = 0 ]; then echo "ok $n - $2"; else echo "not ok $n - $2"; bad=$((bad + 1)); fi; }
-diag() { printf '# %s\n' "$@"; }
+. "$top/t/lib/tap.sh"
 userdocs="$top/README.md $top/docs/ADMIN.md $top/docs/API.md $top/docs/DIRECTIVES.md
           $top/docs/PROTOCOL.md $top/docs/SCALING.md $top/docs/SCHEMA.md
           $top/docs/kmdc.1 $top/docs/kmdcadm.8"
@@ -136,5 +134,4 @@ cites=$(grep -rln 'DESIGN' "$top"/docs "$top"/sql "$top"/mod_kmdc "$top"/kmdc "$
 grep -q 'docs/PROTOCOL.md' "$top/Makefile.am" && grep -q '^dist_doc_DATA' "$top/Makefile.am"
 ok $? "PROTOCOL.md, which kmdc(1) and kmdcadm(8) point to, is installed (dist_doc_DATA)"
 
-echo "1..$n"
-[ "$bad" -eq 0 ]
+tap_done

@@ -24,19 +24,7 @@ else
 fi
 case "$kmdcadm" in /*) ;; *) kmdcadm="$(pwd)/$kmdcadm" ;; esac
 
-n=0
-failed=0
-ok() {   # ok COND-STATUS NAME
-    n=$((n + 1))
-    if [ "$1" -eq 0 ]; then
-        echo "ok $n - $2"
-    else
-        echo "not ok $n - $2"
-        failed=$((failed + 1))
-    fi
-}
-diag() { printf '# %s\n' "$@"; }
-bail() { echo "Bail out! $*"; echo "1..$((n + 1))"; exit 1; }
+. "$here/lib/tap.sh"
 
 [ -x "$kmdcadm" ] || bail "kmdcadm not built at $kmdcadm (pass BUILDDIR or KMDCADM)"
 
@@ -360,5 +348,4 @@ out=$(PGDATABASE=kmdc_empty adm list 2>&1); rc=$?
 [ $rc -eq 1 ] && [[ $out == *"kmdcadm migrate"* ]]
 ok $? "db: a database without the schema asks for kmdcadm migrate"
 
-echo "1..$n"
-[ "$failed" -eq 0 ]
+tap_done

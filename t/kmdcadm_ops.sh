@@ -28,20 +28,7 @@ else
 fi
 case "$kmdcadm" in /*) ;; *) kmdcadm="$(pwd)/$kmdcadm" ;; esac
 
-n=0
-failed=0
-ok() {   # ok COND-STATUS NAME
-    n=$((n + 1))
-    if [ "$1" -eq 0 ]; then
-        echo "ok $n - $2"
-    else
-        echo "not ok $n - $2"
-        failed=$((failed + 1))
-    fi
-}
-skip() { n=$((n + 1)); echo "ok $n # SKIP $1"; }
-diag() { printf '# %s\n' "$@"; }
-bail() { echo "Bail out! $*"; echo "1..$((n + 1))"; exit 1; }
+. "$here/lib/tap.sh"
 
 [ -x "$kmdcadm" ] || bail "kmdcadm not built at $kmdcadm (pass BUILDDIR or KMDCADM)"
 
@@ -610,5 +597,4 @@ else
     ok 1 "kmdcadm(8): docs/kmdcadm.8 exists"
 fi
 
-echo "1..$n"
-[ "$failed" -eq 0 ]
+tap_done

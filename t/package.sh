@@ -32,15 +32,10 @@ umask 022
 
 top=$(cd "$(dirname "$0")/.." && pwd)
 export DEBIAN_FRONTEND=noninteractive LC_ALL=C.UTF-8
-n=0
-failed=0
-ok()  { n=$((n + 1)); echo "ok $n - $*"; }
-nok() { n=$((n + 1)); failed=$((failed + 1)); echo "not ok $n - $*"; }
-diag() { sed 's/^/# /'; }
-check() { local d=$1; shift; if "$@"; then ok "$d"; else nok "$d"; return 1; fi; }
+. "$top/t/lib/tap.sh"
 stage_start=$SECONDS
 stage() { echo "# --- $* (after $((SECONDS - stage_start)) s)"; }
-bail() { nok "$*"; echo "1..$n"; exit 1; }
+bail() { nok "$*"; exit 1; }   # cleanup, on exit, prints the plan
 
 [ "$(id -u)" = 0 ] || bail "t/package.sh needs root (it installs packages and uses apache2 and postgresql)"
 for c in dpkg-buildpackage lintian apt-get apache2ctl a2enmod pg_lsclusters curl flock; do
@@ -115,7 +110,7 @@ cleanup() {
     stage "undoing"
     if [ "$installed" = 1 ]; then
         apache_stop
-        if apt-get purge -y -q $pkgs >"$tmp/purge.log" 2>&1; then ok "apt-get purge $pkgs"
+        if apt-get purge -y -q $pkgs >"$tmp/purge.log" 2>&1; then pass "apt-get purge $pkgs"
         else nok "apt-get purge $pkgs"; tail -n 20 "$tmp/purge.log" | diag; fi
         left=$(ls -d /etc/apache2/mods-available/kmdc.* /etc/apache2/mods-enabled/kmdc.* \
             /usr/lib/apache2/modules/mod_kmdc.so /usr/bin/kmdc /usr/sbin/kmdcadm \
@@ -129,7 +124,7 @@ cleanup() {
     fi
     if [ -f "$tmp/pg.before" ]; then
         pg_state >"$tmp/pg.after" 2>&1
-        if cmp -s "$tmp/pg.before" "$tmp/pg.after"; then ok "PostgreSQL: the roles and databases are as before"
+        if cmp -s "$tmp/pg.before" "$tmp/pg.after"; then pass "PostgreSQL: the roles and databases are as before"
         else nok "PostgreSQL: the roles and databases are as before"; diff "$tmp/pg.before" "$tmp/pg.after" | diag; fi
     fi
     if [ "$pg_started" = 1 ]; then
@@ -144,7 +139,7 @@ cleanup() {
         while read -r d; do rmdir "$d" 2>/dev/null; done
     snapshot >"$tmp/apache2.after"
     if cmp -s "$tmp/apache2.before" "$tmp/apache2.after"; then
-        ok "/etc/apache2 and /var/lib/apache2 are as before"
+        pass "/etc/apache2 and /var/lib/apache2 are as before"
     else
         nok "/etc/apache2 and /var/lib/apache2 are as before (restoring /etc/apache2 from the copy)"
         diff "$tmp/apache2.before" "$tmp/apache2.after" | head -n 20 | diag
@@ -163,9 +158,9 @@ cleanup() {
     check "dpkg knows nothing more of $pkgs" test "$gone" = 1
     rm -rf "$tmp"
     echo "# total: $((SECONDS - stage_start)) s"
-    echo "1..$n"
+    tap_done
 }
-trap 'cleanup; if [ "$failed" -eq 0 ]; then exit 0; else exit 1; fi' EXIT
+trap 'cleanup; if [ "$tap_failed" -eq 0 ]; then exit 0; else exit 1; fi' EXIT
 trap 'exit 1' INT TERM
 
 # --- 1. build and lintian -------------------------------------------------------------
@@ -180,7 +175,7 @@ t0=$SECONDS
 (cd "$tmp/build/src" && DEB_BUILD_OPTIONS="nocheck parallel=2 noddebs" \
     dpkg-buildpackage -us -uc -b >"$tmp/build.log" 2>&1)
 rc=$?
-if [ $rc -eq 0 ]; then ok "dpkg-buildpackage -us -uc -b ($((SECONDS - t0)) s)"
+if [ $rc -eq 0 ]; then pass "dpkg-buildpackage -us -uc -b ($((SECONDS - t0)) s)"
 else nok "dpkg-buildpackage -us -uc -b"; tail -n 40 "$tmp/build.log" | diag; exit 1; fi
 ver=$(sed -n 's/^AC_INIT(\[mod_kmdc\], \[\([^]]*\)\].*/\1/p' "$top/configure.ac")
 deb_ver=$(dpkg-parsechangelog -l "$top/debian/changelog" -S Version)
@@ -188,7 +183,7 @@ check "debian/changelog's version $deb_ver is configure.ac's $ver" test "$ver" =
 debs=()
 for p in $pkgs; do
     f=$(ls "$tmp/build/${p}_${deb_ver}_"*.deb 2>/dev/null | head -n1)
-    if [ -n "$f" ]; then ok "built ${f##*/}"; debs+=("$f"); else nok "built ${p}_${deb_ver}_*.deb"; fi
+    if [ -n "$f" ]; then pass "built ${f##*/}"; debs+=("$f"); else nok "built ${p}_${deb_ver}_*.deb"; fi
 done
 [ ${#debs[@]} -eq 2 ] || exit 1
 t0=$SECONDS
@@ -196,7 +191,7 @@ lintian --fail-on error --display-info \
     "$tmp/build/"mod-kmdc_*.changes >"$tmp/lintian.log" 2>&1
 rc=$?
 grep -v '^running with root privileges' "$tmp/lintian.log" | diag
-if [ $rc -eq 0 ]; then ok "lintian: no error ($(grep -c '^[WIP]:' "$tmp/lintian.log") warnings or notes, $((SECONDS - t0)) s)"
+if [ $rc -eq 0 ]; then pass "lintian: no error ($(grep -c '^[WIP]:' "$tmp/lintian.log") warnings or notes, $((SECONDS - t0)) s)"
 else nok "lintian: no error"; fi
 contents=$(for f in "${debs[@]}"; do dpkg-deb -c "$f"; done | awk '{ print $6 }' | sed 's|^\.||')
 for f in /usr/lib/apache2/modules/mod_kmdc.so /etc/apache2/mods-available/kmdc.load \
@@ -214,7 +209,7 @@ stage "installing"
 installed=1
 t0=$SECONDS
 if apt-get install -y -q --no-install-recommends "${debs[@]}" >"$tmp/install.log" 2>&1; then
-    ok "apt-get install ./libapache2-mod-kmdc.deb ./kmdc.deb ($((SECONDS - t0)) s)"
+    pass "apt-get install ./libapache2-mod-kmdc.deb ./kmdc.deb ($((SECONDS - t0)) s)"
 else
     nok "apt-get install ./libapache2-mod-kmdc.deb ./kmdc.deb"; tail -n 30 "$tmp/install.log" | diag; exit 1
 fi
@@ -230,7 +225,7 @@ check "mods-enabled/kmdc.load and kmdc.conf link to mods-available" \
     test "$(readlink -f /etc/apache2/mods-enabled/kmdc.load)" = /etc/apache2/mods-available/kmdc.load \
     -a "$(readlink -f /etc/apache2/mods-enabled/kmdc.conf)" = /etc/apache2/mods-available/kmdc.conf
 out=$(apache2ctl -t 2>&1)
-if grep -q 'Syntax OK' <<<"$out"; then ok "apache2ctl -t with kmdc.conf as shipped: Syntax OK"
+if grep -q 'Syntax OK' <<<"$out"; then pass "apache2ctl -t with kmdc.conf as shipped: Syntax OK"
 else nok "apache2ctl -t with kmdc.conf as shipped"; echo "$out" | diag; fi
 check "apache2 starts with the module enabled and not configured" apache_start
 code=000
@@ -263,18 +258,18 @@ GRANT CONNECT ON DATABASE $db TO $httpd_role;
 REVOKE ALL ON SCHEMA public FROM PUBLIC;
 GRANT USAGE ON SCHEMA public TO $httpd_role;
 EOF
-if [ $? -eq 0 ]; then ok "roles and database created"; else nok "roles and database created"; diag <"$tmp/psql.log"; exit 1; fi
+if [ $? -eq 0 ]; then pass "roles and database created"; else nok "roles and database created"; diag <"$tmp/psql.log"; exit 1; fi
 export PGHOST=127.0.0.1 PGPORT=$pg_port PGDATABASE=$db PGUSER=$owner PGPASSWORD=$owner_pw
-if kmdcadm migrate >"$tmp/migrate.log" 2>&1; then ok "the installed kmdcadm migrate, as $owner"
+if kmdcadm migrate >"$tmp/migrate.log" 2>&1; then pass "the installed kmdcadm migrate, as $owner"
 else nok "the installed kmdcadm migrate"; diag <"$tmp/migrate.log"; exit 1; fi
 # the module's grants, as docs/ADMIN.md lists them
 awk '/^### Grants for the module/ { on = 1 } on && /^```sql/ { p = 1; next } p && /^```/ { exit } p' \
     "$top/docs/ADMIN.md" | sed "s/\bkmdc_httpd\b/$httpd_role/g" >"$tmp/grants.sql"
 check "docs/ADMIN.md has the module's grants" grep -q "GRANT .* TO $httpd_role" "$tmp/grants.sql"
-if psql -XAtq -v ON_ERROR_STOP=1 -f "$tmp/grants.sql" >"$tmp/grants.log" 2>&1; then ok "the grants of docs/ADMIN.md applied"
+if psql -XAtq -v ON_ERROR_STOP=1 -f "$tmp/grants.sql" >"$tmp/grants.log" 2>&1; then pass "the grants of docs/ADMIN.md applied"
 else nok "the grants of docs/ADMIN.md applied"; diag <"$tmp/grants.log"; fi
 mkdir -m 0700 "$tmp/keys"
-if kmdcadm keygen --out "$tmp/keys/master-1.key" >/dev/null 2>&1; then ok "kmdcadm keygen"; else nok "kmdcadm keygen"; fi
+if kmdcadm keygen --out "$tmp/keys/master-1.key" >/dev/null 2>&1; then pass "kmdcadm keygen"; else nok "kmdcadm keygen"; fi
 cat >/etc/apache2/mods-available/kmdc.conf <<EOF
 # written by t/package.sh; the package's purge removes it
 <IfModule kmdc_module>
@@ -290,7 +285,7 @@ cat >/etc/apache2/mods-available/kmdc.conf <<EOF
 </IfModule>
 EOF
 out=$(apache2ctl -t 2>&1)
-if grep -q 'Syntax OK' <<<"$out"; then ok "apache2ctl -t, configured: Syntax OK"
+if grep -q 'Syntax OK' <<<"$out"; then pass "apache2ctl -t, configured: Syntax OK"
 else nok "apache2ctl -t, configured"; echo "$out" | diag; fi
 
 # --- 4. relay one document -----------------------------------------------------------------
@@ -307,7 +302,7 @@ mk="--master-key 1:$tmp/keys/master-1.key"
 for who in alice bob; do
     out=$(kmdcadm $mk issue --address "pkgtest-$who" --url "$url" --out "$tmp/$who.card" 2>&1)
     code=$(sed -n 's/^access code: //p' <<<"$out")
-    if [ -n "$code" ]; then ok "kmdcadm issue: a card for pkgtest-$who"; else nok "kmdcadm issue pkgtest-$who"; echo "$out" | diag; fi
+    if [ -n "$code" ]; then pass "kmdcadm issue: a card for pkgtest-$who"; else nok "kmdcadm issue pkgtest-$who"; echo "$out" | diag; fi
     out=$(kmdc --card "$tmp/$who.card" activate "$code" 2>&1)
     check "kmdc activate ($who)" test $? -eq 0 || echo "$out" | diag
 done

@@ -18,17 +18,13 @@
 set -u
 here=$(cd "$(dirname "$0")" && pwd)
 top=$(cd "$here/.." && pwd)
-n=0; bad=0
-ok() { n=$((n + 1)); if [ "$1" = 0 ]; then echo "ok $n - $2"; else echo "not ok $n - $2"; bad=$((bad + 1)); fi; }
-diag() { printf '# %s\n' "$@"; }
+. "$here/lib/tap.sh"
 
 if [ "${CI:-}" != true ] && [ "${KMDC_SYSTEM_TESTS:-0}" != 1 ]; then
-    echo "1..0 # SKIP changes this machine's Apache and PostgreSQL: set KMDC_SYSTEM_TESTS=1 (or CI=true)"
-    exit 0
+    skip_all "changes this machine's Apache and PostgreSQL: set KMDC_SYSTEM_TESTS=1 (or CI=true)"
 fi
 if [ "$(id -u)" -ne 0 ]; then
-    echo "1..0 # SKIP the tour runs as root"
-    exit 0
+    skip_all "the tour runs as root"
 fi
 exec 8>/tmp/kmdc-system-tests.lock
 flock 8
@@ -38,7 +34,7 @@ script=$(awk '/^<!-- tour:begin/ {on = 1; next} /^<!-- tour:end/ {on = 0}
               on && /^```sh$/ {code = 1; next} on && code && /^```$/ {code = 0; next}
               on && code {print}' "$top/README.md")
 [ -n "$script" ]; ok $? "README.md has a marked tour with commands"
-[ -n "$script" ] || { echo "1..$n"; exit 1; }
+[ -n "$script" ] || { tap_done; exit 1; }
 
 work=$(mktemp -d /tmp/kmdc-tour.XXXXXX)
 chmod 755 "$work"
@@ -122,8 +118,7 @@ aup=0; [ -f /var/run/apache2/apache2.pid ] && kill -0 "$(cat /var/run/apache2/ap
     && [ ! -e /etc/apache2/sites-available/kmdc.conf ] \
     && [ "$(ls /etc/ssl/certs /etc/ssl/private 2>/dev/null)" = "$certs_before" ]
 ok $? "undo: no installed file, key folder, configuration or certificate is left"
-[ $bad -eq 0 ] || { diag "undo log:"; tail -n 30 "$work/undo.log" | sed 's/^/#   /'; }
+[ $tap_failed -eq 0 ] || { diag "undo log:"; tail -n 30 "$work/undo.log" | sed 's/^/#   /'; }
 
-if [ "$bad" -eq 0 ] && [ "${KMDC_KEEP:-0}" != 1 ]; then rm -rf "$work"; else diag "kept $work"; fi
-echo "1..$n"
-[ "$bad" -eq 0 ]
+if [ "$tap_failed" -eq 0 ] && [ "${KMDC_KEEP:-0}" != 1 ]; then rm -rf "$work"; else diag "kept $work"; fi
+tap_done

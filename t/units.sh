@@ -7,12 +7,7 @@ set -u
 
 top=$(cd "$(dirname "$0")/.." && pwd)
 build=$(cd "${1:?usage: t/units.sh BUILD_DIR}" && pwd)
-n=0
-failed=0
-ok()  { n=$((n + 1)); echo "ok $n - $*"; }
-nok() { n=$((n + 1)); failed=$((failed + 1)); echo "not ok $n - $*"; }
-skip() { n=$((n + 1)); echo "ok $n # SKIP $*"; }
-check() { local d=$1; shift; if "$@"; then ok "$d"; else nok "$d"; fi; }
+. "$top/t/lib/tap.sh"
 
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
@@ -30,7 +25,7 @@ sysconfdir=$(mkvar sysconfdir)
 pkgdatadir=$(mkvar pkgdatadir)
 
 if make -s -C "$build" install DESTDIR="$dest" >"$tmp/install.log" 2>&1; then
-    ok "make install DESTDIR=..."
+    pass "make install DESTDIR=..."
 else
     nok "make install DESTDIR=..."; sed 's/^/# /' "$tmp/install.log" | tail -n 20
 fi
@@ -75,11 +70,11 @@ if command -v systemd-analyze >/dev/null 2>&1; then
     done
     out=$(systemd-analyze verify --man=no "$tmp/units/kmdc-purge.service" "$tmp/units/kmdc-purge.timer" 2>&1)
     rc=$?
-    if [ $rc -eq 0 ] && [ -z "$out" ]; then ok "systemd-analyze verify kmdc-purge.service kmdc-purge.timer: clean"
+    if [ $rc -eq 0 ] && [ -z "$out" ]; then pass "systemd-analyze verify kmdc-purge.service kmdc-purge.timer: clean"
     else nok "systemd-analyze verify kmdc-purge.service kmdc-purge.timer"; echo "$out" | sed 's/^/# /'; fi
     out=$(XDG_RUNTIME_DIR=$tmp/xdg systemd-analyze --user verify --man=no "$tmp/units/kmdc-watch.service" 2>&1)
     rc=$?
-    if [ $rc -eq 0 ] && [ -z "$out" ]; then ok "systemd-analyze --user verify kmdc-watch.service: clean"
+    if [ $rc -eq 0 ] && [ -z "$out" ]; then pass "systemd-analyze --user verify kmdc-watch.service: clean"
     else nok "systemd-analyze --user verify kmdc-watch.service"; echo "$out" | sed 's/^/# /'; fi
     cal=$(sed -n 's/^OnCalendar=//p' "$tmp/units/kmdc-purge.timer")
     check "kmdc-purge.timer: OnCalendar=$cal is a valid calendar event" \
@@ -91,12 +86,11 @@ else
 fi
 
 if make -s -C "$build" uninstall DESTDIR="$dest" >"$tmp/uninstall.log" 2>&1; then
-    ok "make uninstall DESTDIR=..."
+    pass "make uninstall DESTDIR=..."
 else
     nok "make uninstall DESTDIR=..."; sed 's/^/# /' "$tmp/uninstall.log" | tail -n 20
 fi
 left=$(cd "$dest" && find . -type f -o -type l | grep -E 'completion|systemd|kmdc-purge' || :)
 check "make uninstall removes the completion, the units and the example${left:+ (left: $left)}" test -z "$left"
 
-echo "1..$n"
-[ "$failed" -eq 0 ]
+tap_done

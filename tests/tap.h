@@ -5,6 +5,15 @@
  * with tap_done(), which prints the plan "1..N" and returns the exit status
  * (non-zero when any test failed).  scripts/check compares N with
  * tests/MANIFEST so a program that silently runs fewer tests fails the run.
+ *
+ * Cases: a test program is a list of cases, each a function that builds its
+ * own fixture (nothing mutable shared with the next case), run with
+ *
+ *     TEST_RUN(case_function);          or    TEST_START("name"); ... TEST_DONE();
+ *
+ * TEST_START prints "# name" and TEST_DONE checks that the case ran at least
+ * one check: a case that returned early without checking anything is one
+ * "not ok" line, so it cannot pass silently.
  */
 #ifndef KMDC_TAP_H
 #define KMDC_TAP_H
@@ -63,6 +72,29 @@ tap_mem_eq(const void *got, size_t gotlen, const void *want, size_t wantlen,
     }
     return eq;
 }
+
+static const char *tap_case;
+static int tap_case_first;
+
+__attribute__((unused)) static void
+tap_case_start(const char *name)
+{
+    tap_case = name;
+    tap_case_first = tap_n;
+    printf("# %s\n", name);
+}
+
+__attribute__((unused)) static void
+tap_case_done(void)
+{
+    if (tap_case != NULL && tap_n == tap_case_first)
+        tap_ok(0, "%s: the case ran no check", tap_case);
+    tap_case = NULL;
+}
+
+#define TEST_START(name) tap_case_start(name)
+#define TEST_DONE() tap_case_done()
+#define TEST_RUN(fn) (tap_case_start(#fn), fn(), tap_case_done())
 
 __attribute__((unused)) static int
 tap_done(void)

@@ -4,6 +4,7 @@
 #include "kmdc_crypto.h"
 #include "kmdc_envelope.h"
 #include "kmdc_util.h"
+#include "fixtures.h"
 #include "tap.h"
 
 #include <malloc.h>
@@ -66,45 +67,6 @@ gen(uint8_t *p, uint64_t off, size_t len)
         uint64_t x = off + i;
         p[i] = (uint8_t)((x * UINT64_C(2654435761)) >> 13 ^ (x >> 16));
     }
-}
-
-struct buf {
-    uint8_t *p;
-    size_t n, cap;
-};
-
-static void
-buf_add(struct buf *b, const void *p, size_t len)
-{
-    if (b->n + len > b->cap) {
-        size_t cap = b->cap ? b->cap : 1024;
-        while (cap < b->n + len)
-            cap *= 2;
-        b->p = realloc(b->p, cap);
-        if (b->p == NULL) {
-            fprintf(stderr, "out of memory\n");
-            exit(2);
-        }
-        b->cap = cap;
-    }
-    if (len > 0)
-        memcpy(b->p + b->n, p, len);
-    b->n += len;
-}
-
-static void
-buf_free(struct buf *b)
-{
-    free(b->p);
-    memset(b, 0, sizeof(*b));
-}
-
-static kmdc_status
-emit_buf(void *arg, const uint8_t *p, size_t len, kmdc_err *err)
-{
-    (void)err;
-    buf_add(arg, p, len);
-    return KMDC_OK;
 }
 
 /* Slice length for mode: 0 all at once, 1 one byte, 2 random. */
@@ -839,31 +801,58 @@ test_round_trips(void)
 /* ------------------------------------------------------------------ */
 /* refusals                                                           */
 
-static void
-test_refusals(void)
-{
-    static uint8_t doc[3 * CH];
-    struct buf env = { 0 }, bad = { 0 };
+/* The fixture of the refusal cases, built anew by each: a 3-chunk document,
+ * the up envelope the writer makes of it (p0: its first payload byte), and a
+ * scratch buffer to damage a copy of it in. */
+struct rfx {
+    uint8_t *doc;
+    struct buf env, bad;
     kmdc_header h;
     kmdc_meta m;
-    struct rd r;
-    size_t kbl, p0, i;
-    kmdc_status rc;
-    int auth = 0;
-    kmdc_err err;
-    uint8_t wrong_mk[32];
+    size_t p0;
+};
+
+static void
+rfx_init(struct rfx *f)
+{
+    memset(f, 0, sizeof(*f));
+    if ((f->doc = malloc(3 * CH)) == NULL) {
+        fprintf(stderr, "out of memory\n");
+        exit(2);
+    }
+    gen(f->doc, 0, 3 * CH);
+    mkheader(&f->h, KMDC_DIR_UP, 21, 22);
+    mkmeta(&f->m, SZ3, 1, 0);
+    seal_doc(&f->env, &f->h, MK, DEK, &f->m, f->doc, SZ3, 0);
+    f->p0 = 44 + kmdc_get_u32(f->env.p + 40);
+}
+
+/* A fresh copy of the envelope in f->bad. */
+static void
+rfx_copy(struct rfx *f)
+{
+    f->bad.n = 0;
+    buf_add(&f->bad, f->env.p, f->env.n);
+}
+
+static void
+rfx_done(struct rfx *f)
+{
+    buf_free(&f->env);
+    buf_free(&f->bad);
+    free(f->doc);
+}
+
+/* Header bits. */
+static void
+refuse_header(void)
+{
+    struct rfx f;
+    size_t i;
     char name[128];
 
-    gen(doc, 0, sizeof(doc));
-    mkheader(&h, KMDC_DIR_UP, 21, 22);
-    mkmeta(&m, SZ3, 1, 0);
-    seal_doc(&env, &h, MK, DEK, &m, doc, SZ3, 0);
-    kbl = kmdc_get_u32(env.p + 40);
-    p0 = 44 + kbl;   /* first payload byte */
-    tap_ok(env.n == p0 + SZ3 + 48, "envelope: 3-chunk envelope has the expected length");
-
-#define COPY() (bad.n = 0, buf_add(&bad, env.p, env.n))
-    /* Header bits. */
+    rfx_init(&f);
+    tap_ok(f.env.n == f.p0 + SZ3 + 48, "envelope: 3-chunk envelope has the expected length");
     {
         static const struct { size_t off; uint8_t bit; kmdc_status rc; const char *what; }
         hb[] = {
@@ -876,112 +865,159 @@ test_refusals(void)
             { 30, 0x40, KMDC_ERR_AUTH, "salt" },
         };
         for (i = 0; i < sizeof(hb) / sizeof(hb[0]); i++) {
-            COPY();
-            bad.p[hb[i].off] ^= hb[i].bit;
+            rfx_copy(&f);
+            f.bad.p[hb[i].off] ^= hb[i].bit;
             snprintf(name, sizeof(name), "a flipped bit in the header %s is refused",
                      hb[i].what);
-            expect_open(&bad, KMDC_DIR_UP, hb[i].rc, 0, 0, name);
+            expect_open(&f.bad, KMDC_DIR_UP, hb[i].rc, 0, 0, name);
         }
     }
-    COPY();
-    bad.p[4] = 2;
-    expect_open(&bad, KMDC_DIR_UP, KMDC_ERR_FORMAT, 0, 0, "version 2 is refused");
-    COPY();
-    kmdc_put_u16(bad.p + 6, 0x8000);
-    expect_open(&bad, KMDC_DIR_UP, KMDC_ERR_FORMAT, 0, 0, "non-zero flags are refused");
-    COPY();
-    memcpy(bad.p, "KMDD", 4);
-    expect_open(&bad, KMDC_DIR_UP, KMDC_ERR_FORMAT, 0, 0, "bad magic is refused");
-    expect_open(&env, KMDC_DIR_DOWN, KMDC_ERR_FORMAT, 0, 0,
+    rfx_copy(&f);
+    f.bad.p[4] = 2;
+    expect_open(&f.bad, KMDC_DIR_UP, KMDC_ERR_FORMAT, 0, 0, "version 2 is refused");
+    rfx_copy(&f);
+    kmdc_put_u16(f.bad.p + 6, 0x8000);
+    expect_open(&f.bad, KMDC_DIR_UP, KMDC_ERR_FORMAT, 0, 0, "non-zero flags are refused");
+    rfx_copy(&f);
+    memcpy(f.bad.p, "KMDD", 4);
+    expect_open(&f.bad, KMDC_DIR_UP, KMDC_ERR_FORMAT, 0, 0, "bad magic is refused");
+    expect_open(&f.env, KMDC_DIR_DOWN, KMDC_ERR_FORMAT, 0, 0,
                 "an up envelope is refused by a down reader");
+    rfx_done(&f);
+}
 
-    /* kb_len. */
-    COPY();
-    bad.p[43] ^= 0x01;
-    expect_open(&bad, KMDC_DIR_UP, KMDC_ERR_AUTH, 0, 0,
+/* kb_len. */
+static void
+refuse_kb_len(void)
+{
+    struct rfx f;
+    struct rd r;
+    size_t i;
+    kmdc_status rc;
+    kmdc_err err;
+
+    rfx_init(&f);
+    rfx_copy(&f);
+    f.bad.p[43] ^= 0x01;
+    expect_open(&f.bad, KMDC_DIR_UP, KMDC_ERR_AUTH, 0, 0,
                 "a flipped low bit in kb_len fails authentication");
-    COPY();
-    bad.p[40] ^= 0x80;
-    expect_open(&bad, KMDC_DIR_UP, KMDC_ERR_FORMAT, 0, 0,
+    rfx_copy(&f);
+    f.bad.p[40] ^= 0x80;
+    expect_open(&f.bad, KMDC_DIR_UP, KMDC_ERR_FORMAT, 0, 0,
                 "a flipped high bit in kb_len is a framing error");
     {
         static const uint32_t lens[] = { 0, 58, KMDC_KB_MAX + 1, UINT32_MAX };
         for (i = 0; i < sizeof(lens) / sizeof(lens[0]); i++) {
             kmdc_open *o;
             rd_init(&r, MK, NULL);
-            bad.n = 0;
-            buf_add(&bad, env.p, 40);
-            bad.p[40] = 0;   /* placeholder, overwritten below */
-            bad.n = 44;
-            kmdc_put_u32(bad.p + 40, lens[i]);
+            f.bad.n = 0;
+            buf_add(&f.bad, f.env.p, 40);
+            f.bad.p[40] = 0;   /* placeholder, overwritten below */
+            f.bad.n = 44;
+            kmdc_put_u32(f.bad.p + 40, lens[i]);
             o = kmdc_open_new(KMDC_DIR_UP, &CBS, &r, &err);
-            rc = kmdc_open_update(o, bad.p, 44, &err);
+            rc = kmdc_open_update(o, f.bad.p, 44, &err);
             tap_ok(rc == KMDC_ERR_FORMAT && !kmdc_open_authenticated(o) && r.headers == 1,
                    "envelope: kb_len %lu is refused as soon as it is read",
                    (unsigned long)lens[i]);
             kmdc_open_free(o);
         }
     }
-    bad.n = 0;
-    buf_add(&bad, env.p, 40);
+    f.bad.n = 0;
+    buf_add(&f.bad, f.env.p, 40);
     {
         uint8_t l[4], z[KMDC_KB_MAX];
         memset(z, 0x5a, sizeof(z));
         kmdc_put_u32(l, KMDC_KB_MIN);
-        buf_add(&bad, l, 4);
-        buf_add(&bad, z, KMDC_KB_MIN);
-        expect_open(&bad, KMDC_DIR_UP, KMDC_ERR_AUTH, 0, 0,
+        buf_add(&f.bad, l, 4);
+        buf_add(&f.bad, z, KMDC_KB_MIN);
+        expect_open(&f.bad, KMDC_DIR_UP, KMDC_ERR_AUTH, 0, 0,
                     "kb_len 59 is read in full and fails only its tag");
-        bad.n = 40;
+        f.bad.n = 40;
         kmdc_put_u32(l, KMDC_KB_MAX);
-        buf_add(&bad, l, 4);
-        buf_add(&bad, z, KMDC_KB_MAX);
-        expect_open(&bad, KMDC_DIR_UP, KMDC_ERR_AUTH, 0, 0,
+        buf_add(&f.bad, l, 4);
+        buf_add(&f.bad, z, KMDC_KB_MAX);
+        expect_open(&f.bad, KMDC_DIR_UP, KMDC_ERR_AUTH, 0, 0,
                     "kb_len 16 KiB + 48 is read in full and fails only its tag");
     }
+    rfx_done(&f);
+}
 
-    /* Keyblock bits. */
-    COPY();
-    bad.p[44] ^= 0x01;
-    expect_open(&bad, KMDC_DIR_UP, KMDC_ERR_AUTH, 0, 0,
+/* Keyblock bits. */
+static void
+refuse_keyblock(void)
+{
+    struct rfx f;
+    struct rd r;
+    kmdc_status rc;
+    int auth = 0;
+    uint8_t wrong_mk[32];
+
+    rfx_init(&f);
+    rfx_copy(&f);
+    f.bad.p[44] ^= 0x01;
+    expect_open(&f.bad, KMDC_DIR_UP, KMDC_ERR_AUTH, 0, 0,
                 "a flipped bit in the keyblock's first byte fails authentication");
-    COPY();
-    bad.p[p0 - 1] ^= 0x80;
-    expect_open(&bad, KMDC_DIR_UP, KMDC_ERR_AUTH, 0, 0,
+    rfx_copy(&f);
+    f.bad.p[f.p0 - 1] ^= 0x80;
+    expect_open(&f.bad, KMDC_DIR_UP, KMDC_ERR_AUTH, 0, 0,
                 "a flipped bit in the keyblock's tag fails authentication");
     memset(wrong_mk, 0x42, sizeof(wrong_mk));
     rd_init(&r, wrong_mk, NULL);
-    rc = open_bytes(env.p, env.n, KMDC_DIR_UP, 0, &r, &auth);
+    rc = open_bytes(f.env.p, f.env.n, KMDC_DIR_UP, 0, &r, &auth);
     tap_ok(rc == KMDC_ERR_AUTH && auth == 0 && r.metas == 0 && r.released == 0,
            "envelope: a reader given the wrong MK is refused before any metadata");
+    rfx_done(&f);
+}
 
-    /* Chunk bits: no plaintext of the failing chunk is released. */
+/* Chunk bits: no plaintext of the failing chunk is released. */
+static void
+refuse_chunks(void)
+{
+    struct rfx f;
+    struct rd r;
+    size_t i;
+    kmdc_status rc;
+    int auth = 0;
+    char name[128];
+
+    rfx_init(&f);
     {
         static const char *const which[3] = { "first", "middle", "last" };
         for (i = 0; i < 3; i++) {
-            size_t at = p0 + i * (CH + 16) + 100;
-            COPY();
-            bad.p[at] ^= 0x10;
+            size_t at = f.p0 + i * (CH + 16) + 100;
+            rfx_copy(&f);
+            f.bad.p[at] ^= 0x10;
             snprintf(name, sizeof(name),
                      "a flipped bit in the %s chunk fails, %zu bytes released before it",
                      which[i], i * CH);
-            expect_open(&bad, KMDC_DIR_UP, KMDC_ERR_AUTH, 1, i * CH, name);
-            COPY();
-            bad.p[p0 + i * (CH + 16) + (i < 2 ? CH : 1000) + 15] ^= 0x01;
+            expect_open(&f.bad, KMDC_DIR_UP, KMDC_ERR_AUTH, 1, i * CH, name);
+            rfx_copy(&f);
+            f.bad.p[f.p0 + i * (CH + 16) + (i < 2 ? CH : 1000) + 15] ^= 0x01;
             snprintf(name, sizeof(name), "a flipped bit in the %s chunk's tag fails",
                      which[i]);
-            expect_open(&bad, KMDC_DIR_UP, KMDC_ERR_AUTH, 1, i * CH, name);
+            expect_open(&f.bad, KMDC_DIR_UP, KMDC_ERR_AUTH, 1, i * CH, name);
         }
     }
     /* Byte-at-a-time reader also releases nothing of a failing chunk. */
-    COPY();
-    bad.p[p0 + CH + 16 + CH + 15] ^= 0x01;
+    rfx_copy(&f);
+    f.bad.p[f.p0 + CH + 16 + CH + 15] ^= 0x01;
     rd_init(&r, MK, NULL);
-    rc = open_bytes(bad.p, bad.n, KMDC_DIR_UP, 1, &r, &auth);
+    rc = open_bytes(f.bad.p, f.bad.n, KMDC_DIR_UP, 1, &r, &auth);
     tap_ok(rc == KMDC_ERR_AUTH && r.released == CH && r.calls == 1,
            "envelope: fed 1 byte at a time, a bad middle chunk releases none of its bytes");
+    rfx_done(&f);
+}
 
-    /* Truncation at every chunk boundary and mid-chunk. */
+/* Truncation at every chunk boundary and mid-chunk. */
+static void
+refuse_truncation(void)
+{
+    struct rfx f;
+    size_t i;
+    char name[128];
+
+    rfx_init(&f);
     {
         static const struct { long off; const char *what; uint64_t rel; } cut[] = {
             { 0, "empty input", 0 },
@@ -989,7 +1025,7 @@ test_refusals(void)
             { 40, "after the header", 0 },
             { 42, "inside kb_len", 0 },
             { 44, "after kb_len", 0 },
-            { -3, "inside the keyblock", 0 },   /* p0 - 3 */
+            { -3, "inside the keyblock", 0 },   /* f.p0 - 3 */
             { -1, "after the keyblock (no payload)", 0 },
             { -2, "inside chunk 1", 0 },
             { -10, "after chunk 1", CH },
@@ -1001,137 +1037,178 @@ test_refusals(void)
         for (i = 0; i < sizeof(cut) / sizeof(cut[0]); i++) {
             size_t n;
             switch (cut[i].off) {
-            case -3: n = p0 - 3; break;
-            case -1: n = p0; break;
-            case -2: n = p0 + 30000; break;
-            case -10: n = p0 + CH + 16; break;
-            case -11: n = p0 + CH + 16 + 5; break;
-            case -20: n = p0 + 2 * (CH + 16); break;
-            case -21: n = p0 + 2 * (CH + 16) + 500; break;
-            case -22: n = env.n - 1; break;
+            case -3: n = f.p0 - 3; break;
+            case -1: n = f.p0; break;
+            case -2: n = f.p0 + 30000; break;
+            case -10: n = f.p0 + CH + 16; break;
+            case -11: n = f.p0 + CH + 16 + 5; break;
+            case -20: n = f.p0 + 2 * (CH + 16); break;
+            case -21: n = f.p0 + 2 * (CH + 16) + 500; break;
+            case -22: n = f.env.n - 1; break;
             default: n = (size_t)cut[i].off; break;
             }
-            COPY();
-            bad.n = n;
+            rfx_copy(&f);
+            f.bad.n = n;
             snprintf(name, sizeof(name), "truncated %s is refused", cut[i].what);
-            expect_open(&bad, KMDC_DIR_UP, KMDC_ERR_TRUNCATED, n >= p0, cut[i].rel, name);
+            expect_open(&f.bad, KMDC_DIR_UP, KMDC_ERR_TRUNCATED, n >= f.p0, cut[i].rel, name);
         }
     }
+    rfx_done(&f);
+}
 
+static void
+refuse_hand_built(void)
+{
+    struct rfx f;
+
+
+    rfx_init(&f);
     /* Hand-built chunk sequences. */
-    bad.n = 0;
-    hand_env(&bad, &h, &m, doc, SZ3, -1, 99);
-    tap_ok(bad.n == env.n && memcmp(bad.p, env.p, env.n) == 0,
+    f.bad.n = 0;
+    hand_env(&f.bad, &f.h, &f.m, f.doc, SZ3, -1, 99);
+    tap_ok(f.bad.n == f.env.n && memcmp(f.bad.p, f.env.p, f.env.n) == 0,
            "envelope: the hand-built envelope matches the writer's");
-    bad.n = 0;
-    hand_env(&bad, &h, &m, doc, SZ3, -1, 2);
-    expect_open(&bad, KMDC_DIR_UP, KMDC_ERR_TRUNCATED, 1, 2 * CH,
+    f.bad.n = 0;
+    hand_env(&f.bad, &f.h, &f.m, f.doc, SZ3, -1, 2);
+    expect_open(&f.bad, KMDC_DIR_UP, KMDC_ERR_TRUNCATED, 1, 2 * CH,
                 "missing last chunk is refused at final");
-    bad.n = 0;
-    hand_env(&bad, &h, &m, doc, SZ3, 2, 99);
-    expect_open(&bad, KMDC_DIR_UP, KMDC_ERR_AUTH, 1, 2 * CH,
+    f.bad.n = 0;
+    hand_env(&f.bad, &f.h, &f.m, f.doc, SZ3, 2, 99);
+    expect_open(&f.bad, KMDC_DIR_UP, KMDC_ERR_AUTH, 1, 2 * CH,
                 "last chunk sealed with flag 0 is refused");
-    bad.n = 0;
-    hand_env(&bad, &h, &m, doc, SZ3, 0, 99);
-    expect_open(&bad, KMDC_DIR_UP, KMDC_ERR_AUTH, 1, 0,
+    f.bad.n = 0;
+    hand_env(&f.bad, &f.h, &f.m, f.doc, SZ3, 0, 99);
+    expect_open(&f.bad, KMDC_DIR_UP, KMDC_ERR_AUTH, 1, 0,
                 "first chunk sealed with flag 1 is refused");
-    bad.n = 0;
-    hand_env(&bad, &h, &m, doc, SZ3, 1, 2);
-    expect_open(&bad, KMDC_DIR_UP, KMDC_ERR_AUTH, 1, CH,
+    f.bad.n = 0;
+    hand_env(&f.bad, &f.h, &f.m, f.doc, SZ3, 1, 2);
+    expect_open(&f.bad, KMDC_DIR_UP, KMDC_ERR_AUTH, 1, CH,
                 "a premature last chunk (flag 1 on chunk 2 of 3) is refused");
     {
         kmdc_meta m1;
         mkmeta(&m1, 0, 1, 0);
-        bad.n = 0;
-        hand_env(&bad, &h, &m1, doc, 0, 0, 99);
-        expect_open(&bad, KMDC_DIR_UP, KMDC_ERR_AUTH, 1, 0,
+        f.bad.n = 0;
+        hand_env(&f.bad, &f.h, &m1, f.doc, 0, 0, 99);
+        expect_open(&f.bad, KMDC_DIR_UP, KMDC_ERR_AUTH, 1, 0,
                     "an empty document's only chunk with flag 0 is refused");
-        bad.n = 0;
-        hand_env(&bad, &h, &m1, doc, 0, -1, 99);
-        expect_open(&bad, KMDC_DIR_UP, KMDC_OK, 1, 0,
+        f.bad.n = 0;
+        hand_env(&f.bad, &f.h, &m1, f.doc, 0, -1, 99);
+        expect_open(&f.bad, KMDC_DIR_UP, KMDC_OK, 1, 0,
                     "an empty document's only chunk with flag 1 is accepted");
-        buf_add(&bad, "x", 1);
-        expect_open(&bad, KMDC_DIR_UP, KMDC_ERR_TRAILING, 1, 0,
+        buf_add(&f.bad, "x", 1);
+        expect_open(&f.bad, KMDC_DIR_UP, KMDC_ERR_TRAILING, 1, 0,
                     "a byte after an empty document's chunk is refused");
     }
+    rfx_done(&f);
+}
 
+static void
+refuse_trailing(void)
+{
+    struct rfx f;
+
+
+    rfx_init(&f);
     /* Trailing bytes. */
-    COPY();
-    buf_add(&bad, "\0", 1);
-    expect_open(&bad, KMDC_DIR_UP, KMDC_ERR_TRAILING, 1, SZ3,
+    rfx_copy(&f);
+    buf_add(&f.bad, "\0", 1);
+    expect_open(&f.bad, KMDC_DIR_UP, KMDC_ERR_TRAILING, 1, SZ3,
                 "one trailing byte after the last chunk is refused");
-    COPY();
-    buf_add(&bad, env.p + p0, CH + 16);
-    expect_open(&bad, KMDC_DIR_UP, KMDC_ERR_TRAILING, 1, SZ3,
+    rfx_copy(&f);
+    buf_add(&f.bad, f.env.p + f.p0, CH + 16);
+    expect_open(&f.bad, KMDC_DIR_UP, KMDC_ERR_TRAILING, 1, SZ3,
                 "an extra chunk after the last chunk is refused");
 
     /* SIZE not matching the payload. */
     {
         kmdc_meta ms;
         mkmeta(&ms, 1000, 1, 0);
-        bad.n = 0;
-        hand_env(&bad, &h, &ms, doc, 1001, -1, 99);
-        expect_open(&bad, KMDC_DIR_UP, KMDC_ERR_AUTH, 1, 0,
+        f.bad.n = 0;
+        hand_env(&f.bad, &f.h, &ms, f.doc, 1001, -1, 99);
+        expect_open(&f.bad, KMDC_DIR_UP, KMDC_ERR_AUTH, 1, 0,
                     "a payload one byte longer than SIZE is refused");
         mkmeta(&ms, 1001, 1, 0);
-        bad.n = 0;
-        hand_env(&bad, &h, &ms, doc, 1000, -1, 99);
-        expect_open(&bad, KMDC_DIR_UP, KMDC_ERR_TRUNCATED, 1, 0,
+        f.bad.n = 0;
+        hand_env(&f.bad, &f.h, &ms, f.doc, 1000, -1, 99);
+        expect_open(&f.bad, KMDC_DIR_UP, KMDC_ERR_TRUNCATED, 1, 0,
                     "a payload one byte shorter than SIZE is refused");
         mkmeta(&ms, CH, 1, 0);
-        bad.n = 0;
-        hand_env(&bad, &h, &ms, doc, CH + 1, -1, 99);
-        expect_open(&bad, KMDC_DIR_UP, KMDC_ERR_AUTH, 1, 0,
+        f.bad.n = 0;
+        hand_env(&f.bad, &f.h, &ms, f.doc, CH + 1, -1, 99);
+        expect_open(&f.bad, KMDC_DIR_UP, KMDC_ERR_AUTH, 1, 0,
                     "SIZE of one chunk with a payload of two is refused");
         mkmeta(&ms, CH + 1, 1, 0);
-        bad.n = 0;
-        hand_env(&bad, &h, &ms, doc, CH, -1, 99);
-        expect_open(&bad, KMDC_DIR_UP, KMDC_ERR_AUTH, 1, 0,
+        f.bad.n = 0;
+        hand_env(&f.bad, &f.h, &ms, f.doc, CH, -1, 99);
+        expect_open(&f.bad, KMDC_DIR_UP, KMDC_ERR_AUTH, 1, 0,
                     "SIZE of two chunks with a payload of one is refused");
     }
+    rfx_done(&f);
+}
 
-    /* Bad TLV in an authenticated keyblock keeps its specific code. */
+/* Bad TLV in an authenticated keyblock keeps its specific code. */
+static void
+refuse_tlv(void)
+{
+    struct rfx f;
+    struct rd r;
+    kmdc_status rc;
+    int auth = 0;
+
+    rfx_init(&f);
     {
         uint8_t hdr[40];
         static const uint8_t tlv[] = {
             0x01, 0, 1, 'a', 0x02, 0, 1, '/', 0x04, 0, 8, 0, 0, 0, 0, 0, 0, 0, 0,
             0x05, 0, 8, 0, 0, 0, 0, 0, 0, 0, 0,
         };
-        kmdc_header_encode(hdr, &h, NULL);
-        bad.n = 0;
-        buf_add(&bad, hdr, 40);
-        raw_keyblock(&bad, hdr, MK, DEK, tlv, sizeof(tlv));
+        kmdc_header_encode(hdr, &f.h, NULL);
+        f.bad.n = 0;
+        buf_add(&f.bad, hdr, 40);
+        raw_keyblock(&f.bad, hdr, MK, DEK, tlv, sizeof(tlv));
         rd_init(&r, MK, NULL);
-        rc = open_bytes(bad.p, bad.n, KMDC_DIR_UP, 2, &r, &auth);
+        rc = open_bytes(f.bad.p, f.bad.n, KMDC_DIR_UP, 2, &r, &auth);
         tap_ok(rc == KMDC_ERR_NAME && auth == 1 && r.metas == 0,
                "envelope: NAME \"/\" in an authenticated keyblock is KMDC_ERR_NAME");
     }
+    rfx_done(&f);
+}
 
-    /* Callbacks refusing. */
+/* Callbacks refusing. */
+static void
+refuse_callbacks(void)
+{
+    struct rfx f;
+    struct rd r;
+    kmdc_status rc;
+    int auth = 0;
+    kmdc_err err;
+
+    rfx_init(&f);
     rd_init(&r, MK, NULL);
     r.header_rc = KMDC_ERR_NOTFOUND;
-    rc = open_bytes(env.p, env.n, KMDC_DIR_UP, 0, &r, &auth);
+    rc = open_bytes(f.env.p, f.env.n, KMDC_DIR_UP, 0, &r, &auth);
     tap_ok(rc == KMDC_ERR_NOTFOUND && auth == 0 && r.metas == 0,
            "envelope: on_header's refusal is returned as is");
     rd_init(&r, MK, NULL);
     r.meta_rc = KMDC_ERR_LIMIT;
-    rc = open_bytes(env.p, env.n, KMDC_DIR_UP, 2, &r, &auth);
+    rc = open_bytes(f.env.p, f.env.n, KMDC_DIR_UP, 2, &r, &auth);
     tap_ok(rc == KMDC_ERR_LIMIT && auth == 1 && r.released == 0,
            "envelope: on_meta's refusal is returned as is, no data released");
     rd_init(&r, MK, NULL);
     r.data_rc = KMDC_ERR_IO;
-    rc = open_bytes(env.p, env.n, KMDC_DIR_UP, 0, &r, &auth);
+    rc = open_bytes(f.env.p, f.env.n, KMDC_DIR_UP, 0, &r, &auth);
     tap_ok(rc == KMDC_ERR_IO && auth == 1,
            "envelope: on_data's error aborts the reader and is returned as is");
     {
         kmdc_open *o;
         kmdc_err e2;
-        COPY();
-        bad.p[p0 + 5] ^= 1;
+        rfx_copy(&f);
+        f.bad.p[f.p0 + 5] ^= 1;
         rd_init(&r, MK, NULL);
         o = kmdc_open_new(KMDC_DIR_UP, &CBS, &r, &err);
-        rc = kmdc_open_update(o, bad.p, bad.n, &err);
-        tap_ok(rc == KMDC_ERR_AUTH && kmdc_open_update(o, bad.p, 1, &e2) == KMDC_ERR_AUTH &&
+        rc = kmdc_open_update(o, f.bad.p, f.bad.n, &err);
+        tap_ok(rc == KMDC_ERR_AUTH && kmdc_open_update(o, f.bad.p, 1, &e2) == KMDC_ERR_AUTH &&
                e2.code == KMDC_ERR_AUTH && strcmp(e2.msg, err.msg) == 0 &&
                kmdc_open_final(o, NULL) == KMDC_ERR_AUTH && kmdc_open_meta(o) == NULL &&
                kmdc_open_dek(o) == NULL,
@@ -1140,9 +1217,21 @@ test_refusals(void)
     }
     tap_ok(kmdc_open_new(3, &CBS, NULL, &err) == NULL && err.code == KMDC_ERR_ARG,
            "envelope: open_new refuses direction 3");
-#undef COPY
-    buf_free(&env);
-    buf_free(&bad);
+    rfx_done(&f);
+}
+
+static void
+test_refusals(void)
+{
+    TEST_RUN(refuse_header);
+    TEST_RUN(refuse_kb_len);
+    TEST_RUN(refuse_keyblock);
+    TEST_RUN(refuse_chunks);
+    TEST_RUN(refuse_truncation);
+    TEST_RUN(refuse_hand_built);
+    TEST_RUN(refuse_trailing);
+    TEST_RUN(refuse_tlv);
+    TEST_RUN(refuse_callbacks);
 }
 
 int

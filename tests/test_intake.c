@@ -24,15 +24,13 @@
 #include "kmdc_intake.h"
 #include "kmdc_sendbody.h"
 #include "kmdc_util.h"
+#include "fixtures.h"
 #include "memstore.h"
 #include "tap.h"
 
-#define NOW_MS UINT64_C(1700000000000)
 #define MAX_AGE 86400
 #define CH KMDC_CHUNK_LEN
 #define CT KMDC_CHUNK_CT_MAX
-#define BOUNDARY "------------------------d74496d66958873e"
-#define MP_TYPE "multipart/form-data; boundary=" BOUNDARY
 
 /* cards */
 #define ALICE UINT64_C(0x1a11ce0000000001)
@@ -49,58 +47,8 @@ static const uint8_t MASTER[32] = {
     0x31, 0x32, 0x33, 0x34, 0x35, 0x36, 0x37, 0x38, 0x39, 0x0a,
 };
 
-static uint64_t
-fixed_now(void)
-{
-    return NOW_MS;
-}
-
 /* ------------------------------------------------------------------ */
 /* buffers and documents                                              */
-
-struct buf {
-    uint8_t *p;
-    size_t n, cap;
-};
-
-static void
-buf_add(struct buf *b, const void *p, size_t len)
-{
-    if (b->n + len > b->cap) {
-        size_t cap = b->cap ? b->cap : 1024;
-        while (cap < b->n + len)
-            cap *= 2;
-        if ((b->p = realloc(b->p, cap)) == NULL) {
-            fprintf(stderr, "out of memory\n");
-            exit(2);
-        }
-        b->cap = cap;
-    }
-    if (len > 0)
-        memcpy(b->p + b->n, p, len);
-    b->n += len;
-}
-
-static void
-buf_str(struct buf *b, const char *s)
-{
-    buf_add(b, s, strlen(s));
-}
-
-static void
-buf_free(struct buf *b)
-{
-    free(b->p);
-    memset(b, 0, sizeof(*b));
-}
-
-static kmdc_status
-emit_buf(void *arg, const uint8_t *p, size_t len, kmdc_err *err)
-{
-    (void)err;
-    buf_add(arg, p, len);
-    return KMDC_OK;
-}
 
 /* A document of len bytes; seed varies its content. */
 static uint8_t *
@@ -132,18 +80,6 @@ struct fx {
     kmdc_keyring ring;
     kmdc_intake_conf conf;
 };
-
-/* The raw CK_0 of a card's up (up = 1) or down chain. */
-static void
-card_key(uint64_t serial, int up, uint8_t ck[32])
-{
-    uint8_t in[9];
-
-    in[0] = up ? 'u' : 'd';
-    kmdc_put_u64(in + 1, serial);
-    if (kmdc_sha256(ck, in, sizeof(in), NULL) != KMDC_OK)
-        die("sha256");
-}
 
 /* MK_n of a chain and, when ck_next is not NULL, CK_{n+1}. */
 static void

@@ -6,6 +6,7 @@
 
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* A list of entries, serialised sorted by type (stable) unless raw. */
@@ -256,204 +257,288 @@ test_round_trips(void)
            "tlv: set_name refuses \"..\" with KMDC_ERR_NAME");
 }
 
-static void
-test_rules(void)
+static const unsigned known_types[] = {
+    KMDC_TLV_NAME, KMDC_TLV_TYPE, KMDC_TLV_SIZE, KMDC_TLV_SENT,
+    KMDC_TLV_FROM, KMDC_TLV_FROMSERIAL, KMDC_TLV_MSGID, KMDC_TLV_RCVD,
+};
+static const unsigned u64_types[] = {
+    KMDC_TLV_SIZE, KMDC_TLV_SENT, KMDC_TLV_FROMSERIAL, KMDC_TLV_MSGID,
+    KMDC_TLV_RCVD,
+};
+
+/* Each rule case builds its own entry list (too large for the stack). */
+static struct tl *
+tl_new(void)
 {
-    static const unsigned known[] = {
-        KMDC_TLV_NAME, KMDC_TLV_TYPE, KMDC_TLV_SIZE, KMDC_TLV_SENT,
-        KMDC_TLV_FROM, KMDC_TLV_FROMSERIAL, KMDC_TLV_MSGID, KMDC_TLV_RCVD,
-    };
-    static const unsigned u64s[] = {
-        KMDC_TLV_SIZE, KMDC_TLV_SENT, KMDC_TLV_FROMSERIAL, KMDC_TLV_MSGID,
-        KMDC_TLV_RCVD,
-    };
-    static struct tl t;
+    struct tl *t = calloc(1, sizeof(*t));
+
+    if (t == NULL) {
+        fprintf(stderr, "out of memory\n");
+        exit(2);
+    }
+    return t;
+}
+
+/* Minimal up and down metadata. */
+static void
+rules_minimal(void)
+{
+    struct tl *t = tl_new();
+    kmdc_meta m;
+
+    base_up(t);
+    tap_ok(dec(t, KMDC_DIR_UP, 0, &m) == KMDC_OK && m.n_rcpt == 1 &&
+           m.size == 12345, "tlv: minimal up metadata is accepted");
+    base_down(t);
+    tap_ok(dec(t, KMDC_DIR_DOWN, 0, &m) == KMDC_OK && m.has_rcvd,
+           "tlv: minimal down metadata is accepted");
+    free(t);
+}
+
+/* Unknown types. */
+static void
+rules_unknown(void)
+{
+    struct tl *t = tl_new();
+    kmdc_meta m;
+    kmdc_status rc;
+
+    base_up(t);
+    add_str(t, 0x06, "x");
+    expect(t, KMDC_DIR_UP, 0, KMDC_ERR_FORMAT, "unknown critical type 0x06 is refused");
+    base_up(t);
+    add_str(t, 0x7f, "x");
+    expect(t, KMDC_DIR_UP, 0, KMDC_ERR_FORMAT, "unknown critical type 0x7f is refused");
+    base_down(t);
+    add_str(t, 0x14, "x");
+    expect(t, KMDC_DIR_DOWN, 0, KMDC_ERR_FORMAT, "unknown critical type 0x14 is refused");
+    base_up(t);
+    add_str(t, 0x80, "optional");
+    add(t, 0xff, "", 0);
+    rc = dec(t, KMDC_DIR_UP, 0, &m);
+    tap_ok(rc == KMDC_OK && m.n_rcpt == 1 && !m.has_name && !m.has_type,
+           "tlv: optional types 0x80 and 0xff are skipped and not kept");
+    free(t);
+}
+
+/* Duplicates of every type but RCPT, and of an unknown optional type. */
+static void
+rules_duplicates(void)
+{
+    struct tl *t = tl_new();
+    char name[96];
+    size_t i;
+
+    for (i = 0; i < sizeof(known_types) / sizeof(known_types[0]); i++) {
+        int dir = dir_of(known_types[i]);
+        base_for(t, dir);
+        drop(t, known_types[i]);
+        switch (known_types[i]) {
+        case KMDC_TLV_NAME:
+            add_str(t, known_types[i], "a.txt");
+            add_str(t, known_types[i], "b.txt");
+            break;
+        case KMDC_TLV_TYPE:
+            add_str(t, known_types[i], "text/plain");
+            add_str(t, known_types[i], "text/plain");
+            break;
+        case KMDC_TLV_FROM:
+            add_str(t, known_types[i], "bob");
+            add_str(t, known_types[i], "bob");
+            break;
+        default:
+            add_u64(t, known_types[i], 5);
+            add_u64(t, known_types[i], 5);
+            break;
+        }
+        snprintf(name, sizeof(name), "duplicate type 0x%02x is refused", known_types[i]);
+        expect(t, dir, 0, KMDC_ERR_FORMAT, name);
+    }
+    base_up(t);
+    add_str(t, 0x80, "a");
+    add_str(t, 0x80, "b");
+    expect(t, KMDC_DIR_UP, 0, KMDC_ERR_FORMAT,
+           "duplicate unknown optional type 0x80 is refused");
+    free(t);
+}
+
+/* RCPT rules. */
+static void
+rules_rcpt(void)
+{
+    struct tl *t = tl_new();
     kmdc_meta m;
     char name[96];
     size_t i;
-    kmdc_status rc;
 
-    base_up(&t);
-    tap_ok(dec(&t, KMDC_DIR_UP, 0, &m) == KMDC_OK && m.n_rcpt == 1 &&
-           m.size == 12345, "tlv: minimal up metadata is accepted");
-    base_down(&t);
-    tap_ok(dec(&t, KMDC_DIR_DOWN, 0, &m) == KMDC_OK && m.has_rcvd,
-           "tlv: minimal down metadata is accepted");
-
-    /* Unknown types. */
-    base_up(&t);
-    add_str(&t, 0x06, "x");
-    expect(&t, KMDC_DIR_UP, 0, KMDC_ERR_FORMAT, "unknown critical type 0x06 is refused");
-    base_up(&t);
-    add_str(&t, 0x7f, "x");
-    expect(&t, KMDC_DIR_UP, 0, KMDC_ERR_FORMAT, "unknown critical type 0x7f is refused");
-    base_down(&t);
-    add_str(&t, 0x14, "x");
-    expect(&t, KMDC_DIR_DOWN, 0, KMDC_ERR_FORMAT, "unknown critical type 0x14 is refused");
-    base_up(&t);
-    add_str(&t, 0x80, "optional");
-    add(&t, 0xff, "", 0);
-    rc = dec(&t, KMDC_DIR_UP, 0, &m);
-    tap_ok(rc == KMDC_OK && m.n_rcpt == 1 && !m.has_name && !m.has_type,
-           "tlv: optional types 0x80 and 0xff are skipped and not kept");
-
-    /* Duplicates of every type but RCPT, and of an unknown optional type. */
-    for (i = 0; i < sizeof(known) / sizeof(known[0]); i++) {
-        int dir = dir_of(known[i]);
-        base_for(&t, dir);
-        drop(&t, known[i]);
-        switch (known[i]) {
-        case KMDC_TLV_NAME:
-            add_str(&t, known[i], "a.txt");
-            add_str(&t, known[i], "b.txt");
-            break;
-        case KMDC_TLV_TYPE:
-            add_str(&t, known[i], "text/plain");
-            add_str(&t, known[i], "text/plain");
-            break;
-        case KMDC_TLV_FROM:
-            add_str(&t, known[i], "bob");
-            add_str(&t, known[i], "bob");
-            break;
-        default:
-            add_u64(&t, known[i], 5);
-            add_u64(&t, known[i], 5);
-            break;
-        }
-        snprintf(name, sizeof(name), "duplicate type 0x%02x is refused", known[i]);
-        expect(&t, dir, 0, KMDC_ERR_FORMAT, name);
-    }
-    base_up(&t);
-    add_str(&t, 0x80, "a");
-    add_str(&t, 0x80, "b");
-    expect(&t, KMDC_DIR_UP, 0, KMDC_ERR_FORMAT,
-           "duplicate unknown optional type 0x80 is refused");
-
-    /* RCPT rules. */
-    base_up(&t);
-    add_str(&t, KMDC_TLV_RCPT, "bob");
-    add_str(&t, KMDC_TLV_RCPT, "alice");
-    expect(&t, KMDC_DIR_UP, 0, KMDC_ERR_FORMAT, "duplicate RCPT address is refused");
-    base_up(&t);
-    add_str(&t, KMDC_TLV_RCPT, "bob");
-    tap_ok(dec(&t, KMDC_DIR_UP, 0, &m) == KMDC_OK && m.n_rcpt == 2,
+    base_up(t);
+    add_str(t, KMDC_TLV_RCPT, "bob");
+    add_str(t, KMDC_TLV_RCPT, "alice");
+    expect(t, KMDC_DIR_UP, 0, KMDC_ERR_FORMAT, "duplicate RCPT address is refused");
+    base_up(t);
+    add_str(t, KMDC_TLV_RCPT, "bob");
+    tap_ok(dec(t, KMDC_DIR_UP, 0, &m) == KMDC_OK && m.n_rcpt == 2,
            "tlv: two distinct RCPT entries are accepted");
-    base_up(&t);
+    base_up(t);
     for (i = 1; i < 32; i++) {
         char a[8];
         snprintf(a, sizeof(a), "u%zu", i);
-        add_str(&t, KMDC_TLV_RCPT, a);
+        add_str(t, KMDC_TLV_RCPT, a);
     }
-    tap_ok(dec(&t, KMDC_DIR_UP, 0, &m) == KMDC_OK && m.n_rcpt == 32,
+    tap_ok(dec(t, KMDC_DIR_UP, 0, &m) == KMDC_OK && m.n_rcpt == 32,
            "tlv: 32 RCPT entries are accepted");
-    add_str(&t, KMDC_TLV_RCPT, "u32");
-    expect(&t, KMDC_DIR_UP, 0, KMDC_ERR_FORMAT, "33 RCPT entries are refused");
-    base_up(&t);
-    add_str(&t, KMDC_TLV_RCPT, "Bob");
-    expect(&t, KMDC_DIR_UP, 0, KMDC_ERR_FORMAT, "RCPT with an upper-case letter is refused");
-    base_up(&t);
-    add(&t, KMDC_TLV_RCPT, "", 0);
-    expect(&t, KMDC_DIR_UP, 0, KMDC_ERR_FORMAT, "empty RCPT is refused");
-    base_up(&t);
+    add_str(t, KMDC_TLV_RCPT, "u32");
+    expect(t, KMDC_DIR_UP, 0, KMDC_ERR_FORMAT, "33 RCPT entries are refused");
+    base_up(t);
+    add_str(t, KMDC_TLV_RCPT, "Bob");
+    expect(t, KMDC_DIR_UP, 0, KMDC_ERR_FORMAT, "RCPT with an upper-case letter is refused");
+    base_up(t);
+    add(t, KMDC_TLV_RCPT, "", 0);
+    expect(t, KMDC_DIR_UP, 0, KMDC_ERR_FORMAT, "empty RCPT is refused");
+    base_up(t);
     memset(name, 'a', 65);
-    add(&t, KMDC_TLV_RCPT, name, 65);
-    expect(&t, KMDC_DIR_UP, 0, KMDC_ERR_FORMAT, "RCPT of 65 characters is refused");
-    base_up(&t);
-    add(&t, KMDC_TLV_RCPT, "bo\0b", 4);
-    expect(&t, KMDC_DIR_UP, 0, KMDC_ERR_FORMAT, "RCPT with a NUL byte is refused");
-    base_down(&t);
-    drop(&t, KMDC_TLV_FROM);
-    add_str(&t, KMDC_TLV_FROM, ".bob");
-    expect(&t, KMDC_DIR_DOWN, 0, KMDC_ERR_FORMAT, "FROM that is not an address is refused");
+    add(t, KMDC_TLV_RCPT, name, 65);
+    expect(t, KMDC_DIR_UP, 0, KMDC_ERR_FORMAT, "RCPT of 65 characters is refused");
+    base_up(t);
+    add(t, KMDC_TLV_RCPT, "bo\0b", 4);
+    expect(t, KMDC_DIR_UP, 0, KMDC_ERR_FORMAT, "RCPT with a NUL byte is refused");
+    base_down(t);
+    drop(t, KMDC_TLV_FROM);
+    add_str(t, KMDC_TLV_FROM, ".bob");
+    expect(t, KMDC_DIR_DOWN, 0, KMDC_ERR_FORMAT, "FROM that is not an address is refused");
+    free(t);
+}
 
-    /* Order. */
-    base_up(&t);
-    t.n = 0;
-    add_str(&t, KMDC_TLV_RCPT, "alice");
-    add_u64(&t, KMDC_TLV_SENT, 1);
-    add_u64(&t, KMDC_TLV_SIZE, 1);
-    expect(&t, KMDC_DIR_UP, 1, KMDC_ERR_FORMAT, "unsorted entries (SENT before SIZE) are refused");
-    t.n = 0;
-    add_u64(&t, KMDC_TLV_SIZE, 1);
-    add_str(&t, KMDC_TLV_RCPT, "alice");
-    add_u64(&t, KMDC_TLV_SENT, 1);
-    expect(&t, KMDC_DIR_UP, 1, KMDC_ERR_FORMAT, "unsorted entries (RCPT after SIZE) are refused");
-    t.n = 0;
-    add_str(&t, KMDC_TLV_RCPT, "alice");
-    add_u64(&t, KMDC_TLV_SIZE, 1);
-    add_str(&t, 0x80, "x");
-    add_u64(&t, KMDC_TLV_SENT, 1);
-    expect(&t, KMDC_DIR_UP, 1, KMDC_ERR_FORMAT, "an optional type before SENT is refused");
+/* Order. */
+static void
+rules_order(void)
+{
+    struct tl *t = tl_new();
 
-    /* Wrong direction. */
-    base_down(&t);
-    add_str(&t, KMDC_TLV_RCPT, "alice");
-    expect(&t, KMDC_DIR_DOWN, 0, KMDC_ERR_FORMAT, "RCPT in a down envelope is refused");
-    base_up(&t);
-    add_str(&t, KMDC_TLV_FROM, "bob");
-    expect(&t, KMDC_DIR_UP, 0, KMDC_ERR_FORMAT, "FROM in an up envelope is refused");
-    base_up(&t);
-    add_u64(&t, KMDC_TLV_FROMSERIAL, 5);
-    expect(&t, KMDC_DIR_UP, 0, KMDC_ERR_FORMAT, "FROMSERIAL in an up envelope is refused");
-    base_up(&t);
-    add_u64(&t, KMDC_TLV_MSGID, 5);
-    expect(&t, KMDC_DIR_UP, 0, KMDC_ERR_FORMAT, "MSGID in an up envelope is refused");
-    base_up(&t);
-    add_u64(&t, KMDC_TLV_RCVD, 5);
-    expect(&t, KMDC_DIR_UP, 0, KMDC_ERR_FORMAT, "RCVD in an up envelope is refused");
-    tap_ok(dec(&t, 0, 0, &m) == KMDC_ERR_ARG, "tlv: decode refuses an unknown direction");
 
-    /* 8-byte fields of length 7 and 9. */
-    for (i = 0; i < sizeof(u64s) / sizeof(u64s[0]); i++) {
+    base_up(t);
+    t->n = 0;
+    add_str(t, KMDC_TLV_RCPT, "alice");
+    add_u64(t, KMDC_TLV_SENT, 1);
+    add_u64(t, KMDC_TLV_SIZE, 1);
+    expect(t, KMDC_DIR_UP, 1, KMDC_ERR_FORMAT, "unsorted entries (SENT before SIZE) are refused");
+    t->n = 0;
+    add_u64(t, KMDC_TLV_SIZE, 1);
+    add_str(t, KMDC_TLV_RCPT, "alice");
+    add_u64(t, KMDC_TLV_SENT, 1);
+    expect(t, KMDC_DIR_UP, 1, KMDC_ERR_FORMAT, "unsorted entries (RCPT after SIZE) are refused");
+    t->n = 0;
+    add_str(t, KMDC_TLV_RCPT, "alice");
+    add_u64(t, KMDC_TLV_SIZE, 1);
+    add_str(t, 0x80, "x");
+    add_u64(t, KMDC_TLV_SENT, 1);
+    expect(t, KMDC_DIR_UP, 1, KMDC_ERR_FORMAT, "an optional type before SENT is refused");
+    free(t);
+}
+
+/* Wrong direction. */
+static void
+rules_direction(void)
+{
+    struct tl *t = tl_new();
+    kmdc_meta m;
+
+    base_down(t);
+    add_str(t, KMDC_TLV_RCPT, "alice");
+    expect(t, KMDC_DIR_DOWN, 0, KMDC_ERR_FORMAT, "RCPT in a down envelope is refused");
+    base_up(t);
+    add_str(t, KMDC_TLV_FROM, "bob");
+    expect(t, KMDC_DIR_UP, 0, KMDC_ERR_FORMAT, "FROM in an up envelope is refused");
+    base_up(t);
+    add_u64(t, KMDC_TLV_FROMSERIAL, 5);
+    expect(t, KMDC_DIR_UP, 0, KMDC_ERR_FORMAT, "FROMSERIAL in an up envelope is refused");
+    base_up(t);
+    add_u64(t, KMDC_TLV_MSGID, 5);
+    expect(t, KMDC_DIR_UP, 0, KMDC_ERR_FORMAT, "MSGID in an up envelope is refused");
+    base_up(t);
+    add_u64(t, KMDC_TLV_RCVD, 5);
+    expect(t, KMDC_DIR_UP, 0, KMDC_ERR_FORMAT, "RCVD in an up envelope is refused");
+    tap_ok(dec(t, 0, 0, &m) == KMDC_ERR_ARG, "tlv: decode refuses an unknown direction");
+    free(t);
+}
+
+/* 8-byte fields of length 7 and 9. */
+static void
+rules_u64_lengths(void)
+{
+    struct tl *t = tl_new();
+    char name[96];
+    size_t i;
+
+    for (i = 0; i < sizeof(u64_types) / sizeof(u64_types[0]); i++) {
         static const size_t lens[2] = { 7, 9 };
         size_t k;
         for (k = 0; k < 2; k++) {
             uint8_t v[9] = { 0, 0, 0, 0, 0, 0, 0, 1, 0 };
-            int dir = dir_of(u64s[i]);
-            base_for(&t, dir);
-            drop(&t, u64s[i]);
-            add(&t, u64s[i], v, lens[k]);
+            int dir = dir_of(u64_types[i]);
+            base_for(t, dir);
+            drop(t, u64_types[i]);
+            add(t, u64_types[i], v, lens[k]);
             snprintf(name, sizeof(name), "type 0x%02x with a %zu-byte value is refused",
-                     u64s[i], lens[k]);
-            expect(&t, dir, 0, KMDC_ERR_FORMAT, name);
+                     u64_types[i], lens[k]);
+            expect(t, dir, 0, KMDC_ERR_FORMAT, name);
         }
     }
+    free(t);
+}
 
-    /* Ranges. */
-    base_up(&t);
-    drop(&t, KMDC_TLV_SIZE);
-    add_u64(&t, KMDC_TLV_SIZE, KMDC_MAX_DOC);
-    tap_ok(dec(&t, KMDC_DIR_UP, 0, &m) == KMDC_OK && m.size == KMDC_MAX_DOC,
+/* Ranges. */
+static void
+rules_ranges(void)
+{
+    struct tl *t = tl_new();
+    kmdc_meta m;
+    char name[96];
+
+    base_up(t);
+    drop(t, KMDC_TLV_SIZE);
+    add_u64(t, KMDC_TLV_SIZE, KMDC_MAX_DOC);
+    tap_ok(dec(t, KMDC_DIR_UP, 0, &m) == KMDC_OK && m.size == KMDC_MAX_DOC,
            "tlv: SIZE = 2^40 is accepted");
-    drop(&t, KMDC_TLV_SIZE);
-    add_u64(&t, KMDC_TLV_SIZE, KMDC_MAX_DOC + 1);
-    expect(&t, KMDC_DIR_UP, 0, KMDC_ERR_FORMAT, "SIZE = 2^40 + 1 is refused");
-    drop(&t, KMDC_TLV_SIZE);
-    add_u64(&t, KMDC_TLV_SIZE, 0);
-    tap_ok(dec(&t, KMDC_DIR_UP, 0, &m) == KMDC_OK && m.has_size && m.size == 0,
+    drop(t, KMDC_TLV_SIZE);
+    add_u64(t, KMDC_TLV_SIZE, KMDC_MAX_DOC + 1);
+    expect(t, KMDC_DIR_UP, 0, KMDC_ERR_FORMAT, "SIZE = 2^40 + 1 is refused");
+    drop(t, KMDC_TLV_SIZE);
+    add_u64(t, KMDC_TLV_SIZE, 0);
+    tap_ok(dec(t, KMDC_DIR_UP, 0, &m) == KMDC_OK && m.has_size && m.size == 0,
            "tlv: SIZE = 0 is accepted");
     {
         static const unsigned ids[2] = { KMDC_TLV_FROMSERIAL, KMDC_TLV_MSGID };
         static const uint64_t badv[2] = { 0, KMDC_U63_MAX + 1 };
         size_t k, j;
         for (k = 0; k < 2; k++) {
-            base_down(&t);
-            drop(&t, ids[k]);
-            add_u64(&t, ids[k], KMDC_U63_MAX);
+            base_down(t);
+            drop(t, ids[k]);
+            add_u64(t, ids[k], KMDC_U63_MAX);
             snprintf(name, sizeof(name), "type 0x%02x = 2^63-1 is accepted", ids[k]);
-            tap_ok(dec(&t, KMDC_DIR_DOWN, 0, &m) == KMDC_OK, "tlv: %s", name);
+            tap_ok(dec(t, KMDC_DIR_DOWN, 0, &m) == KMDC_OK, "tlv: %s", name);
             for (j = 0; j < 2; j++) {
-                base_down(&t);
-                drop(&t, ids[k]);
-                add_u64(&t, ids[k], badv[j]);
+                base_down(t);
+                drop(t, ids[k]);
+                add_u64(t, ids[k], badv[j]);
                 snprintf(name, sizeof(name), "type 0x%02x = %s is refused", ids[k],
                          j == 0 ? "0" : "2^63");
-                expect(&t, KMDC_DIR_DOWN, 0, KMDC_ERR_FORMAT, name);
+                expect(t, KMDC_DIR_DOWN, 0, KMDC_ERR_FORMAT, name);
             }
         }
     }
+    free(t);
+}
 
-    /* Missing required fields. */
+/* Missing required fields. */
+static void
+rules_missing(void)
+{
+    struct tl *t = tl_new();
+    kmdc_meta m;
+    char name[96];
+    size_t i;
+
     {
         static const unsigned up_req[] = { KMDC_TLV_RCPT, KMDC_TLV_SIZE, KMDC_TLV_SENT };
         static const unsigned down_req[] = {
@@ -461,47 +546,71 @@ test_rules(void)
             KMDC_TLV_MSGID, KMDC_TLV_RCVD,
         };
         for (i = 0; i < 3; i++) {
-            base_up(&t);
-            drop(&t, up_req[i]);
+            base_up(t);
+            drop(t, up_req[i]);
             snprintf(name, sizeof(name), "up metadata without type 0x%02x is refused",
                      up_req[i]);
-            expect(&t, KMDC_DIR_UP, 0, KMDC_ERR_FORMAT, name);
+            expect(t, KMDC_DIR_UP, 0, KMDC_ERR_FORMAT, name);
         }
         for (i = 0; i < 6; i++) {
-            base_down(&t);
-            drop(&t, down_req[i]);
+            base_down(t);
+            drop(t, down_req[i]);
             snprintf(name, sizeof(name), "down metadata without type 0x%02x is refused",
                      down_req[i]);
-            expect(&t, KMDC_DIR_DOWN, 0, KMDC_ERR_FORMAT, name);
+            expect(t, KMDC_DIR_DOWN, 0, KMDC_ERR_FORMAT, name);
         }
     }
     tap_ok(kmdc_tlv_decode(&m, (const uint8_t *)"", 0, KMDC_DIR_UP, NULL) ==
            KMDC_ERR_FORMAT, "tlv: empty metadata is refused");
+    free(t);
+}
 
-    /* Truncation. */
-    base_up(&t);
-    serialise(&t, 0);
-    tap_ok(kmdc_tlv_decode(&m, t.out, t.outlen - 1, KMDC_DIR_UP, NULL) == KMDC_ERR_FORMAT,
+/* Truncation. */
+static void
+rules_truncation(void)
+{
+    struct tl *t = tl_new();
+    kmdc_meta m;
+
+    base_up(t);
+    serialise(t, 0);
+    tap_ok(kmdc_tlv_decode(&m, t->out, t->outlen - 1, KMDC_DIR_UP, NULL) == KMDC_ERR_FORMAT,
            "tlv: a value cut short by the end is refused");
-    t.out[t.outlen] = 0x80;
-    tap_ok(kmdc_tlv_decode(&m, t.out, t.outlen + 1, KMDC_DIR_UP, NULL) == KMDC_ERR_FORMAT,
+    t->out[t->outlen] = 0x80;
+    tap_ok(kmdc_tlv_decode(&m, t->out, t->outlen + 1, KMDC_DIR_UP, NULL) == KMDC_ERR_FORMAT,
            "tlv: a 1-byte entry header at the end is refused");
-    t.out[t.outlen + 1] = 0;
-    tap_ok(kmdc_tlv_decode(&m, t.out, t.outlen + 2, KMDC_DIR_UP, NULL) == KMDC_ERR_FORMAT,
+    t->out[t->outlen + 1] = 0;
+    tap_ok(kmdc_tlv_decode(&m, t->out, t->outlen + 2, KMDC_DIR_UP, NULL) == KMDC_ERR_FORMAT,
            "tlv: a 2-byte entry header at the end is refused");
-    base_up(&t);
-    add(&t, 0x80, "abc", 3);
-    t.e[t.n - 1].forced_len = 4;
-    expect(&t, KMDC_DIR_UP, 0, KMDC_ERR_FORMAT, "a value length past the end is refused");
-    base_up(&t);
-    add(&t, 0x80, "abc", 3);
-    t.e[t.n - 1].forced_len = 0xffff;
-    expect(&t, KMDC_DIR_UP, 0, KMDC_ERR_FORMAT, "a value length of 65535 past the end is refused");
-    base_up(&t);
-    add(&t, 0x80, "", 0);
-    t.e[t.n - 1].forced_len = 0;
-    tap_ok(dec(&t, KMDC_DIR_UP, 0, &m) == KMDC_OK,
+    base_up(t);
+    add(t, 0x80, "abc", 3);
+    t->e[t->n - 1].forced_len = 4;
+    expect(t, KMDC_DIR_UP, 0, KMDC_ERR_FORMAT, "a value length past the end is refused");
+    base_up(t);
+    add(t, 0x80, "abc", 3);
+    t->e[t->n - 1].forced_len = 0xffff;
+    expect(t, KMDC_DIR_UP, 0, KMDC_ERR_FORMAT, "a value length of 65535 past the end is refused");
+    base_up(t);
+    add(t, 0x80, "", 0);
+    t->e[t->n - 1].forced_len = 0;
+    tap_ok(dec(t, KMDC_DIR_UP, 0, &m) == KMDC_OK,
            "tlv: an empty optional entry at the end is accepted");
+    free(t);
+}
+
+static void
+test_rules(void)
+{
+    TEST_RUN(rules_minimal);
+    TEST_RUN(rules_unknown);
+    TEST_RUN(rules_duplicates);
+    TEST_RUN(rules_rcpt);
+    TEST_RUN(rules_order);
+    TEST_RUN(rules_direction);
+    TEST_RUN(rules_u64_lengths);
+    TEST_RUN(rules_ranges);
+    TEST_RUN(rules_missing);
+    TEST_RUN(rules_truncation);
 }
 
 struct name_case {

@@ -5,7 +5,8 @@
 #
 # Commands run with their standard output and error in files (never in a
 # pipe that could fill up), optionally under /usr/bin/time for the peak RSS,
-# in the foreground or in the background.  Documents are written by a
+# in the foreground or in the background.  workdir, sql, slurp, wait_until,
+# kmdc_bin and kmdcadm_bin are KmdcUtil's, re-exported.  Documents are written by a
 # streaming writer (1 MiB at a time), never built in Perl memory.
 package KmdcClient;
 
@@ -14,10 +15,11 @@ use warnings FATAL => 'all';
 
 use Exporter 'import';
 use Fcntl qw(O_WRONLY O_CREAT O_TRUNC);
-use File::Temp qw(tempdir);
 use JSON::PP ();
 use POSIX qw(WNOHANG);
 use Time::HiRes qw(time sleep);
+
+use KmdcUtil qw(kmdc_bin kmdcadm_bin workdir sql slurp wait_until kmdcadm_issue);
 
 our @EXPORT_OK = qw(kmdc_bin kmdcadm_bin base_url url_path workdir run start finish
                     is_running sql card document files_in card_info db_card sign_header
@@ -27,14 +29,7 @@ our @EXPORT_OK = qw(kmdc_bin kmdcadm_bin base_url url_path workdir run start fin
 our %EXPORT_TAGS = (all => \@EXPORT_OK);
 
 my $json = JSON::PP->new;
-my $dir;
 my $nrun = 0;
-
-sub build {
-    return $ENV{KMDC_BUILD} // die "KMDC_BUILD not set: run t/run-suite BUILD_DIR\n";
-}
-sub kmdc_bin { return build() . '/kmdc/kmdc' }
-sub kmdcadm_bin { return build() . '/admin/kmdcadm' }
 
 # The handler's base URL (http://127.0.0.1:PORT/kmdc) and its path (/kmdc).
 sub base_url {
@@ -45,14 +40,6 @@ sub base_url {
 sub url_path {
     my ($p) = base_url() =~ m{^https?://[^/]+(/.*)?$};
     return $p // '';
-}
-
-# A scratch folder below $TMPDIR (removed at the end unless KMDC_KEEP=1).
-sub workdir {
-    $dir //= tempdir('kmdc-client-XXXXXX', TMPDIR => 1,
-                     CLEANUP => !($ENV{KMDC_KEEP} // 0));
-    chmod 0700, $dir;
-    return $dir;
 }
 
 # A fresh path in the scratch folder (nothing is created), with a suffix.
@@ -81,15 +68,6 @@ sub explain_run {
     my ($r) = @_;
     return sprintf('exit %s signal %d after %.1f s; stdout: %s; stderr: %s', $r->{rc} // '-',
                    $r->{sig}, $r->{secs}, $r->{out}, $r->{err});
-}
-
-sub slurp {
-    my ($path) = @_;
-    open my $fh, '<:raw', $path or return '';
-    local $/;
-    my $b = <$fh>;
-    close $fh;
-    return $b // '';
 }
 
 sub file_size { return -s $_[0] // 0 }
@@ -168,37 +146,24 @@ sub run {
     return finish(start($o, @argv));
 }
 
-# One SQL statement through psql; its rows as "a|b" lines (chomped).
-sub sql {
-    my ($q) = @_;
-    my $r = run({}, 'psql', '-XAtq', '-v', 'ON_ERROR_STOP=1', '-c', $q);
-    die "psql failed: $r->{err}$r->{out}" if $r->{rc} // 1;
-    my $out = $r->{out};
-    chomp $out;
-    return $out;
-}
-
-# Issue a card with kmdcadm and (unless inactive) activate it with kmdc:
-# {addr, file, serial, code}.  The card lives in its own folder (its lock
-# files and outbox go beside it).
+# Issue a card with kmdcadm and (unless inactive) activate it with kmdc.
+# %o: url (the datacenter written into the card, default the test server's),
+# inactive, serial (16 hex digits, through KMDC_TEST_SERIAL: only a build with
+# test hooks honours it; compare the returned serial).  The card lives in its
+# own folder (its lock files and outbox go beside it).  Returns {addr, file,
+# dir, serial, code}.
 sub card {
     my ($addr, %o) = @_;
-    my $mkey = $ENV{KMDC_MASTER_KEY_FILE} or die "KMDC_MASTER_KEY_FILE not set\n";
     my $cdir = workdir() . "/card-$addr";
     mkdir $cdir, 0700 or die "$cdir: $!";
-    my $file = "$cdir/$addr.card";
-    my $r = run({}, kmdcadm_bin(), '--master-key', "1:$mkey", 'issue', '--address', $addr,
-                '--url', base_url(), '--out', $file);
-    die "kmdcadm issue $addr failed: $r->{out}$r->{err}" if $r->{rc} // 1;
-    my ($serial) = "$r->{out}$r->{err}" =~ /serial:\s*([0-9a-f]{16})/
-        or die "no serial in: $r->{out}";
-    my ($code) = "$r->{out}$r->{err}" =~ /access code:\s*([0-9A-Z]{5}-[0-9A-Z]{5}(?:-[0-9A-Z])?)/
-        or die "no access code in: $r->{out}";
+    my $i = kmdcadm_issue(address => $addr, url => $o{url} // base_url(),
+                          file => "$cdir/$addr.card", serial => $o{serial});
     unless ($o{inactive}) {
-        $r = run({}, kmdc_bin(), '--card', $file, '-q', 'activate', $code);
-        die "kmdc activate $addr failed: $r->{err}" if $r->{rc} // 1;
+        my $r = run({}, kmdc_bin(), '--card', $i->{file}, '-q', 'activate', $i->{code});
+        die "kmdc activate $addr failed: $r->{out}$r->{err}" if $r->{rc} // 1;
     }
-    return { addr => $addr, file => $file, dir => $cdir, serial => $serial, code => $code };
+    return { addr => $addr, file => $i->{file}, dir => $cdir, serial => $i->{serial},
+             code => $i->{code} };
 }
 
 # Write a document of $size bytes to $path without holding it in memory:
@@ -363,17 +328,6 @@ sub lock_held {
         return 1 if $l =~ /\bFLOCK\b.*\s[0-9a-f]+:[0-9a-f]+:$ino\s/;
     }
     return 0;
-}
-
-# Poll $cond every 20 ms for up to $secs seconds; its last value.
-sub wait_until {
-    my ($secs, $cond) = @_;
-    my $end = time + $secs;
-    while (1) {
-        my $v = $cond->();
-        return $v if $v || time > $end;
-        sleep 0.02;
-    }
 }
 
 # Does this kmdc have the test-only commands (configure --enable-test-hooks)?

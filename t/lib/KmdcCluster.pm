@@ -8,6 +8,7 @@
 # Needs the environment of t/run-suite (KMDC_BUILD, KMDC_MODULE, KMDC_HTTPD,
 # KMDC_APXS, KMDC_SRCDIR, KMDC_SQLDIR, PGHOST/PGPORT/PGDATABASE/PGUSER).
 # Nothing here reads the test's own files: every path is given by the caller.
+# run, run3, timed, slurp, spew and free_port are KmdcUtil's, re-exported.
 package KmdcCluster;
 
 use strict;
@@ -16,9 +17,10 @@ use warnings FATAL => 'all';
 use Exporter 'import';
 use File::Path qw(make_path);
 use File::Spec ();
-use IO::Socket::INET ();
 use POSIX qw(WNOHANG);
 use Time::HiRes qw(sleep time);
+
+use KmdcUtil qw(run run3 timed slurp spew free_port kmdcadm_issue);
 
 our @EXPORT_OK = qw(run run3 timed sql slurp spew free_port modules_dir
                     httpd_conf httpd_start httpd_stop httpd_graceful httpd_stop_all
@@ -30,89 +32,10 @@ my $is_root = $> == 0;
 my %running;    # httpd pid => handle, stopped in END
 my $pg_stopped = 0;     # the pid that ran pg_stop: started again in END if the test dies
 
-# Run a command: (exit status, stdout and stderr together).  An exec failure
-# is status 127.
-sub run {
-    my @argv = @_;
-    my $pid = open(my $fh, '-|') // die "fork: $!";
-    if (!$pid) {
-        open STDERR, '>&', \*STDOUT or POSIX::_exit(127);
-        exec { $argv[0] } @argv or POSIX::_exit(127);
-    }
-    local $/;
-    my $out = <$fh> // '';
-    close $fh;
-    return ($? >> 8, $out);
-}
-
-# Run a command with stdout and stderr apart: (exit status, stdout, stderr).
-sub run3 {
-    my @argv = @_;
-    my $err = File::Spec->catfile(File::Spec->tmpdir, "kmdc-run3-$$-" . int(rand(1e9)));
-    my $pid = open(my $fh, '-|') // die "fork: $!";
-    if (!$pid) {
-        open STDERR, '>', $err or POSIX::_exit(127);
-        exec { $argv[0] } @argv or POSIX::_exit(127);
-    }
-    local $/;
-    my $out = <$fh> // '';
-    close $fh;
-    my $rc = $? >> 8;
-    my $e = slurp($err);
-    unlink $err;
-    return ($rc, $out, $e);
-}
-
-# run() with the wall time: (exit status, output, seconds).
-sub timed {
-    my $t0 = time;
-    my ($rc, $out) = run(@_);
-    return ($rc, $out, time - $t0);
-}
-
 # One SQL statement through psql on database $db; the rows as "a|b" lines.
 sub sql {
     my ($db, $q) = @_;
-    my ($rc, $out) = run('psql', '-XAtq', '-v', 'ON_ERROR_STOP=1', '-d', $db, '-c', $q);
-    die "psql failed: $out" if $rc;
-    chomp $out;
-    return $out;
-}
-
-sub slurp {
-    my ($file) = @_;
-    open my $fh, '<:raw', $file or return '';
-    local $/;
-    my $s = <$fh>;
-    return defined $s ? $s : '';
-}
-
-sub spew {
-    my ($file, $text, $mode) = @_;
-    open my $fh, '>:raw', $file or die "cannot write $file: $!";
-    print {$fh} $text;
-    close $fh or die "cannot write $file: $!";
-    if (defined $mode) {
-        chmod $mode, $file or die "chmod $file: $!";
-    }
-    return $file;
-}
-
-# A TCP port nobody listens on (on every address of 127/8 we use).
-sub free_port {
-    for (1 .. 50) {
-        my $s = IO::Socket::INET->new(Listen => 1, LocalAddr => '127.0.0.1',
-                                      LocalPort => 0, Proto => 'tcp', ReuseAddr => 1)
-            or die "cannot probe a free port: $!";
-        my $port = $s->sockport;
-        close $s;
-        my $t = IO::Socket::INET->new(Listen => 1, LocalAddr => '127.0.0.2',
-                                      LocalPort => $port, Proto => 'tcp', ReuseAddr => 1);
-        next unless $t;
-        close $t;
-        return $port;
-    }
-    die "no free port found";
+    return KmdcUtil::sql($q, '-d', $db);
 }
 
 # httpd's module folder.
@@ -309,14 +232,9 @@ sub keygen {
 # (conninfo), keys (list of "ID:FILE"), url, file.
 sub issue {
     my (%o) = @_;
-    my @keys = map { ('--master-key', $_) } @{ $o{keys} };
-    my ($rc, $out) = run("$ENV{KMDC_BUILD}/admin/kmdcadm", '--db', $o{db}, @keys, 'issue',
-                         '--address', $o{address}, '--url', $o{url}, '--out', $o{file});
-    die "kmdcadm issue $o{address} failed: $out" if $rc;
-    my ($serial) = $out =~ /^serial:\s*([0-9a-f]{16})$/m or die "no serial in: $out";
-    my ($code) = $out =~ /^access code:\s*([0-9A-Z]{5}-[0-9A-Z]{5}(?:-[0-9A-Z])?)$/m
-        or die "no access code in: $out";
-    return { address => $o{address}, serial => $serial, code => $code, file => $o{file} };
+    my $i = kmdcadm_issue(%o);
+    return { address => $i->{address}, serial => $i->{serial}, code => $i->{code},
+             file => $i->{file} };
 }
 
 # `kmdc card` as a hash (serial, up_next, down_next, outbox...), or undef.

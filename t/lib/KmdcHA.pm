@@ -24,9 +24,10 @@ use strict;
 use warnings FATAL => 'all';
 
 use File::Path qw(make_path remove_tree);
-use IO::Socket::INET ();
 use POSIX ();
 use Time::HiRes qw(sleep time);
+
+use KmdcUtil ();
 
 my $is_root = $> == 0;
 my @all;        # every KmdcHA object, stopped in END
@@ -45,27 +46,10 @@ sub bindir {
 sub run_pg {
     my (@argv) = @_;
     unshift @argv, 'runuser', '-u', 'postgres', '--' if $is_root;
-    my $pid = open(my $fh, '-|') // die "fork: $!";
-    if (!$pid) {
-        open STDERR, '>&', \*STDOUT or POSIX::_exit(127);
-        exec { $argv[0] } @argv or POSIX::_exit(127);
-    }
-    local $/;
-    my $out = <$fh> // '';
-    close $fh;
-    return ($? >> 8, $out);
+    return KmdcUtil::run(@argv);
 }
 
-sub free_port {
-    for (1 .. 50) {
-        my $s = IO::Socket::INET->new(Listen => 1, LocalAddr => '127.0.0.1', LocalPort => 0,
-                                      Proto => 'tcp', ReuseAddr => 1) or next;
-        my $port = $s->sockport;
-        close $s;
-        return $port;
-    }
-    die "no free port";
-}
+sub free_port { return KmdcUtil::free_port() }
 
 sub new {
     my ($class, %o) = @_;
@@ -103,7 +87,7 @@ sub _start {
         }
         warn "pg_ctl start of $node->{name} failed (try $try): $out";
     }
-    die "cannot start $node->{name}: " . _slurp("$node->{dir}/log");
+    die "cannot start $node->{name}: " . KmdcUtil::slurp("$node->{dir}/log");
 }
 
 # The primary: initdb, replication settings, started; the database kmdc made.
@@ -266,24 +250,17 @@ sub stop_all {
         }
         for my $pid (@{ $node->{orphans} // [] }) {
             # only what is still one of its backends (pids are reused)
-            kill 'KILL', $pid if _slurp("/proc/$pid/cmdline") =~ /^postgres: /;
+            kill 'KILL', $pid if KmdcUtil::slurp("/proc/$pid/cmdline") =~ /^postgres: /;
         }
         if ($node->{shmid}) {
             my $deadline = time + 5;
             sleep 0.1 while time < $deadline
-                && grep { _slurp("/proc/$_/cmdline") =~ /^postgres: / } @{ $node->{orphans} };
-            system('ipcrm', '-m', $node->{shmid}) if _slurp('/proc/sysvipc/shm')
+                && grep { KmdcUtil::slurp("/proc/$_/cmdline") =~ /^postgres: / } @{ $node->{orphans} };
+            system('ipcrm', '-m', $node->{shmid}) if KmdcUtil::slurp('/proc/sysvipc/shm')
                 =~ /^\s*\d+\s+\Q$node->{shmid}\E\s/m;
         }
     }
     remove_tree($self->{dir}) unless $ENV{KMDC_KEEP};
-}
-
-sub _slurp {
-    my ($f) = @_;
-    open my $fh, '<', $f or return '';
-    local $/;
-    return <$fh> // '';
 }
 
 END {

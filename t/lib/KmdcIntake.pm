@@ -19,7 +19,8 @@ use JSON::PP ();
 use Time::HiRes qw(time sleep);
 
 use KmdcClient qw(run sql base_url url_path workdir kmdc_bin kmdcadm_bin slurp path newdir
-                  files_in same);
+                  files_in same card);
+use KmdcUtil qw(random_bytes spew);
 
 our @EXPORT_OK = qw(issue seal post_envelope fetch_all envelope_seq up_next
                     http_head raw_exchange raw_open raw_answer answer_text
@@ -29,22 +30,8 @@ our %EXPORT_TAGS = (all => \@EXPORT_OK);
 
 my $json = JSON::PP->new;
 
-sub write_bytes {
-    my ($file, $bytes) = @_;
-    open my $fh, '>:raw', $file or die "$file: $!";
-    print {$fh} $bytes;
-    close $fh or die "$file: $!";
-    return $file;
-}
-
-sub random_bytes {
-    my ($n) = @_;
-    open my $fh, '<:raw', '/dev/urandom' or die "/dev/urandom: $!";
-    my $got = read($fh, my $b, $n);
-    die "short read from /dev/urandom" unless defined $got && $got == $n;
-    close $fh;
-    return $b;
-}
+# write_bytes(FILE, BYTES) is KmdcUtil's spew; random_bytes is KmdcUtil's.
+sub write_bytes { return spew(@_) }
 
 # The host and port of a base URL (default: the Apache::Test server's).
 sub server_addr {
@@ -54,31 +41,9 @@ sub server_addr {
     return ($host, $port);
 }
 
-# Issue a card and, unless inactive, activate it with kmdc.  %o: url (the
-# datacenter written into the card, default the test server's), inactive,
-# serial (16 hex digits, through KMDC_TEST_SERIAL: only a build with test
-# hooks honours it; compare the returned serial).  Returns {addr, file, dir,
-# serial, code}.
-sub issue {
-    my ($addr, %o) = @_;
-    my $mkey = $ENV{KMDC_MASTER_KEY_FILE} or die "KMDC_MASTER_KEY_FILE not set\n";
-    my $cdir = workdir() . "/card-$addr";
-    mkdir $cdir, 0700 or die "$cdir: $!";
-    my $file = "$cdir/$addr.card";
-    my $r = run({ env => { KMDC_TEST_SERIAL => $o{serial} } }, kmdcadm_bin(),
-                '--master-key', "1:$mkey", 'issue', '--address', $addr,
-                '--url', $o{url} // base_url(), '--out', $file);
-    die "kmdcadm issue $addr failed: $r->{out}$r->{err}" if $r->{rc} // 1;
-    my ($serial) = "$r->{out}$r->{err}" =~ /serial:\s*([0-9a-f]{16})/
-        or die "no serial in: $r->{out}";
-    my ($code) = "$r->{out}$r->{err}" =~ /access code:\s*([0-9A-Z]{5}-[0-9A-Z]{5}(?:-[0-9A-Z])?)/
-        or die "no access code in: $r->{out}";
-    unless ($o{inactive}) {
-        $r = run({}, kmdc_bin(), '--card', $file, '-q', 'activate', $code);
-        die "kmdc activate $addr failed: $r->{out}$r->{err}" if $r->{rc} // 1;
-    }
-    return { addr => $addr, file => $file, dir => $cdir, serial => $serial, code => $code };
-}
+# issue(ADDR, %o) is KmdcClient's card(): issue a card and, unless
+# inactive, activate it; %o: url, inactive, serial.
+sub issue { return card(@_) }
 
 # Seal $doc for $to (comma-separated addresses) with `kmdc seal` (offline: no
 # outbox entry, nothing sent); the envelope's path.

@@ -1,6 +1,7 @@
 # t/lib/KmdcTest.pm - shared helpers of the endpoint tests (t/010-030):
 # issuing cards with the built kmdcadm, reading a plain card file's keys,
-# signing requests (docs/PROTOCOL.md section 5) in Perl, activation's key rotation, psql.
+# signing requests (docs/PROTOCOL.md section 5) in Perl, activation's key rotation;
+# run, sql, workdir and random_bytes are KmdcUtil's, re-exported.
 #
 # Needs the environment of t/run-suite (KMDC_BUILD, KMDC_MASTER_KEY_FILE,
 # PGHOST/PGPORT/PGDATABASE/PGUSER).  Keys are raw byte strings.
@@ -11,10 +12,11 @@ use warnings FATAL => 'all';
 
 use Exporter 'import';
 use Digest::SHA qw(hmac_sha256 hmac_sha256_hex sha256_hex);
-use File::Temp qw(tempdir);
 use HTTP::Request ();
 use JSON::PP ();
 use Apache::TestRequest ();
+
+use KmdcUtil qw(run sql workdir random_bytes kmdcadm_issue);
 
 our @EXPORT_OK = qw(run sql workdir issue_card read_card hkdf rotate sign_header
                     request signed body_json random_bytes nonce_hex activate
@@ -22,45 +24,6 @@ our @EXPORT_OK = qw(run sql workdir issue_card read_card hkdf rotate sign_header
 our %EXPORT_TAGS = (all => \@EXPORT_OK);
 
 my $json = JSON::PP->new;
-my $dir;
-
-# A scratch folder (removed when the test ends).
-sub workdir {
-    $dir //= tempdir('kmdc-ep-XXXXXX', TMPDIR => 1, CLEANUP => 1);
-    chmod 0700, $dir;
-    return $dir;
-}
-
-# Run a command: (exit status, stdout and stderr).
-sub run {
-    my @argv = @_;
-    my $pid = open(my $fh, '-|') // die "fork: $!";
-    if (!$pid) {
-        open STDERR, '>&', \*STDOUT or die;
-        exec @argv or die "exec $argv[0]: $!";
-    }
-    local $/;
-    my $out = <$fh> // '';
-    close $fh;
-    return ($? >> 8, $out);
-}
-
-# One SQL statement through psql; its rows as "a|b" lines (chomped).
-sub sql {
-    my ($q) = @_;
-    my ($rc, $out) = run('psql', '-XAtq', '-v', 'ON_ERROR_STOP=1', '-c', $q);
-    die "psql failed: $out" if $rc;
-    chomp $out;
-    return $out;
-}
-
-sub random_bytes {
-    my ($n) = @_;
-    open my $fh, '<:raw', '/dev/urandom' or die "/dev/urandom: $!";
-    read($fh, my $b, $n) == $n or die "short read from /dev/urandom";
-    close $fh;
-    return $b;
-}
 
 sub nonce_hex { return unpack('H*', random_bytes(16)) }
 
@@ -114,20 +77,12 @@ sub read_card {
 # uck, dck} (the issued keys, from the card file).
 sub issue_card {
     my ($addr) = @_;
-    my $build = $ENV{KMDC_BUILD} or die "KMDC_BUILD not set: run t/run-suite BUILD_DIR\n";
-    my $mkey = $ENV{KMDC_MASTER_KEY_FILE} or die "KMDC_MASTER_KEY_FILE not set\n";
     my $url = Apache::TestRequest::resolve_url('/kmdc');
     $url =~ s{/+$}{};
-    my $file = workdir() . "/$addr.card";
-    my ($rc, $out) = run("$build/admin/kmdcadm", '--master-key', "1:$mkey", 'issue',
-                         '--address', $addr, '--url', $url, '--out', $file);
-    die "kmdcadm issue $addr failed: $out" if $rc;
-    my ($serial) = $out =~ /^serial:\s*([0-9a-f]{16})$/m or die "no serial in: $out";
-    my ($code) = $out =~ /^access code:\s*([0-9A-Z]{5}-[0-9A-Z]{5}(?:-[0-9A-Z])?)$/m
-        or die "no access code in: $out";
-    my $c = read_card($file);
-    die "card file serial differs" unless $c->{serial} eq $serial;
-    return { %$c, code => $code, file => $file, address => $addr };
+    my $i = kmdcadm_issue(address => $addr, url => $url, file => workdir() . "/$addr.card");
+    my $c = read_card($i->{file});
+    die "card file serial differs" unless $c->{serial} eq $i->{serial};
+    return { %$c, code => $i->{code}, file => $i->{file}, address => $addr };
 }
 
 # The Authorization header value for a request (docs/PROTOCOL.md section 5).  %o: ts, nonce
