@@ -57,7 +57,7 @@ my $serial = '0123456789abcdef';
     my $b = body_json($res);
     ok($b && ($b->{status} // '') eq 'ok', 'health: status is "ok"');
     ok($b && defined $b->{schema} && $b->{schema} == 2
-       && !ref $b->{schema} && $res->decoded_content =~ /"schema":2\b/,
+       && !ref $b->{schema} && $res->decoded_content =~ /"schema":3\b/,
        'health: schema is the number 2');
     is($res->header('Cache-Control') // '', 'no-store',
        'health: Cache-Control no-store');
