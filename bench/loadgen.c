@@ -18,6 +18,8 @@
  *            delivery, until the mailbox is empty or the time is up
  *   ack      as drain without the fetch (clears big deliveries)
  *   get      GET BASE itself (a static file: the HTTP floor)
+ *   resync   only the resynchronisation below, then the cards saved (so
+ *            that a measured run that follows needs none: --resync no)
  *
  * Options:
  *   --url BASE          e.g. http://127.0.0.1:8080/kmdc (get: the file's URL)
@@ -29,13 +31,17 @@
  *   --seconds S         stop starting new requests after S seconds (10)
  *   --count N           stop after N operations instead (relay, poll, get)
  *   --ids FILE          relay, upload: append "message-id deliveries" per 201
+ *   --resync yes|no     relay, upload: resynchronise the cards first (yes);
+ *                       no when a `resync` run has just done it, so that
+ *                       what the run costs the database is the sends' alone
  *
  * Output, one line on stdout:
  *   ops=N reqs=N secs=S rate=OPS/s mbps=MB/s p50_ms= p99_ms= max_ms= errors=N
  * An operation is a relay (201), an upload (201), a poll (304), a drained
  * delivery (fetched and acknowledged, 204) or a static GET (200).  Cards used
- * for relay or upload are resynchronised with GET /card first and saved at the
- * end, so a run never reuses a counter a previous run spent.
+ * for relay or upload are resynchronised with GET /card first (one signed
+ * request per card) and saved at the end, so a run never reuses a counter a
+ * previous run spent.
  */
 #include <curl/curl.h>
 #include <jansson.h>
@@ -53,7 +59,7 @@
 #include "kmdc_tlv.h"
 #include "kmdc_util.h"
 
-enum mode { M_RELAY, M_UPLOAD, M_POLL, M_DRAIN, M_ACK, M_GET };
+enum mode { M_RELAY, M_UPLOAD, M_POLL, M_DRAIN, M_ACK, M_GET, M_RESYNC };
 
 struct buf {
     char *p;
@@ -93,6 +99,7 @@ static struct {
     int concurrency;
     double seconds;
     long count;
+    int no_resync;
 } opt;
 
 static struct card *cards;
@@ -428,6 +435,7 @@ next_request(CURLM *m, struct stream *s)
         start(m, s, s->phase == 2 ? "DELETE" : "GET", target, NULL);
         break;
     case M_UPLOAD:
+    case M_RESYNC:
         return 0;
     }
     started++;
@@ -545,6 +553,7 @@ finished(struct stream *s, long code, double t_end)
         }
         break;
     case M_UPLOAD:
+    case M_RESYNC:
         break;
     }
 }
@@ -737,9 +746,9 @@ run_upload(void)
 static void
 usage(void)
 {
-    fprintf(stderr, "usage: loadgen relay|upload|poll|drain|ack|get --url BASE [--cards FILE]\n"
-                    "       [--to ADDRS] [--size N] [--concurrency N] [--seconds S]\n"
-                    "       [--count N] [--ids FILE]\n");
+    fprintf(stderr, "usage: loadgen relay|upload|poll|drain|ack|get|resync --url BASE\n"
+                    "       [--cards FILE] [--to ADDRS] [--size N] [--concurrency N]\n"
+                    "       [--seconds S] [--count N] [--ids FILE] [--resync yes|no]\n");
     exit(2);
 }
 
@@ -760,6 +769,7 @@ main(int argc, char **argv)
     else if (strcmp(argv[1], "drain") == 0) opt.mode = M_DRAIN;
     else if (strcmp(argv[1], "ack") == 0) opt.mode = M_ACK;
     else if (strcmp(argv[1], "get") == 0) opt.mode = M_GET;
+    else if (strcmp(argv[1], "resync") == 0) opt.mode = M_RESYNC;
     else usage();
     opt.seconds = 10;
     opt.size = opt.mode == M_UPLOAD ? (64u << 20) : 1024;
@@ -776,6 +786,8 @@ main(int argc, char **argv)
         else if (strcmp(a, "--concurrency") == 0) opt.concurrency = atoi(v);
         else if (strcmp(a, "--seconds") == 0) opt.seconds = atof(v);
         else if (strcmp(a, "--count") == 0) opt.count = atol(v);
+        else if (strcmp(a, "--resync") == 0 && strcmp(v, "yes") == 0) opt.no_resync = 0;
+        else if (strcmp(a, "--resync") == 0 && strcmp(v, "no") == 0) opt.no_resync = 1;
         else usage();
     }
     if (opt.url == NULL || (p = strstr(opt.url, "://")) == NULL ||
@@ -790,6 +802,15 @@ main(int argc, char **argv)
     if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
         die("curl_global_init failed", NULL);
     kmdc_meta_init(&rcpt_meta);
+    if (opt.mode == M_RESYNC) {
+        for (i = 0; i < (int)ncards; i++)
+            resync(&cards[i]);
+        save_cards();
+        for (i = 0; i < (int)ncards; i++)
+            kmdc_card_free(cards[i].c);
+        curl_global_cleanup();
+        return 0;
+    }
     if (opt.mode == M_RELAY || opt.mode == M_UPLOAD) {
         const char *a = opt.to;
         kmdc_err e;
@@ -805,7 +826,7 @@ main(int argc, char **argv)
             if (*a == ',')
                 a++;
         }
-        for (i = 0; i < (int)ncards; i++)
+        for (i = 0; i < (int)ncards && !opt.no_resync; i++)
             resync(&cards[i]);
         if (opt.ids_file && (ids_out = fopen(opt.ids_file, "a")) == NULL)
             die("cannot open", opt.ids_file);

@@ -7,8 +7,8 @@
  * a slot lease, the recipients with their mailbox totals in one read, and
  * one statement per upload batch (which also renews the lease and the
  * upload's touched_at).  Publication is one READ COMMITTED transaction:
- * lock the sender and the recipients in serial order, read their quotas
- * again, let the intake seal each delivery with the locked down counter,
+ * lock the sender and the recipients in serial order with their mailbox
+ * totals (kept on the card rows by schema 3's triggers), let the intake seal each delivery with the locked down counter,
  * write message, chains, deliveries, receipt, audit row, drop the lease,
  * NOTIFY, COMMIT.
  */
@@ -265,14 +265,11 @@ kmdc_store_rc kmdc_pg_recipients_resolve(kmdc_store *st,
     }
     kmdc_db_params_init(&pp);
     kmdc_db_param_text_array(&pp, ps->r->pool, list, (int)n);
+    /* the mailbox totals are the card's (schema 3 keeps them) */
     dbrc = kmdc_db_exec(db,
-        "SELECT a.i, c.serial, q.n, q.b"
+        "SELECT a.i, c.serial, c.queued_count, c.queued_bytes"
         " FROM unnest($1::text[]) WITH ORDINALITY AS a(address, i)"
-        " JOIN cards c ON c.address = a.address AND c.status = 'active'"
-        " CROSS JOIN LATERAL (SELECT count(*) AS n,"
-        "   coalesce(sum(octet_length(d.head)::bigint + m.payload_len), 0)::bigint AS b"
-        "   FROM deliveries d JOIN messages m ON m.id = d.message_id"
-        "   WHERE d.recipient = c.serial AND d.state = 'queued') AS q",
+        " JOIN cards c ON c.address = a.address AND c.status = 'active'",
         &pp, 1, &res);
     if (dbrc != KMDC_DB_OK) {
         rc = kmdc_pg_failed(dbrc);
@@ -407,9 +404,10 @@ static locked_card *find_locked(locked_card *rows, int n, uint64_t serial)
 
 /*
  * One round trip: BEGIN, lock the sender and the recipients in serial order
- * (rows), then read the recipients' mailbox totals with the rows held (a
- * statement of its own, so that its snapshot sees what a publication that
- * held a lock before us committed).  KMDC_DB_OK and *n rows.
+ * (rows) with their mailbox totals: a locked row is read as its last
+ * committed version, so the totals include what a publication or an
+ * acknowledgement that held the row before us committed (both change them
+ * under the row's lock).  KMDC_DB_OK and *n rows.
  */
 static kmdc_db_rc lock_cards(kmdc_pg_store *ps, kmdc_db *db, const kmdc_publication *pub,
                              locked_card *rows, int *n)
@@ -420,7 +418,7 @@ static kmdc_db_rc lock_cards(kmdc_pg_store *ps, kmdc_db *db, const kmdc_publicat
     PGresult *res;
     kmdc_db_rc rc;
     size_t i;
-    int row, locked, totals;
+    int row, locked;
 
     *n = 0;
     serials[0] = (int64_t)pub->serial;
@@ -432,13 +430,9 @@ static kmdc_db_rc lock_cards(kmdc_pg_store *ps, kmdc_db *db, const kmdc_publicat
     kmdc_db_batch_init(&b, db);
     kmdc_db_batch_command(&b, "BEGIN");
     locked = kmdc_db_batch_add(&b, "SELECT serial, status = 'active', up_next, down_next, "
-                               "down_chain FROM cards WHERE serial = ANY($1::bigint[]) "
+                               "down_chain, queued_count, queued_bytes FROM cards "
+                               "WHERE serial = ANY($1::bigint[]) "
                                "ORDER BY serial FOR NO KEY UPDATE", &pp, 1);
-    totals = kmdc_db_batch_add(&b, "SELECT d.recipient, count(*), "
-                               "coalesce(sum(octet_length(d.head)::bigint + m.payload_len), "
-                               "0)::bigint FROM deliveries d JOIN messages m "
-                               "ON m.id = d.message_id WHERE d.recipient = ANY($1::bigint[]) "
-                               "AND d.state = 'queued' GROUP BY d.recipient", &pp, 1);
     if ((rc = kmdc_db_batch_run(&b)) != KMDC_DB_OK) {
         return rc;
     }
@@ -449,30 +443,16 @@ static kmdc_db_rc lock_cards(kmdc_pg_store *ps, kmdc_db *db, const kmdc_publicat
 
         if (!kmdc_db_get_int64(res, row, 0, &s) || PQgetlength(res, row, 1) != 1
             || !kmdc_db_get_int64(res, row, 2, &up) || !kmdc_db_get_int64(res, row, 3, &down)
-            || !kmdc_pg_get_bytes(res, row, 4, c->down_chain, sizeof(c->down_chain))) {
+            || !kmdc_pg_get_bytes(res, row, 4, c->down_chain, sizeof(c->down_chain))
+            || !kmdc_db_get_int64(res, row, 5, &c->count)
+            || !kmdc_db_get_int64(res, row, 6, &c->bytes)) {
             return KMDC_DB_ERROR;
         }
         c->serial = (uint64_t)s;
         c->active = PQgetvalue(res, row, 1)[0] != 0;
         c->up_next = (uint64_t)up;
         c->down_next = (uint64_t)down;
-        c->count = c->bytes = 0;
         (*n)++;
-    }
-    kmdc_db_clear(db, res);
-    res = kmdc_db_batch_result(&b, totals);
-    for (row = 0; row < PQntuples(res); row++) {
-        int64_t s = 0, count = 0, bytes = 0;
-        locked_card *c;
-
-        if (!kmdc_db_get_int64(res, row, 0, &s) || !kmdc_db_get_int64(res, row, 1, &count)
-            || !kmdc_db_get_int64(res, row, 2, &bytes)) {
-            return KMDC_DB_ERROR;
-        }
-        if ((c = find_locked(rows, *n, (uint64_t)s)) != NULL) {
-            c->count = count;
-            c->bytes = bytes;
-        }
     }
     kmdc_db_clear(db, res);
     return KMDC_DB_OK;

@@ -107,7 +107,7 @@ unknown=$(for w in $used; do
 
 # --- API error codes -------------------------------------------------------------------------
 codes=$( { grep -h -A1 'kmdc_http_error(' "$top"/mod_kmdc/*.c | grep -o '[A-Z_0-9]*, *"[a-z_]*"' | grep -o '"[a-z_]*"'
-           grep -ho ' [0-9][0-9][0-9], "[a-z_]*"' "$top/lib/kmdc_intake.c" | grep -o '"[a-z_]*"'
+           grep -ho ' [0-9][0-9][0-9], "[a-z_]*"' "$top"/lib/kmdc_intake*.c | grep -o '"[a-z_]*"'
            sed -n '/^const char \*kmdc_http_error_code/,/^}/p' "$top/mod_kmdc/mod_kmdc_http.c" | grep -o 'return "[a-z_]*"' | grep -o '"[a-z_]*"'
            grep -ho '"error", "[a-z_]*"' "$top"/mod_kmdc/*.c | sed 's/"error", //'
          } | tr -d '"' | sort -u)
