@@ -2,9 +2,14 @@
  * kmdc_cli.h - what the parts of the kmdc client share: the exit codes, the
  * global options, messages, option parsing, card loading and locking, file
  * helpers and the fault-injection points.  One command per file:
- *   kmdc.c          main, command table, help, card, sign
- *   kmdc_seal.c     seal, send (outbox protocol) and the sealing core
- *   kmdc_fetch.c    fetch, watch, open (the receive rules of docs/PROTOCOL.md section 4)
+ *   kmdc.c          main, command table, help, option parsing
+ *   kmdc_cli.c      what this header declares: messages, files, card helpers
+ *   kmdc_cardcmd.c  card, sign
+ *   kmdc_seal.c     seal and the sealing core (input, options, counter)
+ *   kmdc_send.c     send (outbox protocol), outbox
+ *   kmdc_recv.c     the receive core (docs/PROTOCOL.md section 4) and placing files
+ *   kmdc_fetch.c    fetch, watch
+ *   kmdc_open.c     open
  *   kmdc_account.c  activate, status, card --resync
  *   kmdc_pass.c     the passphrase prompt, card passphrase
  *   kmdc_http.c     libcurl: TLS, signing, errors, progress bar
@@ -206,6 +211,42 @@ kmdc_status kmdc_cli_seal_stream(const kmdc_header *h, const uint8_t mk[32],
                                  const kmdc_meta *m, int in_fd, int out_fd,
                                  kmdc_err *err);
 
+/* The options seal and send share (send adds --again and --outbox, seal -o). */
+enum {
+    KMDC_SEAL_OPT_TO = KMDC_OPT_OWN, KMDC_SEAL_OPT_NAME, KMDC_SEAL_OPT_TYPE, KMDC_SEAL_OPT_OUT,
+    KMDC_SEAL_OPT_AGAIN, KMDC_SEAL_OPT_OUTBOX
+};
+
+typedef struct kmdc_seal_opts {
+    kmdc_meta rcpts;          /* only the recipients are used */
+    const char *name;
+    const char *type;
+    const char *out;
+    int again;                /* send: a deliberate second copy */
+    int outbox_only;          /* send: only what the outbox holds */
+} kmdc_seal_opts;
+
+/* The option handler of seal and send (ctx is a kmdc_seal_opts). */
+int kmdc_cli_seal_opt(kmdc_cli *c, void *ctx, int opt, const char *arg);
+
+/*
+ * Build the up metadata for one document: recipients, NAME (o->name, else
+ * the base name of path unless path is "-"), TYPE, SIZE, SENT; then check it
+ * as the encoder will.  Returns an exit code.
+ */
+int kmdc_cli_build_meta(kmdc_cli *c, const kmdc_seal_opts *o, const char *path, uint64_t size,
+                        kmdc_meta *m);
+
+/* A reserved up counter and its message key (wiped by the caller). */
+typedef struct kmdc_reserve {
+    uint64_t seq;
+    uint8_t mk[KMDC_KEY_LEN];
+} kmdc_reserve;
+
+/* Reserve the next up counter and save the card; *serial, r->seq, r->mk.
+ * Returns an exit code (r->mk wiped on failure). */
+int kmdc_cli_reserve(kmdc_cli *c, kmdc_reserve *r, uint64_t *serial);
+
 /* ---- fault injection (configure --enable-test-hooks) -------------------------- */
 
 /*
@@ -237,6 +278,8 @@ int kmdc_cmd_open(kmdc_cli *c, int argc, char **argv);
 int kmdc_cmd_activate(kmdc_cli *c, int argc, char **argv);
 int kmdc_cmd_status(kmdc_cli *c, int argc, char **argv);
 int kmdc_cmd_card_resync(kmdc_cli *c);
+int kmdc_cmd_card(kmdc_cli *c, int argc, char **argv);
+int kmdc_cmd_sign(kmdc_cli *c, int argc, char **argv);
 #ifdef KMDC_TEST_HOOKS
 int kmdc_cmd_test_mkcard(kmdc_cli *c, int argc, char **argv);
 int kmdc_cmd_test_seal_down(kmdc_cli *c, int argc, char **argv);
