@@ -67,7 +67,7 @@ card_json(const kmdc_card *card, const uint64_t *seqs, size_t n)
     json_t *o, *arr;
     char hex[17];
     size_t i;
-    int rc = KMDC_EXIT_OK;
+    int rc;
 
     if ((arr = json_array()) == NULL)
         return kmdc_cli_fail(KMDC_EXIT_FAIL, "out of memory");
@@ -84,9 +84,7 @@ card_json(const kmdc_card *card, const uint64_t *seqs, size_t n)
                   "stored_down_keys", (json_int_t)kmdc_card_skipped_count(card),
                   "deliveries_recorded", (json_int_t)kmdc_card_delivery_count(card),
                   "outbox", (json_int_t)n, "outbox_entries", arr);
-    if (o == NULL || json_dumpf(o, stdout, JSON_INDENT(2)) != 0 || fputc('\n', stdout) == EOF ||
-        fflush(stdout) != 0)
-        rc = kmdc_cli_fail(KMDC_EXIT_FAIL, "cannot write the output: %s", strerror(errno));
+    rc = kmdc_cli_print_json(o);
     json_decref(o);
     return rc;
 }

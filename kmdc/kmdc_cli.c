@@ -100,7 +100,27 @@ kmdc_cli_sanitize(char *s)
             *s = '?';
 }
 
+int
+kmdc_cli_print_json(struct json_t *doc)
+{
+    if (doc == NULL || json_dumpf(doc, stdout, JSON_INDENT(2)) != 0 || fputc('\n', stdout) == EOF ||
+        fflush(stdout) != 0)
+        return kmdc_cli_fail(KMDC_EXIT_FAIL, "cannot write the output: %s", strerror(errno));
+    return KMDC_EXIT_OK;
+}
+
 /* ---- small helpers -------------------------------------------------------------- */
+
+ssize_t
+kmdc_cli_read(int fd, void *buf, size_t len)
+{
+    ssize_t n;
+
+    do
+        n = read(fd, buf, len);
+    while (n < 0 && errno == EINTR);
+    return n;
+}
 
 int
 kmdc_cli_write_all(int fd, const void *p, size_t len)
@@ -174,6 +194,14 @@ int
 kmdc_cli_parse_id(const char *s, uint64_t *id)
 {
     return kmdc_serial_parse(id, s, strlen(s), NULL) == KMDC_OK ? 0 : -1;
+}
+
+int
+kmdc_cli_need_active(const kmdc_card *card)
+{
+    if (kmdc_card_get_state(card) != KMDC_CARD_ACTIVE)
+        return kmdc_cli_fail(KMDC_EXIT_FAIL, "the card is not activated yet (run kmdc activate CODE)");
+    return KMDC_EXIT_OK;
 }
 
 /* ---- fault injection -------------------------------------------------------------- */

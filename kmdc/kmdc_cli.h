@@ -21,6 +21,7 @@
 #include <getopt.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #include "kmdc_card.h"
 #include "kmdc_envelope.h"
@@ -77,6 +78,11 @@ int kmdc_cli_fail_err(int code, const kmdc_err *e);
 /* A usage error for the running command: message, a hint, KMDC_EXIT_USAGE. */
 int kmdc_cli_usage(const kmdc_cli *c, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
+
+/* Print doc (NULL: failed to build) on standard output, indented, with a
+ * final newline, and flush.  Returns an exit code (the failure printed). */
+struct json_t;
+int kmdc_cli_print_json(struct json_t *doc);
 
 /* An information line on stderr, suppressed by -q. */
 void kmdc_cli_info(const kmdc_cli *c, const char *fmt, ...)
@@ -159,6 +165,9 @@ int kmdc_cli_lock(kmdc_cli *c, kmdc_card_lockwhich which, kmdc_card_lockh **h);
 typedef kmdc_status (*kmdc_cli_update_fn)(void *arg, kmdc_card *card, kmdc_err *err);
 int kmdc_cli_update(kmdc_cli *c, kmdc_cli_update_fn fn, void *arg, kmdc_card **out);
 
+/* KMDC_EXIT_OK for an activated card, else the failure (printed). */
+int kmdc_cli_need_active(const kmdc_card *card);
+
 /* The datacenter base URL: --url, else the card's (without a final '/'). */
 const char *kmdc_cli_base_url(const kmdc_cli *c, const kmdc_card *card);
 
@@ -166,6 +175,9 @@ const char *kmdc_cli_base_url(const kmdc_cli *c, const kmdc_card *card);
 
 /* Write all of p[0..len) to fd (EINTR-safe).  0 or -1 with errno. */
 int kmdc_cli_write_all(int fd, const void *p, size_t len);
+
+/* read(2) that tries again when a signal interrupted it. */
+ssize_t kmdc_cli_read(int fd, void *buf, size_t len);
 
 /* fsync the folder that holds path (best effort is not enough: -1 on error). */
 int kmdc_cli_fsync_parent(const char *path);

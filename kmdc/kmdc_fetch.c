@@ -320,22 +320,6 @@ out:
     return rc;
 }
 
-typedef struct dir_opts {
-    const char *dir;
-} dir_opts;
-
-static int
-dir_opt(kmdc_cli *c, void *ctx, int opt, const char *arg)
-{
-    dir_opts *o = ctx;
-
-    if (opt == 'd') {
-        o->dir = arg;
-        return 0;
-    }
-    return kmdc_cli_usage(c, "unknown option");
-}
-
 static const struct option dir_long[] = { { "dir", required_argument, NULL, 'd' } };
 
 /* Parse [-d DIR], take the recv lock, load the card, open DIR. */
@@ -343,13 +327,13 @@ static int
 fetch_setup(kmdc_cli *c, const char *cmdname, int argc, char **argv, fetch_env *f,
             kmdc_card_lockh **lk)
 {
-    dir_opts o = { "." };
+    kmdc_recv_opts o = { NULL, "." };
     int rc, first;
 
     memset(f, 0, sizeof *f);
     f->dirfd = -1;
     f->c = c;
-    rc = kmdc_cli_parse(c, kmdc_cli_find(cmdname), argc, argv, dir_long, 1, "d:", dir_opt, &o,
+    rc = kmdc_cli_parse(c, kmdc_cli_find(cmdname), argc, argv, dir_long, 1, "d:", kmdc_recv_opt, &o,
                         &first);
     if (rc >= 0)
         return rc;
@@ -362,8 +346,8 @@ fetch_setup(kmdc_cli *c, const char *cmdname, int argc, char **argv, fetch_env *
     if ((rc = kmdc_cli_lock(c, KMDC_LOCK_RECV, lk)) != KMDC_EXIT_OK ||
         (rc = kmdc_cli_load(c, &f->card)) != KMDC_EXIT_OK)
         return rc;
-    if (kmdc_card_get_state(f->card) != KMDC_CARD_ACTIVE)
-        return kmdc_cli_fail(KMDC_EXIT_FAIL, "the card is not activated yet (run kmdc activate CODE)");
+    if ((rc = kmdc_cli_need_active(f->card)) != KMDC_EXIT_OK)
+        return rc;
     f->serial = kmdc_card_serial(f->card);
     f->ak = kmdc_card_ak(f->card);
     snprintf(f->base, sizeof f->base, "%s", kmdc_cli_base_url(c, f->card));
@@ -395,9 +379,8 @@ kmdc_cmd_fetch(kmdc_cli *c, int argc, char **argv)
         rc = fetch_pass(&f, NULL, 0);
     if (f.written != NULL) {
         doc = json_pack("{s:O, s:i}", "written", f.written, "exit", rc);
-        if (doc == NULL || json_dumpf(doc, stdout, JSON_INDENT(2)) != 0 ||
-            fputc('\n', stdout) == EOF || fflush(stdout) != 0)
-            rc = kmdc_cli_fail(KMDC_EXIT_FAIL, "cannot write the output: %s", strerror(errno));
+        if (kmdc_cli_print_json(doc) != KMDC_EXIT_OK)
+            rc = KMDC_EXIT_FAIL;
         json_decref(doc);
         json_decref(f.written);
         f.written = NULL;

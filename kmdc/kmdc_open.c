@@ -31,27 +31,6 @@
 #define IO_BUF 65536
 #define STDOUT_RECORD "(standard output)"
 
-typedef struct open_opts {
-    const char *out;
-    const char *dir;
-} open_opts;
-
-static int
-open_opt(kmdc_cli *c, void *ctx, int opt, const char *arg)
-{
-    open_opts *o = ctx;
-
-    if (opt == 'o') {
-        o->out = arg;
-        return 0;
-    }
-    if (opt == 'd') {
-        o->dir = arg;
-        return 0;
-    }
-    return kmdc_cli_usage(c, "unknown option");
-}
-
 int
 kmdc_cmd_open(kmdc_cli *c, int argc, char **argv)
 {
@@ -59,7 +38,7 @@ kmdc_cmd_open(kmdc_cli *c, int argc, char **argv)
         { "out", required_argument, NULL, 'o' },
         { "dir", required_argument, NULL, 'd' },
     };
-    open_opts oo = { NULL, NULL };
+    kmdc_recv_opts oo = { NULL, NULL };
     kmdc_open *o = NULL;
     kmdc_recv r;
     kmdc_recv_done dn;
@@ -74,7 +53,7 @@ kmdc_cmd_open(kmdc_cli *c, int argc, char **argv)
     memset(&r, 0, sizeof r);
     kmdc_err_clear(&e);
     tmp[0] = '\0';
-    rc = kmdc_cli_parse(c, kmdc_cli_find("open"), argc, argv, own, 2, "o:d:", open_opt, &oo,
+    rc = kmdc_cli_parse(c, kmdc_cli_find("open"), argc, argv, own, 2, "o:d:", kmdc_recv_opt, &oo,
                         &first);
     if (rc >= 0)
         return rc;
@@ -90,10 +69,8 @@ kmdc_cmd_open(kmdc_cli *c, int argc, char **argv)
         return kmdc_cli_fail(KMDC_EXIT_FAIL, "cannot open %s: %s", argv[first], strerror(errno));
     if ((rc = kmdc_cli_load(c, &r.card)) != KMDC_EXIT_OK)
         goto out;
-    if (kmdc_card_get_state(r.card) != KMDC_CARD_ACTIVE) {
-        rc = kmdc_cli_fail(KMDC_EXIT_FAIL, "the card is not activated yet (run kmdc activate CODE)");
+    if ((rc = kmdc_cli_need_active(r.card)) != KMDC_EXIT_OK)
         goto out;
-    }
     where = oo.dir != NULL ? oo.dir : ".";
     if (oo.dir != NULL) {
         if ((dirfd = open(oo.dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0) {
@@ -135,9 +112,7 @@ kmdc_cmd_open(kmdc_cli *c, int argc, char **argv)
         goto out;
     }
     for (;;) {
-        n = read(in, buf, IO_BUF);
-        if (n < 0 && errno == EINTR)
-            continue;
+        n = kmdc_cli_read(in, buf, IO_BUF);
         if (n < 0) {
             rc = kmdc_cli_fail(KMDC_EXIT_FAIL, "cannot read %s: %s", argv[first], strerror(errno));
             goto out;

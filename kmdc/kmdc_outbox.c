@@ -157,9 +157,7 @@ kmdc_outbox_rec_read(const char *card_path, uint64_t seq, kmdc_outbox_rec *rec)
     if ((buf = malloc(REC_MAX)) == NULL)
         goto out;
     while (len < REC_MAX) {
-        n = read(fd, buf + len, REC_MAX - len);
-        if (n < 0 && errno == EINTR)
-            continue;
+        n = kmdc_cli_read(fd, buf + len, REC_MAX - len);
         if (n <= 0)
             break;
         len += (size_t)n;

@@ -271,3 +271,19 @@ kmdc_recv_record_path(char *out, size_t cap, const char *dir, const char *name,
     if (w < 0 || (size_t)w >= cap)
         snprintf(out, cap, "%s", fallback);
 }
+
+int
+kmdc_recv_opt(kmdc_cli *c, void *ctx, int opt, const char *arg)
+{
+    kmdc_recv_opts *o = ctx;
+
+    if (opt == 'o') {
+        o->out = arg;
+        return 0;
+    }
+    if (opt == 'd') {
+        o->dir = arg;
+        return 0;
+    }
+    return kmdc_cli_usage(c, "unknown option");
+}

@@ -24,6 +24,13 @@ typedef struct kmdc_recv {
     kmdc_meta meta;           /* after on_meta */
 } kmdc_recv;
 
+/* The options of fetch and watch (-d DIR) and open (-o OUT, -d DIR). */
+typedef struct kmdc_recv_opts {
+    const char *out;
+    const char *dir;
+} kmdc_recv_opts;
+int kmdc_recv_opt(kmdc_cli *c, void *ctx, int opt, const char *arg);
+
 /* The reader's callbacks (argument a kmdc_recv): check the header against
  * the card, advance the down chain and save the card once the keyblock
  * authenticated, write the plaintext to out_fd. */

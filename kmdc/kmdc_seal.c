@@ -80,9 +80,7 @@ spool(int in, int *out, uint64_t *size)
         goto out;
     }
     for (;;) {
-        n = read(in, buf, IO_BUF);
-        if (n < 0 && errno == EINTR)
-            continue;
+        n = kmdc_cli_read(in, buf, IO_BUF);
         if (n < 0) {
             rc = kmdc_cli_fail(KMDC_EXIT_FAIL, "cannot read the input: %s", strerror(errno));
             goto out;
@@ -181,9 +179,7 @@ kmdc_cli_seal_stream(const kmdc_header *h, const uint8_t mk[32], const kmdc_meta
         goto out;
     }
     while (left > 0) {
-        n = read(in_fd, buf, left < IO_BUF ? (size_t)left : IO_BUF);
-        if (n < 0 && errno == EINTR)
-            continue;
+        n = kmdc_cli_read(in_fd, buf, left < IO_BUF ? (size_t)left : IO_BUF);
         if (n < 0) {
             rc = kmdc_err_set(err, KMDC_ERR_IO, "cannot read the document: %s", strerror(errno));
             goto out;

@@ -124,9 +124,7 @@ hash_fd(int fd, uint64_t size, uint8_t out[32])
         (h = kmdc_sha256_new(NULL)) == NULL)
         goto out;
     while (left > 0) {
-        n = read(fd, buf, left < IO_BUF ? (size_t)left : IO_BUF);
-        if (n < 0 && errno == EINTR)
-            continue;
+        n = kmdc_cli_read(fd, buf, left < IO_BUF ? (size_t)left : IO_BUF);
         if (n <= 0)
             goto out;
         if (kmdc_sha256_update(h, buf, (size_t)n, NULL) != KMDC_OK)
@@ -370,10 +368,8 @@ send_setup(send_run *s, kmdc_card_lockh **lk)
     if ((rc = kmdc_cli_lock(s->c, KMDC_LOCK_SEND, lk)) != KMDC_EXIT_OK ||
         (rc = kmdc_cli_load(s->c, &card)) != KMDC_EXIT_OK)
         goto out;
-    if (kmdc_card_get_state(card) != KMDC_CARD_ACTIVE) {
-        rc = kmdc_cli_fail(KMDC_EXIT_FAIL, "the card is not activated yet (run kmdc activate CODE)");
+    if ((rc = kmdc_cli_need_active(card)) != KMDC_EXIT_OK)
         goto out;
-    }
     snprintf(s->base, sizeof s->base, "%s", kmdc_cli_base_url(s->c, card));
     if (kmdc_outbox_sweep(s->c->card_path, &e) != KMDC_OK ||
         kmdc_outbox_list(s->c->card_path, &seqs, &n, &e) != KMDC_OK) {
@@ -443,9 +439,8 @@ send_finish(send_run *s, int rc)
     if (s->results == NULL)
         return rc;
     doc = json_pack("{s:O, s:i}", "results", s->results, "exit", rc);
-    if (doc == NULL || json_dumpf(doc, stdout, JSON_INDENT(2)) != 0 || fputc('\n', stdout) == EOF ||
-        fflush(stdout) != 0)
-        rc = kmdc_cli_fail(KMDC_EXIT_FAIL, "cannot write the output: %s", strerror(errno));
+    if (kmdc_cli_print_json(doc) != KMDC_EXIT_OK)
+        rc = KMDC_EXIT_FAIL;
     json_decref(doc);
     return rc;
 }
@@ -638,9 +633,8 @@ kmdc_cmd_outbox(kmdc_cli *c, int argc, char **argv)
     }
     if (arr != NULL) {
         o = json_pack("{s:O}", "pending", arr);
-        if (o == NULL || json_dumpf(o, stdout, JSON_INDENT(2)) != 0)
+        if (kmdc_cli_print_json(o) != KMDC_EXIT_OK)
             rc = KMDC_EXIT_FAIL;
-        fputc('\n', stdout);
         json_decref(o);
     }
     if (fflush(stdout) != 0 || ferror(stdout))
