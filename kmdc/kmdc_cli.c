@@ -122,51 +122,6 @@ kmdc_cli_read(int fd, void *buf, size_t len)
     return n;
 }
 
-int
-kmdc_cli_write_all(int fd, const void *p, size_t len)
-{
-    const uint8_t *b = p;
-    ssize_t w;
-
-    while (len > 0) {
-        w = write(fd, b, len);
-        if (w < 0) {
-            if (errno == EINTR)
-                continue;
-            return -1;
-        }
-        b += w;
-        len -= (size_t)w;
-    }
-    return 0;
-}
-
-int
-kmdc_cli_fsync_parent(const char *path)
-{
-    char *copy = strdup(path), *slash;
-    int fd, rc = -1;
-
-    if (copy == NULL)
-        return -1;
-    slash = strrchr(copy, '/');
-    if (slash == NULL) {
-        fd = open(".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    } else {
-        if (slash == copy)
-            slash[1] = '\0';
-        else
-            *slash = '\0';
-        fd = open(copy, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    }
-    if (fd >= 0) {
-        rc = fsync(fd);
-        close(fd);
-    }
-    free(copy);
-    return rc;
-}
-
 uint64_t
 kmdc_cli_now_ms(void)
 {
@@ -200,7 +155,8 @@ int
 kmdc_cli_need_active(const kmdc_card *card)
 {
     if (kmdc_card_get_state(card) != KMDC_CARD_ACTIVE)
-        return kmdc_cli_fail(KMDC_EXIT_FAIL, "the card is not activated yet (run kmdc activate CODE)");
+        return kmdc_cli_fail(KMDC_EXIT_FAIL,
+                             "the card is not activated yet (run kmdc activate CODE)");
     return KMDC_EXIT_OK;
 }
 
@@ -338,10 +294,31 @@ kmdc_cli_base_url(const kmdc_cli *c, const kmdc_card *card)
     return buf;
 }
 
-int
-kmdc_cli_is_special(const char *path)
+/* 1 when path exists and is not a regular file (a device such as /dev/null,
+ * a FIFO). */
+static int
+is_special(const char *path)
 {
     struct stat st;
 
     return stat(path, &st) == 0 && !S_ISREG(st.st_mode);
+}
+
+int
+kmdc_cli_open_output(const char *path, int *fd, kmdc_atomic **a)
+{
+    kmdc_err e;
+
+    *fd = -1;
+    *a = NULL;
+    kmdc_err_clear(&e);
+    if (is_special(path)) {
+        if ((*fd = open(path, O_WRONLY | O_CLOEXEC)) < 0)
+            return kmdc_cli_fail(KMDC_EXIT_FAIL, "cannot open %s: %s", path, strerror(errno));
+        return KMDC_EXIT_OK;
+    }
+    if (kmdc_atomic_open(a, path, NULL, 0, 0, &e) != KMDC_OK)
+        return kmdc_cli_fail_err(KMDC_EXIT_FAIL, &e);
+    *fd = kmdc_atomic_fd(*a);
+    return KMDC_EXIT_OK;
 }

@@ -26,6 +26,7 @@
 #include "kmdc_card.h"
 #include "kmdc_envelope.h"
 #include "kmdc_err.h"
+#include "kmdc_file.h"
 
 /* Exit codes (kmdc(1), EXIT STATUS).  Scripts rely on them: never renumber. */
 #define KMDC_EXIT_OK 0
@@ -173,18 +174,18 @@ const char *kmdc_cli_base_url(const kmdc_cli *c, const kmdc_card *card);
 
 /* ---- files and small helpers ------------------------------------------------ */
 
-/* Write all of p[0..len) to fd (EINTR-safe).  0 or -1 with errno. */
-int kmdc_cli_write_all(int fd, const void *p, size_t len);
-
 /* read(2) that tries again when a signal interrupted it. */
 ssize_t kmdc_cli_read(int fd, void *buf, size_t len);
 
-/* fsync the folder that holds path (best effort is not enough: -1 on error). */
-int kmdc_cli_fsync_parent(const char *path);
-
-/* 1 when path exists and is not a regular file (a device such as /dev/null,
- * a FIFO): outputs are then written to it directly, never renamed over it. */
-int kmdc_cli_is_special(const char *path);
+/*
+ * Open path for a command's output file (-o OUT).  A device or pipe that
+ * exists (/dev/null, a FIFO) is written to directly (*a NULL): renaming a
+ * file over it would replace it.  Anything else gets a temporary file (0600)
+ * beside it, *a, which kmdc_atomic_commit renames over path (or
+ * kmdc_atomic_abort drops); *fd is then the writer's.  Returns an exit code
+ * (the failure printed).
+ */
+int kmdc_cli_open_output(const char *path, int *fd, kmdc_atomic **a);
 
 /* The delivery record `kmdc open` writes for down counter seq: datacenter
  * delivery ids are below 2^63, so the top bit marks "opened offline". */

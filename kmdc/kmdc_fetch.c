@@ -158,7 +158,7 @@ fetch_one(fetch_env *f, const dlv *d)
         if (fstatat(f->dirfd, tmp, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(st.st_mode)) {
             snprintf(fallback, sizeof fallback, "delivery-%016" PRIx64, d->id);
             if (kmdc_recv_place(f->dirfd, tmp, slash ? slash + 1 : written, fallback, final,
-                           sizeof final) != 0 || fsync(f->dirfd) != 0) {
+                                sizeof final) != 0 || fsync(f->dirfd) != 0) {
                 rc = kmdc_cli_fail(KMDC_EXIT_FAIL, "%s: cannot move the document into place "
                                    "in %s: %s", what, f->dir, strerror(errno));
                 tmp[0] = '\0';
@@ -239,8 +239,9 @@ fetch_one(fetch_env *f, const dlv *d)
     if ((rc = kmdc_cli_update(f->c, kmdc_recv_done_fn, &dn, NULL)) != KMDC_EXIT_OK)
         goto out;
     kmdc_crash_point("fetch:after-record");
-    if (kmdc_recv_place(f->dirfd, tmp, kmdc_recv_local_name(&r.meta, fallback, local, sizeof local),
-                   fallback, final, sizeof final) != 0) {
+    if (kmdc_recv_place(f->dirfd, tmp,
+                        kmdc_recv_local_name(&r.meta, fallback, local, sizeof local),
+                        fallback, final, sizeof final) != 0) {
         rc = kmdc_cli_fail(KMDC_EXIT_FAIL, "%s: cannot move the document into place in %s: %s",
                            what, f->dir, strerror(errno));
         tmp[0] = '\0';                  /* keep it: the next run finishes it */

@@ -43,6 +43,8 @@ kmdc_cmd_open(kmdc_cli *c, int argc, char **argv)
     kmdc_recv r;
     kmdc_recv_done dn;
     kmdc_err e;
+    kmdc_atomic *a = NULL;
+    kmdc_status st;
     uint8_t *buf = NULL;
     char tmp[600], final[512], fallback[32], record[KMDC_CARD_MAX_FILENAME + 1];
     char local[KMDC_NAME_MAX + 2];
@@ -84,21 +86,10 @@ kmdc_cmd_open(kmdc_cli *c, int argc, char **argv)
                                strerror(errno));
             goto out;
         }
-    } else if (!to_stdout && kmdc_cli_is_special(oo.out)) {
-        /* a device or a pipe: write to it, never rename a file over it */
-        if ((fd = open(oo.out, O_WRONLY | O_CLOEXEC)) < 0) {
-            rc = kmdc_cli_fail(KMDC_EXIT_FAIL, "cannot open %s: %s", oo.out, strerror(errno));
-            goto out;
-        }
-        special = 1;
     } else if (!to_stdout) {
-        snprintf(tmp, sizeof tmp, "%s.kmdc-XXXXXX", oo.out);
-        if (strlen(oo.out) > 500 || (fd = mkostemp(tmp, O_CLOEXEC)) < 0) {
-            tmp[0] = '\0';
-            rc = kmdc_cli_fail(KMDC_EXIT_FAIL, "cannot create a file beside %s: %s", oo.out,
-                               strerror(errno));
+        if ((rc = kmdc_cli_open_output(oo.out, &fd, &a)) != KMDC_EXIT_OK)
             goto out;
-        }
+        special = a == NULL;
     } else {
         fd = STDOUT_FILENO;
     }
@@ -128,7 +119,7 @@ kmdc_cmd_open(kmdc_cli *c, int argc, char **argv)
                                ? " (what was written to standard output is not valid)" : "");
         goto out;
     }
-    if (!to_stdout) {
+    if (!to_stdout && a == NULL) {
         if ((!special && fsync(fd) != 0) || close(fd) != 0) {
             fd = -1;
             rc = kmdc_cli_fail(KMDC_EXIT_FAIL, "cannot write the document: %s", strerror(errno));
@@ -139,8 +130,9 @@ kmdc_cmd_open(kmdc_cli *c, int argc, char **argv)
     if (oo.dir != NULL) {
         snprintf(fallback, sizeof fallback, "message-%016" PRIx64,
                  r.meta.has_msgid ? r.meta.msgid : r.seq);
-        if (kmdc_recv_place(dirfd, tmp, kmdc_recv_local_name(&r.meta, fallback, local, sizeof local),
-                       fallback, final, sizeof final) != 0) {
+        if (kmdc_recv_place(dirfd, tmp,
+                            kmdc_recv_local_name(&r.meta, fallback, local, sizeof local),
+                            fallback, final, sizeof final) != 0) {
             rc = kmdc_cli_fail(KMDC_EXIT_FAIL, "cannot move the document into place in %s: %s",
                                where, strerror(errno));
             goto out;
@@ -151,13 +143,13 @@ kmdc_cmd_open(kmdc_cli *c, int argc, char **argv)
     } else if (special) {
         snprintf(record, sizeof record, "%s", oo.out);
     } else if (!to_stdout) {
-        if (rename(tmp, oo.out) != 0) {
-            rc = kmdc_cli_fail(KMDC_EXIT_FAIL, "cannot rename the document to %s: %s", oo.out,
-                               strerror(errno));
+        fd = -1;                        /* the writer's: closed by the commit */
+        st = kmdc_atomic_commit(a, &e);
+        a = NULL;
+        if (st != KMDC_OK) {
+            rc = kmdc_cli_fail_err(KMDC_EXIT_FAIL, &e);
             goto out;
         }
-        tmp[0] = '\0';
-        (void)kmdc_cli_fsync_parent(oo.out);
         snprintf(record, sizeof record, "%s", oo.out);
     } else {
         snprintf(record, sizeof record, "%s", STDOUT_RECORD);
@@ -174,7 +166,9 @@ kmdc_cmd_open(kmdc_cli *c, int argc, char **argv)
     if (fflush(stdout) != 0)
         rc = kmdc_cli_fail(KMDC_EXIT_FAIL, "cannot write the output: %s", strerror(errno));
 out:
-    if (fd >= 0 && fd != STDOUT_FILENO)
+    if (a != NULL)
+        kmdc_atomic_abort(a);           /* closes fd, removes the temporary file */
+    else if (fd >= 0 && fd != STDOUT_FILENO)
         close(fd);
     if (tmp[0] != '\0')
         (void)(dirfd >= 0 ? unlinkat(dirfd, tmp, 0) : unlink(tmp));

@@ -118,9 +118,7 @@ on_data(void *arg, const uint8_t *pt, size_t len, kmdc_err *err)
 {
     kmdc_recv *r = arg;
 
-    if (kmdc_cli_write_all(r->out_fd, pt, len) != 0)
-        return kmdc_err_set(err, KMDC_ERR_IO, "cannot write the document: %s", strerror(errno));
-    return KMDC_OK;
+    return kmdc_write_all(r->out_fd, pt, len, "the document", err);
 }
 
 const struct kmdc_open_cbs kmdc_recv_cbs = { on_header, on_meta, on_data };

@@ -57,7 +57,9 @@ spool(int in, int *out, uint64_t *size)
     ssize_t n;
     size_t len;
     int fd = -1, rc = KMDC_EXIT_OK;
+    kmdc_err e;
 
+    kmdc_err_clear(&e);
     if (dir == NULL || dir[0] == '\0')
         dir = "/tmp";
     fd = open(dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
@@ -92,9 +94,8 @@ spool(int in, int *out, uint64_t *size)
             rc = kmdc_cli_fail(KMDC_EXIT_FAIL, "a document is at most 1 TiB");
             goto out;
         }
-        if (kmdc_cli_write_all(fd, buf, (size_t)n) != 0) {
-            rc = kmdc_cli_fail(KMDC_EXIT_FAIL, "cannot write the temporary file: %s",
-                               strerror(errno));
+        if (kmdc_write_all(fd, buf, (size_t)n, "the temporary file", &e) != KMDC_OK) {
+            rc = kmdc_cli_fail_err(KMDC_EXIT_FAIL, &e);
             goto out;
         }
     }
@@ -157,9 +158,7 @@ out:
 static kmdc_status
 emit_fd(void *arg, const uint8_t *p, size_t len, kmdc_err *err)
 {
-    if (kmdc_cli_write_all(*(int *)arg, p, len) != 0)
-        return kmdc_err_set(err, KMDC_ERR_IO, "cannot write the envelope: %s", strerror(errno));
-    return KMDC_OK;
+    return kmdc_write_all(*(int *)arg, p, len, "the envelope", err);
 }
 
 kmdc_status
@@ -344,10 +343,11 @@ kmdc_cmd_seal(kmdc_cli *c, int argc, char **argv)
     kmdc_header h;
     kmdc_reserve r;
     kmdc_err e;
+    kmdc_atomic *a = NULL;
+    kmdc_status st;
     uint64_t size = 0, serial = 0;
-    char *tmp = NULL, hex[17];
+    char hex[17];
     int rc, first, in = -1, out = -1, have_counter = 0;
-    size_t len;
 
     memset(&o, 0, sizeof o);
     memset(&r, 0, sizeof r);
@@ -368,28 +368,10 @@ kmdc_cmd_seal(kmdc_cli *c, int argc, char **argv)
     if ((rc = kmdc_cli_open_input(argv[first], &in, &size)) != KMDC_EXIT_OK ||
         (rc = kmdc_cli_build_meta(c, &o, argv[first], size, &m)) != KMDC_EXIT_OK)
         goto out;
-    /* The output file is created before a counter is spent on it.  An
-     * existing device or pipe (/dev/null, a FIFO) is written to directly:
-     * renaming a temporary file over it would replace it. */
-    if (o.out != NULL && strcmp(o.out, "-") != 0 && kmdc_cli_is_special(o.out)) {
-        if ((out = open(o.out, O_WRONLY | O_CLOEXEC)) < 0) {
-            rc = kmdc_cli_fail(KMDC_EXIT_FAIL, "cannot open %s: %s", o.out, strerror(errno));
+    /* The output file is created before a counter is spent on it. */
+    if (o.out != NULL && strcmp(o.out, "-") != 0) {
+        if ((rc = kmdc_cli_open_output(o.out, &out, &a)) != KMDC_EXIT_OK)
             goto out;
-        }
-    } else if (o.out != NULL && strcmp(o.out, "-") != 0) {
-        len = strlen(o.out) + sizeof ".kmdc-XXXXXX";
-        if ((tmp = malloc(len)) == NULL) {
-            rc = kmdc_cli_fail(KMDC_EXIT_FAIL, "out of memory");
-            goto out;
-        }
-        snprintf(tmp, len, "%s.kmdc-XXXXXX", o.out);
-        if ((out = mkostemp(tmp, O_CLOEXEC)) < 0) {
-            free(tmp);
-            tmp = NULL;
-            rc = kmdc_cli_fail(KMDC_EXIT_FAIL, "cannot create a file beside %s: %s", o.out,
-                               strerror(errno));
-            goto out;
-        }
     } else {
         out = STDOUT_FILENO;
     }
@@ -401,21 +383,14 @@ kmdc_cmd_seal(kmdc_cli *c, int argc, char **argv)
         rc = kmdc_cli_fail_err(KMDC_EXIT_FAIL, &e);
         goto out;
     }
-    if (tmp != NULL) {
-        if (fsync(out) != 0 || close(out) != 0) {
-            out = -1;
-            rc = kmdc_cli_fail(KMDC_EXIT_FAIL, "cannot write %s: %s", o.out, strerror(errno));
+    if (a != NULL) {
+        out = -1;                       /* the writer's: closed by the commit */
+        st = kmdc_atomic_commit(a, &e);
+        a = NULL;
+        if (st != KMDC_OK) {
+            rc = kmdc_cli_fail_err(KMDC_EXIT_FAIL, &e);
             goto out;
         }
-        out = -1;
-        if (rename(tmp, o.out) != 0) {
-            rc = kmdc_cli_fail(KMDC_EXIT_FAIL, "cannot rename the envelope to %s: %s", o.out,
-                               strerror(errno));
-            goto out;
-        }
-        free(tmp);
-        tmp = NULL;
-        (void)kmdc_cli_fsync_parent(o.out);
     }
     kmdc_serial_format(hex, r.seq);
     kmdc_cli_info(c, "sealed counter %s of card %016" PRIx64 " for %zu recipient(s)", hex,
@@ -426,11 +401,9 @@ out:
     kmdc_wipe(r.mk, sizeof r.mk);
     if (in >= 0 && in != STDIN_FILENO)
         close(in);
-    if (out >= 0 && out != STDOUT_FILENO)
+    if (a != NULL)
+        kmdc_atomic_abort(a);           /* closes out, removes the temporary file */
+    else if (out >= 0 && out != STDOUT_FILENO)
         close(out);
-    if (tmp != NULL) {
-        unlink(tmp);
-        free(tmp);
-    }
     return rc;
 }
