@@ -13,26 +13,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "fuzz_check.h"
 #include "kmdc_parse.h"
-
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-static void
-check(int cond)
-{
-    if (!cond)
-        abort();
-}
-
-static void
-check_text(const char *s, size_t cap)
-{
-    size_t i, n = strnlen(s, cap);
-
-    check(n < cap);
-    for (i = 0; i < n; i++)
-        check((unsigned char)s[i] >= 0x20 && s[i] != 0x7f);
-}
 
 int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)

@@ -282,8 +282,8 @@ kmdc_cmd_status(kmdc_cli *c, int argc, char **argv)
         kmdc_serial_format(hex, ma.message);
         j = json_pack("{s:s, s:I, s:I, s:o}", "message", hex, "created", (json_int_t)ma.created,
                       "size", (json_int_t)ma.size, "recipients", arr != NULL ? arr : json_null());
-        if (j == NULL || json_dumpf(j, stdout, JSON_INDENT(2)) != 0 || fputc('\n', stdout) == EOF)
-            rc = kmdc_cli_fail(KMDC_EXIT_FAIL, "cannot write the output");
+        if (kmdc_cli_print_json(j) != KMDC_EXIT_OK)
+            rc = KMDC_EXIT_FAIL;
     } else {
         for (i = 0; i < ma.n_rcpts; i++)
             printf("%s %s\n", ma.rcpts[i].address, ma.rcpts[i].state);
@@ -363,10 +363,8 @@ kmdc_cmd_card_resync(kmdc_cli *c)
         (rc = kmdc_cli_lock(c, KMDC_LOCK_RECV, &rlk)) != KMDC_EXIT_OK ||
         (rc = kmdc_cli_load(c, &card)) != KMDC_EXIT_OK)
         goto out;
-    if (kmdc_card_get_state(card) != KMDC_CARD_ACTIVE) {
-        rc = kmdc_cli_fail(KMDC_EXIT_FAIL, "the card is not activated yet (run kmdc activate CODE)");
+    if ((rc = kmdc_cli_need_active(card)) != KMDC_EXIT_OK)
         goto out;
-    }
     snprintf(base, sizeof base, "%s", kmdc_cli_base_url(c, card));
     snprintf(path, sizeof path, "/card/%016" PRIx64, kmdc_card_serial(card));
     if ((rc = get_body(c, card, base, path, "resync", &crs)) != KMDC_EXIT_OK)

@@ -2,9 +2,14 @@
  * kmdc_cli.h - what the parts of the kmdc client share: the exit codes, the
  * global options, messages, option parsing, card loading and locking, file
  * helpers and the fault-injection points.  One command per file:
- *   kmdc.c          main, command table, help, card, sign
- *   kmdc_seal.c     seal, send (outbox protocol) and the sealing core
- *   kmdc_fetch.c    fetch, watch, open (the receive rules of docs/PROTOCOL.md section 4)
+ *   kmdc.c          main, command table, help, option parsing
+ *   kmdc_cli.c      what this header declares: messages, files, card helpers
+ *   kmdc_cardcmd.c  card, sign
+ *   kmdc_seal.c     seal and the sealing core (input, options, counter)
+ *   kmdc_send.c     send (outbox protocol), outbox
+ *   kmdc_recv.c     the receive core (docs/PROTOCOL.md section 4) and placing files
+ *   kmdc_fetch.c    fetch, watch
+ *   kmdc_open.c     open
  *   kmdc_account.c  activate, status, card --resync
  *   kmdc_pass.c     the passphrase prompt, card passphrase
  *   kmdc_http.c     libcurl: TLS, signing, errors, progress bar
@@ -16,10 +21,12 @@
 #include <getopt.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #include "kmdc_card.h"
 #include "kmdc_envelope.h"
 #include "kmdc_err.h"
+#include "kmdc_file.h"
 
 /* Exit codes (kmdc(1), EXIT STATUS).  Scripts rely on them: never renumber. */
 #define KMDC_EXIT_OK 0
@@ -72,6 +79,11 @@ int kmdc_cli_fail_err(int code, const kmdc_err *e);
 /* A usage error for the running command: message, a hint, KMDC_EXIT_USAGE. */
 int kmdc_cli_usage(const kmdc_cli *c, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
+
+/* Print doc (NULL: failed to build) on standard output, indented, with a
+ * final newline, and flush.  Returns an exit code (the failure printed). */
+struct json_t;
+int kmdc_cli_print_json(struct json_t *doc);
 
 /* An information line on stderr, suppressed by -q. */
 void kmdc_cli_info(const kmdc_cli *c, const char *fmt, ...)
@@ -154,20 +166,26 @@ int kmdc_cli_lock(kmdc_cli *c, kmdc_card_lockwhich which, kmdc_card_lockh **h);
 typedef kmdc_status (*kmdc_cli_update_fn)(void *arg, kmdc_card *card, kmdc_err *err);
 int kmdc_cli_update(kmdc_cli *c, kmdc_cli_update_fn fn, void *arg, kmdc_card **out);
 
+/* KMDC_EXIT_OK for an activated card, else the failure (printed). */
+int kmdc_cli_need_active(const kmdc_card *card);
+
 /* The datacenter base URL: --url, else the card's (without a final '/'). */
 const char *kmdc_cli_base_url(const kmdc_cli *c, const kmdc_card *card);
 
 /* ---- files and small helpers ------------------------------------------------ */
 
-/* Write all of p[0..len) to fd (EINTR-safe).  0 or -1 with errno. */
-int kmdc_cli_write_all(int fd, const void *p, size_t len);
+/* read(2) that tries again when a signal interrupted it. */
+ssize_t kmdc_cli_read(int fd, void *buf, size_t len);
 
-/* fsync the folder that holds path (best effort is not enough: -1 on error). */
-int kmdc_cli_fsync_parent(const char *path);
-
-/* 1 when path exists and is not a regular file (a device such as /dev/null,
- * a FIFO): outputs are then written to it directly, never renamed over it. */
-int kmdc_cli_is_special(const char *path);
+/*
+ * Open path for a command's output file (-o OUT).  A device or pipe that
+ * exists (/dev/null, a FIFO) is written to directly (*a NULL): renaming a
+ * file over it would replace it.  Anything else gets a temporary file (0600)
+ * beside it, *a, which kmdc_atomic_commit renames over path (or
+ * kmdc_atomic_abort drops); *fd is then the writer's.  Returns an exit code
+ * (the failure printed).
+ */
+int kmdc_cli_open_output(const char *path, int *fd, kmdc_atomic **a);
 
 /* The delivery record `kmdc open` writes for down counter seq: datacenter
  * delivery ids are below 2^63, so the top bit marks "opened offline". */
@@ -206,6 +224,42 @@ kmdc_status kmdc_cli_seal_stream(const kmdc_header *h, const uint8_t mk[32],
                                  const kmdc_meta *m, int in_fd, int out_fd,
                                  kmdc_err *err);
 
+/* The options seal and send share (send adds --again and --outbox, seal -o). */
+enum {
+    KMDC_SEAL_OPT_TO = KMDC_OPT_OWN, KMDC_SEAL_OPT_NAME, KMDC_SEAL_OPT_TYPE, KMDC_SEAL_OPT_OUT,
+    KMDC_SEAL_OPT_AGAIN, KMDC_SEAL_OPT_OUTBOX
+};
+
+typedef struct kmdc_seal_opts {
+    kmdc_meta rcpts;          /* only the recipients are used */
+    const char *name;
+    const char *type;
+    const char *out;
+    int again;                /* send: a deliberate second copy */
+    int outbox_only;          /* send: only what the outbox holds */
+} kmdc_seal_opts;
+
+/* The option handler of seal and send (ctx is a kmdc_seal_opts). */
+int kmdc_cli_seal_opt(kmdc_cli *c, void *ctx, int opt, const char *arg);
+
+/*
+ * Build the up metadata for one document: recipients, NAME (o->name, else
+ * the base name of path unless path is "-"), TYPE, SIZE, SENT; then check it
+ * as the encoder will.  Returns an exit code.
+ */
+int kmdc_cli_build_meta(kmdc_cli *c, const kmdc_seal_opts *o, const char *path, uint64_t size,
+                        kmdc_meta *m);
+
+/* A reserved up counter and its message key (wiped by the caller). */
+typedef struct kmdc_reserve {
+    uint64_t seq;
+    uint8_t mk[KMDC_KEY_LEN];
+} kmdc_reserve;
+
+/* Reserve the next up counter and save the card; *serial, r->seq, r->mk.
+ * Returns an exit code (r->mk wiped on failure). */
+int kmdc_cli_reserve(kmdc_cli *c, kmdc_reserve *r, uint64_t *serial);
+
 /* ---- fault injection (configure --enable-test-hooks) -------------------------- */
 
 /*
@@ -237,6 +291,8 @@ int kmdc_cmd_open(kmdc_cli *c, int argc, char **argv);
 int kmdc_cmd_activate(kmdc_cli *c, int argc, char **argv);
 int kmdc_cmd_status(kmdc_cli *c, int argc, char **argv);
 int kmdc_cmd_card_resync(kmdc_cli *c);
+int kmdc_cmd_card(kmdc_cli *c, int argc, char **argv);
+int kmdc_cmd_sign(kmdc_cli *c, int argc, char **argv);
 #ifdef KMDC_TEST_HOOKS
 int kmdc_cmd_test_mkcard(kmdc_cli *c, int argc, char **argv);
 int kmdc_cmd_test_seal_down(kmdc_cli *c, int argc, char **argv);

@@ -1,6 +1,7 @@
 /*
- * kmdc_fetch.c - receiving: `kmdc fetch`, `kmdc watch` and `kmdc open`, with
- * the card's receive rules (docs/PROTOCOL.md section 4):
+ * kmdc_fetch.c - `kmdc fetch` and `kmdc watch`: listing the mailbox,
+ * downloading each delivery and acknowledging it, with the card's receive
+ * rules (docs/PROTOCOL.md section 4):
  *   - deliveries are processed in seq order, with the recv lock held;
  *   - the down chain advances (card saved) only after a keyblock
  *     authenticated, from the reader's on_meta callback;
@@ -34,264 +35,13 @@
 #include "kmdc_envelope.h"
 #include "kmdc_http.h"
 #include "kmdc_parse.h"
+#include "kmdc_recv.h"
 #include "kmdc_tlv.h"
 #include "kmdc_util.h"
 
-#define IO_BUF 65536
-#define MAX_DELIVERIES 100000     /* listed deliveries handled in one pass */
-#define MAX_SUFFIX 9999           /* "name (9999).ext" at most */
 #define WAIT_SECONDS 60           /* ?wait=S, the datacenter clamps to 60 */
-#define STDOUT_RECORD "(standard output)"
 #define BACKOFF_MIN 1             /* watch: first pause after a failure, seconds */
 #define BACKOFF_MAX 60            /* ... doubling up to this */
-
-/* ---- the receive core ------------------------------------------------------------- */
-
-typedef struct recv_ctx {
-    kmdc_cli *c;
-    kmdc_card *card;          /* a loaded copy: keys for on_header */
-    int has_expect;           /* the listing's seq must match the header's */
-    uint64_t expect_seq;
-    int out_fd;               /* where verified plaintext goes */
-    int print_fields;         /* open: the TLV fields to stderr */
-    int advanced;             /* the card was saved past this seq */
-    uint64_t seq;
-    kmdc_meta meta;           /* after on_meta */
-} recv_ctx;
-
-static kmdc_status
-on_header(void *arg, const kmdc_header *h, uint8_t mk_out[32], kmdc_err *err)
-{
-    recv_ctx *r = arg;
-
-    if (h->serial != kmdc_card_serial(r->card))
-        return kmdc_err_set(err, KMDC_ERR_FORMAT, "the envelope is for card %016" PRIx64
-                            ", not this card", h->serial);
-    if (r->has_expect && h->seq != r->expect_seq)
-        return kmdc_err_set(err, KMDC_ERR_FORMAT, "the envelope's counter %" PRIu64
-                            " is not the one listed (%" PRIu64 ")", h->seq, r->expect_seq);
-    r->seq = h->seq;
-    return kmdc_card_down_key(r->card, h->seq, mk_out, err);
-}
-
-/* Advance the down chain over seq and save the card (CARD lock held). */
-static kmdc_status
-card_advance(kmdc_cli *c, uint64_t seq, kmdc_err *err)
-{
-    kmdc_card_lockh *lk = NULL;
-    kmdc_card *card = NULL;
-    const char *pass = NULL;
-    kmdc_status st;
-
-    if (kmdc_cli_passphrase(c, &pass) != KMDC_EXIT_OK)
-        return kmdc_err_set(err, KMDC_ERR_PASSPHRASE, "cannot read the passphrase file");
-    if ((st = kmdc_card_lock(c->card_path, KMDC_LOCK_CARD, 1, &lk, err)) != KMDC_OK)
-        return st;
-    if ((st = kmdc_card_load(c->card_path, pass, &card, err)) == KMDC_OK &&
-        (st = kmdc_card_down_advance(card, seq, err)) == KMDC_OK)
-        st = kmdc_card_save(card, c->card_path, pass, err);
-    kmdc_card_free(card);
-    kmdc_card_unlock(lk);
-    return st;
-}
-
-static void
-print_fields(const kmdc_meta *m)
-{
-    time_t t;
-    struct tm tm;
-    char when[64];
-
-    if (m->has_from)
-        fprintf(stderr, "from: %s (card %016" PRIx64 ")\n", m->from, m->fromserial);
-    if (m->has_name)
-        fprintf(stderr, "name: %s\n", (const char *)m->name);
-    if (m->has_type)
-        fprintf(stderr, "type: %s\n", m->type);
-    fprintf(stderr, "size: %" PRIu64 "\n", m->size);
-    if (m->has_sent) {
-        t = (time_t)(m->sent / 1000u);
-        if (gmtime_r(&t, &tm) != NULL && strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%SZ", &tm) > 0)
-            fprintf(stderr, "sent: %s (the sender's clock)\n", when);
-    }
-    if (m->has_msgid)
-        fprintf(stderr, "message: %016" PRIx64 "\n", m->msgid);
-}
-
-static kmdc_status
-on_meta(void *arg, const kmdc_header *h, const kmdc_meta *m, kmdc_err *err)
-{
-    recv_ctx *r = arg;
-    kmdc_status st;
-
-    /* The decoder checked these; a receiver checks them again before it uses them. */
-    if (m->has_name && !kmdc_name_valid(m->name, m->name_len))
-        return kmdc_err_set(err, KMDC_ERR_NAME, "the envelope's NAME breaks the rules");
-    if (!m->has_from || !kmdc_address_valid(m->from, strlen(m->from)) || !m->has_size)
-        return kmdc_err_set(err, KMDC_ERR_FORMAT, "the envelope lacks FROM or SIZE");
-    if ((st = card_advance(r->c, h->seq, err)) != KMDC_OK)
-        return st;
-    r->advanced = 1;
-    r->meta = *m;
-    kmdc_crash_point("fetch:after-advance");
-    if (r->print_fields)
-        print_fields(m);
-    return KMDC_OK;
-}
-
-static kmdc_status
-on_data(void *arg, const uint8_t *pt, size_t len, kmdc_err *err)
-{
-    recv_ctx *r = arg;
-
-    if (kmdc_cli_write_all(r->out_fd, pt, len) != 0)
-        return kmdc_err_set(err, KMDC_ERR_IO, "cannot write the document: %s", strerror(errno));
-    return KMDC_OK;
-}
-
-static const struct kmdc_open_cbs recv_cbs = { on_header, on_meta, on_data };
-
-/* Record delivery id (seq) as written to `name`, erasing its key. */
-typedef struct done_ctx {
-    uint64_t seq, id;
-    const char *name;
-} done_ctx;
-
-static kmdc_status
-done_fn(void *arg, kmdc_card *card, kmdc_err *err)
-{
-    done_ctx *d = arg;
-
-    return kmdc_card_down_done(card, d->seq, d->id, d->name, err);
-}
-
-/* ---- files ------------------------------------------------------------------------- */
-
-/* The temp file of one delivery, ".kmdc-<serial>-<delivery id>.part". */
-static void
-delivery_temp_name(char *name, size_t cap, uint64_t serial, uint64_t id)
-{
-    snprintf(name, cap, ".kmdc-%016" PRIx64 "-%016" PRIx64 ".part", serial, id);
-}
-
-/* A fresh temp file ".kmdc-<serial>-<random>.part" in dirfd; name gets its name. */
-static int
-open_temp(int dirfd, uint64_t serial, char *name, size_t cap)
-{
-    uint8_t rnd[8];
-    char hex[17];
-    int fd, tries;
-
-    for (tries = 0; tries < 16; tries++) {
-        if (kmdc_random(rnd, sizeof rnd, NULL) != KMDC_OK)
-            return -1;
-        kmdc_hex_encode(hex, rnd, sizeof rnd);
-        snprintf(name, cap, ".kmdc-%016" PRIx64 "-%s.part", serial, hex);
-        fd = openat(dirfd, name, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
-        if (fd >= 0 || errno != EEXIST)
-            return fd;
-    }
-    return -1;
-}
-
-/* Remove temp files a crashed fetch of this card left in dirfd, except
- * those of deliveries the card already recorded: fetch_one finishes them. */
-static void
-sweep_temps(int dirfd, uint64_t serial, const kmdc_card *card)
-{
-    char prefix[32];
-    DIR *d;
-    struct dirent *de;
-    int fd = dup(dirfd);
-    size_t pl, l;
-
-    if (fd < 0)
-        return;
-    if ((d = fdopendir(fd)) == NULL) {
-        close(fd);
-        return;
-    }
-    snprintf(prefix, sizeof prefix, ".kmdc-%016" PRIx64 "-", serial);
-    pl = strlen(prefix);
-    while ((de = readdir(d)) != NULL) {
-        l = strlen(de->d_name);
-        if (l > pl + 5 && strncmp(de->d_name, prefix, pl) == 0 &&
-            strcmp(de->d_name + l - 5, ".part") == 0) {
-            uint64_t id;
-            if (l == pl + 16 + 5 && kmdc_serial_parse(&id, de->d_name + pl, 16, NULL) == KMDC_OK &&
-                kmdc_card_delivery_lookup(card, id, NULL, NULL) == KMDC_OK)
-                continue;
-            (void)unlinkat(dirfd, de->d_name, 0);
-        }
-    }
-    closedir(d);
-}
-
-/* Move tmp to name without replacing anything: 0, -1 (errno), 1 when taken. */
-static int
-move_noreplace(int dirfd, const char *tmp, const char *name)
-{
-    if (renameat2(dirfd, tmp, dirfd, name, RENAME_NOREPLACE) == 0)
-        return 0;
-    if (errno == EEXIST)
-        return 1;
-    if (errno != EINVAL && errno != ENOSYS && errno != ENOTSUP)
-        return -1;
-    /* A file system without RENAME_NOREPLACE: link never replaces either. */
-    if (linkat(dirfd, tmp, dirfd, name, 0) != 0)
-        return errno == EEXIST ? 1 : -1;
-    (void)unlinkat(dirfd, tmp, 0);
-    return 0;
-}
-
-/*
- * Put tmp in place under `want` or, when taken, "stem (N).ext"; a name that
- * would be too long falls back to `fallback`.  final receives the name.
- * Returns 0 or -1 (errno set).
- */
-static int
-place_file(int dirfd, const char *tmp, const char *want, const char *fallback,
-           char *final, size_t cap)
-{
-    const char *base = want, *dot;
-    size_t stem;
-    int n, r, w;
-
-    for (n = 0; n <= MAX_SUFFIX; n++) {
-        dot = strrchr(base, '.');
-        if (dot == NULL || dot == base)
-            dot = base + strlen(base);
-        stem = (size_t)(dot - base);
-        if (n == 0)
-            w = snprintf(final, cap, "%s", base);
-        else
-            w = snprintf(final, cap, "%.*s (%d)%s", (int)stem, base, n, dot);
-        if (w < 0 || (size_t)w >= cap || w > 255) {
-            if (base == fallback) {
-                errno = ENAMETOOLONG;
-                return -1;
-            }
-            base = fallback;
-            n = -1;
-            continue;
-        }
-        r = move_noreplace(dirfd, tmp, final);
-        if (r <= 0)
-            return r;
-    }
-    errno = EEXIST;
-    return -1;
-}
-
-/* The file name for a delivery's NAME (a '_' before a leading '.' or '-',
- * kmdc_name_local), else fallback.  local has room for KMDC_NAME_MAX + 2. */
-static const char *
-local_name(const kmdc_meta *m, const char *fallback, char *local, size_t cap)
-{
-    if (m->has_name && kmdc_name_local(m->name, m->name_len, local, cap) > 0)
-        return local;
-    return fallback;
-}
 
 /* ---- fetch ------------------------------------------------------------------------- */
 
@@ -378,13 +128,13 @@ fetch_one(fetch_env *f, const dlv *d)
     kmdc_http_req rq;
     kmdc_http_resp rs;
     kmdc_open *o = NULL;
-    recv_ctx r;
-    done_ctx dn;
+    kmdc_recv r;
+    kmdc_recv_done dn;
     kmdc_err e;
     const char *written;
     char path[64], tmp[64], fallback[32], final[512], record[KMDC_CARD_MAX_FILENAME + 1];
     char what[64], local[KMDC_NAME_MAX + 2];
-    int rc = KMDC_EXIT_OK, hrc, fd = -1, w;
+    int rc = KMDC_EXIT_OK, hrc, fd = -1;
 
     memset(&r, 0, sizeof r);
     memset(&rs, 0, sizeof rs);
@@ -393,7 +143,7 @@ fetch_one(fetch_env *f, const dlv *d)
     snprintf(what, sizeof what, "delivery %016" PRIx64, d->id);
     if ((rc = kmdc_cli_load(f->c, &r.card)) != KMDC_EXIT_OK)
         return rc;
-    delivery_temp_name(tmp, sizeof tmp, f->serial, d->id);
+    kmdc_recv_temp_name(tmp, sizeof tmp, f->serial, d->id);
     if (kmdc_card_delivery_lookup(r.card, d->id, &written, NULL) != KMDC_OK &&
         kmdc_card_delivery_lookup(r.card, KMDC_OPENED_ID(d->seq), &written, NULL) == KMDC_OK) {
         tmp[0] = '\0';
@@ -407,18 +157,15 @@ fetch_one(fetch_env *f, const dlv *d)
         /* recorded, but a crash came before the rename: finish it */
         if (fstatat(f->dirfd, tmp, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(st.st_mode)) {
             snprintf(fallback, sizeof fallback, "delivery-%016" PRIx64, d->id);
-            if (place_file(f->dirfd, tmp, slash ? slash + 1 : written, fallback, final,
-                           sizeof final) != 0 || fsync(f->dirfd) != 0) {
+            if (kmdc_recv_place(f->dirfd, tmp, slash ? slash + 1 : written, fallback, final,
+                                sizeof final) != 0 || fsync(f->dirfd) != 0) {
                 rc = kmdc_cli_fail(KMDC_EXIT_FAIL, "%s: cannot move the document into place "
                                    "in %s: %s", what, f->dir, strerror(errno));
                 tmp[0] = '\0';
                 goto out;
             }
             tmp[0] = '\0';
-            w = strcmp(f->dir, ".") == 0 ? snprintf(record, sizeof record, "%s", final)
-                                         : snprintf(record, sizeof record, "%s/%s", f->dir, final);
-            if (w < 0 || (size_t)w >= sizeof record)
-                snprintf(record, sizeof record, "%s", final);
+            kmdc_recv_record_path(record, sizeof record, f->dir, final, final);
             (void)report_written(f, d->id, record);
         } else {
             tmp[0] = '\0';
@@ -439,7 +186,7 @@ fetch_one(fetch_env *f, const dlv *d)
     r.has_expect = 1;
     r.expect_seq = d->seq;
     r.out_fd = fd;
-    if ((o = kmdc_open_new(KMDC_DIR_DOWN, &recv_cbs, &r, &e)) == NULL) {
+    if ((o = kmdc_open_new(KMDC_DIR_DOWN, &kmdc_recv_cbs, &r, &e)) == NULL) {
         rc = kmdc_cli_fail_err(KMDC_EXIT_FAIL, &e);
         goto out;
     }
@@ -484,21 +231,17 @@ fetch_one(fetch_env *f, const dlv *d)
      * writes it twice.
      */
     snprintf(fallback, sizeof fallback, "delivery-%016" PRIx64, d->id);
-    {
-        const char *want = local_name(&r.meta, fallback, local, sizeof local);
-        w = strcmp(f->dir, ".") == 0 ? snprintf(record, sizeof record, "%s", want)
-                                     : snprintf(record, sizeof record, "%s/%s", f->dir, want);
-        if (w < 0 || (size_t)w >= sizeof record)
-            snprintf(record, sizeof record, "%s", fallback);
-    }
+    kmdc_recv_record_path(record, sizeof record, f->dir,
+                          kmdc_recv_local_name(&r.meta, fallback, local, sizeof local), fallback);
     dn.seq = r.seq;
     dn.id = d->id;
     dn.name = record;
-    if ((rc = kmdc_cli_update(f->c, done_fn, &dn, NULL)) != KMDC_EXIT_OK)
+    if ((rc = kmdc_cli_update(f->c, kmdc_recv_done_fn, &dn, NULL)) != KMDC_EXIT_OK)
         goto out;
     kmdc_crash_point("fetch:after-record");
-    if (place_file(f->dirfd, tmp, local_name(&r.meta, fallback, local, sizeof local),
-                   fallback, final, sizeof final) != 0) {
+    if (kmdc_recv_place(f->dirfd, tmp,
+                        kmdc_recv_local_name(&r.meta, fallback, local, sizeof local),
+                        fallback, final, sizeof final) != 0) {
         rc = kmdc_cli_fail(KMDC_EXIT_FAIL, "%s: cannot move the document into place in %s: %s",
                            what, f->dir, strerror(errno));
         tmp[0] = '\0';                  /* keep it: the next run finishes it */
@@ -510,10 +253,7 @@ fetch_one(fetch_env *f, const dlv *d)
         goto out;
     }
     kmdc_crash_point("fetch:after-rename");
-    w = strcmp(f->dir, ".") == 0 ? snprintf(record, sizeof record, "%s", final)
-                                 : snprintf(record, sizeof record, "%s/%s", f->dir, final);
-    if (w < 0 || (size_t)w >= sizeof record)
-        snprintf(record, sizeof record, "%s", final);
+    kmdc_recv_record_path(record, sizeof record, f->dir, final, final);
     rc = report_written(f, d->id, record);
     if (rc == KMDC_EXIT_OK)
         rc = ack(f, d->id);
@@ -581,22 +321,6 @@ out:
     return rc;
 }
 
-typedef struct dir_opts {
-    const char *dir;
-} dir_opts;
-
-static int
-dir_opt(kmdc_cli *c, void *ctx, int opt, const char *arg)
-{
-    dir_opts *o = ctx;
-
-    if (opt == 'd') {
-        o->dir = arg;
-        return 0;
-    }
-    return kmdc_cli_usage(c, "unknown option");
-}
-
 static const struct option dir_long[] = { { "dir", required_argument, NULL, 'd' } };
 
 /* Parse [-d DIR], take the recv lock, load the card, open DIR. */
@@ -604,13 +328,13 @@ static int
 fetch_setup(kmdc_cli *c, const char *cmdname, int argc, char **argv, fetch_env *f,
             kmdc_card_lockh **lk)
 {
-    dir_opts o = { "." };
+    kmdc_recv_opts o = { NULL, "." };
     int rc, first;
 
     memset(f, 0, sizeof *f);
     f->dirfd = -1;
     f->c = c;
-    rc = kmdc_cli_parse(c, kmdc_cli_find(cmdname), argc, argv, dir_long, 1, "d:", dir_opt, &o,
+    rc = kmdc_cli_parse(c, kmdc_cli_find(cmdname), argc, argv, dir_long, 1, "d:", kmdc_recv_opt, &o,
                         &first);
     if (rc >= 0)
         return rc;
@@ -623,12 +347,12 @@ fetch_setup(kmdc_cli *c, const char *cmdname, int argc, char **argv, fetch_env *
     if ((rc = kmdc_cli_lock(c, KMDC_LOCK_RECV, lk)) != KMDC_EXIT_OK ||
         (rc = kmdc_cli_load(c, &f->card)) != KMDC_EXIT_OK)
         return rc;
-    if (kmdc_card_get_state(f->card) != KMDC_CARD_ACTIVE)
-        return kmdc_cli_fail(KMDC_EXIT_FAIL, "the card is not activated yet (run kmdc activate CODE)");
+    if ((rc = kmdc_cli_need_active(f->card)) != KMDC_EXIT_OK)
+        return rc;
     f->serial = kmdc_card_serial(f->card);
     f->ak = kmdc_card_ak(f->card);
     snprintf(f->base, sizeof f->base, "%s", kmdc_cli_base_url(c, f->card));
-    sweep_temps(f->dirfd, f->serial, f->card);
+    kmdc_recv_sweep_temps(f->dirfd, f->serial, f->card);
     return -1;
 }
 
@@ -656,9 +380,8 @@ kmdc_cmd_fetch(kmdc_cli *c, int argc, char **argv)
         rc = fetch_pass(&f, NULL, 0);
     if (f.written != NULL) {
         doc = json_pack("{s:O, s:i}", "written", f.written, "exit", rc);
-        if (doc == NULL || json_dumpf(doc, stdout, JSON_INDENT(2)) != 0 ||
-            fputc('\n', stdout) == EOF || fflush(stdout) != 0)
-            rc = kmdc_cli_fail(KMDC_EXIT_FAIL, "cannot write the output: %s", strerror(errno));
+        if (kmdc_cli_print_json(doc) != KMDC_EXIT_OK)
+            rc = KMDC_EXIT_FAIL;
         json_decref(doc);
         json_decref(f.written);
         f.written = NULL;
@@ -742,194 +465,5 @@ kmdc_cmd_watch(kmdc_cli *c, int argc, char **argv)
     }
 out:
     fetch_teardown(&f, lk);
-    return rc;
-}
-
-/* ---- open ------------------------------------------------------------------------- */
-
-typedef struct open_opts {
-    const char *out;
-    const char *dir;
-} open_opts;
-
-static int
-open_opt(kmdc_cli *c, void *ctx, int opt, const char *arg)
-{
-    open_opts *o = ctx;
-
-    if (opt == 'o') {
-        o->out = arg;
-        return 0;
-    }
-    if (opt == 'd') {
-        o->dir = arg;
-        return 0;
-    }
-    return kmdc_cli_usage(c, "unknown option");
-}
-
-int
-kmdc_cmd_open(kmdc_cli *c, int argc, char **argv)
-{
-    static const struct option own[] = {
-        { "out", required_argument, NULL, 'o' },
-        { "dir", required_argument, NULL, 'd' },
-    };
-    open_opts oo = { NULL, NULL };
-    kmdc_open *o = NULL;
-    recv_ctx r;
-    done_ctx dn;
-    kmdc_err e;
-    uint8_t *buf = NULL;
-    char tmp[600], final[512], fallback[32], record[KMDC_CARD_MAX_FILENAME + 1];
-    char local[KMDC_NAME_MAX + 2];
-    const char *where;
-    ssize_t n;
-    int rc, first, in = -1, dirfd = -1, fd = -1, to_stdout, w, special = 0;
-
-    memset(&r, 0, sizeof r);
-    kmdc_err_clear(&e);
-    tmp[0] = '\0';
-    rc = kmdc_cli_parse(c, kmdc_cli_find("open"), argc, argv, own, 2, "o:d:", open_opt, &oo,
-                        &first);
-    if (rc >= 0)
-        return rc;
-    if (argc - first != 1)
-        return kmdc_cli_usage(c, "open takes one FILE (or '-' for standard input)");
-    if (oo.out != NULL && oo.dir != NULL)
-        return kmdc_cli_usage(c, "give -o OUT or -d DIR, not both");
-    to_stdout = oo.dir == NULL && (oo.out == NULL || strcmp(oo.out, "-") == 0);
-
-    if (strcmp(argv[first], "-") == 0)
-        in = STDIN_FILENO;
-    else if ((in = open(argv[first], O_RDONLY | O_CLOEXEC | O_NOCTTY)) < 0)
-        return kmdc_cli_fail(KMDC_EXIT_FAIL, "cannot open %s: %s", argv[first], strerror(errno));
-    if ((rc = kmdc_cli_load(c, &r.card)) != KMDC_EXIT_OK)
-        goto out;
-    if (kmdc_card_get_state(r.card) != KMDC_CARD_ACTIVE) {
-        rc = kmdc_cli_fail(KMDC_EXIT_FAIL, "the card is not activated yet (run kmdc activate CODE)");
-        goto out;
-    }
-    where = oo.dir != NULL ? oo.dir : ".";
-    if (oo.dir != NULL) {
-        if ((dirfd = open(oo.dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0) {
-            rc = kmdc_cli_fail(KMDC_EXIT_FAIL, "cannot open the folder %s: %s", oo.dir,
-                               strerror(errno));
-            goto out;
-        }
-        if ((fd = open_temp(dirfd, kmdc_card_serial(r.card), tmp, sizeof tmp)) < 0) {
-            tmp[0] = '\0';
-            rc = kmdc_cli_fail(KMDC_EXIT_FAIL, "cannot create a file in %s: %s", oo.dir,
-                               strerror(errno));
-            goto out;
-        }
-    } else if (!to_stdout && kmdc_cli_is_special(oo.out)) {
-        /* a device or a pipe: write to it, never rename a file over it */
-        if ((fd = open(oo.out, O_WRONLY | O_CLOEXEC)) < 0) {
-            rc = kmdc_cli_fail(KMDC_EXIT_FAIL, "cannot open %s: %s", oo.out, strerror(errno));
-            goto out;
-        }
-        special = 1;
-    } else if (!to_stdout) {
-        snprintf(tmp, sizeof tmp, "%s.kmdc-XXXXXX", oo.out);
-        if (strlen(oo.out) > 500 || (fd = mkostemp(tmp, O_CLOEXEC)) < 0) {
-            tmp[0] = '\0';
-            rc = kmdc_cli_fail(KMDC_EXIT_FAIL, "cannot create a file beside %s: %s", oo.out,
-                               strerror(errno));
-            goto out;
-        }
-    } else {
-        fd = STDOUT_FILENO;
-    }
-    r.c = c;
-    r.out_fd = fd;
-    r.print_fields = 1;
-    if ((o = kmdc_open_new(KMDC_DIR_DOWN, &recv_cbs, &r, &e)) == NULL ||
-        (buf = malloc(IO_BUF)) == NULL) {
-        rc = kmdc_cli_fail(KMDC_EXIT_FAIL, "cannot start the reader: %s",
-                           e.msg[0] ? e.msg : "out of memory");
-        goto out;
-    }
-    for (;;) {
-        n = read(in, buf, IO_BUF);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0) {
-            rc = kmdc_cli_fail(KMDC_EXIT_FAIL, "cannot read %s: %s", argv[first], strerror(errno));
-            goto out;
-        }
-        if (n == 0)
-            break;
-        if (kmdc_open_update(o, buf, (size_t)n, &e) != KMDC_OK)
-            break;
-    }
-    if (e.code != KMDC_OK || kmdc_open_final(o, &e) != KMDC_OK) {
-        rc = kmdc_cli_fail(KMDC_EXIT_FAIL, "%s: the envelope is refused: %s%s", argv[first],
-                           e.msg, to_stdout && r.advanced
-                               ? " (what was written to standard output is not valid)" : "");
-        goto out;
-    }
-    if (!to_stdout) {
-        if ((!special && fsync(fd) != 0) || close(fd) != 0) {
-            fd = -1;
-            rc = kmdc_cli_fail(KMDC_EXIT_FAIL, "cannot write the document: %s", strerror(errno));
-            goto out;
-        }
-        fd = -1;
-    }
-    if (oo.dir != NULL) {
-        snprintf(fallback, sizeof fallback, "message-%016" PRIx64,
-                 r.meta.has_msgid ? r.meta.msgid : r.seq);
-        if (place_file(dirfd, tmp, local_name(&r.meta, fallback, local, sizeof local),
-                       fallback, final, sizeof final) != 0) {
-            rc = kmdc_cli_fail(KMDC_EXIT_FAIL, "cannot move the document into place in %s: %s",
-                               where, strerror(errno));
-            goto out;
-        }
-        tmp[0] = '\0';
-        (void)fsync(dirfd);
-        w = strcmp(oo.dir, ".") == 0 ? snprintf(record, sizeof record, "%s", final)
-                                     : snprintf(record, sizeof record, "%s/%s", oo.dir, final);
-        if (w < 0 || (size_t)w >= sizeof record)
-            snprintf(record, sizeof record, "%s", final);
-    } else if (special) {
-        snprintf(record, sizeof record, "%s", oo.out);
-    } else if (!to_stdout) {
-        if (rename(tmp, oo.out) != 0) {
-            rc = kmdc_cli_fail(KMDC_EXIT_FAIL, "cannot rename the document to %s: %s", oo.out,
-                               strerror(errno));
-            goto out;
-        }
-        tmp[0] = '\0';
-        (void)kmdc_cli_fsync_parent(oo.out);
-        snprintf(record, sizeof record, "%s", oo.out);
-    } else {
-        snprintf(record, sizeof record, "%s", STDOUT_RECORD);
-    }
-    /* Erase the message key; the record says "seq opened offline", so that a
-     * later kmdc fetch that lists this delivery just acknowledges it. */
-    dn.seq = r.seq;
-    dn.id = KMDC_OPENED_ID(r.seq);
-    dn.name = record;
-    if ((rc = kmdc_cli_update(c, done_fn, &dn, NULL)) != KMDC_EXIT_OK)
-        goto out;
-    if (!to_stdout)
-        printf("%s\n", record);
-    if (fflush(stdout) != 0)
-        rc = kmdc_cli_fail(KMDC_EXIT_FAIL, "cannot write the output: %s", strerror(errno));
-out:
-    if (fd >= 0 && fd != STDOUT_FILENO)
-        close(fd);
-    if (tmp[0] != '\0')
-        (void)(dirfd >= 0 ? unlinkat(dirfd, tmp, 0) : unlink(tmp));
-    if (dirfd >= 0)
-        close(dirfd);
-    if (in >= 0 && in != STDIN_FILENO)
-        close(in);
-    kmdc_open_free(o);
-    if (buf != NULL)
-        kmdc_freezero(buf, IO_BUF);
-    kmdc_card_free(r.card);
-    kmdc_wipe(&r.meta, sizeof r.meta);
     return rc;
 }

@@ -17,6 +17,7 @@
 
 #include "kmdc_card.h"
 #include "kmdc_cli.h"
+#include "kmdc_file.h"
 #include "kmdc_outbox.h"
 #include "kmdc_util.h"
 
@@ -53,9 +54,8 @@ kmdc_status
 kmdc_outbox_rec_write(const char *card_path, const kmdc_outbox_rec *rec, kmdc_err *err)
 {
     json_t *j = NULL, *to = NULL;
-    char *text = NULL, *path = NULL, *tmp = NULL, hex[65], *slash;
-    size_t i, tl;
-    int fd = -1;
+    char *text = NULL, *path = NULL, hex[65];
+    size_t i;
     kmdc_status rc = KMDC_ERR_INTERNAL;
 
     if ((path = rec_path(card_path, rec->seq)) == NULL)
@@ -80,54 +80,12 @@ kmdc_outbox_rec_write(const char *card_path, const kmdc_outbox_rec *rec, kmdc_er
         goto oom;
     if ((text = json_dumps(j, JSON_COMPACT)) == NULL)
         goto oom;
-    /* temp file ".<seq>-XXXXXX.tmp" in the outbox: the sweep removes a stray one */
-    tl = strlen(path) + 32;
-    if ((tmp = malloc(tl)) == NULL)
-        goto oom;
-    snprintf(tmp, tl, "%s", path);
-    slash = strrchr(tmp, '/');
-    snprintf(slash + 1, tl - (size_t)(slash + 1 - tmp), ".%016" PRIx64 "-XXXXXX.tmp", rec->seq);
-    if ((fd = mkstemps(tmp, 4)) < 0) {
-        rc = kmdc_err_set(err, KMDC_ERR_IO, "cannot create the outbox record: %s",
-                          strerror(errno));
-        free(tmp);
-        tmp = NULL;
-        goto out;
-    }
-    if (kmdc_cli_write_all(fd, text, strlen(text)) != 0 || fsync(fd) != 0) {
-        rc = kmdc_err_set(err, KMDC_ERR_IO, "cannot write the outbox record: %s",
-                          strerror(errno));
-        goto out;
-    }
-    if (close(fd) != 0) {
-        fd = -1;
-        rc = kmdc_err_set(err, KMDC_ERR_IO, "cannot write the outbox record: %s",
-                          strerror(errno));
-        goto out;
-    }
-    fd = -1;
-    if (rename(tmp, path) != 0) {
-        rc = kmdc_err_set(err, KMDC_ERR_IO, "cannot put the outbox record in place: %s",
-                          strerror(errno));
-        goto out;
-    }
-    free(tmp);
-    tmp = NULL;
-    if (kmdc_cli_fsync_parent(path) != 0) {
-        rc = kmdc_err_set(err, KMDC_ERR_IO, "cannot fsync the outbox: %s", strerror(errno));
-        goto out;
-    }
-    rc = KMDC_OK;
+    /* atomically, beside the entry: kmdc_outbox_sweep removes a stray ".*.tmp" */
+    rc = kmdc_file_write_atomic(path, text, strlen(text), 0, 0, err);
     goto out;
 oom:
     rc = kmdc_err_set(err, KMDC_ERR_INTERNAL, "out of memory");
 out:
-    if (fd >= 0)
-        close(fd);
-    if (tmp != NULL) {
-        unlink(tmp);
-        free(tmp);
-    }
     free(text);
     json_decref(to);
     json_decref(j);
@@ -157,9 +115,7 @@ kmdc_outbox_rec_read(const char *card_path, uint64_t seq, kmdc_outbox_rec *rec)
     if ((buf = malloc(REC_MAX)) == NULL)
         goto out;
     while (len < REC_MAX) {
-        n = read(fd, buf + len, REC_MAX - len);
-        if (n < 0 && errno == EINTR)
-            continue;
+        n = kmdc_cli_read(fd, buf + len, REC_MAX - len);
         if (n <= 0)
             break;
         len += (size_t)n;
@@ -223,7 +179,7 @@ kmdc_outbox_rec_remove(const char *card_path, uint64_t seq)
     if (path == NULL)
         return;
     if (unlink(path) == 0)
-        (void)kmdc_cli_fsync_parent(path);
+        (void)kmdc_fsync_parent(path, NULL);
     free(path);
 }
 

@@ -13,6 +13,7 @@
 #include <jansson.h>
 
 #include "kmdc_parse.h"
+#include "kmdc_units.h"
 #include "kmdc_util.h"
 
 #define BODY_MAX (1u << 24)      /* no answer the client parses is near this */
@@ -68,9 +69,9 @@ is_header(const char *line, size_t n, const char *name, size_t *vstart)
 void
 kmdc_parse_header_line(kmdc_hdrs *h, const char *line, size_t n)
 {
-    char tmp[32], *end;
+    char tmp[32];
     size_t v, i;
-    long secs;
+    int64_t secs;
 
     if (line == NULL)
         return;
@@ -91,12 +92,8 @@ kmdc_parse_header_line(kmdc_hdrs *h, const char *line, size_t n)
     } else if (is_header(line, n, "Retry-After", &v)) {
         copy_value(tmp, sizeof tmp, line + v, n - v);
         h->retry_after = -1;
-        if (tmp[0] >= '0' && tmp[0] <= '9' && strlen(tmp) <= 9) {
-            errno = 0;
-            secs = strtol(tmp, &end, 10);
-            if (errno == 0 && *end == '\0')
-                h->retry_after = secs;
-        }
+        if (strlen(tmp) <= 9 && kmdc_parse_decimal(tmp, 999999999, &secs) == KMDC_UNITS_OK)
+            h->retry_after = (long)secs;
     }
 }
 

@@ -51,7 +51,7 @@ kmdc_cli_tty_read(const char *prompt, char *buf, size_t cap)
         goto out;
     }
     restore = 1;
-    if (kmdc_cli_write_all(fd, prompt, strlen(prompt)) != 0) {
+    if (kmdc_write_all(fd, prompt, strlen(prompt), "/dev/tty", NULL) != KMDC_OK) {
         rc = -2;
         goto out;
     }
@@ -77,7 +77,7 @@ out:
     ch = 0;
     if (restore)
         (void)tcsetattr(fd, TCSAFLUSH, &old);
-    (void)kmdc_cli_write_all(fd, "\n", 1);   /* the Enter that was not echoed */
+    (void)kmdc_write_all(fd, "\n", 1, "/dev/tty", NULL);   /* the Enter not echoed */
     close(fd);
     if (rc != 0)
         kmdc_wipe(buf, cap);

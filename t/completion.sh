@@ -54,7 +54,8 @@ universe() {
         grep -oE '[a-zA-Z]' | sort -u | sed 's/^/-/'
 }
 kmdc_universe=$(universe "$top"/kmdc/kmdc.c "$top"/kmdc/kmdc_seal.c \
-    "$top"/kmdc/kmdc_fetch.c "$top"/kmdc/kmdc_account.c)
+    "$top"/kmdc/kmdc_fetch.c "$top"/kmdc/kmdc_account.c "$top"/kmdc/kmdc_cardcmd.c \
+    "$top"/kmdc/kmdc_send.c "$top"/kmdc/kmdc_open.c)
 kmdcadm_universe=$(universe "$top"/admin/kmdcadm*.c)
 # the command tables: { "name", function, ... } inside "commands[] = {",
 # without those under #ifdef KMDC_TEST_HOOKS (test builds only)
