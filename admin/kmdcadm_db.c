@@ -592,13 +592,13 @@ kmdcadm_db_card_insert(kmdcadm_db *db, const kmdcadm_new_card *c,
     values[0] = serial;
     values[1] = c->address;
     values[2] = (const char *)c->up_chain;
-    lengths[2] = KMDCADM_WRAPPED_LEN;
+    lengths[2] = KMDC_WRAPPED_LEN;
     formats[2] = 1;
     values[3] = (const char *)c->down_chain;
-    lengths[3] = KMDCADM_WRAPPED_LEN;
+    lengths[3] = KMDC_WRAPPED_LEN;
     formats[3] = 1;
     values[4] = (const char *)c->auth_key;
-    lengths[4] = KMDCADM_WRAPPED_LEN;
+    lengths[4] = KMDC_WRAPPED_LEN;
     formats[4] = 1;
     values[5] = key_id;
     values[6] = (const char *)c->access_mac;
@@ -934,17 +934,17 @@ keys_from_row(const PGresult *res, int row, kmdcadm_card_keys *k, kmdc_err *err)
         return kmdc_err_set(err, KMDC_ERR_INTERNAL, "unexpected card status");
     memcpy(k->status, PQgetvalue(res, row, 1), (size_t)len);
     k->status[len] = '\0';
-    if (PQgetlength(res, row, 4) != KMDCADM_WRAPPED_LEN
-        || PQgetlength(res, row, 5) != KMDCADM_WRAPPED_LEN
-        || PQgetlength(res, row, 6) != KMDCADM_WRAPPED_LEN) {
+    if (PQgetlength(res, row, 4) != KMDC_WRAPPED_LEN
+        || PQgetlength(res, row, 5) != KMDC_WRAPPED_LEN
+        || PQgetlength(res, row, 6) != KMDC_WRAPPED_LEN) {
         char hex[17];
         kmdc_serial_format(hex, k->serial);
         return kmdc_err_set(err, KMDC_ERR_FORMAT,
                             "card %s: a wrapped key has the wrong length", hex);
     }
-    memcpy(k->up_chain, PQgetvalue(res, row, 4), KMDCADM_WRAPPED_LEN);
-    memcpy(k->down_chain, PQgetvalue(res, row, 5), KMDCADM_WRAPPED_LEN);
-    memcpy(k->auth_key, PQgetvalue(res, row, 6), KMDCADM_WRAPPED_LEN);
+    memcpy(k->up_chain, PQgetvalue(res, row, 4), KMDC_WRAPPED_LEN);
+    memcpy(k->down_chain, PQgetvalue(res, row, 5), KMDC_WRAPPED_LEN);
+    memcpy(k->auth_key, PQgetvalue(res, row, 6), KMDC_WRAPPED_LEN);
     k->key_id = kmdc_get_u32((const uint8_t *)PQgetvalue(res, row, 7));
     k->code_live = PQgetvalue(res, row, 8)[0] != 0;
     return KMDC_OK;
@@ -1042,7 +1042,7 @@ kmdcadm_db_card_keys_store(kmdcadm_db *db, const kmdcadm_card_keys *c, kmdc_err 
     values[4] = (const char *)c->down_chain;
     values[5] = (const char *)c->auth_key;
     values[6] = key_id;
-    lengths[3] = lengths[4] = lengths[5] = KMDCADM_WRAPPED_LEN;
+    lengths[3] = lengths[4] = lengths[5] = KMDC_WRAPPED_LEN;
     formats[3] = formats[4] = formats[5] = 1;
     res = PQexecParams(db->conn,
                        "UPDATE cards SET up_next = $2::bigint, down_next = $3::bigint, "
