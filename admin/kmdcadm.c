@@ -111,6 +111,14 @@ parse_serial(const char *cmd, const char *s, uint64_t *serial)
 }
 
 int
+no_operands(const kmdcadm_ctx *ctx, int argc, char **argv)
+{
+    if (argc > 0)
+        return usage_error(ctx->cmd->name, "unexpected argument '%s'", argv[0]);
+    return EXIT_OK;
+}
+
+int
 one_serial(const kmdcadm_ctx *ctx, int argc, char **argv, uint64_t *serial)
 {
     const char *name = ctx->cmd->name;
@@ -466,10 +474,8 @@ dispatch(kmdcadm_ctx *ctx, const kmdcadm_command *c, int argc, char **argv)
         goto out;
     if (c->opts != NULL && c->opts->check != NULL)
         rc = c->opts->check(ctx, opts, argc - first, argv + first);
-    else if (first < argc)
-        rc = usage_error(c->name, "unexpected argument '%s'", argv[first]);
     else
-        rc = EXIT_OK;
+        rc = no_operands(ctx, argc - first, argv + first);
     if (rc != EXIT_OK)
         goto out;
     if ((c->needs & KMDCADM_NEEDS_KEYS) && (rc = load_master_keys(ctx)) != EXIT_OK)

@@ -128,6 +128,9 @@ int fail_err(const kmdc_err *e);
  * error (printed) for cmd. */
 int parse_serial(const char *cmd, const char *s, uint64_t *serial);
 
+/* An empty operand list ("unexpected argument" otherwise). */
+int no_operands(const kmdcadm_ctx *ctx, int argc, char **argv);
+
 /* An operand list of exactly one SERIAL ("CMD takes one SERIAL" otherwise). */
 int one_serial(const kmdcadm_ctx *ctx, int argc, char **argv, uint64_t *serial);
 

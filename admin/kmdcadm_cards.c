@@ -243,8 +243,8 @@ issue_check(const kmdcadm_ctx *ctx, void *opts, int argc, char **argv)
     const char *name = ctx->cmd->name;
     struct stat sb;
 
-    if (argc > 0)
-        return usage_error(name, "unexpected argument '%s'", argv[0]);
+    if (no_operands(ctx, argc, argv) != EXIT_OK)
+        return EXIT_USAGE;
     if (!o->have_address || o->url == NULL || o->out == NULL)
         return usage_error(name, "issue needs --address A, --url U and --out FILE");
     if (strncmp(o->url, "https://", 8) != 0 && strncmp(o->url, "http://", 7) != 0)

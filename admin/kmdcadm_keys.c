@@ -43,8 +43,8 @@ keygen_opt(const kmdcadm_ctx *ctx, void *opts, int opt, const char *arg)
 static int
 keygen_check(const kmdcadm_ctx *ctx, void *opts, int argc, char **argv)
 {
-    if (argc > 0)
-        return usage_error(ctx->cmd->name, "unexpected argument '%s'", argv[0]);
+    if (no_operands(ctx, argc, argv) != EXIT_OK)
+        return EXIT_USAGE;
     if (((keygen_opts *)opts)->out == NULL)
         return usage_error(ctx->cmd->name, "keygen needs --out FILE");
     return EXIT_OK;

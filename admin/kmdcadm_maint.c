@@ -283,8 +283,8 @@ setup_check(const kmdcadm_ctx *ctx, void *opts, int argc, char **argv)
     setup_cli *o = opts;
     const char *name = ctx->cmd->name;
 
-    if (argc > 0)
-        return usage_error(name, "unexpected argument '%s'", argv[0]);
+    if (no_operands(ctx, argc, argv) != EXIT_OK)
+        return EXIT_USAGE;
     if (!kmdcadm_setup_name_valid(o->db.database) || !kmdcadm_setup_name_valid(o->db.owner)
         || !kmdcadm_setup_name_valid(o->db.httpd_role))
         return usage_error(name, "database and role names are 1 to 63 of a-z, 0-9 and "
