@@ -31,6 +31,7 @@
 #include <string.h>
 
 #include "kmdc_card.h"
+#include "kmdc_keyring.h"
 #include "kmdc_util.h"
 #include "kmdc_wrap.h"
 #include "kmdcadm.h"
@@ -272,7 +273,7 @@ static const char global_help[] =
     "Global options (accepted before or after the command):\n"
     "  --db CONNINFO        libpq connection string or URI; without it libpq's\n"
     "                       environment (PGHOST, PGPORT, PGDATABASE, PGUSER, ...)\n"
-    "  --master-key ID:FILE master key number ID (0 .. 2147483647) in FILE (64 hex\n"
+    "  --master-key ID:FILE master key number ID (1 .. 2147483647) in FILE (64 hex\n"
     "                       digits, mode 0600); repeatable, the highest ID wraps\n"
     "                       (issue, resync, rekey)\n"
     "  --sqldir DIR         migrations folder (migrate only)\n"
@@ -329,8 +330,9 @@ global_option(kmdcadm_ctx *ctx, const char *cmd, int opt, const char *arg)
         }
         errno = 0;
         id = strtoul(arg, &end, 10);
-        if (end != colon || errno != 0 || id > INT32_MAX || !isdigit((unsigned char)arg[0])) {
-            usage_error(cmd, "--master-key: the ID is a number in 0 .. 2147483647");
+        if (end != colon || errno != 0 || id < 1 || id > KMDC_KEYRING_ID_MAX
+            || !isdigit((unsigned char)arg[0])) {
+            usage_error(cmd, "--master-key: the ID is a number in 1 .. 2147483647");
             return -1;
         }
         for (i = 0; i < ctx->nkeys; i++)
@@ -401,40 +403,23 @@ parse_options(kmdcadm_ctx *ctx, const kmdcadm_command *c, int argc, char **argv,
 
 /* --- resources -------------------------------------------------------------------- */
 
-/* Load every --master-key file (so a bad one is reported even if unused) and
- * set ctx->newest to the one with the highest id. */
+/* Load every --master-key file into ctx->ring (so a bad one is reported even
+ * if unused) and set ctx->newest to the one with the highest id. */
 static int
 load_master_keys(kmdcadm_ctx *ctx)
 {
     const char *cmd = ctx->cmd->name;
-    master_key *best = NULL;
+    size_t failed = 0;
     kmdc_err e;
-    size_t i;
 
     kmdc_err_clear(&e);
     if (ctx->nkeys == 0)
         return usage_error(cmd, "%s needs --master-key ID:FILE", cmd);
-    for (i = 0; i < ctx->nkeys; i++) {
-        if (kmdc_master_key_load(ctx->keys[i].path, ctx->keys[i].key, &e) != KMDC_OK)
-            return fail("master key %" PRIu32 ": %s", ctx->keys[i].id, e.msg);
-        ctx->keys[i].loaded = 1;
-        if (best == NULL || ctx->keys[i].id > best->id)
-            best = &ctx->keys[i];
-    }
-    ctx->newest = best;
+    if (kmdc_keyring_load(&ctx->ring, ctx->keys, ctx->nkeys, &failed, &e) != KMDC_OK)
+        return fail("master key %" PRIu32 ": %s",
+                    ctx->keys[failed < ctx->nkeys ? failed : 0].id, e.msg);
+    ctx->newest = kmdc_keyring_newest(&ctx->ring);
     return EXIT_OK;
-}
-
-static void
-wipe_master_keys(kmdcadm_ctx *ctx)
-{
-    size_t i;
-
-    for (i = 0; i < ctx->nkeys; i++) {
-        kmdc_wipe(ctx->keys[i].key, sizeof ctx->keys[i].key);
-        ctx->keys[i].loaded = 0;
-    }
-    ctx->newest = NULL;
 }
 
 /* Open the database and, with check_schema, check its schema version. */
@@ -488,7 +473,8 @@ dispatch(kmdcadm_ctx *ctx, const kmdcadm_command *c, int argc, char **argv)
 out:
     kmdcadm_db_close(ctx->db);
     ctx->db = NULL;
-    wipe_master_keys(ctx);
+    kmdc_keyring_free(&ctx->ring);
+    ctx->newest = NULL;
     if (opts != NULL)
         kmdc_freezero(opts, size);
     return finish_output(rc);

@@ -10,7 +10,8 @@
  *   2. parse the command's own options (opts->option) with the global ones
  *      (--db, --master-key, --sqldir, --help, --version);
  *   3. hand the operands to opts->check (none allowed when it is NULL);
- *   4. NEEDS_KEYS: load every --master-key (ctx->newest: the highest id);
+ *   4. NEEDS_KEYS: load every --master-key into ctx->ring (lib's keyring;
+ *      ctx->newest: the highest id);
  *   5. NEEDS_DB: connect (ctx->db), NEEDS_SCHEMA: and check the schema version;
  *   6. run;
  *   7. close the database, wipe the master keys and the options struct, and
@@ -26,6 +27,7 @@
 #include <stdint.h>
 
 #include "kmdc_err.h"
+#include "kmdc_keyring.h"
 #include "kmdc_wrap.h"
 #include "kmdcadm_db.h"
 
@@ -39,22 +41,16 @@
 
 #define MAX_MASTER_KEYS 16
 
-typedef struct master_key {
-    uint32_t id;
-    const char *path;
-    uint8_t key[KMDC_MASTER_KEY_LEN];
-    int loaded;
-} master_key;
-
 struct kmdcadm_command;
 
 /* What the dispatcher prepared for a command (steps 2, 4 and 5 above). */
 typedef struct kmdcadm_ctx {
     const char *conninfo;                 /* --db, else libpq's environment */
     const char *sqldir;                   /* --sqldir */
-    master_key keys[MAX_MASTER_KEYS];     /* --master-key, in the given order */
+    kmdc_master_key_file keys[MAX_MASTER_KEYS];  /* --master-key, in the given order */
     size_t nkeys;
-    const master_key *newest;             /* NEEDS_KEYS: the highest id, loaded */
+    kmdc_keyring ring;                    /* NEEDS_KEYS: every --master-key, loaded */
+    const kmdc_master_key *newest;        /* NEEDS_KEYS: the highest id (it wraps) */
     kmdcadm_db *db;                       /* NEEDS_DB: the open connection */
     const struct kmdcadm_command *cmd;    /* the command running */
 } kmdcadm_ctx;

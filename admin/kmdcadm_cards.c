@@ -15,7 +15,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
-#include <libgen.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,6 +23,8 @@
 
 #include "kmdc_card.h"
 #include "kmdc_crypto.h"
+#include "kmdc_file.h"
+#include "kmdc_keyring.h"
 #include "kmdc_util.h"
 #include "kmdc_wrap.h"
 #include "kmdcadm.h"
@@ -89,67 +90,34 @@ issue_opt(const kmdcadm_ctx *ctx, void *opts, int opt, const char *arg)
     }
 }
 
-/* Write the card image to a new temp file beside out (0600, fsynced). */
+/* Write the card image to a new temp file beside out (0600, fsynced and
+ * closed; lib's kmdc_file makes and names it), kept until place_card. */
 static int
 write_temp_card(const char *out, const uint8_t *img, size_t len, char **tmp_out)
 {
-    char *tmp = NULL, *copy = NULL, *dircopy = NULL, *dir, *base;
-    size_t off = 0;
-    ssize_t w;
-    int fd = -1, rc = EXIT_OK, n;
-    size_t cap;
+    char *dir = NULL, *stem = NULL, *tmp = NULL;
+    const char *base = NULL;
+    kmdc_err e;
+    int fd = -1, rc = EXIT_OK;
 
+    kmdc_err_clear(&e);
     *tmp_out = NULL;
-    copy = strdup(out);
-    cap = strlen(out) + 32;
-    tmp = malloc(cap);
-    if (copy == NULL || tmp == NULL) {
+    if (kmdc_path_split(out, &dir, &base, &e) != KMDC_OK) {
+        rc = fail_err(&e);
+        goto out;
+    }
+    if ((stem = malloc(strlen(base) + sizeof ".issue-pending")) == NULL) {
         rc = fail("out of memory");
         goto out;
     }
-    /* dirname/basename may modify their argument: use two copies. */
-    base = basename(copy);
-    n = snprintf(tmp, cap, "%s", out);
-    if (n < 0 || (size_t)n >= cap) {
-        rc = fail("card file path too long");
+    strcpy(stem, base);
+    strcat(stem, ".issue-pending");
+    if (kmdc_file_open_temp(dir, stem, 0600, &fd, &tmp, &e) != KMDC_OK
+        || kmdc_write_all(fd, img, len, tmp, &e) != KMDC_OK) {
+        rc = fail_err(&e);
         goto out;
     }
-    /* dirname() returns a pointer into tmp, which the next snprintf
-     * overwrites (it may clear tmp[0] first): copy the folder out */
-    if ((dircopy = strdup(dirname(tmp))) == NULL) {
-        rc = fail("out of memory");
-        goto out;
-    }
-    dir = dircopy;
-    n = snprintf(tmp, cap, "%s/.%s.issue-XXXXXX", dir, base);
-    if (n < 0 || (size_t)n >= cap) {
-        rc = fail("card file path too long");
-        goto out;
-    }
-    fd = mkstemp(tmp);   /* O_EXCL, mode 0600 */
-    if (fd < 0) {
-        rc = fail("cannot create a file beside %s: %s", out, strerror(errno));
-        goto out;
-    }
-    if (fchmod(fd, 0600) != 0) {
-        rc = fail("cannot set the mode of the card file: %s", strerror(errno));
-        goto out;
-    }
-    while (off < len) {
-        w = write(fd, img + off, len - off);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w <= 0) {
-            rc = fail("cannot write the card file: %s", w < 0 ? strerror(errno) : "short write");
-            goto out;
-        }
-        off += (size_t)w;
-    }
-    if (fsync(fd) != 0) {
-        rc = fail("cannot write the card file: %s", strerror(errno));
-        goto out;
-    }
-    if (close(fd) != 0) {
+    if (fsync(fd) != 0 || close(fd) != 0) {
         fd = -1;
         rc = fail("cannot write the card file: %s", strerror(errno));
         goto out;
@@ -158,48 +126,23 @@ write_temp_card(const char *out, const uint8_t *img, size_t len, char **tmp_out)
     *tmp_out = tmp;
     tmp = NULL;
 out:
-    if (fd >= 0) {
-        close(fd);
-        unlink(tmp);
-    }
-    free(tmp);
-    free(copy);
-    free(dircopy);
+    kmdc_file_abort_temp(fd, tmp);   /* closes fd, removes tmp: both only on failure */
+    free(stem);
+    free(dir);
     return rc;
 }
 
-/* fsync the folder holding path so a rename or link survives a crash. */
-static void
-sync_parent(const char *path)
+/* Move the committed temp card file to its place, and sync the folder.
+ * Without force an existing file is never replaced. */
+static kmdc_status
+place_card(const char *tmp, const char *out, int force, kmdc_err *e)
 {
-    char *copy = strdup(path);
-    int fd;
+    kmdc_status st;
 
-    if (copy == NULL)
-        return;
-    fd = open(dirname(copy), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd >= 0) {
-        (void)fsync(fd);
-        close(fd);
-    }
-    free(copy);
-}
-
-/* Move the committed temp card file to its place.  Without force an existing
- * file is never replaced (link fails with EEXIST). */
-static int
-place_card(const char *tmp, const char *out, int force)
-{
-    if (force) {
-        if (rename(tmp, out) != 0)
-            return -1;
-    } else {
-        if (link(tmp, out) != 0)
-            return -1;
-        (void)unlink(tmp);
-    }
-    sync_parent(out);
-    return 0;
+    st = kmdc_file_move(tmp, out, force ? 0 : KMDC_FILE_NOREPLACE, e);
+    if (st == KMDC_OK)
+        (void)kmdc_fsync_parent(out, NULL);
+    return st;
 }
 
 static void
@@ -270,7 +213,7 @@ int
 cmd_issue(kmdcadm_ctx *ctx, void *opts)
 {
     issue_opts *o = opts;
-    const master_key *mk = ctx->newest;
+    const kmdc_master_key *mk = ctx->newest;
     kmdcadm_db *db = ctx->db;
     kmdcadm_new_card row;
     kmdcadm_conflict conflict = KMDCADM_CONFLICT_NONE;
@@ -279,7 +222,7 @@ cmd_issue(kmdcadm_ctx *ctx, void *opts)
     char code[KMDC_ACCESS_CODE_LEN + 1];
     char serialhex[17];
     uint8_t *img = NULL;
-    size_t imglen = 0, wlen, ulen;
+    size_t imglen = 0;
     char *tmp = NULL;
     uint64_t serial = 0;
     kmdc_err e;
@@ -316,17 +259,14 @@ cmd_issue(kmdcadm_ctx *ctx, void *opts)
             goto out;
         }
         if (draw_serial(&serial, &fixed, &e) != KMDC_OK
-            || kmdc_wrap(row.up_chain, sizeof row.up_chain, &wlen, mk->id, mk->key, serial,
-                         KMDC_FIELD_UP_CHAIN, 0, uck, sizeof uck, &e) != KMDC_OK
-            || wlen != KMDC_WRAPPED_LEN
-            || kmdc_wrap(row.down_chain, sizeof row.down_chain, &wlen, mk->id, mk->key, serial,
-                         KMDC_FIELD_DOWN_CHAIN, 0, dck, sizeof dck, &e) != KMDC_OK
-            || wlen != KMDC_WRAPPED_LEN
-            || kmdc_wrap(row.auth_key, sizeof row.auth_key, &ulen, mk->id, mk->key, serial,
-                         KMDC_FIELD_AUTH_KEY, 0, ak, sizeof ak, &e) != KMDC_OK
-            || ulen != KMDC_WRAPPED_LEN
+            || kmdc_keyring_wrap(&ctx->ring, serial, KMDC_FIELD_UP_CHAIN, 0, uck,
+                                 row.up_chain, &e) != KMDC_OK
+            || kmdc_keyring_wrap(&ctx->ring, serial, KMDC_FIELD_DOWN_CHAIN, 0, dck,
+                                 row.down_chain, &e) != KMDC_OK
+            || kmdc_keyring_wrap(&ctx->ring, serial, KMDC_FIELD_AUTH_KEY, 0, ak,
+                                 row.auth_key, &e) != KMDC_OK
             || kmdc_access_code_mac(row.access_mac, mk->key, serial, code, &e) != KMDC_OK) {
-            rc = e.msg[0] ? fail_err(&e) : fail("wrapped value of unexpected length");
+            rc = fail_err(&e);
             goto out;
         }
         row.serial = serial;
@@ -377,10 +317,10 @@ cmd_issue(kmdcadm_ctx *ctx, void *opts)
     committed = 1;
 
     /* 4. put the card file in place */
-    if (place_card(tmp, o->out, o->force) != 0) {
+    if (place_card(tmp, o->out, o->force, &e) != KMDC_OK) {
         rc = fail("card %s is stored, but its file could not be moved to %s (%s): "
                   "it is at %s; move it there yourself",
-                  serialhex, o->out, strerror(errno), tmp);
+                  serialhex, o->out, e.msg, tmp);
         print_access_code(code);
         free(tmp);
         tmp = NULL;

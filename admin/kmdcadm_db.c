@@ -135,28 +135,14 @@ get_u63(const PGresult *res, int row, int col, uint64_t *v)
 
 /* --- connection --------------------------------------------------------- */
 
-/* Connect with conninfo (expanded: a string or a URI; NULL: libpq's
- * defaults), to database dbname instead of its own when not NULL, and act
- * as role when not NULL (SET ROLE). */
-static kmdc_status
-db_connect(kmdcadm_db **out, const char *conninfo, const char *dbname, const char *role,
-           kmdc_err *err)
+kmdc_status
+pq_connect(PGconn **out, const char *conninfo, const char *dbname, kmdc_err *err)
 {
     const char *keys[4];
     const char *vals[4];
-    kmdcadm_db *db = NULL;
-    kmdc_status st = KMDC_OK;
     char line[200];
-    char *q = NULL;
-    char sql[200];
     int n = 0;
 
-    *out = NULL;
-    db = calloc(1, sizeof *db);
-    if (db == NULL) {
-        st = kmdc_err_set(err, KMDC_ERR_INTERNAL, "out of memory");
-        goto out;
-    }
     if (conninfo != NULL) {
         keys[n] = "dbname";   /* the first dbname is expanded */
         vals[n++] = conninfo;
@@ -169,16 +155,35 @@ db_connect(kmdcadm_db **out, const char *conninfo, const char *dbname, const cha
     vals[n++] = "kmdcadm";
     keys[n] = NULL;
     vals[n] = NULL;
-    db->conn = PQconnectdbParams(keys, vals, 1);
-    if (db->conn == NULL) {
+    *out = PQconnectdbParams(keys, vals, 1);
+    if (*out == NULL)
+        return kmdc_err_set(err, KMDC_ERR_INTERNAL, "out of memory");
+    if (PQstatus(*out) != CONNECTION_OK) {
+        first_line(line, sizeof line, PQerrorMessage(*out));
+        return kmdc_err_set(err, KMDC_ERR_IO, "database unavailable: %s", line);
+    }
+    return KMDC_OK;
+}
+
+/* Connect (pq_connect) and act as role when not NULL (SET ROLE). */
+static kmdc_status
+db_connect(kmdcadm_db **out, const char *conninfo, const char *dbname, const char *role,
+           kmdc_err *err)
+{
+    kmdcadm_db *db = NULL;
+    kmdc_status st = KMDC_OK;
+    char *q = NULL;
+    char sql[200];
+
+    *out = NULL;
+    db = calloc(1, sizeof *db);
+    if (db == NULL) {
         st = kmdc_err_set(err, KMDC_ERR_INTERNAL, "out of memory");
         goto out;
     }
-    if (PQstatus(db->conn) != CONNECTION_OK) {
-        first_line(line, sizeof line, PQerrorMessage(db->conn));
-        st = kmdc_err_set(err, KMDC_ERR_IO, "database unavailable: %s", line);
+    st = pq_connect(&db->conn, conninfo, dbname, err);
+    if (st != KMDC_OK)
         goto out;
-    }
     st = db_command(db, "SET client_min_messages = warning", 0, NULL,
                     "configure the session", err);
     if (st != KMDC_OK)

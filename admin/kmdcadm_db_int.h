@@ -38,6 +38,13 @@ kmdc_status db_command(kmdcadm_db *db, const char *sql, int n, const char *const
 kmdc_status db_exec_bin(kmdcadm_db *db, PGresult **out, const char *sql, int n,
                         const char *const *values, const char *what, kmdc_err *err);
 
+/* Connect with conninfo (expanded: a string or a URI; NULL: libpq's
+ * environment), to database dbname instead of its own when not NULL, as
+ * application "kmdcadm".  KMDC_ERR_IO "database unavailable: ..." when the
+ * server cannot be reached; *out (may be set then) is the caller's to PQfinish. */
+kmdc_status pq_connect(PGconn **out, const char *conninfo, const char *dbname,
+                       kmdc_err *err);
+
 /* A binary bigint field that must be >= 0: 1 and *v, else 0. */
 int get_u63(const PGresult *res, int row, int col, uint64_t *v);
 

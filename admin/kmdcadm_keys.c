@@ -4,8 +4,8 @@
  * rekey (rewrap every card's keys under the newest master key), with the
  * unwrap and wrap steps they share (kmdcadm(8), docs/ADMIN.md).
  *
- * The dispatcher in kmdcadm.c has loaded every --master-key (ctx->keys,
- * ctx->newest the highest id) and opened the database before resync and
+ * The dispatcher in kmdcadm.c has loaded every --master-key (ctx->ring, lib's
+ * keyring; ctx->newest the highest id) and opened the database before resync and
  * rekey run; it wipes the keys after.  A value is unwrapped only with the key
  * its stored id names and is only ever rewrapped under ctx->newest.
  */
@@ -19,6 +19,7 @@
 
 #include "kmdc_card.h"
 #include "kmdc_crypto.h"
+#include "kmdc_keyring.h"
 #include "kmdc_util.h"
 #include "kmdc_wrap.h"
 #include "kmdcadm.h"
@@ -72,32 +73,16 @@ cmd_keygen(kmdcadm_ctx *ctx, void *opts)
 
 /* --- unwrap and wrap, shared by resync and rekey ---------------------------------- */
 
-/* The --master-key with this id, loaded; NULL when it was not given. */
-static const master_key *
-find_key(const kmdcadm_ctx *ctx, uint32_t id)
-{
-    size_t i;
-
-    for (i = 0; i < ctx->nkeys; i++)
-        if (ctx->keys[i].id == id && ctx->keys[i].loaded)
-            return &ctx->keys[i];
-    return NULL;
-}
-
 /*
- * Unwrap a stored value of card serial with the --master-key its id names,
- * into key.  *id_out (may be NULL) gets that id.  KMDC_ERR_NOTFOUND when the
- * key was not given, KMDC_ERR_AUTH when the value does not unwrap; both with
- * a message naming the card, the field, the counter and the id.
+ * Unwrap a stored value of card serial with the --master-key its id names
+ * (lib's keyring), into key.  KMDC_ERR_NOTFOUND when the key was not given,
+ * KMDC_ERR_AUTH when the value does not unwrap; both with a message naming
+ * the card, the field, the counter and the id, and what to do.
  */
 static kmdc_status
 unwrap_value(const kmdcadm_ctx *ctx, uint64_t serial, const char *field, uint64_t counter,
-             const uint8_t wrapped[KMDC_WRAPPED_LEN], uint8_t key[KMDC_KEY_LEN],
-             uint32_t *id_out, kmdc_err *e)
+             const uint8_t wrapped[KMDC_WRAPPED_LEN], uint8_t key[KMDC_KEY_LEN], kmdc_err *e)
 {
-    const master_key *mk;
-    uint8_t buf[KMDC_KEY_LEN + 16];
-    size_t n = 0;
     uint32_t id = 0;
     char hex[17];
     kmdc_status st;
@@ -105,53 +90,33 @@ unwrap_value(const kmdcadm_ctx *ctx, uint64_t serial, const char *field, uint64_
     kmdc_serial_format(hex, serial);
     st = kmdc_wrap_key_id(wrapped, KMDC_WRAPPED_LEN, &id, e);
     if (st != KMDC_OK)
-        goto out;
-    if (id_out != NULL)
-        *id_out = id;
-    mk = find_key(ctx, id);
-    if (mk == NULL) {
+        return st;
+    st = kmdc_keyring_unwrap(&ctx->ring, serial, field, counter, wrapped, KMDC_WRAPPED_LEN,
+                             key, e);
+    if (st == KMDC_ERR_NOTFOUND)
         st = kmdc_err_set(e, KMDC_ERR_NOTFOUND,
                           "card %s: its %s is wrapped under master key id %" PRIu32
                           ", which was not given: add --master-key %" PRIu32 ":FILE",
                           hex, field, id, id);
-        goto out;
-    }
-    st = kmdc_unwrap(buf, sizeof buf, &n, mk->key, serial, field, counter, wrapped,
-                     KMDC_WRAPPED_LEN, e);
-    if (st == KMDC_ERR_AUTH) {
+    else if (st == KMDC_ERR_AUTH)
         st = kmdc_err_set(e, KMDC_ERR_AUTH,
                           "card %s: its %s (counter %" PRIu64 ") does not unwrap under "
                           "master key id %" PRIu32 ": that key file is not the one it was "
                           "wrapped with, or the row was changed outside kmdc", hex, field,
                           counter, id);
-        goto out;
-    }
-    if (st != KMDC_OK)
-        goto out;
-    if (n != KMDC_KEY_LEN) {
+    else if (st == KMDC_ERR_FORMAT)
         st = kmdc_err_set(e, KMDC_ERR_FORMAT, "card %s: its %s has the wrong length",
                           hex, field);
-        goto out;
-    }
-    memcpy(key, buf, KMDC_KEY_LEN);
-out:
-    kmdc_wipe(buf, sizeof buf);
     return st;
 }
 
-/* Wrap key for card serial, field and counter under mk into out (KMDC_WRAPPED_LEN bytes). */
+/* Wrap key for card serial, field and counter under the newest --master-key
+ * into out. */
 static kmdc_status
-wrap_value(const master_key *mk, uint64_t serial, const char *field, uint64_t counter,
+wrap_value(const kmdcadm_ctx *ctx, uint64_t serial, const char *field, uint64_t counter,
            const uint8_t key[KMDC_KEY_LEN], uint8_t out[KMDC_WRAPPED_LEN], kmdc_err *e)
 {
-    size_t n = 0;
-    kmdc_status st;
-
-    st = kmdc_wrap(out, KMDC_WRAPPED_LEN, &n, mk->id, mk->key, serial, field, counter,
-                   key, KMDC_KEY_LEN, e);
-    if (st == KMDC_OK && n != KMDC_WRAPPED_LEN)
-        st = kmdc_err_set(e, KMDC_ERR_INTERNAL, "wrapped value of unexpected length");
-    return st;
+    return kmdc_keyring_wrap(&ctx->ring, serial, field, counter, key, out, e);
 }
 
 /* Parse a counter: decimal digits only, 0 .. 2^63-1. */
@@ -232,7 +197,7 @@ const kmdcadm_options resync_options = {
  * go back or more than RESYNC_MAX_STEPS ahead (KMDC_ERR_ARG).
  */
 static kmdc_status
-resync_chain(const kmdcadm_ctx *ctx, const master_key *newest, uint64_t serial,
+resync_chain(const kmdcadm_ctx *ctx, uint64_t serial,
              const char *field, const char *name, uint64_t *next,
              uint8_t wrapped[KMDC_WRAPPED_LEN], uint64_t target, kmdc_err *e)
 {
@@ -255,13 +220,13 @@ resync_chain(const kmdcadm_ctx *ctx, const master_key *newest, uint64_t serial,
                           hex, name, *next, target, RESYNC_MAX_STEPS);
         goto out;
     }
-    st = unwrap_value(ctx, serial, field, *next, wrapped, ck, NULL, e);
+    st = unwrap_value(ctx, serial, field, *next, wrapped, ck, e);
     if (st != KMDC_OK)
         goto out;
     st = kmdc_chain_seek(ck, *next, target, NULL, e);
     if (st != KMDC_OK)
         goto out;
-    st = wrap_value(newest, serial, field, target, ck, wrapped, e);
+    st = wrap_value(ctx, serial, field, target, ck, wrapped, e);
     if (st != KMDC_OK)
         goto out;
     *next = target;
@@ -274,7 +239,7 @@ int
 cmd_resync(kmdcadm_ctx *ctx, void *opts)
 {
     resync_opts *o = opts;
-    const master_key *mk = ctx->newest;
+    const kmdc_master_key *mk = ctx->newest;
     kmdcadm_db *db = ctx->db;
     kmdcadm_card_keys k;
     uint64_t serial = o->serial, old_up = 0, old_down = 0;
@@ -322,10 +287,10 @@ cmd_resync(kmdcadm_ctx *ctx, void *opts)
     old_up = k.up_next;
     old_down = k.down_next;
     if ((o->have_up && o->up != k.up_next
-         && resync_chain(ctx, mk, serial, KMDC_FIELD_UP_CHAIN, "up_next", &k.up_next,
+         && resync_chain(ctx, serial, KMDC_FIELD_UP_CHAIN, "up_next", &k.up_next,
                          k.up_chain, o->up, &e) != KMDC_OK)
         || (o->have_down && o->down != k.down_next
-            && resync_chain(ctx, mk, serial, KMDC_FIELD_DOWN_CHAIN, "down_next",
+            && resync_chain(ctx, serial, KMDC_FIELD_DOWN_CHAIN, "down_next",
                             &k.down_next, k.down_chain, o->down, &e) != KMDC_OK)) {
         rc = fail_err(&e);
         goto out;
@@ -395,7 +360,7 @@ const kmdcadm_options rekey_options = {
  * *changed is set when the value was rewritten.
  */
 static kmdc_status
-rewrap_value(const kmdcadm_ctx *ctx, const master_key *newest, uint64_t serial,
+rewrap_value(const kmdcadm_ctx *ctx, const kmdc_master_key *newest, uint64_t serial,
              const char *field, uint64_t counter, uint8_t wrapped[KMDC_WRAPPED_LEN],
              int *changed, kmdc_err *e)
 {
@@ -407,9 +372,9 @@ rewrap_value(const kmdcadm_ctx *ctx, const master_key *newest, uint64_t serial,
     st = kmdc_wrap_key_id(wrapped, KMDC_WRAPPED_LEN, &id, e);
     if (st != KMDC_OK || id == newest->id)
         return st;
-    st = unwrap_value(ctx, serial, field, counter, wrapped, key, NULL, e);
+    st = unwrap_value(ctx, serial, field, counter, wrapped, key, e);
     if (st == KMDC_OK)
-        st = wrap_value(newest, serial, field, counter, key, wrapped, e);
+        st = wrap_value(ctx, serial, field, counter, key, wrapped, e);
     if (st == KMDC_OK)
         *changed = 1;
     kmdc_wipe(key, sizeof key);
@@ -460,7 +425,7 @@ report_key_use(kmdcadm_db *db, uint32_t newest, int *old)
 
 /* rekey --check: verify every value unwraps under the given keys, then report. */
 static int
-rekey_check(const kmdcadm_ctx *ctx, kmdcadm_db *db, const master_key *newest)
+rekey_check(const kmdcadm_ctx *ctx, kmdcadm_db *db, const kmdc_master_key *newest)
 {
     kmdcadm_card_keys *rows = NULL;
     uint64_t after = 0, verified = 0, failures = 0;
@@ -486,7 +451,7 @@ rekey_check(const kmdcadm_ctx *ctx, kmdcadm_db *db, const master_key *newest)
             const uint64_t counters[3] = { rows[i].up_next, rows[i].down_next, 0 };
             for (f = 0; f < 3; f++) {
                 kmdc_status st = unwrap_value(ctx, rows[i].serial, fields[f], counters[f],
-                                              vals[f], key, NULL, &e);
+                                              vals[f], key, &e);
                 kmdc_wipe(key, sizeof key);
                 if (st == KMDC_OK) {
                     verified++;
@@ -525,7 +490,7 @@ int
 cmd_rekey(kmdcadm_ctx *ctx, void *opts)
 {
     rekey_opts *o = opts;
-    const master_key *mk = ctx->newest;
+    const kmdc_master_key *mk = ctx->newest;
     kmdcadm_db *db = ctx->db;
     kmdcadm_card_keys *rows = NULL;
     uint64_t after = 0, cards = 0, values = 0, current = 0;

@@ -23,6 +23,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "kmdc_units.h"
 #include "kmdc_util.h"
 #include "kmdc_wrap.h"
 #include "kmdcadm.h"
@@ -368,38 +369,9 @@ out:
     return rc;
 }
 
-/*
- * Parse a duration: decimal seconds, or a number followed by s, m, h or d
- * (docs/ADMIN.md, kmdcadm(8)), at most 100 years.  Returns 1 and sets *secs when s is one.
- */
-static int
-duration_value(const char *s, int64_t *secs)
-{
-    int64_t v = 0, mul = 1;
-    size_t i;
-
-    for (i = 0; s[i] >= '0' && s[i] <= '9'; i++) {
-        if (i >= 12)
-            return 0;
-        v = v * 10 + (s[i] - '0');
-    }
-    if (i == 0)
-        return 0;
-    switch (s[i]) {
-    case '\0': mul = 1; break;
-    case 's': mul = 1; break;
-    case 'm': mul = 60; break;
-    case 'h': mul = 3600; break;
-    case 'd': mul = 86400; break;
-    default: return 0;
-    }
-    if (s[i] != '\0' && s[i + 1] != '\0')
-        return 0;
-    if (v > INT64_C(3153600000) / mul)   /* 100 years */
-        return 0;
-    *secs = v * mul;
-    return 1;
-}
+/* The longest duration an option takes (lib's kmdc_parse_duration does the
+ * syntax: seconds, or a number with s, m, h or d; docs/ADMIN.md, kmdcadm(8)). */
+#define DURATION_MAX INT64_C(3153600000)   /* 100 years */
 
 /* --- purge ---------------------------------------------------------------------------- */
 
@@ -418,7 +390,7 @@ purge_age(const char *opt, const char *arg, int64_t floor, int64_t *out)
 {
     int64_t v;
 
-    if (!duration_value(arg, &v))
+    if (kmdc_parse_duration(arg, DURATION_MAX, &v) != KMDC_UNITS_OK)
         return usage_error("purge", "%s takes a duration: seconds, or a number with s, m, "
                            "h or d (e.g. 2d)", opt);
     if (v < floor)
@@ -514,7 +486,7 @@ audit_opt(const kmdcadm_ctx *ctx, void *opts, int opt, const char *arg)
     case OPT_SERIAL:
         return parse_serial(ctx->cmd->name, arg, &o->q.serial);
     case OPT_SINCE:
-        if (duration_value(arg, &v)) {
+        if (kmdc_parse_duration(arg, DURATION_MAX, &v) == KMDC_UNITS_OK) {
             o->q.since_secs = v;
             o->q.since = NULL;
             return 0;
@@ -528,7 +500,7 @@ audit_opt(const kmdcadm_ctx *ctx, void *opts, int opt, const char *arg)
         o->q.since_secs = -1;
         return 0;
     case OPT_LIMIT:
-        if (!duration_value(arg, &v) || arg[strspn(arg, "0123456789")] != '\0')
+        if (kmdc_parse_decimal(arg, DURATION_MAX, &v) != KMDC_UNITS_OK)
             return usage_error(ctx->cmd->name, "--limit takes a number of rows (0: all)");
         o->q.limit = v;
         return 0;
