@@ -15,13 +15,14 @@
 #include <stdio.h>
 
 #include "kmdc_err.h"
+#include "kmdc_wrap.h"
 
 /* The schema version this kmdcadm's queries are written for. */
 #include "kmdc_pq.h"
 #define KMDCADM_SCHEMA_VERSION KMDC_SCHEMA_VERSION
 
-/* Length of a wrapped value (docs/PROTOCOL.md section 8) and of an access-code MAC. */
-#define KMDCADM_WRAPPED_LEN 76
+/* The length of a wrapped value is lib's KMDC_WRAPPED_LEN (kmdc_wrap.h,
+ * docs/PROTOCOL.md section 8); that of an access-code MAC: */
 #define KMDCADM_ACCESS_MAC_LEN 32
 
 typedef struct kmdcadm_db kmdcadm_db;
@@ -116,9 +117,9 @@ typedef struct kmdcadm_new_card {
     uint64_t serial;                          /* 1 .. 2^63-1 */
     const char *address;                      /* validated, lower case */
     uint32_t key_id;                          /* master key id that wrapped */
-    uint8_t up_chain[KMDCADM_WRAPPED_LEN];    /* wrapped UCK0, counter 0 */
-    uint8_t down_chain[KMDCADM_WRAPPED_LEN];  /* wrapped DCK0, counter 0 */
-    uint8_t auth_key[KMDCADM_WRAPPED_LEN];    /* wrapped AK */
+    uint8_t up_chain[KMDC_WRAPPED_LEN];    /* wrapped UCK0, counter 0 */
+    uint8_t down_chain[KMDC_WRAPPED_LEN];  /* wrapped DCK0, counter 0 */
+    uint8_t auth_key[KMDC_WRAPPED_LEN];    /* wrapped AK */
     uint8_t access_mac[KMDCADM_ACCESS_MAC_LEN];
     int access_days;                          /* access code validity */
 } kmdcadm_new_card;
@@ -194,9 +195,9 @@ typedef struct kmdcadm_card_keys {
     char status[16];
     uint64_t up_next;
     uint64_t down_next;
-    uint8_t up_chain[KMDCADM_WRAPPED_LEN];
-    uint8_t down_chain[KMDCADM_WRAPPED_LEN];
-    uint8_t auth_key[KMDCADM_WRAPPED_LEN];
+    uint8_t up_chain[KMDC_WRAPPED_LEN];
+    uint8_t down_chain[KMDC_WRAPPED_LEN];
+    uint8_t auth_key[KMDC_WRAPPED_LEN];
     uint32_t key_id;
     int code_live;
 } kmdcadm_card_keys;

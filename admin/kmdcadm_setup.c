@@ -21,8 +21,10 @@
 
 #include <libpq-fe.h>
 
+#include "kmdc_file.h"
 #include "kmdc_util.h"
 #include "kmdcadm_db.h"
+#include "kmdcadm_db_int.h"
 
 /* The grants of docs/ADMIN.md section 2 ("Grants for the module"), each
  * followed by " TO <the httpd role>".  t/kmdcadm_ops.sh checks them by connecting as that
@@ -66,20 +68,6 @@ kmdcadm_setup_print_grants(FILE *out, const char *httpd_role)
         fprintf(out, "%s TO %s;\n", httpd_grants[i], httpd_role);
 }
 
-/* Copy the first line of s into buf. */
-static void
-one_line(char *buf, size_t cap, const char *s)
-{
-    size_t n = 0;
-
-    if (s == NULL)
-        s = "";
-    while (s[n] != '\0' && s[n] != '\n' && n + 1 < cap)
-        n++;
-    memcpy(buf, s, n);
-    buf[n] = '\0';
-}
-
 static kmdc_status
 failed(PGconn *c, const PGresult *res, const char *what, kmdc_err *err)
 {
@@ -88,7 +76,7 @@ failed(PGconn *c, const PGresult *res, const char *what, kmdc_err *err)
                                       : NULL;
     char line[240];
 
-    one_line(line, sizeof line, primary != NULL ? primary : PQerrorMessage(c));
+    first_line(line, sizeof line, primary != NULL ? primary : PQerrorMessage(c));
     return kmdc_err_set(err, PQstatus(c) == CONNECTION_BAD ? KMDC_ERR_IO : KMDC_ERR_INTERNAL,
                         "could not %s: %s%s%s%s", what, line, state ? " (SQLSTATE " : "",
                         state ? state : "", state ? ")" : "");
@@ -169,35 +157,14 @@ out:
     return st;
 }
 
-/* Connect: conninfo (or libpq's environment) with dbname replaced when
- * dbname is not NULL. */
+/* Connect (kmdcadm_db.c's pq_connect) and quieten the session. */
 static kmdc_status
 connect_to(PGconn **out, const char *conninfo, const char *dbname, kmdc_err *err)
 {
-    const char *keys[4];
-    const char *vals[4];
-    char line[240];
-    int n = 0;
+    kmdc_status st = pq_connect(out, conninfo, dbname, err);
 
-    if (conninfo != NULL) {
-        keys[n] = "dbname";           /* the first dbname is expanded */
-        vals[n++] = conninfo;
-    }
-    if (dbname != NULL) {
-        keys[n] = "dbname";           /* a later one is a plain name */
-        vals[n++] = dbname;
-    }
-    keys[n] = "application_name";
-    vals[n++] = "kmdcadm";
-    keys[n] = NULL;
-    vals[n] = NULL;
-    *out = PQconnectdbParams(keys, vals, 1);
-    if (*out == NULL)
-        return kmdc_err_set(err, KMDC_ERR_INTERNAL, "out of memory");
-    if (PQstatus(*out) != CONNECTION_OK) {
-        one_line(line, sizeof line, PQerrorMessage(*out));
-        return kmdc_err_set(err, KMDC_ERR_IO, "database unavailable: %s", line);
-    }
+    if (st != KMDC_OK)
+        return st;
     return run(*out, NULL, PGRES_COMMAND_OK, "SET client_min_messages = warning", 0, NULL,
                "configure the session", err);
 }
@@ -285,11 +252,13 @@ static int
 add_line(const char *path, const char *line, int before_rules, kmdc_err *err)
 {
     FILE *f = fopen(path, "re");
-    char *text = NULL, *tmp = NULL;
+    kmdc_atomic *a = NULL;
+    char *text = NULL;
     size_t len = 0, cap = 0, at;
     char buf[1024];
     struct stat sb;
-    int fd = -1, rc = -1;
+    kmdc_status st;
+    int fd, rc = -1;
 
     if (f == NULL || fstat(fileno(f), &sb) != 0) {
         kmdc_err_set(err, KMDC_ERR_IO, "cannot read %s: %s", path, strerror(errno));
@@ -348,49 +317,28 @@ add_line(const char *path, const char *line, int before_rules, kmdc_err *err)
             p = e + 1;
         }
     }
-    tmp = malloc(strlen(path) + sizeof ".kmdcadm-XXXXXX");
-    if (tmp == NULL) {
-        kmdc_err_set(err, KMDC_ERR_INTERNAL, "out of memory");
+    /* the new content replaces the file atomically (lib's kmdc_file), with
+     * its mode and, where we may, its owner */
+    if (kmdc_atomic_open(&a, path, NULL, sb.st_mode & 07777, 0, err) != KMDC_OK)
         goto out;
-    }
-    strcpy(tmp, path);
-    strcat(tmp, ".kmdcadm-XXXXXX");
-    fd = mkstemp(tmp);
-    if (fd < 0 || fchmod(fd, sb.st_mode & 07777) != 0
-        || (fchown(fd, sb.st_uid, sb.st_gid) != 0 && errno != EPERM)) {
+    fd = kmdc_atomic_fd(a);
+    if (fchown(fd, sb.st_uid, sb.st_gid) != 0 && errno != EPERM) {
         kmdc_err_set(err, KMDC_ERR_IO, "cannot write beside %s: %s", path, strerror(errno));
         goto out;
     }
-    {
-        FILE *w = fdopen(fd, "w");
-        int ok;
-
-        if (w == NULL) {
-            kmdc_err_set(err, KMDC_ERR_IO, "cannot write beside %s: %s", path,
-                         strerror(errno));
-            goto out;
-        }
-        fd = -1;
-        ok = fwrite(text, 1, at, w) == at
-             && fprintf(w, "%s%s\n", at > 0 && text[at - 1] != '\n' ? "\n" : "", line) > 0
-             && fwrite(text + at, 1, len - at, w) == len - at;
-        ok = fflush(w) == 0 && fsync(fileno(w)) == 0 && ok;
-        ok = fclose(w) == 0 && ok;
-        if (!ok || rename(tmp, path) != 0) {
-            kmdc_err_set(err, KMDC_ERR_IO, "cannot write %s: %s", path, strerror(errno));
-            goto out;
-        }
-    }
-    free(tmp);
-    tmp = NULL;
+    if (kmdc_write_all(fd, text, at, path, err) != KMDC_OK
+        || (at > 0 && text[at - 1] != '\n' && kmdc_write_all(fd, "\n", 1, path, err) != KMDC_OK)
+        || kmdc_write_all(fd, line, strlen(line), path, err) != KMDC_OK
+        || kmdc_write_all(fd, "\n", 1, path, err) != KMDC_OK
+        || kmdc_write_all(fd, text + at, len - at, path, err) != KMDC_OK)
+        goto out;
+    st = kmdc_atomic_commit(a, err);
+    a = NULL;
+    if (st != KMDC_OK)
+        goto out;
     rc = 1;
 out:
-    if (fd >= 0)
-        close(fd);
-    if (tmp != NULL) {
-        unlink(tmp);
-        free(tmp);
-    }
+    kmdc_atomic_abort(a);
     if (f != NULL)
         fclose(f);
     free(text);
