@@ -211,6 +211,17 @@ static const kmdc_dir_row kmdc_dir_rows[KMDC_D_N] = {
     KMDC_DIRECTIVES(KMDC_ROW)
 };
 
+/* field_get and field_put know two widths: a field is an int or an
+ * apr_int64_t (or, for STR and LIST, a pointer). */
+#define KMDC_WIDTH_KMDC_F(field, kind, lo, hi) \
+    _Static_assert(sizeof(((kmdc_srv_conf *)0)->field) == sizeof(int) \
+                   || sizeof(((kmdc_srv_conf *)0)->field) == sizeof(apr_int64_t), \
+                   "kmdc_srv_conf." #field ": an int, an apr_int64_t or a pointer");
+#define KMDC_WIDTH_KMDC_NOF
+#define KMDC_WIDTH(ID, ARGS, SETTER, DEF, HELP, F1, F2) \
+    KMDC_WIDTH_##F1 KMDC_WIDTH_##F2
+KMDC_DIRECTIVES(KMDC_WIDTH)
+
 static int field_is_ptr(const kmdc_dir_field *f)
 {
     return f->kind == KMDC_K_STR || f->kind == KMDC_K_LIST;
@@ -376,8 +387,9 @@ kmdc_srv_conf *kmdc_conf_get(const server_rec *s)
     return ap_get_module_config(s->module_config, &kmdc_module);
 }
 
-/* Each row's default, read as if written, where the server set none of the
- * row's fields.  An error here is a bad row of the table. */
+/* Each row's default, read as if written, where the server left the row's
+ * fields unset (a directive sets all its fields at once, so the first
+ * tells).  An error here is a bad row of the table. */
 static const char *fill_defaults(apr_pool_t *p, kmdc_srv_conf *sc)
 {
     const char *err = NULL;
