@@ -3,6 +3,7 @@
 #define _GNU_SOURCE
 #endif
 #include "kmdc_card.h"
+#include "kmdc_file.h"
 #include "kmdc_util.h"
 
 #include <dirent.h>
@@ -110,137 +111,9 @@ str3(const char *a, const char *b, const char *c)
 static kmdc_status
 split_path(const char *path, char **dir, const char **base, kmdc_err *err)
 {
-    const char *slash = strrchr(path, '/');
-    size_t dlen;
-
-    if (path[0] == '\0' || (slash != NULL && slash[1] == '\0'))
+    if (path[0] == '\0' || path[strlen(path) - 1] == '/')
         return kmdc_err_set(err, KMDC_ERR_ARG, "a card path names a file, not a folder");
-    if (slash == NULL) {
-        *dir = str3(".", "", "");
-        *base = path;
-    } else {
-        dlen = slash == path ? 1 : (size_t)(slash - path);
-        *dir = malloc(dlen + 1);
-        if (*dir != NULL) {
-            memcpy(*dir, path, dlen);
-            (*dir)[dlen] = '\0';
-        }
-        *base = slash + 1;
-    }
-    return *dir == NULL ? oom(err) : KMDC_OK;
-}
-
-static kmdc_status
-fsync_dir(const char *dir, kmdc_err *err)
-{
-    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    kmdc_status rc = KMDC_OK;
-
-    if (fd < 0)
-        return sys_fail(err, "cannot open folder", dir);
-    /* Some file systems cannot fsync a folder (EINVAL): nothing more to do. */
-    if (fsync(fd) != 0 && errno != EINVAL && errno != EROFS)
-        rc = sys_fail(err, "cannot fsync folder", dir);
-    close(fd);
-    return rc;
-}
-
-static kmdc_status
-write_all(int fd, const uint8_t *p, size_t len, const char *path, kmdc_err *err)
-{
-    while (len > 0) {
-        ssize_t w = write(fd, p, len);
-        if (w < 0) {
-            if (errno == EINTR)
-                continue;
-            return sys_fail(err, "cannot write", path);
-        }
-        p += w;
-        len -= (size_t)w;
-    }
-    return KMDC_OK;
-}
-
-/* Open a new file dir/.<stem>.<16 random hex>.tmp with O_EXCL, mode 0600. */
-static kmdc_status
-open_temp(const char *dir, const char *stem, int *fd, char **tmppath,
-          kmdc_err *err)
-{
-    uint8_t rnd[8];
-    char hex[17], *mid = NULL, *name = NULL;
-    kmdc_status rc = KMDC_OK;
-    int tries;
-
-    *fd = -1;
-    *tmppath = NULL;
-    for (tries = 0; tries < 16; tries++) {
-        if ((rc = kmdc_random(rnd, sizeof(rnd), err)) != KMDC_OK)
-            goto out;
-        kmdc_hex_encode(hex, rnd, sizeof(rnd));
-        free(mid);
-        free(name);
-        name = NULL;
-        if ((mid = str3("/.", stem, ".")) == NULL ||
-            (name = malloc(strlen(dir) + strlen(mid) + 16 + 4 + 1)) == NULL) {
-            rc = oom(err);
-            goto out;
-        }
-        memcpy(name, dir, strlen(dir));
-        memcpy(name + strlen(dir), mid, strlen(mid));
-        memcpy(name + strlen(dir) + strlen(mid), hex, 16);
-        memcpy(name + strlen(dir) + strlen(mid) + 16, ".tmp", 5);
-        *fd = open(name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
-        if (*fd >= 0)
-            break;
-        if (errno != EEXIST) {
-            rc = sys_fail(err, "cannot create a temporary file in", dir);
-            goto out;
-        }
-    }
-    if (*fd < 0) {
-        rc = kmdc_err_set(err, KMDC_ERR_IO, "cannot find a free temporary name in %s", dir);
-        goto out;
-    }
-    /* umask-proof: the mode is exactly 0600 whatever the process umask. */
-    if (fchmod(*fd, 0600) != 0) {
-        rc = sys_fail(err, "cannot set mode 0600 on", name);
-        close(*fd);
-        *fd = -1;
-        unlink(name);
-        goto out;
-    }
-    *tmppath = name;
-    name = NULL;
-out:
-    free(mid);
-    free(name);
-    return rc;
-}
-
-/* Move tmp to path: rename (replace) or without replacing an existing file. */
-static kmdc_status
-move_into_place(const char *tmp, const char *path, int replace, kmdc_err *err)
-{
-    if (replace) {
-        if (rename(tmp, path) != 0)
-            return sys_fail(err, "cannot rename a temporary file onto", path);
-        return KMDC_OK;
-    }
-    if (renameat2(AT_FDCWD, tmp, AT_FDCWD, path, RENAME_NOREPLACE) == 0)
-        return KMDC_OK;
-    if (errno == EEXIST)
-        return kmdc_err_set(err, KMDC_ERR_IO, "%s already exists; refusing to overwrite it", path);
-    if (errno != EINVAL && errno != ENOSYS)
-        return sys_fail(err, "cannot move a temporary file to", path);
-    /* No RENAME_NOREPLACE here: link() refuses an existing name as well. */
-    if (link(tmp, path) != 0) {
-        if (errno == EEXIST)
-            return kmdc_err_set(err, KMDC_ERR_IO, "%s already exists; refusing to overwrite it", path);
-        return sys_fail(err, "cannot link a temporary file to", path);
-    }
-    if (unlink(tmp) != 0)
-        return sys_fail(err, "cannot remove temporary file", tmp);
-    return KMDC_OK;
+    return kmdc_path_split(path, dir, base, err);
 }
 
 /* ---- validation ------------------------------------------------------------- */
@@ -985,32 +858,15 @@ card_write(const kmdc_card *card, const char *path, const char *pass,
     }
     if ((rc = kmdc_card_serialize(card, pass, &img, &imglen, err)) != KMDC_OK)
         goto out;
-    if ((rc = open_temp(dir, base, &fd, &tmp, err)) != KMDC_OK)
+    if ((rc = kmdc_file_open_temp(dir, base, 0600, &fd, &tmp, err)) != KMDC_OK)
         goto out;
-    if ((rc = write_all(fd, img, imglen, tmp, err)) != KMDC_OK)
+    if ((rc = kmdc_write_all(fd, img, imglen, tmp, err)) != KMDC_OK)
         goto out;
-    if (fsync(fd) != 0) {
-        rc = sys_fail(err, "cannot fsync", tmp);
-        goto out;
-    }
-    if (close(fd) != 0) {
-        fd = -1;
-        rc = sys_fail(err, "cannot close", tmp);
-        goto out;
-    }
+    rc = kmdc_file_commit_temp(fd, tmp, path, replace ? 0 : KMDC_FILE_NOREPLACE, err);
     fd = -1;
-    if ((rc = move_into_place(tmp, path, replace, err)) != KMDC_OK)
-        goto out;
-    free(tmp);
     tmp = NULL;
-    rc = fsync_dir(dir, err);
 out:
-    if (fd >= 0)
-        close(fd);
-    if (tmp != NULL) {
-        unlink(tmp);
-        free(tmp);
-    }
+    kmdc_file_abort_temp(fd, tmp);
     free(dir);
     kmdc_freezero(img, imglen);
     return rc;
@@ -1487,7 +1343,7 @@ outbox_ensure(const char *card_path, const char *dir, kmdc_err *err)
         if (chmod(dir, 0700) != 0)
             return sys_fail(err, "cannot set mode 0700 on", dir);
         if ((rc = split_path(card_path, &parent, &base, err)) == KMDC_OK)
-            rc = fsync_dir(parent, err);
+            rc = kmdc_fsync_dir(parent, err);
         free(parent);
         return rc;
     }
@@ -1532,7 +1388,7 @@ kmdc_outbox_create(const char *card_path, uint64_t seq, int *fd, char **tmppath,
     kmdc_serial_format(hex, seq);
     if ((rc = outbox_dir(card_path, &dir, err)) == KMDC_OK &&
         (rc = outbox_ensure(card_path, dir, err)) == KMDC_OK)
-        rc = open_temp(dir, hex, fd, tmppath, err);
+        rc = kmdc_file_open_temp(dir, hex, 0600, fd, tmppath, err);
     free(dir);
     return rc;
 }
@@ -1542,36 +1398,21 @@ kmdc_outbox_commit(const char *card_path, uint64_t seq, int fd, char *tmppath,
                    kmdc_err *err)
 {
     char *dir = NULL, *final = NULL;
-    kmdc_status rc = KMDC_OK;
+    kmdc_status rc;
 
     if (tmppath == NULL || fd < 0) {
         rc = kmdc_err_set(err, KMDC_ERR_ARG, "outbox: missing argument");
         goto out;
     }
-    if (fsync(fd) != 0) {
-        rc = sys_fail(err, "cannot fsync", tmppath);
-        goto out;
-    }
-    if (close(fd) != 0) {
-        fd = -1;
-        rc = sys_fail(err, "cannot close", tmppath);
-        goto out;
-    }
-    fd = -1;
     if ((rc = outbox_dir(card_path, &dir, err)) != KMDC_OK ||
-        (rc = outbox_entry(dir, seq, &final, err)) != KMDC_OK ||
-        (rc = move_into_place(tmppath, final, 0, err)) != KMDC_OK)
+        (rc = outbox_entry(dir, seq, &final, err)) != KMDC_OK)
         goto out;
-    free(tmppath);
+    /* fsync, close, move without replacing <seq>.kmdc, fsync the outbox */
+    rc = kmdc_file_commit_temp(fd, tmppath, final, KMDC_FILE_NOREPLACE, err);
+    fd = -1;
     tmppath = NULL;
-    rc = fsync_dir(dir, err);
 out:
-    if (fd >= 0)
-        close(fd);
-    if (tmppath != NULL) {
-        unlink(tmppath);
-        free(tmppath);
-    }
+    kmdc_file_abort_temp(fd, tmppath);
     free(dir);
     free(final);
     return rc;
@@ -1580,12 +1421,7 @@ out:
 void
 kmdc_outbox_abort(int fd, char *tmppath)
 {
-    if (fd >= 0)
-        close(fd);
-    if (tmppath != NULL) {
-        unlink(tmppath);
-        free(tmppath);
-    }
+    kmdc_file_abort_temp(fd, tmppath);
 }
 
 /* 1 and *seq when name is exactly <16 lowercase hex>.kmdc */
@@ -1687,7 +1523,7 @@ kmdc_outbox_remove(const char *card_path, uint64_t seq, kmdc_err *err)
             rc = sys_fail(err, "cannot remove", path);
         goto out;
     }
-    rc = fsync_dir(dir, err);
+    rc = kmdc_fsync_dir(dir, err);
 out:
     free(dir);
     free(path);

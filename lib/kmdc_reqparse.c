@@ -5,18 +5,6 @@
 
 #include "kmdc_util.h"
 
-static int
-hexval(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 /* Decode one urlencoded value into out (cap bytes, NUL-terminated); 0 on a
  * broken escape, a NUL byte, or a value that does not fit. */
 static int
@@ -33,8 +21,8 @@ form_decode(const char *in, size_t len, char *out, size_t cap)
             int hi, lo;
             if (len - i < 3)
                 return 0;
-            hi = hexval(in[i + 1]);
-            lo = hexval(in[i + 2]);
+            hi = kmdc_hex_nibble_anycase(in[i + 1]);
+            lo = kmdc_hex_nibble_anycase(in[i + 2]);
             if (hi < 0 || lo < 0)
                 return 0;
             c = hi * 16 + lo;

@@ -97,14 +97,22 @@ kmdc_hex_encode(char *out, const uint8_t *in, size_t len)
     out[2 * len] = '\0';
 }
 
-static int
-hexval(char c)
+int
+kmdc_hex_nibble(char c)
 {
     if (c >= '0' && c <= '9')
         return c - '0';
     if (c >= 'a' && c <= 'f')
         return c - 'a' + 10;
     return -1;
+}
+
+int
+kmdc_hex_nibble_anycase(char c)
+{
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return kmdc_hex_nibble(c);
 }
 
 kmdc_status
@@ -117,7 +125,7 @@ kmdc_hex_decode(uint8_t *out, size_t outlen, const char *in, size_t inlen,
         return kmdc_err_set(err, KMDC_ERR_FORMAT,
                             "expected %zu hex digits, got %zu", 2 * outlen, inlen);
     for (i = 0; i < outlen; i++) {
-        int hi = hexval(in[2 * i]), lo = hexval(in[2 * i + 1]);
+        int hi = kmdc_hex_nibble(in[2 * i]), lo = kmdc_hex_nibble(in[2 * i + 1]);
         if (hi < 0 || lo < 0)
             return kmdc_err_set(err, KMDC_ERR_FORMAT,
                                 "not lowercase hex at position %zu", 2 * i);

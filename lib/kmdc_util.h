@@ -36,6 +36,14 @@ uint64_t kmdc_get_u64(const uint8_t *p);
 /* Lowercase hex of len bytes into out (2*len+1 bytes incl. NUL). */
 void kmdc_hex_encode(char *out, const uint8_t *in, size_t len);
 
+/* The value 0..15 of one lowercase hex digit, -1 for anything else (the
+ * protocol's hex: serials, keys, hashes). */
+int kmdc_hex_nibble(char c);
+
+/* The same, accepting A-F as well: for percent-escapes in urlencoded forms,
+ * where RFC 3986 allows either case.  -1 for a non-hex character. */
+int kmdc_hex_nibble_anycase(char c);
+
 /* Decode exactly 2*outlen lowercase hex digits from in (inlen must equal
  * 2*outlen).  Uppercase is rejected: the protocol's hex is lowercase. */
 kmdc_status kmdc_hex_decode(uint8_t *out, size_t outlen, const char *in,

@@ -1,6 +1,7 @@
 /* kmdc_wrap.c - wrapped values, master key files and access codes. */
 #include "kmdc_wrap.h"
 #include "kmdc_crypto.h"
+#include "kmdc_file.h"
 #include "kmdc_util.h"
 
 #include <errno.h>
@@ -223,11 +224,15 @@ kmdc_master_key_load(const char *path, uint8_t key[KMDC_MASTER_KEY_LEN],
                           "master key file %.120s is not a regular file", path);
         goto out;
     }
+    /* The module's wording since its first release (t/002_config.t). */
+    if ((st.st_mode & (S_IRGRP | S_IROTH)) != 0) {
+        rc = kmdc_err_set(err, KMDC_ERR_PERM,
+                          "%s is readable by group or others; chmod 600 %s", path, path);
+        goto out;
+    }
     if ((st.st_mode & 077) != 0) {
         rc = kmdc_err_set(err, KMDC_ERR_PERM,
-                          "master key file %.120s has mode %04o, group or others "
-                          "have access: run chmod 600 on it",
-                          path, (unsigned)(st.st_mode & 07777));
+                          "%s is accessible to group or others; chmod 600 %s", path, path);
         goto out;
     }
     if (st.st_size != 2 * KMDC_MASTER_KEY_LEN &&
@@ -276,37 +281,12 @@ out:
 static kmdc_status
 sync_parent(const char *path, kmdc_err *err)
 {
-    const char *slash = strrchr(path, '/');
-    char *dir = NULL;
-    size_t n;
-    kmdc_status rc = KMDC_OK;
-    int fd = -1;
+    kmdc_err e;
 
-    if (slash == NULL)
-        dir = strdup(".");
-    else {
-        n = slash == path ? 1 : (size_t)(slash - path);
-        if ((dir = malloc(n + 1)) != NULL) {
-            memcpy(dir, path, n);
-            dir[n] = '\0';
-        }
-    }
-    if (dir == NULL) {
-        rc = kmdc_err_set(err, KMDC_ERR_INTERNAL, "out of memory");
-        goto out;
-    }
-    if ((fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0 ||
-        (fsync(fd) != 0 && errno != EINVAL)) {
-        rc = kmdc_err_set(err, KMDC_ERR_IO,
-                          "master key file: syncing its directory: %s",
-                          strerror(errno));
-        goto out;
-    }
-out:
-    if (fd >= 0)
-        close(fd);
-    free(dir);
-    return rc;
+    kmdc_err_clear(&e);
+    if (kmdc_fsync_parent(path, &e) != KMDC_OK)
+        return kmdc_err_set(err, e.code, "master key file: syncing its directory: %s", e.msg);
+    return KMDC_OK;
 }
 
 kmdc_status

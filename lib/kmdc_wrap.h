@@ -88,7 +88,8 @@ kmdc_status kmdc_unwrap(uint8_t *out, size_t cap, size_t *outlen,
  * Load a master key file: exactly 64 lowercase hex digits, optionally
  * followed by one "\n".  The file is opened once and checked with fstat on
  * that descriptor: it must be a regular file with no permission bit for
- * group or others (KMDC_ERR_PERM, the message says to chmod 600 it).
+ * group or others (KMDC_ERR_PERM: "<path> is readable by group or others;
+ * chmod 600 <path>", or "is accessible to" for a write or execute bit).
  * KMDC_ERR_FORMAT when the content is wrong, KMDC_ERR_IO when it cannot be
  * opened or read.  Every buffer holding key material is wiped; key is only
  * written on success.
