@@ -18,7 +18,6 @@
  */
 #include <stddef.h> /* before APR: APR_OFFSETOF then uses offsetof */
 #include <string.h>
-#include <sys/stat.h>
 
 #include "apr_hash.h"
 #include "apr_strings.h"
@@ -27,6 +26,7 @@
 #include "http_log.h"
 
 #include "kmdc_intake.h"
+#include "kmdc_units.h"
 #include "kmdc_util.h"
 #include "kmdc_wrap.h"
 
@@ -37,102 +37,51 @@
 /* ------------------------------------------------------------------------ */
 /* value parsers                                                             */
 
-/* Parse the leading decimal digits of arg into *v (no sign, no spaces),
- * leaving *end at the first non-digit.  NULL on success. */
-static const char *parse_digits(apr_pool_t *p, const char *directive,
-                                const char *arg, apr_int64_t *v,
-                                const char **end)
-{
-    const char *c = arg;
-    apr_int64_t n = 0;
+/* What an argument of a directive is (the KIND column of the table). */
+typedef enum {
+    KMDC_K_NONE = 0,          /* no field (KMDC_NOF) */
+    KMDC_K_STR,               /* const char *, set by a setter of its own */
+    KMDC_K_LIST,              /* apr_array_header_t *, likewise */
+    KMDC_K_INT,               /* a decimal number in min..max */
+    KMDC_K_DURATION,          /* seconds in min..max */
+    KMDC_K_SIZE,              /* bytes in min..max */
+    KMDC_K_POOLING            /* session or transaction: KMDC_POOLING_* */
+} kmdc_dir_kind;
 
-    if (*c < '0' || *c > '9') {
-        return apr_psprintf(p, "%s: '%s' is not a number", directive, arg);
-    }
-    for (; *c >= '0' && *c <= '9'; c++) {
-        if (n > (APR_INT64_MAX - (*c - '0')) / 10) {
-            return apr_psprintf(p, "%s: '%s' is too large", directive, arg);
-        }
-        n = n * 10 + (*c - '0');
-    }
-    *v = n;
-    *end = c;
-    return NULL;
-}
-
-/* Multiply v by m, refusing overflow. */
-static const char *scale(apr_pool_t *p, const char *directive, const char *arg,
-                         apr_int64_t *v, apr_int64_t m)
+/* One argument by lib's parser (kmdc_units.h: KMDC_K_DURATION a duration,
+ * KMDC_K_SIZE a size, else a plain decimal number), worded by directive. */
+static const char *parse_number(apr_pool_t *p, const char *directive,
+                                const char *arg, kmdc_dir_kind kind,
+                                apr_int64_t *out)
 {
-    if (*v > APR_INT64_MAX / m) {
+    int64_t v = 0;
+    kmdc_units_rc rc;
+
+    rc = kind == KMDC_K_DURATION ? kmdc_parse_duration(arg, INT64_MAX, &v)
+       : kind == KMDC_K_SIZE ? kmdc_parse_size(arg, INT64_MAX, &v)
+       : kmdc_parse_decimal(arg, INT64_MAX, &v);
+    switch (rc) {
+    case KMDC_UNITS_OK:
+        *out = v;
+        return NULL;
+    case KMDC_UNITS_TOO_LARGE:
         return apr_psprintf(p, "%s: '%s' is too large", directive, arg);
+    case KMDC_UNITS_BAD_UNIT:
+        if (kind == KMDC_K_DURATION) {
+            return apr_psprintf(p, "%s: '%s' is not a duration; use seconds, or a "
+                                "number with one suffix s, m, h or d (e.g. 24h)",
+                                directive, arg);
+        }
+        if (kind == KMDC_K_SIZE) {
+            return apr_psprintf(p, "%s: '%s' is not a size; use bytes, or a number "
+                                "with one suffix K, M or G (powers of 1024, e.g. 1G)",
+                                directive, arg);
+        }
+        break;
+    case KMDC_UNITS_NOT_NUMBER:
+        break;
     }
-    *v *= m;
-    return NULL;
-}
-
-/* A duration: decimal seconds, or with one suffix s, m, h or d. */
-static const char *parse_duration(apr_pool_t *p, const char *directive,
-                                  const char *arg, apr_int64_t *out)
-{
-    apr_int64_t v = 0;
-    const char *end = NULL;
-    const char *err = parse_digits(p, directive, arg, &v, &end);
-    apr_int64_t mult = 1;
-
-    if (err != NULL) {
-        return err;
-    }
-    switch (*end) {
-    case '\0': mult = 1; break;
-    case 's': mult = 1; end++; break;
-    case 'm': mult = 60; end++; break;
-    case 'h': mult = 3600; end++; break;
-    case 'd': mult = 86400; end++; break;
-    default: end = NULL; break;
-    }
-    if (end == NULL || *end != '\0') {
-        return apr_psprintf(p, "%s: '%s' is not a duration; use seconds, or a "
-                            "number with one suffix s, m, h or d (e.g. 24h)",
-                            directive, arg);
-    }
-    if ((err = scale(p, directive, arg, &v, mult)) != NULL) {
-        return err;
-    }
-    *out = v;
-    return NULL;
-}
-
-/* A size: decimal bytes, or with one suffix K, M or G (powers of 1024,
- * either case). */
-static const char *parse_size(apr_pool_t *p, const char *directive,
-                              const char *arg, apr_int64_t *out)
-{
-    apr_int64_t v = 0;
-    const char *end = NULL;
-    const char *err = parse_digits(p, directive, arg, &v, &end);
-    apr_int64_t mult = 1;
-
-    if (err != NULL) {
-        return err;
-    }
-    switch (*end) {
-    case '\0': mult = 1; break;
-    case 'k': case 'K': mult = APR_INT64_C(1) << 10; end++; break;
-    case 'm': case 'M': mult = APR_INT64_C(1) << 20; end++; break;
-    case 'g': case 'G': mult = APR_INT64_C(1) << 30; end++; break;
-    default: end = NULL; break;
-    }
-    if (end == NULL || *end != '\0') {
-        return apr_psprintf(p, "%s: '%s' is not a size; use bytes, or a number "
-                            "with one suffix K, M or G (powers of 1024, e.g. 1G)",
-                            directive, arg);
-    }
-    if ((err = scale(p, directive, arg, &v, mult)) != NULL) {
-        return err;
-    }
-    *out = v;
-    return NULL;
+    return apr_psprintf(p, "%s: '%s' is not a number", directive, arg);
 }
 
 /* A plain decimal integer in lo..hi. */
@@ -141,14 +90,10 @@ static const char *parse_int(apr_pool_t *p, const char *directive,
                              apr_int64_t *out)
 {
     apr_int64_t v = 0;
-    const char *end = NULL;
-    const char *err = parse_digits(p, directive, arg, &v, &end);
+    const char *err = parse_number(p, directive, arg, KMDC_K_INT, &v);
 
     if (err != NULL) {
         return err;
-    }
-    if (*end != '\0') {
-        return apr_psprintf(p, "%s: '%s' is not a number", directive, arg);
     }
     if (v < lo || v > hi) {
         return apr_psprintf(p, "%s: %s is out of range; use a number from %"
@@ -174,15 +119,6 @@ static const char *check_range(apr_pool_t *p, const char *directive,
 /* ------------------------------------------------------------------------ */
 /* the directive table (mod_kmdc_directives.h)                               */
 
-typedef enum {
-    KMDC_K_NONE = 0,          /* no field (KMDC_NOF) */
-    KMDC_K_STR,               /* const char *, set by a setter of its own */
-    KMDC_K_LIST,              /* apr_array_header_t *, likewise */
-    KMDC_K_INT,               /* a decimal number in min..max */
-    KMDC_K_DURATION,          /* seconds in min..max */
-    KMDC_K_SIZE,              /* bytes in min..max */
-    KMDC_K_POOLING            /* session or transaction: KMDC_POOLING_* */
-} kmdc_dir_kind;
 
 /* One argument of a directive and the field of kmdc_srv_conf it sets. */
 typedef struct kmdc_dir_field {
@@ -298,8 +234,7 @@ static const char *parse_field(apr_pool_t *p, const char *name,
         return parse_int(p, name, arg, f->min, f->max, v);
     case KMDC_K_DURATION:
     case KMDC_K_SIZE:
-        err = f->kind == KMDC_K_DURATION ? parse_duration(p, name, arg, v)
-                                         : parse_size(p, name, arg, v);
+        err = parse_number(p, name, arg, f->kind, v);
         if (err == NULL) {
             err = check_range(p, name, arg, *v, f->min, f->max,
                               apr_psprintf(p, "%s (%s)", f->kind == KMDC_K_DURATION
@@ -466,7 +401,7 @@ static const char *set_master_key(cmd_parms *cmd, void *dc, const char *id_arg,
                                   const char *file_arg)
 {
     kmdc_srv_conf *sc = cmd_conf(cmd);
-    kmdc_master_key_conf *mk = NULL;
+    kmdc_master_key_file *mk = NULL;
     apr_int64_t id = 0;
     const char *path = NULL;
     const char *err = NULL;
@@ -474,7 +409,7 @@ static const char *set_master_key(cmd_parms *cmd, void *dc, const char *id_arg,
 
     (void)dc;
     err = parse_int(cmd->pool, KMDC_DIR_MASTER_KEY, id_arg, 1,
-                    KMDC_MASTER_KEY_ID_MAX, &id);
+                    KMDC_KEYRING_ID_MAX, &id);
     if (err != NULL) {
         return apr_pstrcat(cmd->pool, err, " (the key id comes first: ",
                            KMDC_DIR_MASTER_KEY, " ID FILE)", NULL);
@@ -488,8 +423,8 @@ static const char *set_master_key(cmd_parms *cmd, void *dc, const char *id_arg,
         sc->master_key_files = apr_array_make(cmd->pool, 2, sizeof(*mk));
     }
     for (i = 0; i < sc->master_key_files->nelts; i++) {
-        const kmdc_master_key_conf *o =
-            &APR_ARRAY_IDX(sc->master_key_files, i, kmdc_master_key_conf);
+        const kmdc_master_key_file *o =
+            &APR_ARRAY_IDX(sc->master_key_files, i, kmdc_master_key_file);
         if (o->id == (uint32_t)id) {
             return apr_psprintf(cmd->pool, "%s: key id %s is given twice; each "
                                 "master key needs its own id", KMDC_DIR_MASTER_KEY,
@@ -542,78 +477,39 @@ const command_rec kmdc_cmds[] = {
 /* ------------------------------------------------------------------------ */
 /* start-up: master key files                                                */
 
-/* Read a master key file with kmdc_master_key_load (lib/kmdc_wrap.h: a
- * regular file without any permission bit for group or others, holding 64
- * lowercase hex digits and an optional newline).  The permissions are looked
- * at first only to give the administrator the exact fix.  Returns NULL and
- * fills key, or an error message from p. */
-static const char *read_key_file(apr_pool_t *p, const char *path,
-                                 unsigned char key[KMDC_MASTER_KEY_LEN])
+static apr_status_t free_keys(void *data)
 {
-    struct stat st;
-    kmdc_err err;
-
-    kmdc_err_clear(&err);
-    if (stat(path, &st) == 0 && S_ISREG(st.st_mode)) {
-        if ((st.st_mode & (S_IRGRP | S_IROTH)) != 0) {
-            return apr_psprintf(p, "%s: %s is readable by group or others; "
-                                "chmod 600 %s", KMDC_DIR_MASTER_KEY, path, path);
-        }
-        if ((st.st_mode & (S_IWGRP | S_IWOTH | S_IXGRP | S_IXOTH)) != 0) {
-            return apr_psprintf(p, "%s: %s is accessible to group or others; "
-                                "chmod 600 %s", KMDC_DIR_MASTER_KEY, path, path);
-        }
-    }
-    if (kmdc_master_key_load(path, key, &err) != KMDC_OK) {
-        kmdc_wipe(key, KMDC_MASTER_KEY_LEN);
-        return apr_psprintf(p, "%s: %s", KMDC_DIR_MASTER_KEY, err.msg);
-    }
-    return NULL;
-}
-
-static apr_status_t wipe_keys(void *data)
-{
-    kmdc_keyring_wipe(data);
+    kmdc_keyring_free(data);
     return APR_SUCCESS;
 }
 
-/* Load every key of files; with keep 0 only check them (wiped at once). */
+/* Load every key of files (kmdc_master_key_file) with lib's keyring loader
+ * (kmdc_keyring.h: each a regular file without any permission bit for group
+ * or others, holding 64 lowercase hex digits and an optional newline).  With
+ * keep 1 the ring lives until pconf goes (its keys wiped then); with keep 0
+ * the files are only checked and the keys wiped at once. */
 static const char *load_keys(apr_pool_t *pconf, const apr_array_header_t *files,
                              int keep, const kmdc_master_keys **out)
 {
-    kmdc_master_keys *mk = NULL;
-    unsigned char tmp[KMDC_MASTER_KEY_LEN];
+    kmdc_keyring *ring = apr_pcalloc(pconf, sizeof(*ring));
     const char *msg = NULL;
-    int i;
+    kmdc_err err;
 
     *out = NULL;
-    if (keep) {
-        mk = apr_pcalloc(pconf, sizeof(*mk));
-        mk->keys = apr_pcalloc(pconf, (apr_size_t)files->nelts * sizeof(*mk->keys));
-        apr_pool_cleanup_register(pconf, mk, wipe_keys, apr_pool_cleanup_null);
+    kmdc_err_clear(&err);
+    if (kmdc_keyring_load(ring, (const kmdc_master_key_file *)(void *)files->elts,
+                          (size_t)files->nelts, NULL, &err) != KMDC_OK) {
+        msg = apr_psprintf(pconf, "%s: %s", KMDC_DIR_MASTER_KEY, err.msg);
+        goto out;
     }
-    for (i = 0; i < files->nelts; i++) {
-        const kmdc_master_key_conf *f =
-            &APR_ARRAY_IDX(files, i, kmdc_master_key_conf);
-
-        msg = read_key_file(pconf, f->path, tmp);
-        if (msg != NULL) {
-            goto out;
-        }
-        if (mk != NULL) {
-            mk->keys[mk->n].id = f->id;
-            memcpy(mk->keys[mk->n].key, tmp, sizeof(tmp));
-            if (f->id > mk->newest) {
-                mk->newest = f->id;
-            }
-            mk->n++;
-        }
-        kmdc_wipe(tmp, sizeof(tmp));
+    if (!keep) {
+        kmdc_keyring_free(ring);
+        goto out;
     }
-    *out = mk;
+    apr_pool_cleanup_register(pconf, ring, free_keys, apr_pool_cleanup_null);
+    *out = ring;
 
 out:
-    kmdc_wipe(tmp, sizeof(tmp));
     return msg;
 }
 

@@ -30,14 +30,9 @@
 #define KMDC_POOLING_SESSION        0   /* PostgreSQL itself, or a session pooler */
 #define KMDC_POOLING_TRANSACTION    1   /* a transaction pooler (pgbouncer) */
 
-/* One KmdcMasterKey directive. */
-typedef struct kmdc_master_key_conf {
-    uint32_t id;              /* 1 .. 2^31-1, unique within the server */
-    const char *path;         /* absolute (ServerRoot-relative resolved) */
-} kmdc_master_key_conf;
-
 /* The master keys of a server, loaded at post_config by the root parent
- * (kmdc_keyring.h; the key bytes live in pconf memory, wiped by a cleanup). */
+ * with kmdc_keyring_load (kmdc_keyring.h); a pconf cleanup wipes and frees
+ * them. */
 typedef kmdc_keyring kmdc_master_keys;
 
 /* A URL prefix served by `SetHandler kmdc` (found at start-up). */
@@ -55,7 +50,8 @@ typedef struct kmdc_srv_conf {
     const char *listen_conninfo;      /* KmdcListenDatabase: the LISTEN connection's;
                                        * NULL: KmdcDatabase */
     int db_pooling;                   /* KmdcDatabasePooling: KMDC_POOLING_* */
-    apr_array_header_t *master_key_files; /* KmdcMasterKey entries; NULL unset */
+    apr_array_header_t *master_key_files; /* KmdcMasterKey entries
+                                       * (kmdc_master_key_file); NULL unset */
     int seq_window;                   /* KmdcSequenceWindow: accepted seq ahead of up_next */
     apr_int64_t envelope_max_age;     /* KmdcEnvelopeMaxAge: seconds SENT may differ from now */
     apr_int64_t max_document_size;    /* KmdcMaxDocumentSize: bytes of one document */

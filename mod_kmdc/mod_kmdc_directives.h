@@ -59,9 +59,6 @@
 /* Bounds that other files read (the pool's maintenance timer). */
 #define KMDC_MAX_DB_POOL_IDLE       86400           /* 1 d */
 
-/* Master key ids are 1 .. 2^31-1 (KmdcMasterKey ID FILE). */
-#define KMDC_MASTER_KEY_ID_MAX      INT64_C(2147483647)
-
 /* Bounds from docs/PROTOCOL.md sections 3.3, 4 and 5. */
 #define KMDC_DIRECTIVES(X) \
     X(DATABASE, TAKE1, set_conninfo, KMDC_NODEF, \
