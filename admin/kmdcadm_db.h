@@ -17,7 +17,7 @@
 #include "kmdc_err.h"
 
 /* The schema version this kmdcadm's queries are written for. */
-#include "kmdc_store.h"
+#include "kmdc_pq.h"
 #define KMDCADM_SCHEMA_VERSION KMDC_SCHEMA_VERSION
 
 /* Length of a wrapped value (docs/PROTOCOL.md section 8) and of an access-code MAC. */

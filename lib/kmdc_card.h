@@ -32,6 +32,10 @@
  * acknowledge.  (kmdc_card_down_done records and forgets in one call.)
  *
  * Every secret is wiped on free and on every error path.
+ *
+ * The implementation is split by concern (kmdc_card.c, kmdc_card_format.c,
+ * kmdc_card_chain.c, kmdc_card_lock.c, kmdc_card_outbox.c; kmdc_card_int.h
+ * holds what they share); this header is the whole public interface.
  */
 #ifndef KMDC_CARD_H
 #define KMDC_CARD_H

@@ -1,8 +1,10 @@
 /* kmdc_err.c - status codes and error messages. */
 #include "kmdc_err.h"
 
+#include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <string.h>
 
 kmdc_status
 kmdc_err_set(kmdc_err *err, kmdc_status code, const char *fmt, ...)
@@ -16,6 +18,14 @@ kmdc_err_set(kmdc_err *err, kmdc_status code, const char *fmt, ...)
     vsnprintf(err->msg, sizeof(err->msg), fmt, ap);
     va_end(ap);
     return code;
+}
+
+kmdc_status
+kmdc_err_sys(kmdc_err *err, const char *what, const char *path)
+{
+    int e = errno;
+
+    return kmdc_err_set(err, KMDC_ERR_IO, "%s %s: %s", what, path, strerror(e));
 }
 
 void

@@ -40,6 +40,10 @@ typedef struct kmdc_err {
 kmdc_status kmdc_err_set(kmdc_err *err, kmdc_status code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
+/* A failed system call: KMDC_ERR_IO, "<what> <path>: <strerror(errno)>".
+ * Reads errno first, so call it right after the failing call. */
+kmdc_status kmdc_err_sys(kmdc_err *err, const char *what, const char *path);
+
 /* Clear err to KMDC_OK with an empty message. */
 void kmdc_err_clear(kmdc_err *err);
 

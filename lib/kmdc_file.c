@@ -21,14 +21,6 @@ struct kmdc_atomic {
 };
 
 static kmdc_status
-sys_fail(kmdc_err *err, const char *what, const char *path)
-{
-    int e = errno;
-
-    return kmdc_err_set(err, KMDC_ERR_IO, "%s %s: %s", what, path, strerror(e));
-}
-
-static kmdc_status
 oom(kmdc_err *err)
 {
     return kmdc_err_set(err, KMDC_ERR_INTERNAL, "out of memory");
@@ -43,10 +35,10 @@ kmdc_fsync_dir(const char *dir, kmdc_err *err)
     if (dir == NULL)
         return kmdc_err_set(err, KMDC_ERR_ARG, "fsync: no folder");
     if ((fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0)
-        return sys_fail(err, "cannot open folder", dir);
+        return kmdc_err_sys(err, "cannot open folder", dir);
     /* Some file systems cannot fsync a folder (EINVAL): nothing more to do. */
     if (fsync(fd) != 0 && errno != EINVAL && errno != EROFS)
-        rc = sys_fail(err, "cannot fsync folder", dir);
+        rc = kmdc_err_sys(err, "cannot fsync folder", dir);
     close(fd);
     return rc;
 }
@@ -103,11 +95,11 @@ kmdc_write_all(int fd, const void *buf, size_t len, const char *name, kmdc_err *
         if (w < 0) {
             if (errno == EINTR)
                 continue;
-            return sys_fail(err, "cannot write", name);
+            return kmdc_err_sys(err, "cannot write", name);
         }
         if (w == 0) {
             errno = EIO;
-            return sys_fail(err, "cannot write", name);
+            return kmdc_err_sys(err, "cannot write", name);
         }
         p += w;
         len -= (size_t)w;
@@ -149,7 +141,7 @@ kmdc_file_open_temp(const char *dir, const char *stem, mode_t mode, int *fd,
         if (*fd >= 0)
             break;
         if (errno != EEXIST) {
-            rc = sys_fail(err, "cannot create a temporary file in", dir);
+            rc = kmdc_err_sys(err, "cannot create a temporary file in", dir);
             goto out;
         }
     }
@@ -181,7 +173,7 @@ kmdc_file_move(const char *tmp, const char *path, unsigned flags, kmdc_err *err)
         return kmdc_err_set(err, KMDC_ERR_ARG, "move: missing argument");
     if (!(flags & KMDC_FILE_NOREPLACE)) {
         if (rename(tmp, path) != 0)
-            return sys_fail(err, "cannot rename a temporary file onto", path);
+            return kmdc_err_sys(err, "cannot rename a temporary file onto", path);
         return KMDC_OK;
     }
     if (renameat2(AT_FDCWD, tmp, AT_FDCWD, path, RENAME_NOREPLACE) == 0)
@@ -189,16 +181,16 @@ kmdc_file_move(const char *tmp, const char *path, unsigned flags, kmdc_err *err)
     if (errno == EEXIST)
         return kmdc_err_set(err, KMDC_ERR_IO, "%s already exists; refusing to overwrite it", path);
     if (errno != EINVAL && errno != ENOSYS && errno != ENOTSUP)
-        return sys_fail(err, "cannot move a temporary file to", path);
+        return kmdc_err_sys(err, "cannot move a temporary file to", path);
     /* No RENAME_NOREPLACE here: link() refuses an existing name as well. */
     if (link(tmp, path) != 0) {
         if (errno == EEXIST)
             return kmdc_err_set(err, KMDC_ERR_IO, "%s already exists; refusing to overwrite it",
                                 path);
-        return sys_fail(err, "cannot link a temporary file to", path);
+        return kmdc_err_sys(err, "cannot link a temporary file to", path);
     }
     if (unlink(tmp) != 0)
-        return sys_fail(err, "cannot remove temporary file", tmp);
+        return kmdc_err_sys(err, "cannot remove temporary file", tmp);
     return KMDC_OK;
 }
 
@@ -224,12 +216,12 @@ kmdc_file_commit_temp(int fd, char *tmppath, const char *path, unsigned flags,
         goto out;
     }
     if (fsync(fd) != 0) {
-        rc = sys_fail(err, "cannot fsync", tmppath);
+        rc = kmdc_err_sys(err, "cannot fsync", tmppath);
         goto out;
     }
     if (close(fd) != 0) {
         fd = -1;
-        rc = sys_fail(err, "cannot close", tmppath);
+        rc = kmdc_err_sys(err, "cannot close", tmppath);
         goto out;
     }
     fd = -1;

@@ -34,10 +34,6 @@
 #include "kmdc_tlv.h"
 #include "kmdc_wrap.h"
 
-/* The schema version (max(version) of schema_migrations) that this build of
- * the store, the module and kmdcadm needs: sql/NNN_*.sql up to it. */
-#define KMDC_SCHEMA_VERSION 2
-
 /* A receipt's stored answer (a JSON text) is at most this long. */
 #define KMDC_RECEIPT_ANSWER_MAX 1024
 

@@ -277,29 +277,25 @@ out:
     return rc;
 }
 
-/* fsync the directory holding path. */
-static kmdc_status
-sync_parent(const char *path, kmdc_err *err)
-{
-    kmdc_err e;
-
-    kmdc_err_clear(&e);
-    if (kmdc_fsync_parent(path, &e) != KMDC_OK)
-        return kmdc_err_set(err, e.code, "master key file: syncing its directory: %s", e.msg);
-    return KMDC_OK;
-}
-
 kmdc_status
 kmdc_master_key_generate(const char *path, kmdc_err *err)
 {
     uint8_t key[KMDC_MASTER_KEY_LEN];
     char hex[2 * KMDC_MASTER_KEY_LEN + 2];
-    size_t done = 0, want = 2 * KMDC_MASTER_KEY_LEN + 1;
+    struct stat st;
+    kmdc_err e;
     kmdc_status rc;
-    int fd = -1, created = 0;
 
+    kmdc_err_clear(&e);
     if (path == NULL || path[0] == '\0') {
         rc = kmdc_err_set(err, KMDC_ERR_ARG, "master key: no path");
+        goto out;
+    }
+    /* The same words as an O_EXCL refusal; the move at the end refuses a
+     * name that appears meanwhile as well. */
+    if (lstat(path, &st) == 0) {
+        rc = kmdc_err_set(err, KMDC_ERR_IO, "master key file %.120s: %s (an existing key "
+                          "is never overwritten)", path, strerror(EEXIST));
         goto out;
     }
     if ((rc = kmdc_random(key, sizeof(key), err)) != KMDC_OK)
@@ -307,50 +303,13 @@ kmdc_master_key_generate(const char *path, kmdc_err *err)
     kmdc_hex_encode(hex, key, sizeof(key));
     hex[2 * KMDC_MASTER_KEY_LEN] = '\n';
     hex[2 * KMDC_MASTER_KEY_LEN + 1] = '\0';
-    fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC | O_NOCTTY,
-              0600);
-    if (fd < 0) {
-        rc = kmdc_err_set(err, KMDC_ERR_IO, "master key file %.120s: %s%s", path,
-                          strerror(errno),
-                          errno == EEXIST ? " (an existing key is never "
-                                            "overwritten)" : "");
-        goto out;
-    }
-    created = 1;
-    if (fchmod(fd, 0600) != 0) {
-        rc = kmdc_err_set(err, KMDC_ERR_IO, "master key file %.120s: chmod: %s",
-                          path, strerror(errno));
-        goto out;
-    }
-    while (done < want) {
-        ssize_t n = write(fd, hex + done, want - done);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0) {
-            rc = kmdc_err_set(err, KMDC_ERR_IO, "master key file %.120s: write: %s",
-                              path, n < 0 ? strerror(errno) : "no progress");
-            goto out;
-        }
-        done += (size_t)n;
-    }
-    if (fsync(fd) != 0) {
-        rc = kmdc_err_set(err, KMDC_ERR_IO, "master key file %.120s: fsync: %s",
-                          path, strerror(errno));
-        goto out;
-    }
-    if (close(fd) != 0) {
-        fd = -1;
-        rc = kmdc_err_set(err, KMDC_ERR_IO, "master key file %.120s: close: %s",
-                          path, strerror(errno));
-        goto out;
-    }
-    fd = -1;
-    rc = sync_parent(path, err);
+    rc = kmdc_file_write_atomic(path, hex, 2 * KMDC_MASTER_KEY_LEN + 1, 0600,
+                                KMDC_FILE_NOREPLACE, &e);
+    if (rc != KMDC_OK)
+        kmdc_err_set(err, rc, "master key file %.120s: %s%s", path, e.msg,
+                     strstr(e.msg, "already exists") != NULL
+                         ? " (an existing key is never overwritten)" : "");
 out:
-    if (fd >= 0)
-        close(fd);
-    if (rc != KMDC_OK && created)
-        unlink(path);
     kmdc_wipe(key, sizeof(key));
     kmdc_wipe(hex, sizeof(hex));
     return rc;

@@ -99,10 +99,11 @@ kmdc_status kmdc_master_key_load(const char *path,
 
 /*
  * Create a new master key file at path: 32 random bytes written as 64
- * lowercase hex digits and "\n", created with O_CREAT|O_EXCL|O_NOFOLLOW and
- * mode 0600, fsynced together with its directory.  An existing path is never
- * overwritten (KMDC_ERR_IO, "exists"); on a write failure the new file is
- * removed.
+ * lowercase hex digits and "\n", mode 0600, with kmdc_file_write_atomic
+ * (a temporary file beside it, fsynced, moved into place without replacing,
+ * the folder fsynced), so the file appears whole or not at all.  An existing
+ * path (a symbolic link included) is never overwritten (KMDC_ERR_IO, "...
+ * never overwritten"); on a failure nothing is left behind.
  */
 kmdc_status kmdc_master_key_generate(const char *path, kmdc_err *err);
 

@@ -29,6 +29,7 @@
 #include "mod_kmdc_metrics.h"
 #include "mod_kmdc_notify.h"
 #include "mod_kmdc_store.h"
+#include "kmdc_pq.h"         /* KMDC_SCHEMA_VERSION */
 
 /* ------------------------------------------------------------------------ */
 /* GET /health                                                               */

@@ -1,6 +1,8 @@
 /*
  * mod_kmdc_db.c - per-child pools of libpq connections (apr_reslist), the
- * schema check, and the parameterised-query helpers.
+ * schema check, and running one parameterised statement (kmdc_db_exec).
+ * The parameter lists, SQLSTATE helpers and column readers are lib/kmdc_pq.c;
+ * here only their APR-pool array wrappers.
  */
 #include <stddef.h> /* before APR: APR_OFFSETOF then uses offsetof */
 #include <errno.h>
@@ -26,11 +28,6 @@
 #include "mod_kmdc_db.h"
 #include "mod_kmdc_http.h"
 #include "mod_kmdc_metrics.h"
-
-/* PostgreSQL type oids used when reading binary results (pg_type.h). */
-#define KMDC_INT8OID 20
-#define KMDC_INT2OID 21
-#define KMDC_INT4OID 23
 
 /* The state last logged for a pool, so an outage is logged once per change. */
 #define KMDC_STATE_UNKNOWN 0u
@@ -135,45 +132,19 @@ static void note_schema(kmdc_db_pool *pool, int version)
 /* ------------------------------------------------------------------------ */
 /* schema                                                                    */
 
-kmdc_db_rc kmdc_db_schema_version(PGconn *pg, int *version)
+/* The schema version of pg (kmdc_db_schema_version of kmdc_pq.c):
+ * KMDC_DB_OK (version set), KMDC_DB_ERROR (the statement failed) or
+ * KMDC_DB_UNAVAILABLE (the connection is broken).  Does not log. */
+static kmdc_db_rc schema_version(PGconn *pg, int *version)
 {
-    static const char sql[] = "SELECT max(version) FROM schema_migrations";
-    PGresult *res = NULL;
-    kmdc_db_rc rc = KMDC_DB_ERROR;
-    const char *state = NULL;
-
-    *version = 0;
-    res = PQexecParams(pg, sql, 0, NULL, NULL, NULL, NULL, 0);
-    if (res == NULL) {
-        rc = KMDC_DB_UNAVAILABLE;
-        goto out;
+    switch (kmdc_db_schema_version(pg, version, NULL)) {
+    case KMDC_PQ_OK:
+        return KMDC_DB_OK;
+    case KMDC_PQ_BROKEN:
+        return KMDC_DB_UNAVAILABLE;
+    default:
+        return KMDC_DB_ERROR;
     }
-    if (PQresultStatus(res) == PGRES_TUPLES_OK) {
-        if (PQntuples(res) == 1 && PQnfields(res) == 1 && !PQgetisnull(res, 0, 0)) {
-            char *end = NULL;
-            long v = strtol(PQgetvalue(res, 0, 0), &end, 10);
-
-            if (end == NULL || *end != '\0' || v < 0 || v > 1000000) {
-                goto out;
-            }
-            *version = (int)v;
-        }
-        rc = KMDC_DB_OK;
-        goto out;
-    }
-    if (PQstatus(pg) != CONNECTION_OK) {
-        rc = KMDC_DB_UNAVAILABLE;
-        goto out;
-    }
-    state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
-    if (state != NULL && strcmp(state, "42P01") == 0) {
-        rc = KMDC_DB_OK;       /* undefined_table: no migration applied yet */
-        goto out;
-    }
-
-out:
-    PQclear(res);
-    return rc;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -236,7 +207,7 @@ static apr_status_t db_construct(void **resource, void *params, apr_pool_t *p)
         note_down(pool, PQerrorMessage(pg));
         goto out;
     }
-    rc = kmdc_db_schema_version(pg, &version);
+    rc = schema_version(pg, &version);
     if (rc != KMDC_DB_OK) {
         note_down(pool, rc == KMDC_DB_UNAVAILABLE
                   ? PQerrorMessage(pg)
@@ -565,7 +536,7 @@ kmdc_db_rc kmdc_db_acquire(request_rec *r, kmdc_db **out)
         /* broken while idle: try to reconnect it in place, check it again */
         PQreset(pg);
         if (PQstatus(pg) == CONNECTION_OK
-            && kmdc_db_schema_version(pg, &version) == KMDC_DB_OK) {
+            && schema_version(pg, &version) == KMDC_DB_OK) {
             if (version == KMDC_SCHEMA_VERSION) {
                 break;
             }
@@ -617,7 +588,7 @@ kmdc_db_rc kmdc_db_check_schema(kmdc_db *db)
     if (db->pg == NULL) {
         return KMDC_DB_UNAVAILABLE;
     }
-    rc = kmdc_db_schema_version(db->pg, &version);
+    rc = schema_version(db->pg, &version);
     if (rc == KMDC_DB_UNAVAILABLE || PQstatus(db->pg) != CONNECTION_OK) {
         db->broken = 1;
         note_down(db->pool, PQerrorMessage(db->pg));
@@ -649,135 +620,28 @@ int kmdc_db_answer_unavailable(request_rec *r, kmdc_db_rc rc)
 /* ------------------------------------------------------------------------ */
 /* statements                                                                */
 
-void kmdc_db_params_init(kmdc_db_params *pp)
+/* kmdc_db_alloc_fn over an APR pool. */
+static void *pool_alloc(void *ctx, size_t size)
 {
-    memset(pp, 0, sizeof(*pp));
-}
-
-static int param_slot(kmdc_db_params *pp)
-{
-    if (pp->n >= KMDC_DB_MAX_PARAMS) {
-        pp->overflow = 1;
-        return -1;
-    }
-    return pp->n++;
-}
-
-void kmdc_db_param_text(kmdc_db_params *pp, const char *s)
-{
-    int i = param_slot(pp);
-
-    if (i >= 0) {
-        pp->values[i] = s;
-        pp->lengths[i] = 0;
-        pp->formats[i] = 0;
-    }
-}
-
-void kmdc_db_param_int8(kmdc_db_params *pp, int64_t v)
-{
-    int i = param_slot(pp);
-
-    if (i >= 0) {
-        kmdc_put_u64(pp->ints[i], (uint64_t)v);
-        pp->values[i] = (const char *)pp->ints[i];
-        pp->lengths[i] = 8;
-        pp->formats[i] = 1;
-    }
-}
-
-void kmdc_db_param_int4(kmdc_db_params *pp, int32_t v)
-{
-    int i = param_slot(pp);
-
-    if (i >= 0) {
-        kmdc_put_u32(pp->ints[i], (uint32_t)v);
-        pp->values[i] = (const char *)pp->ints[i];
-        pp->lengths[i] = 4;
-        pp->formats[i] = 1;
-    }
-}
-
-void kmdc_db_param_bytea(kmdc_db_params *pp, const void *b, size_t len)
-{
-    int i = param_slot(pp);
-
-    if (i >= 0) {
-        if (len > (size_t)0x7fffffff) {
-            pp->overflow = 1;
-            return;
-        }
-        /* a non-NULL pointer even for 0 bytes: NULL would mean SQL NULL */
-        pp->values[i] = b != NULL ? (const char *)b : "";
-        pp->lengths[i] = (int)len;
-        pp->formats[i] = 1;
-    }
+    return apr_palloc(ctx, size);
 }
 
 void kmdc_db_param_array(kmdc_db_params *pp, apr_pool_t *p, uint32_t elem_oid,
                          int n, const void *const *vals, const int *lens)
 {
-    size_t total = 20;
-    unsigned char *buf, *w;
-    int i = param_slot(pp);
-
-    if (i < 0) {
-        return;
-    }
-    for (int k = 0; k < n; k++) {
-        total += 4 + (size_t)lens[k];
-    }
-    if (n < 0 || total > (size_t)0x7fffffff) {
-        pp->overflow = 1;
-        return;
-    }
-    /* ndim, has-null flag, element type, then (size, lower bound) of the one
-     * dimension, then each element as u32 length || bytes (array_recv) */
-    w = buf = apr_palloc(p, total);
-    kmdc_put_u32(w, 1);
-    kmdc_put_u32(w + 4, 0);
-    kmdc_put_u32(w + 8, elem_oid);
-    kmdc_put_u32(w + 12, (uint32_t)n);
-    kmdc_put_u32(w + 16, 1);
-    w += 20;
-    for (int k = 0; k < n; k++) {
-        kmdc_put_u32(w, (uint32_t)lens[k]);
-        if (lens[k] > 0) {
-            memcpy(w + 4, vals[k], (size_t)lens[k]);
-        }
-        w += 4 + lens[k];
-    }
-    pp->values[i] = (const char *)buf;
-    pp->lengths[i] = (int)total;
-    pp->formats[i] = 1;
+    kmdc_db_param_array_alloc(pp, pool_alloc, p, elem_oid, n, vals, lens);
 }
 
 void kmdc_db_param_int8_array(kmdc_db_params *pp, apr_pool_t *p,
                               const int64_t *v, int n)
 {
-    const void **vals = apr_palloc(p, sizeof(*vals) * (size_t)(n > 0 ? n : 1));
-    int *lens = apr_palloc(p, sizeof(*lens) * (size_t)(n > 0 ? n : 1));
-    unsigned char *be = apr_palloc(p, 8 * (size_t)(n > 0 ? n : 1));
-
-    for (int k = 0; k < n; k++) {
-        kmdc_put_u64(be + 8 * k, (uint64_t)v[k]);
-        vals[k] = be + 8 * k;
-        lens[k] = 8;
-    }
-    kmdc_db_param_array(pp, p, KMDC_DB_INT8OID, n, vals, lens);
+    kmdc_db_param_int8_array_alloc(pp, pool_alloc, p, v, n);
 }
 
 void kmdc_db_param_text_array(kmdc_db_params *pp, apr_pool_t *p,
                               const char *const *v, int n)
 {
-    const void **vals = apr_palloc(p, sizeof(*vals) * (size_t)(n > 0 ? n : 1));
-    int *lens = apr_palloc(p, sizeof(*lens) * (size_t)(n > 0 ? n : 1));
-
-    for (int k = 0; k < n; k++) {
-        vals[k] = v[k];
-        lens[k] = (int)strlen(v[k]);
-    }
-    kmdc_db_param_array(pp, p, KMDC_DB_TEXTOID, n, vals, lens);
+    kmdc_db_param_text_array_alloc(pp, pool_alloc, p, v, n);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -1024,88 +888,6 @@ void kmdc_db_clear(kmdc_db *db, PGresult *res)
     if (res != NULL && db != NULL && db->r != NULL) {
         apr_pool_cleanup_run(db->r->pool, res, res_cleanup);
     }
-}
-
-const char *kmdc_db_sqlstate(const PGresult *res)
-{
-    const char *s = res != NULL ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
-
-    return s != NULL ? s : "";
-}
-
-int kmdc_db_is_unique_violation(const PGresult *res)
-{
-    return strcmp(kmdc_db_sqlstate(res), "23505") == 0;
-}
-
-int kmdc_db_is_retryable(const PGresult *res)
-{
-    const char *s = kmdc_db_sqlstate(res);
-
-    return strcmp(s, "40001") == 0 || strcmp(s, "40P01") == 0;
-}
-
-int kmdc_db_get_int64(const PGresult *res, int row, int col, int64_t *v)
-{
-    const unsigned char *p = NULL;
-    int len = 0;
-
-    if (res == NULL || row < 0 || row >= PQntuples(res) || col < 0
-        || col >= PQnfields(res) || PQgetisnull(res, row, col)) {
-        return 0;
-    }
-    p = (const unsigned char *)PQgetvalue(res, row, col);
-    len = PQgetlength(res, row, col);
-    if (PQfformat(res, col) == 0) {
-        apr_int64_t t = 0;
-        char *end = NULL;
-
-        errno = 0;
-        t = apr_strtoi64((const char *)p, &end, 10);
-        if (len == 0 || end == NULL || *end != '\0' || errno != 0) {
-            return 0;
-        }
-        *v = t;
-        return 1;
-    }
-    switch (PQftype(res, col)) {
-    case KMDC_INT8OID:
-        if (len != 8) return 0;
-        *v = (int64_t)kmdc_get_u64(p);
-        return 1;
-    case KMDC_INT4OID:
-        if (len != 4) return 0;
-        *v = (int32_t)kmdc_get_u32(p);
-        return 1;
-    case KMDC_INT2OID:
-        if (len != 2) return 0;
-        *v = (int16_t)kmdc_get_u16(p);
-        return 1;
-    default:
-        return 0;
-    }
-}
-
-int kmdc_db_get_bytea(const PGresult *res, int row, int col,
-                      const unsigned char **data, size_t *len)
-{
-    if (res == NULL || row < 0 || row >= PQntuples(res) || col < 0
-        || col >= PQnfields(res) || PQgetisnull(res, row, col)
-        || PQfformat(res, col) != 1) {
-        return 0;
-    }
-    *data = (const unsigned char *)PQgetvalue(res, row, col);
-    *len = (size_t)PQgetlength(res, row, col);
-    return 1;
-}
-
-const char *kmdc_db_get_text(const PGresult *res, int row, int col)
-{
-    if (res == NULL || row < 0 || row >= PQntuples(res) || col < 0
-        || col >= PQnfields(res) || PQgetisnull(res, row, col)) {
-        return NULL;
-    }
-    return PQgetvalue(res, row, col);
 }
 
 kmdc_db_rc kmdc_db_rollback(kmdc_db *db)

@@ -26,15 +26,13 @@
 
 #include "mod_kmdc_config.h"
 
-/* KMDC_SCHEMA_VERSION, the schema version this module needs, comes from
- * kmdc_store.h (kmdcadm uses the same one). */
-#include "kmdc_store.h"
+/* KMDC_SCHEMA_VERSION, the schema version this module needs, the
+ * parameter lists (kmdc_db_params), the SQLSTATE helpers and the column
+ * readers come from lib/kmdc_pq.h, shared with kmdcadm. */
+#include "kmdc_pq.h"
 
 /* How long a request waits for a free pooled connection. */
 #define KMDC_DB_ACQUIRE_TIMEOUT apr_time_from_sec(10)
-
-/* Most parameters of one statement through kmdc_db_params. */
-#define KMDC_DB_MAX_PARAMS 32
 
 typedef struct kmdc_db_pool kmdc_db_pool;
 
@@ -109,14 +107,6 @@ const char *kmdc_db_conninfo_problem(apr_pool_t *p, const char *directive,
 int kmdc_db_answer_unavailable(request_rec *r, kmdc_db_rc rc);
 
 /*
- * Read the schema version of the connection: max(version) of
- * schema_migrations, 0 when the table is missing or empty.  Returns
- * KMDC_DB_OK (version set), KMDC_DB_ERROR (statement failed) or
- * KMDC_DB_UNAVAILABLE (connection broken).  Does not log.
- */
-kmdc_db_rc kmdc_db_schema_version(PGconn *pg, int *version);
-
-/*
  * Check again, on a borrowed connection, that the database answers with the
  * expected schema version (what GET /health reports).  KMDC_DB_OK,
  * KMDC_DB_SCHEMA (logged once per change), KMDC_DB_UNAVAILABLE (db is marked
@@ -124,42 +114,10 @@ kmdc_db_rc kmdc_db_schema_version(PGconn *pg, int *version);
  */
 kmdc_db_rc kmdc_db_check_schema(kmdc_db *db);
 
-/* Parameters of one statement; fill with the kmdc_db_param_* functions. */
-typedef struct kmdc_db_params {
-    int n;
-    const char *values[KMDC_DB_MAX_PARAMS];
-    int lengths[KMDC_DB_MAX_PARAMS];
-    int formats[KMDC_DB_MAX_PARAMS];
-    unsigned char ints[KMDC_DB_MAX_PARAMS][8];
-    int overflow;             /* more than KMDC_DB_MAX_PARAMS were added */
-} kmdc_db_params;
-
-/* Start an empty parameter list. */
-void kmdc_db_params_init(kmdc_db_params *pp);
-
-/* Add a text parameter (NUL-terminated, must stay valid until the query). */
-void kmdc_db_param_text(kmdc_db_params *pp, const char *s);
-
-/* Add a bigint parameter, sent in binary (network order). */
-void kmdc_db_param_int8(kmdc_db_params *pp, int64_t v);
-
-/* Add an integer parameter, sent in binary (network order). */
-void kmdc_db_param_int4(kmdc_db_params *pp, int32_t v);
-
-/* Add a bytea parameter, sent in binary (must stay valid until the query). */
-void kmdc_db_param_bytea(kmdc_db_params *pp, const void *b, size_t len);
-
-/* Element types of kmdc_db_param_array (PostgreSQL type oids). */
-#define KMDC_DB_BYTEAOID 17
-#define KMDC_DB_INT8OID 20
-#define KMDC_DB_TEXTOID 25
-
 /*
- * Add a one-dimensional array parameter in PostgreSQL's binary array format,
- * so that no element is ever read as anything but itself (a text literal
- * would read an unquoted element `null` as NULL).  Element i is vals[i] of
- * lens[i] bytes (int8: 8 bytes in network order, see kmdc_db_int8_array);
- * the memory comes from p.  The statement casts the parameter to the
+ * Add a one-dimensional array parameter in PostgreSQL's binary array format
+ * (kmdc_db_param_array_alloc of kmdc_pq.h with its memory from p).  Element
+ * i is vals[i] of lens[i] bytes; the statement casts the parameter to the
  * matching array type, e.g. $1::text[].
  */
 void kmdc_db_param_array(kmdc_db_params *pp, apr_pool_t *p, uint32_t elem_oid,
@@ -282,27 +240,5 @@ void kmdc_db_keep_result(kmdc_db *db, PGresult *res);
 
 /* Free a result from kmdc_db_exec now.  Accepts NULL. */
 void kmdc_db_clear(kmdc_db *db, PGresult *res);
-
-/* The SQLSTATE of a failed result ("" when there is none). */
-const char *kmdc_db_sqlstate(const PGresult *res);
-
-/* 1 when res failed with unique_violation (23505). */
-int kmdc_db_is_unique_violation(const PGresult *res);
-
-/* 1 when res failed with serialization_failure (40001) or deadlock (40P01):
- * the transaction may be retried. */
-int kmdc_db_is_retryable(const PGresult *res);
-
-/* Read a bigint/integer column (binary int8/int4/int2 or decimal text).
- * Returns 1 and sets *v, 0 for NULL or a value of another type. */
-int kmdc_db_get_int64(const PGresult *res, int row, int col, int64_t *v);
-
-/* A bytea column of a binary result: *data points into res (valid until it
- * is cleared), *len its length.  Returns 1, or 0 for NULL/a text result. */
-int kmdc_db_get_bytea(const PGresult *res, int row, int col,
-                      const unsigned char **data, size_t *len);
-
-/* A text column of a text result (NULL for SQL NULL). */
-const char *kmdc_db_get_text(const PGresult *res, int row, int col);
 
 #endif

@@ -354,7 +354,7 @@ kmdc_db_rc kmdc_db_batch_run(kmdc_db_batch *b)
             continue;                    /* skipped by the server */
         }
         if (pre != NULL && i < pre->n && PQresultStatus(res) == PGRES_FATAL_ERROR
-            && strcmp(kmdc_db_sqlstate(res), "23505") == 0) {
+            && kmdc_db_is_unique_violation(res)) {
             /* a deferred statement's unique violation is its answer (a
              * replayed nonce), not a failure to log */
             rc = KMDC_DB_DEFERRED_CONFLICT;

@@ -23,7 +23,7 @@
 #include "mod_kmdc.h"
 #include "mod_kmdc_http.h"
 #include "mod_kmdc_metrics.h"
-#include "kmdc_store.h"
+#include "kmdc_pq.h"
 
 #ifndef KMDC_VERSION
 #define KMDC_VERSION "unknown"

@@ -20,6 +20,7 @@
 #include "kmdc_keyring.h"
 #include "kmdc_units.h"
 #include "kmdc_util.h"
+#include "kmdc_wrap.h"
 
 #define KEY1_HEX "404142434445464748494a4b4c4d4e4f505152535455565758595a5b5c5d5e5f"
 #define KEY2_HEX "606162636465666768696a6b6c6d6e6f707172737475767778797a7b7c7d7e7f"
@@ -453,6 +454,21 @@ test_keyring(void)
     f[0].path = dir;
     tap_ok(kmdc_keyring_load(&ring, f, 1, &failed, &e) == KMDC_ERR_FORMAT && failed == 0,
            "keyring: a folder is not a key file");
+
+    /* a generated key file is written atomically: only the file remains */
+    {
+        const char *gdir = fixture_dir("gen");
+        char gpath[600];
+
+        join(gpath, sizeof(gpath), gdir, "master-1.key");
+        f[0].id = 1;
+        f[0].path = gpath;
+        tap_ok(kmdc_master_key_generate(gpath, &e) == KMDC_OK && entries(gdir) == 1 &&
+                   mode_of(gpath) == 0600 &&
+                   kmdc_keyring_load(&ring, f, 1, &failed, &e) == KMDC_OK,
+               "keyring: a generated key file loads, nothing else left in its folder");
+        kmdc_keyring_free(&ring);
+    }
 }
 
 int
