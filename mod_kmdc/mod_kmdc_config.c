@@ -1,6 +1,15 @@
 /*
  * mod_kmdc_config.c - directives, merge and the start-up checks of mod_kmdc.
  *
+ * The directives are the rows of mod_kmdc_directives.h; from them this file
+ * builds the command_rec array (cmd->info of each directive is its row), the
+ * "unset" state of create_server_config, the merge (a virtual host's field
+ * wins when set) and the defaults (each row's, read as if written, applied
+ * once at start-up).  The generic setters parse each argument by its
+ * field's kind and bounds and store it at the field's offset; what is not
+ * "one field with bounds" (connection strings, the master key list, the
+ * ordered pair of KmdcDbPool) has a setter of its own below.
+ *
  * Values are checked where the directive is read, so a bad value stops httpd
  * with "Syntax error on line N of FILE: <directive>: ...".  What depends on
  * the whole configuration (where the handler is used, that the database and
@@ -9,17 +18,15 @@
  */
 #include <stddef.h> /* before APR: APR_OFFSETOF then uses offsetof */
 #include <string.h>
-#include <sys/stat.h>
 
-#include "apr_fnmatch.h"
 #include "apr_hash.h"
 #include "apr_strings.h"
 #include "httpd.h"
 #include "http_config.h"
 #include "http_log.h"
-#include "util_cfgtree.h"
 
 #include "kmdc_intake.h"
+#include "kmdc_units.h"
 #include "kmdc_util.h"
 #include "kmdc_wrap.h"
 
@@ -28,162 +35,53 @@
 #include "mod_kmdc_store.h"
 
 /* ------------------------------------------------------------------------ */
-/* create / merge                                                            */
-
-void *kmdc_conf_create_server(apr_pool_t *p, server_rec *s)
-{
-    kmdc_srv_conf *sc = apr_pcalloc(p, sizeof(*sc));
-
-    (void)s;
-    sc->conninfo = NULL;
-    sc->listen_conninfo = NULL;
-    sc->db_pooling = KMDC_CONF_UNSET;
-    sc->master_key_files = NULL;
-    sc->seq_window = KMDC_CONF_UNSET;
-    sc->envelope_max_age = KMDC_CONF_UNSET;
-    sc->max_document_size = KMDC_CONF_UNSET;
-    sc->max_recipients = KMDC_CONF_UNSET;
-    sc->max_uploads_per_card = KMDC_CONF_UNSET;
-    sc->db_pool_min = KMDC_CONF_UNSET;
-    sc->db_pool_max = KMDC_CONF_UNSET;
-    sc->db_pool_idle = KMDC_CONF_UNSET;
-    sc->mailbox_ttl = KMDC_CONF_UNSET;
-    sc->mailbox_quota_count = KMDC_CONF_UNSET;
-    sc->mailbox_quota_bytes = KMDC_CONF_UNSET;
-    sc->auth_skew = KMDC_CONF_UNSET;
-    return sc;
-}
-
-#define MERGE_PTR(f) (add->f != NULL ? add->f : base->f)
-#define MERGE_VAL(f) (add->f != KMDC_CONF_UNSET ? add->f : base->f)
-
-void *kmdc_conf_merge_server(apr_pool_t *p, void *basev, void *addv)
-{
-    const kmdc_srv_conf *base = basev;
-    const kmdc_srv_conf *add = addv;
-    kmdc_srv_conf *sc = apr_pcalloc(p, sizeof(*sc));
-
-    sc->conninfo = MERGE_PTR(conninfo);
-    sc->listen_conninfo = MERGE_PTR(listen_conninfo);
-    sc->db_pooling = MERGE_VAL(db_pooling);
-    sc->master_key_files = MERGE_PTR(master_key_files);
-    sc->seq_window = MERGE_VAL(seq_window);
-    sc->envelope_max_age = MERGE_VAL(envelope_max_age);
-    sc->max_document_size = MERGE_VAL(max_document_size);
-    sc->max_recipients = MERGE_VAL(max_recipients);
-    sc->max_uploads_per_card = MERGE_VAL(max_uploads_per_card);
-    sc->db_pool_min = MERGE_VAL(db_pool_min);
-    sc->db_pool_max = MERGE_VAL(db_pool_max);
-    sc->db_pool_idle = MERGE_VAL(db_pool_idle);
-    sc->mailbox_ttl = MERGE_VAL(mailbox_ttl);
-    sc->mailbox_quota_count = MERGE_VAL(mailbox_quota_count);
-    sc->mailbox_quota_bytes = MERGE_VAL(mailbox_quota_bytes);
-    sc->auth_skew = MERGE_VAL(auth_skew);
-    /* start-up fields are filled per server by kmdc_conf_startup() */
-    return sc;
-}
-
-kmdc_srv_conf *kmdc_conf_get(const server_rec *s)
-{
-    return ap_get_module_config(s->module_config, &kmdc_module);
-}
-
-/* ------------------------------------------------------------------------ */
 /* value parsers                                                             */
 
-/* Parse the leading decimal digits of arg into *v (no sign, no spaces),
- * leaving *end at the first non-digit.  NULL on success. */
-static const char *parse_digits(apr_pool_t *p, const char *directive,
-                                const char *arg, apr_int64_t *v,
-                                const char **end)
-{
-    const char *c = arg;
-    apr_int64_t n = 0;
+/* What an argument of a directive is (the KIND column of the table). */
+typedef enum {
+    KMDC_K_NONE = 0,          /* no field (KMDC_NOF) */
+    KMDC_K_STR,               /* const char *, set by a setter of its own */
+    KMDC_K_LIST,              /* apr_array_header_t *, likewise */
+    KMDC_K_INT,               /* a decimal number in min..max */
+    KMDC_K_DURATION,          /* seconds in min..max */
+    KMDC_K_SIZE,              /* bytes in min..max */
+    KMDC_K_POOLING            /* session or transaction: KMDC_POOLING_* */
+} kmdc_dir_kind;
 
-    if (*c < '0' || *c > '9') {
-        return apr_psprintf(p, "%s: '%s' is not a number", directive, arg);
-    }
-    for (; *c >= '0' && *c <= '9'; c++) {
-        if (n > (APR_INT64_MAX - (*c - '0')) / 10) {
-            return apr_psprintf(p, "%s: '%s' is too large", directive, arg);
-        }
-        n = n * 10 + (*c - '0');
-    }
-    *v = n;
-    *end = c;
-    return NULL;
-}
-
-/* Multiply v by m, refusing overflow. */
-static const char *scale(apr_pool_t *p, const char *directive, const char *arg,
-                         apr_int64_t *v, apr_int64_t m)
+/* One argument by lib's parser (kmdc_units.h: KMDC_K_DURATION a duration,
+ * KMDC_K_SIZE a size, else a plain decimal number), worded by directive. */
+static const char *parse_number(apr_pool_t *p, const char *directive,
+                                const char *arg, kmdc_dir_kind kind,
+                                apr_int64_t *out)
 {
-    if (*v > APR_INT64_MAX / m) {
+    int64_t v = 0;
+    kmdc_units_rc rc;
+
+    rc = kind == KMDC_K_DURATION ? kmdc_parse_duration(arg, INT64_MAX, &v)
+       : kind == KMDC_K_SIZE ? kmdc_parse_size(arg, INT64_MAX, &v)
+       : kmdc_parse_decimal(arg, INT64_MAX, &v);
+    switch (rc) {
+    case KMDC_UNITS_OK:
+        *out = v;
+        return NULL;
+    case KMDC_UNITS_TOO_LARGE:
         return apr_psprintf(p, "%s: '%s' is too large", directive, arg);
+    case KMDC_UNITS_BAD_UNIT:
+        if (kind == KMDC_K_DURATION) {
+            return apr_psprintf(p, "%s: '%s' is not a duration; use seconds, or a "
+                                "number with one suffix s, m, h or d (e.g. 24h)",
+                                directive, arg);
+        }
+        if (kind == KMDC_K_SIZE) {
+            return apr_psprintf(p, "%s: '%s' is not a size; use bytes, or a number "
+                                "with one suffix K, M or G (powers of 1024, e.g. 1G)",
+                                directive, arg);
+        }
+        break;
+    case KMDC_UNITS_NOT_NUMBER:
+        break;
     }
-    *v *= m;
-    return NULL;
-}
-
-const char *kmdc_conf_parse_duration(apr_pool_t *p, const char *directive,
-                                     const char *arg, apr_int64_t *out)
-{
-    apr_int64_t v = 0;
-    const char *end = NULL;
-    const char *err = parse_digits(p, directive, arg, &v, &end);
-    apr_int64_t mult = 1;
-
-    if (err != NULL) {
-        return err;
-    }
-    switch (*end) {
-    case '\0': mult = 1; break;
-    case 's': mult = 1; end++; break;
-    case 'm': mult = 60; end++; break;
-    case 'h': mult = 3600; end++; break;
-    case 'd': mult = 86400; end++; break;
-    default: end = NULL; break;
-    }
-    if (end == NULL || *end != '\0') {
-        return apr_psprintf(p, "%s: '%s' is not a duration; use seconds, or a "
-                            "number with one suffix s, m, h or d (e.g. 24h)",
-                            directive, arg);
-    }
-    if ((err = scale(p, directive, arg, &v, mult)) != NULL) {
-        return err;
-    }
-    *out = v;
-    return NULL;
-}
-
-const char *kmdc_conf_parse_size(apr_pool_t *p, const char *directive,
-                                 const char *arg, apr_int64_t *out)
-{
-    apr_int64_t v = 0;
-    const char *end = NULL;
-    const char *err = parse_digits(p, directive, arg, &v, &end);
-    apr_int64_t mult = 1;
-
-    if (err != NULL) {
-        return err;
-    }
-    switch (*end) {
-    case '\0': mult = 1; break;
-    case 'k': case 'K': mult = APR_INT64_C(1) << 10; end++; break;
-    case 'm': case 'M': mult = APR_INT64_C(1) << 20; end++; break;
-    case 'g': case 'G': mult = APR_INT64_C(1) << 30; end++; break;
-    default: end = NULL; break;
-    }
-    if (end == NULL || *end != '\0') {
-        return apr_psprintf(p, "%s: '%s' is not a size; use bytes, or a number "
-                            "with one suffix K, M or G (powers of 1024, e.g. 1G)",
-                            directive, arg);
-    }
-    if ((err = scale(p, directive, arg, &v, mult)) != NULL) {
-        return err;
-    }
-    *out = v;
-    return NULL;
+    return apr_psprintf(p, "%s: '%s' is not a number", directive, arg);
 }
 
 /* A plain decimal integer in lo..hi. */
@@ -192,14 +90,10 @@ static const char *parse_int(apr_pool_t *p, const char *directive,
                              apr_int64_t *out)
 {
     apr_int64_t v = 0;
-    const char *end = NULL;
-    const char *err = parse_digits(p, directive, arg, &v, &end);
+    const char *err = parse_number(p, directive, arg, KMDC_K_INT, &v);
 
     if (err != NULL) {
         return err;
-    }
-    if (*end != '\0') {
-        return apr_psprintf(p, "%s: '%s' is not a number", directive, arg);
     }
     if (v < lo || v > hi) {
         return apr_psprintf(p, "%s: %s is out of range; use a number from %"
@@ -223,61 +117,283 @@ static const char *check_range(apr_pool_t *p, const char *directive,
 }
 
 /* ------------------------------------------------------------------------ */
+/* the directive table (mod_kmdc_directives.h)                               */
+
+
+/* One argument of a directive and the field of kmdc_srv_conf it sets. */
+typedef struct kmdc_dir_field {
+    apr_size_t off;           /* APR_OFFSETOF(kmdc_srv_conf, field) */
+    apr_size_t size;          /* sizeof the field: int or apr_int64_t */
+    kmdc_dir_kind kind;
+    apr_int64_t min, max;     /* bounds of INT, DURATION and SIZE */
+} kmdc_dir_field;
+
+/* One row of the table; cmd->info of the directive points to it. */
+typedef struct kmdc_dir_row {
+    const char *name;         /* KMDC_DIR_* */
+    const char *def;          /* the default as written, NULL: none */
+    kmdc_dir_field f[2];      /* its arguments' fields (kind NONE: none) */
+} kmdc_dir_row;
+
+#define KMDC_FIELD_KMDC_F(field, kind, lo, hi) \
+    { APR_OFFSETOF(kmdc_srv_conf, field), sizeof(((kmdc_srv_conf *)0)->field), \
+      KMDC_K_##kind, (lo), (hi) }
+#define KMDC_FIELD_KMDC_NOF { 0, 0, KMDC_K_NONE, 0, 0 }
+#define KMDC_ROW(ID, ARGS, SETTER, DEF, HELP, F1, F2) \
+    [KMDC_D_##ID] = { KMDC_DIR_##ID, KMDC_DEFTEXT_##DEF, \
+                      { KMDC_FIELD_##F1, KMDC_FIELD_##F2 } },
+
+static const kmdc_dir_row kmdc_dir_rows[KMDC_D_N] = {
+    KMDC_DIRECTIVES(KMDC_ROW)
+};
+
+/* field_get and field_put know two widths: a field is an int or an
+ * apr_int64_t (or, for STR and LIST, a pointer). */
+#define KMDC_WIDTH_KMDC_F(field, kind, lo, hi) \
+    _Static_assert(sizeof(((kmdc_srv_conf *)0)->field) == sizeof(int) \
+                   || sizeof(((kmdc_srv_conf *)0)->field) == sizeof(apr_int64_t), \
+                   "kmdc_srv_conf." #field ": an int, an apr_int64_t or a pointer");
+#define KMDC_WIDTH_KMDC_NOF
+#define KMDC_WIDTH(ID, ARGS, SETTER, DEF, HELP, F1, F2) \
+    KMDC_WIDTH_##F1 KMDC_WIDTH_##F2
+KMDC_DIRECTIVES(KMDC_WIDTH)
+
+static int field_is_ptr(const kmdc_dir_field *f)
+{
+    return f->kind == KMDC_K_STR || f->kind == KMDC_K_LIST;
+}
+
+static apr_int64_t field_get(const kmdc_srv_conf *sc, const kmdc_dir_field *f)
+{
+    const char *at = (const char *)sc + f->off;
+    int i = 0;
+    apr_int64_t v = 0;
+
+    if (f->size == sizeof(int)) {
+        memcpy(&i, at, sizeof(i));
+        return i;
+    }
+    memcpy(&v, at, sizeof(v));
+    return v;
+}
+
+static void field_put(kmdc_srv_conf *sc, const kmdc_dir_field *f, apr_int64_t v)
+{
+    char *at = (char *)sc + f->off;
+    int i = (int)v;
+
+    if (f->size == sizeof(int)) {
+        memcpy(at, &i, sizeof(i));
+    }
+    else {
+        memcpy(at, &v, sizeof(v));
+    }
+}
+
+static int field_unset(const kmdc_srv_conf *sc, const kmdc_dir_field *f)
+{
+    void *ptr = NULL;
+
+    if (field_is_ptr(f)) {
+        memcpy(&ptr, (const char *)sc + f->off, sizeof(ptr));
+        return ptr == NULL;
+    }
+    return field_get(sc, f) == KMDC_CONF_UNSET;
+}
+
+/* Copy field f from one configuration to another. */
+static void field_copy(kmdc_srv_conf *to, const kmdc_srv_conf *from,
+                       const kmdc_dir_field *f)
+{
+    memcpy((char *)to + f->off, (const char *)from + f->off,
+           field_is_ptr(f) ? sizeof(void *) : f->size);
+}
+
+/* The maximum for a range message: whole days or GiB when it is some. */
+static const char *max_text(apr_pool_t *p, const kmdc_dir_field *f)
+{
+    if (f->kind == KMDC_K_DURATION) {
+        return f->max % 86400 == 0
+            ? apr_psprintf(p, "%" APR_INT64_T_FMT "d", f->max / 86400)
+            : apr_psprintf(p, "%" APR_INT64_T_FMT "s", f->max);
+    }
+    return f->max % (APR_INT64_C(1) << 30) == 0
+        ? apr_psprintf(p, "%" APR_INT64_T_FMT "G", f->max >> 30)
+        : apr_psprintf(p, "%" APR_INT64_T_FMT, f->max);
+}
+
+/* Parse arg, an argument of directive name, by the kind and bounds of f. */
+static const char *parse_field(apr_pool_t *p, const char *name,
+                               const kmdc_dir_field *f, const char *arg,
+                               apr_int64_t *v)
+{
+    const char *err = NULL;
+
+    switch (f->kind) {
+    case KMDC_K_INT:
+        return parse_int(p, name, arg, f->min, f->max, v);
+    case KMDC_K_DURATION:
+    case KMDC_K_SIZE:
+        err = parse_number(p, name, arg, f->kind, v);
+        if (err == NULL) {
+            err = check_range(p, name, arg, *v, f->min, f->max,
+                              apr_psprintf(p, "%s (%s)", f->kind == KMDC_K_DURATION
+                                           ? "seconds" : "bytes", max_text(p, f)));
+        }
+        return err;
+    case KMDC_K_POOLING:
+        if (strcasecmp(arg, "session") == 0) {
+            *v = KMDC_POOLING_SESSION;
+            return NULL;
+        }
+        if (strcasecmp(arg, "transaction") == 0) {
+            *v = KMDC_POOLING_TRANSACTION;
+            return NULL;
+        }
+        return apr_psprintf(p, "%s takes session or transaction, not \"%s\"",
+                            name, arg);
+    default:
+        return apr_psprintf(p, "%s: no generic setter for this directive", name);
+    }
+}
+
+/* Parse every argument of row as named name (all first, so that a bad second
+ * argument leaves the configuration as it was), then store them in sc. */
+static const char *apply_row(apr_pool_t *p, const kmdc_dir_row *row,
+                             const char *name, kmdc_srv_conf *sc,
+                             const char *const args[2])
+{
+    apr_int64_t v[2] = { 0, 0 };
+    const char *err = NULL;
+    int i;
+
+    for (i = 0; i < 2 && row->f[i].kind != KMDC_K_NONE && err == NULL; i++) {
+        err = parse_field(p, name, &row->f[i], args[i], &v[i]);
+    }
+    for (i = 0; i < 2 && row->f[i].kind != KMDC_K_NONE && err == NULL; i++) {
+        field_put(sc, &row->f[i], v[i]);
+    }
+    return err;
+}
+
+/* ------------------------------------------------------------------------ */
+/* create / merge / defaults                                                 */
+
+void *kmdc_conf_create_server(apr_pool_t *p, server_rec *s)
+{
+    kmdc_srv_conf *sc = apr_pcalloc(p, sizeof(*sc));
+    int r, i;
+
+    (void)s;
+    for (r = 0; r < KMDC_D_N; r++) {
+        for (i = 0; i < 2; i++) {
+            const kmdc_dir_field *f = &kmdc_dir_rows[r].f[i];
+
+            if (f->kind != KMDC_K_NONE && !field_is_ptr(f)) {
+                field_put(sc, f, KMDC_CONF_UNSET);   /* pointers: NULL */
+            }
+        }
+    }
+    return sc;
+}
+
+void *kmdc_conf_merge_server(apr_pool_t *p, void *basev, void *addv)
+{
+    const kmdc_srv_conf *base = basev;
+    const kmdc_srv_conf *add = addv;
+    kmdc_srv_conf *sc = apr_pcalloc(p, sizeof(*sc));
+    int r, i;
+
+    for (r = 0; r < KMDC_D_N; r++) {
+        for (i = 0; i < 2; i++) {
+            const kmdc_dir_field *f = &kmdc_dir_rows[r].f[i];
+
+            if (f->kind != KMDC_K_NONE) {
+                field_copy(sc, field_unset(add, f) ? base : add, f);
+            }
+        }
+    }
+    /* start-up fields are filled per server by kmdc_conf_startup() */
+    return sc;
+}
+
+kmdc_srv_conf *kmdc_conf_get(const server_rec *s)
+{
+    return ap_get_module_config(s->module_config, &kmdc_module);
+}
+
+/* Each row's default, read as if written, where the server left the row's
+ * fields unset (a directive sets all its fields at once, so the first
+ * tells).  An error here is a bad row of the table. */
+static const char *fill_defaults(apr_pool_t *p, kmdc_srv_conf *sc)
+{
+    const char *err = NULL;
+    int r;
+
+    for (r = 0; r < KMDC_D_N && err == NULL; r++) {
+        const kmdc_dir_row *row = &kmdc_dir_rows[r];
+        const char *args[2] = { "", "" };
+        const char *cur = row->def;
+
+        if (row->def == NULL || !field_unset(sc, &row->f[0])) {
+            continue;
+        }
+        args[0] = ap_getword_white(p, &cur);
+        args[1] = ap_getword_white(p, &cur);
+        err = apply_row(p, row, row->name, sc, args);
+    }
+    return err;
+}
+
+/* ------------------------------------------------------------------------ */
 /* directive handlers                                                        */
+
+/* The generic setter of one argument: its row is cmd->info. */
+static const char *set_slot(cmd_parms *cmd, void *dc, const char *arg)
+{
+    const kmdc_dir_row *row = cmd->info;
+    const char *args[2] = { arg, "" };
+
+    (void)dc;
+    return apply_row(cmd->pool, row, row->name, kmdc_conf_get(cmd->server),
+                     args);
+}
+
+/* The generic setter of two arguments, each its field. */
+static const char *set_slot2(cmd_parms *cmd, void *dc, const char *a1,
+                             const char *a2)
+{
+    const kmdc_dir_row *row = cmd->info;
+    const char *args[2] = { a1, a2 };
+
+    (void)dc;
+    return apply_row(cmd->pool, row, row->name, kmdc_conf_get(cmd->server),
+                     args);
+}
 
 static kmdc_srv_conf *cmd_conf(cmd_parms *cmd)
 {
     return kmdc_conf_get(cmd->server);
 }
 
-static const char *set_database(cmd_parms *cmd, void *dc, const char *arg)
+/* KmdcDatabase, KmdcListenDatabase: a libpq connection string or URI that
+ * libpq parses (kmdc_db_conninfo_problem), stored in the row's field. */
+static const char *set_conninfo(cmd_parms *cmd, void *dc, const char *arg)
 {
-    kmdc_srv_conf *sc = cmd_conf(cmd);
+    const kmdc_dir_row *row = cmd->info;
     const char *err = NULL;
 
     (void)dc;
     if (*arg == '\0') {
-        return apr_psprintf(cmd->pool, "%s: the connection string is empty; "
-                            "give a libpq conninfo such as \"host=/run/postgresql "
-                            "dbname=kmdc\"", KMDC_DIR_DATABASE);
+        return apr_psprintf(cmd->pool, "%s: the connection string is empty%s",
+                            row->name, row == &kmdc_dir_rows[KMDC_D_DATABASE]
+                            ? "; give a libpq conninfo such as \"host=/run/postgresql "
+                              "dbname=kmdc\"" : "");
     }
-    if ((err = kmdc_db_conninfo_problem(cmd->pool, KMDC_DIR_DATABASE, arg)) != NULL) {
+    if ((err = kmdc_db_conninfo_problem(cmd->pool, row->name, arg)) != NULL) {
         return err;
     }
-    sc->conninfo = arg;
-    return NULL;
-}
-
-static const char *set_listen_database(cmd_parms *cmd, void *dc, const char *arg)
-{
-    const char *err = NULL;
-
-    (void)dc;
-    if (*arg == '\0') {
-        return apr_psprintf(cmd->pool, "%s: the connection string is empty",
-                            KMDC_DIR_LISTEN_DATABASE);
-    }
-    if ((err = kmdc_db_conninfo_problem(cmd->pool, KMDC_DIR_LISTEN_DATABASE, arg))
-        != NULL) {
-        return err;
-    }
-    cmd_conf(cmd)->listen_conninfo = arg;
-    return NULL;
-}
-
-static const char *set_database_pooling(cmd_parms *cmd, void *dc, const char *arg)
-{
-    (void)dc;
-    if (strcasecmp(arg, "session") == 0) {
-        cmd_conf(cmd)->db_pooling = KMDC_POOLING_SESSION;
-    }
-    else if (strcasecmp(arg, "transaction") == 0) {
-        cmd_conf(cmd)->db_pooling = KMDC_POOLING_TRANSACTION;
-    }
-    else {
-        return apr_psprintf(cmd->pool, "%s takes session or transaction, not \"%s\"",
-                            KMDC_DIR_DATABASE_POOLING, arg);
-    }
+    memcpy((char *)cmd_conf(cmd) + row->f[0].off, &arg, sizeof(arg));
     return NULL;
 }
 
@@ -285,7 +401,7 @@ static const char *set_master_key(cmd_parms *cmd, void *dc, const char *id_arg,
                                   const char *file_arg)
 {
     kmdc_srv_conf *sc = cmd_conf(cmd);
-    kmdc_master_key_conf *mk = NULL;
+    kmdc_master_key_file *mk = NULL;
     apr_int64_t id = 0;
     const char *path = NULL;
     const char *err = NULL;
@@ -293,7 +409,7 @@ static const char *set_master_key(cmd_parms *cmd, void *dc, const char *id_arg,
 
     (void)dc;
     err = parse_int(cmd->pool, KMDC_DIR_MASTER_KEY, id_arg, 1,
-                    KMDC_MASTER_KEY_ID_MAX, &id);
+                    KMDC_KEYRING_ID_MAX, &id);
     if (err != NULL) {
         return apr_pstrcat(cmd->pool, err, " (the key id comes first: ",
                            KMDC_DIR_MASTER_KEY, " ID FILE)", NULL);
@@ -307,8 +423,8 @@ static const char *set_master_key(cmd_parms *cmd, void *dc, const char *id_arg,
         sc->master_key_files = apr_array_make(cmd->pool, 2, sizeof(*mk));
     }
     for (i = 0; i < sc->master_key_files->nelts; i++) {
-        const kmdc_master_key_conf *o =
-            &APR_ARRAY_IDX(sc->master_key_files, i, kmdc_master_key_conf);
+        const kmdc_master_key_file *o =
+            &APR_ARRAY_IDX(sc->master_key_files, i, kmdc_master_key_file);
         if (o->id == (uint32_t)id) {
             return apr_psprintf(cmd->pool, "%s: key id %s is given twice; each "
                                 "master key needs its own id", KMDC_DIR_MASTER_KEY,
@@ -321,117 +437,20 @@ static const char *set_master_key(cmd_parms *cmd, void *dc, const char *id_arg,
     return NULL;
 }
 
-static const char *set_seq_window(cmd_parms *cmd, void *dc, const char *arg)
-{
-    apr_int64_t v = 0;
-    const char *err = parse_int(cmd->pool, KMDC_DIR_SEQUENCE_WINDOW, arg, 1,
-                                KMDC_MAX_SEQUENCE_WINDOW, &v);
-
-    (void)dc;
-    if (err == NULL) {
-        cmd_conf(cmd)->seq_window = (int)v;
-    }
-    return err;
-}
-
-static const char *set_envelope_max_age(cmd_parms *cmd, void *dc, const char *arg)
-{
-    apr_int64_t v = 0;
-    const char *err = kmdc_conf_parse_duration(cmd->pool,
-                                               KMDC_DIR_ENVELOPE_MAX_AGE, arg, &v);
-
-    (void)dc;
-    if (err == NULL) {
-        err = check_range(cmd->pool, KMDC_DIR_ENVELOPE_MAX_AGE, arg, v, 1,
-                          KMDC_MAX_ENVELOPE_MAX_AGE, "seconds (365d)");
-    }
-    if (err == NULL) {
-        cmd_conf(cmd)->envelope_max_age = v;
-    }
-    return err;
-}
-
-static const char *set_max_document_size(cmd_parms *cmd, void *dc, const char *arg)
-{
-    apr_int64_t v = 0;
-    const char *err = kmdc_conf_parse_size(cmd->pool, KMDC_DIR_MAX_DOCUMENT_SIZE,
-                                           arg, &v);
-
-    (void)dc;
-    if (err == NULL) {
-        err = check_range(cmd->pool, KMDC_DIR_MAX_DOCUMENT_SIZE, arg, v, 1,
-                          KMDC_MAX_MAX_DOCUMENT_SIZE, "bytes (1024G)");
-    }
-    if (err == NULL) {
-        cmd_conf(cmd)->max_document_size = v;
-    }
-    return err;
-}
-
-static const char *set_max_recipients(cmd_parms *cmd, void *dc, const char *arg)
-{
-    apr_int64_t v = 0;
-    const char *err = parse_int(cmd->pool, KMDC_DIR_MAX_RECIPIENTS, arg, 1,
-                                KMDC_MAX_MAX_RECIPIENTS, &v);
-
-    (void)dc;
-    if (err == NULL) {
-        cmd_conf(cmd)->max_recipients = (int)v;
-    }
-    return err;
-}
-
-static const char *set_max_uploads(cmd_parms *cmd, void *dc, const char *arg)
-{
-    apr_int64_t v = 0;
-    const char *err = parse_int(cmd->pool, KMDC_DIR_MAX_UPLOADS, arg, 1,
-                                KMDC_MAX_MAX_UPLOADS, &v);
-
-    (void)dc;
-    if (err == NULL) {
-        cmd_conf(cmd)->max_uploads_per_card = (int)v;
-    }
-    return err;
-}
-
-static const char *set_db_pool_min(cmd_parms *cmd, void *dc, const char *arg)
-{
-    apr_int64_t v = 0;
-    const char *err = parse_int(cmd->pool, KMDC_DIR_DB_POOL_MIN, arg, 0,
-                                KMDC_MAX_DB_POOL, &v);
-
-    (void)dc;
-    if (err == NULL) {
-        cmd_conf(cmd)->db_pool_min = (int)v;
-    }
-    return err;
-}
-
-static const char *set_db_pool_max(cmd_parms *cmd, void *dc, const char *arg)
-{
-    apr_int64_t v = 0;
-    const char *err = parse_int(cmd->pool, KMDC_DIR_DB_POOL_MAX, arg, 1,
-                                KMDC_MAX_DB_POOL, &v);
-
-    (void)dc;
-    if (err == NULL) {
-        cmd_conf(cmd)->db_pool_max = (int)v;
-    }
-    return err;
-}
-
+/* KmdcDbPool MIN MAX: the fields (and bounds) of KmdcDbPoolMin and
+ * KmdcDbPoolMax, MIN not above MAX. */
 static const char *set_db_pool(cmd_parms *cmd, void *dc, const char *min_arg,
                                const char *max_arg)
 {
+    const kmdc_dir_field *fmin = &kmdc_dir_rows[KMDC_D_DB_POOL_MIN].f[0];
+    const kmdc_dir_field *fmax = &kmdc_dir_rows[KMDC_D_DB_POOL_MAX].f[0];
     apr_int64_t lo = 0;
     apr_int64_t hi = 0;
-    const char *err = parse_int(cmd->pool, KMDC_DIR_DB_POOL, min_arg, 0,
-                                KMDC_MAX_DB_POOL, &lo);
+    const char *err = parse_field(cmd->pool, KMDC_DIR_DB_POOL, fmin, min_arg, &lo);
 
     (void)dc;
     if (err == NULL) {
-        err = parse_int(cmd->pool, KMDC_DIR_DB_POOL, max_arg, 1,
-                        KMDC_MAX_DB_POOL, &hi);
+        err = parse_field(cmd->pool, KMDC_DIR_DB_POOL, fmax, max_arg, &hi);
     }
     if (err == NULL && lo > hi) {
         err = apr_psprintf(cmd->pool, "%s: the minimum %s is above the maximum "
@@ -439,346 +458,58 @@ static const char *set_db_pool(cmd_parms *cmd, void *dc, const char *min_arg,
                            KMDC_DIR_DB_POOL);
     }
     if (err == NULL) {
-        cmd_conf(cmd)->db_pool_min = (int)lo;
-        cmd_conf(cmd)->db_pool_max = (int)hi;
+        field_put(cmd_conf(cmd), fmin, lo);
+        field_put(cmd_conf(cmd), fmax, hi);
     }
     return err;
 }
 
-static const char *set_db_pool_idle(cmd_parms *cmd, void *dc, const char *arg)
-{
-    apr_int64_t v = 0;
-    const char *err = kmdc_conf_parse_duration(cmd->pool, KMDC_DIR_DB_POOL_IDLE,
-                                               arg, &v);
-
-    (void)dc;
-    if (err == NULL) {
-        err = check_range(cmd->pool, KMDC_DIR_DB_POOL_IDLE, arg, v, 1,
-                          KMDC_MAX_DB_POOL_IDLE, "seconds (1d)");
-    }
-    if (err == NULL) {
-        cmd_conf(cmd)->db_pool_idle = v;
-    }
-    return err;
-}
-
-static const char *set_mailbox_ttl(cmd_parms *cmd, void *dc, const char *arg)
-{
-    apr_int64_t v = 0;
-    const char *err = kmdc_conf_parse_duration(cmd->pool, KMDC_DIR_MAILBOX_TTL,
-                                               arg, &v);
-
-    (void)dc;
-    if (err == NULL) {
-        err = check_range(cmd->pool, KMDC_DIR_MAILBOX_TTL, arg, v, 1,
-                          KMDC_MAX_MAILBOX_TTL, "seconds (3650d)");
-    }
-    if (err == NULL) {
-        cmd_conf(cmd)->mailbox_ttl = v;
-    }
-    return err;
-}
-
-static const char *set_mailbox_quota(cmd_parms *cmd, void *dc,
-                                     const char *count_arg, const char *bytes_arg)
-{
-    apr_int64_t count = 0;
-    apr_int64_t bytes = 0;
-    const char *err = parse_int(cmd->pool, KMDC_DIR_MAILBOX_QUOTA, count_arg, 1,
-                                KMDC_MAX_QUOTA_COUNT, &count);
-
-    (void)dc;
-    if (err == NULL) {
-        err = kmdc_conf_parse_size(cmd->pool, KMDC_DIR_MAILBOX_QUOTA, bytes_arg,
-                                   &bytes);
-    }
-    if (err == NULL) {
-        err = check_range(cmd->pool, KMDC_DIR_MAILBOX_QUOTA, bytes_arg, bytes, 1,
-                          KMDC_MAX_QUOTA_BYTES, "bytes (1048576G)");
-    }
-    if (err == NULL) {
-        cmd_conf(cmd)->mailbox_quota_count = count;
-        cmd_conf(cmd)->mailbox_quota_bytes = bytes;
-    }
-    return err;
-}
-
-static const char *set_auth_skew(cmd_parms *cmd, void *dc, const char *arg)
-{
-    apr_int64_t v = 0;
-    const char *err = kmdc_conf_parse_duration(cmd->pool, KMDC_DIR_AUTH_SKEW,
-                                               arg, &v);
-
-    (void)dc;
-    if (err == NULL) {
-        err = check_range(cmd->pool, KMDC_DIR_AUTH_SKEW, arg, v, 1,
-                          KMDC_MAX_AUTH_SKEW, "seconds (300s)");
-    }
-    if (err == NULL) {
-        cmd_conf(cmd)->auth_skew = v;
-    }
-    return err;
-}
+/* The command table httpd reads, one entry per row. */
+#define KMDC_CMD(ID, ARGS, SETTER, DEF, HELP, F1, F2) \
+    AP_INIT_##ARGS(KMDC_DIR_##ID, SETTER, (void *)&kmdc_dir_rows[KMDC_D_##ID], \
+                   RSRC_CONF, HELP KMDC_DEFHELP_##DEF),
 
 const command_rec kmdc_cmds[] = {
-    AP_INIT_TAKE1(KMDC_DIR_DATABASE, set_database, NULL, RSRC_CONF,
-                  "libpq connection string or URI of the kmdc database (several "
-                  "hosts with target_session_attrs=read-write)"),
-    AP_INIT_TAKE1(KMDC_DIR_LISTEN_DATABASE, set_listen_database, NULL, RSRC_CONF,
-                  "libpq connection string of the long-poll LISTEN connection "
-                  "(default: KmdcDatabase; required with KmdcDatabasePooling "
-                  "transaction)"),
-    AP_INIT_TAKE1(KMDC_DIR_DATABASE_POOLING, set_database_pooling, NULL, RSRC_CONF,
-                  "session (default: PostgreSQL itself or a session pooler) or "
-                  "transaction (a transaction pooler such as pgbouncer)"),
-    AP_INIT_TAKE2(KMDC_DIR_MASTER_KEY, set_master_key, NULL, RSRC_CONF,
-                  "ID FILE: a master key (64 hex digits, mode 0600); repeatable, "
-                  "the highest id wraps new values"),
-    AP_INIT_TAKE1(KMDC_DIR_SEQUENCE_WINDOW, set_seq_window, NULL, RSRC_CONF,
-                  "how far ahead of up_next an envelope's seq may be (1..1024, "
-                  "default 64)"),
-    AP_INIT_TAKE1(KMDC_DIR_ENVELOPE_MAX_AGE, set_envelope_max_age, NULL, RSRC_CONF,
-                  "how far SENT may be from the server clock (default 24h)"),
-    AP_INIT_TAKE1(KMDC_DIR_MAX_DOCUMENT_SIZE, set_max_document_size, NULL,
-                  RSRC_CONF, "largest document accepted (default 1G, at most 1024G)"),
-    AP_INIT_TAKE1(KMDC_DIR_MAX_RECIPIENTS, set_max_recipients, NULL, RSRC_CONF,
-                  "recipients per envelope (1..32, default 32)"),
-    AP_INIT_TAKE1(KMDC_DIR_MAX_UPLOADS, set_max_uploads, NULL, RSRC_CONF,
-                  "uploads in flight per card (default 4)"),
-    AP_INIT_TAKE2(KMDC_DIR_DB_POOL, set_db_pool, NULL, RSRC_CONF,
-                  "MIN MAX database connections per child (default 1 8)"),
-    AP_INIT_TAKE1(KMDC_DIR_DB_POOL_MIN, set_db_pool_min, NULL, RSRC_CONF,
-                  "database connections kept open per child (default 1)"),
-    AP_INIT_TAKE1(KMDC_DIR_DB_POOL_MAX, set_db_pool_max, NULL, RSRC_CONF,
-                  "most database connections per child (default 8)"),
-    AP_INIT_TAKE1(KMDC_DIR_DB_POOL_IDLE, set_db_pool_idle, NULL, RSRC_CONF,
-                  "idle time after which a pooled database connection above "
-                  "the minimum is closed (default 60s)"),
-    AP_INIT_TAKE1(KMDC_DIR_MAILBOX_TTL, set_mailbox_ttl, NULL, RSRC_CONF,
-                  "how long an unfetched delivery is kept (default 7d)"),
-    AP_INIT_TAKE2(KMDC_DIR_MAILBOX_QUOTA, set_mailbox_quota, NULL, RSRC_CONF,
-                  "COUNT BYTES pending per mailbox (default 1000 2G)"),
-    AP_INIT_TAKE1(KMDC_DIR_AUTH_SKEW, set_auth_skew, NULL, RSRC_CONF,
-                  "allowed clock difference of signed requests (default 300s)"),
+    KMDC_DIRECTIVES(KMDC_CMD)
     { .name = NULL }
 };
 
 /* ------------------------------------------------------------------------ */
-/* start-up: where the handler is used                                       */
-
-typedef struct scan_ctx {
-    apr_pool_t *p;
-    server_rec *main_s;
-    apr_array_header_t *bases;
-    apr_array_header_t *body_limits;   /* every LimitRequestBody (body_limit) */
-    const char *error;
-} scan_ctx;
-
-/* A LimitRequestBody directive of the tree and where it stands. */
-typedef struct body_limit {
-    server_rec *vhost;        /* NULL: the main server (or every server) */
-    const char *loc;          /* its <Location> path, NULL: server level */
-    apr_off_t bytes;          /* 0: no limit */
-} body_limit;
-
-/* httpd's own LimitRequestBody when none is set (2.4.54 and later). */
-#define KMDC_HTTPD_DEFAULT_BODY_LIMIT ((apr_off_t)1 << 30)
-
-/* Where a node sits: inside a literal <Location> (loc != NULL), inside some
- * other section that SetHandler kmdc may not use (bad != NULL), or neither. */
-typedef struct scan_where {
-    server_rec *vhost;
-    const char *loc;
-    const char *bad;
-} scan_where;
-
-/* The first word of a section's arguments ("/kmdc>" -> "/kmdc"). */
-static const char *section_arg(apr_pool_t *p, const char *args)
-{
-    char *a = apr_pstrdup(p, args != NULL ? args : "");
-    char *gt = strrchr(a, '>');
-    const char *cur = a;
-
-    if (gt != NULL) {
-        *gt = '\0';
-    }
-    return ap_getword_conf(p, &cur);
-}
-
-static server_rec *find_vhost(server_rec *main_s, const ap_directive_t *d)
-{
-    server_rec *s;
-
-    for (s = main_s->next; s != NULL; s = s->next) {
-        if (s->defn_name != NULL && d->filename != NULL
-            && strcmp(s->defn_name, d->filename) == 0
-            && s->defn_line_number == (unsigned)d->line_num) {
-            return s;
-        }
-    }
-    return NULL;
-}
-
-static void scan_tree(scan_ctx *c, const ap_directive_t *d, scan_where w)
-{
-    for (; d != NULL && c->error == NULL; d = d->next) {
-        const char *name = d->directive;
-        scan_where inner = w;
-
-        if (name == NULL) {
-            continue;
-        }
-        if (strcasecmp(name, "SetHandler") == 0) {
-            const char *cur = d->args != NULL ? d->args : "";
-            const char *h = ap_getword_conf(c->p, &cur);
-
-            if (strcasecmp(h, KMDC_HANDLER) != 0) {
-                continue;
-            }
-            if (w.loc == NULL) {
-                c->error = apr_psprintf(c->p, "SetHandler %s on line %d of %s "
-                    "must be inside a <Location /path> section with a literal "
-                    "path (%s); the module serves the paths below that location",
-                    KMDC_HANDLER, d->line_num, d->filename,
-                    w.bad != NULL ? w.bad : "it is outside any <Location>");
-                continue;
-            }
-            {
-                kmdc_base *b = apr_array_push(c->bases);
-                b->s = w.vhost;
-                b->path = w.loc;
-                b->len = strlen(w.loc);
-            }
-            continue;
-        }
-        if (strcasecmp(name, "LimitRequestBody") == 0 && w.bad == NULL) {
-            body_limit *l = apr_array_push(c->body_limits);
-            char *end = NULL;
-
-            l->vhost = w.vhost;
-            l->loc = w.loc;
-            if (apr_strtoff(&l->bytes, d->args != NULL ? d->args : "", &end, 10)
-                != APR_SUCCESS || l->bytes < 0) {
-                apr_array_pop(c->body_limits);   /* httpd itself refuses it */
-            }
-            continue;
-        }
-        if (name[0] != '<' || d->first_child == NULL) {
-            continue;
-        }
-        if (strcasecmp(name, "<VirtualHost") == 0) {
-            inner.vhost = find_vhost(c->main_s, d);
-            inner.loc = NULL;
-            inner.bad = NULL;
-        }
-        else if (strcasecmp(name, "<Location") == 0) {
-            const char *path = section_arg(c->p, d->args);
-
-            if (path[0] != '/' || apr_fnmatch_test(path)) {
-                inner.loc = NULL;
-                inner.bad = "not a regular expression or a wildcard";
-            }
-            else {
-                char *pp = apr_pstrdup(c->p, path);
-                apr_size_t n = strlen(pp);
-
-                while (n > 0 && pp[n - 1] == '/') {
-                    pp[--n] = '\0';
-                }
-                inner.loc = pp;
-                inner.bad = NULL;
-            }
-        }
-        else if (strcasecmp(name, "<LocationMatch") == 0) {
-            inner.loc = NULL;
-            inner.bad = "not <LocationMatch>";
-        }
-        else if (strncasecmp(name, "<Directory", 10) == 0
-                 || strncasecmp(name, "<Files", 6) == 0
-                 || strncasecmp(name, "<Proxy", 6) == 0) {
-            inner.loc = NULL;
-            inner.bad = apr_pstrcat(c->p, "not ", name, ">", NULL);
-        }
-        /* <If>, <IfModule>, <IfDefine>, ... keep the enclosing context */
-        scan_tree(c, d->first_child, inner);
-    }
-}
-
-/* ------------------------------------------------------------------------ */
 /* start-up: master key files                                                */
 
-/* Read a master key file with kmdc_master_key_load (lib/kmdc_wrap.h: a
- * regular file without any permission bit for group or others, holding 64
- * lowercase hex digits and an optional newline).  The permissions are looked
- * at first only to give the administrator the exact fix.  Returns NULL and
- * fills key, or an error message from p. */
-static const char *read_key_file(apr_pool_t *p, const char *path,
-                                 unsigned char key[KMDC_MASTER_KEY_LEN])
+static apr_status_t free_keys(void *data)
 {
-    struct stat st;
-    kmdc_err err;
-
-    kmdc_err_clear(&err);
-    if (stat(path, &st) == 0 && S_ISREG(st.st_mode)) {
-        if ((st.st_mode & (S_IRGRP | S_IROTH)) != 0) {
-            return apr_psprintf(p, "%s: %s is readable by group or others; "
-                                "chmod 600 %s", KMDC_DIR_MASTER_KEY, path, path);
-        }
-        if ((st.st_mode & (S_IWGRP | S_IWOTH | S_IXGRP | S_IXOTH)) != 0) {
-            return apr_psprintf(p, "%s: %s is accessible to group or others; "
-                                "chmod 600 %s", KMDC_DIR_MASTER_KEY, path, path);
-        }
-    }
-    if (kmdc_master_key_load(path, key, &err) != KMDC_OK) {
-        kmdc_wipe(key, KMDC_MASTER_KEY_LEN);
-        return apr_psprintf(p, "%s: %s", KMDC_DIR_MASTER_KEY, err.msg);
-    }
-    return NULL;
-}
-
-static apr_status_t wipe_keys(void *data)
-{
-    kmdc_keyring_wipe(data);
+    kmdc_keyring_free(data);
     return APR_SUCCESS;
 }
 
-/* Load every key of files; with keep 0 only check them (wiped at once). */
+/* Load every key of files (kmdc_master_key_file) with lib's keyring loader
+ * (kmdc_keyring.h: each a regular file without any permission bit for group
+ * or others, holding 64 lowercase hex digits and an optional newline).  With
+ * keep 1 the ring lives until pconf goes (its keys wiped then); with keep 0
+ * the files are only checked and the keys wiped at once. */
 static const char *load_keys(apr_pool_t *pconf, const apr_array_header_t *files,
                              int keep, const kmdc_master_keys **out)
 {
-    kmdc_master_keys *mk = NULL;
-    unsigned char tmp[KMDC_MASTER_KEY_LEN];
+    kmdc_keyring *ring = apr_pcalloc(pconf, sizeof(*ring));
     const char *msg = NULL;
-    int i;
+    kmdc_err err;
 
     *out = NULL;
-    if (keep) {
-        mk = apr_pcalloc(pconf, sizeof(*mk));
-        mk->keys = apr_pcalloc(pconf, (apr_size_t)files->nelts * sizeof(*mk->keys));
-        apr_pool_cleanup_register(pconf, mk, wipe_keys, apr_pool_cleanup_null);
+    kmdc_err_clear(&err);
+    if (kmdc_keyring_load(ring, (const kmdc_master_key_file *)(void *)files->elts,
+                          (size_t)files->nelts, NULL, &err) != KMDC_OK) {
+        msg = apr_psprintf(pconf, "%s: %s", KMDC_DIR_MASTER_KEY, err.msg);
+        goto out;
     }
-    for (i = 0; i < files->nelts; i++) {
-        const kmdc_master_key_conf *f =
-            &APR_ARRAY_IDX(files, i, kmdc_master_key_conf);
-
-        msg = read_key_file(pconf, f->path, tmp);
-        if (msg != NULL) {
-            goto out;
-        }
-        if (mk != NULL) {
-            mk->keys[mk->n].id = f->id;
-            memcpy(mk->keys[mk->n].key, tmp, sizeof(tmp));
-            if (f->id > mk->newest) {
-                mk->newest = f->id;
-            }
-            mk->n++;
-        }
-        kmdc_wipe(tmp, sizeof(tmp));
+    if (!keep) {
+        kmdc_keyring_free(ring);
+        goto out;
     }
-    *out = mk;
+    apr_pool_cleanup_register(pconf, ring, free_keys, apr_pool_cleanup_null);
+    *out = ring;
 
 out:
-    kmdc_wipe(tmp, sizeof(tmp));
     return msg;
 }
 
@@ -794,49 +525,6 @@ static const char *server_name(apr_pool_t *p, const server_rec *s)
                         s->defn_line_number, s->defn_name);
 }
 
-/* 1 when location path loc covers uri (at a "/" boundary). */
-static int covers(const char *loc, const char *uri)
-{
-    apr_size_t n = strlen(loc);
-
-    return strncmp(loc, uri, n) == 0 && (uri[n] == '\0' || uri[n] == '/' || n == 0);
-}
-
-/*
- * The LimitRequestBody that applies to {base}/send: the longest <Location>
- * of the base's server that covers it, else the server's own, else the main
- * server's, else httpd's default.  (Sections other than <Location> are not
- * followed: they do not apply to the handler's URLs.)
- */
-static apr_off_t send_body_limit(apr_pool_t *p, const apr_array_header_t *limits,
-                                 const kmdc_base *b)
-{
-    const char *uri = apr_pstrcat(p, b->path, "/send", NULL);
-    const body_limit *best = NULL, *server = NULL, *main_level = NULL;
-    int i;
-
-    for (i = 0; i < limits->nelts; i++) {
-        const body_limit *l = &APR_ARRAY_IDX(limits, i, body_limit);
-
-        if (l->vhost != NULL && l->vhost != b->s) {
-            continue;
-        }
-        if (l->loc == NULL) {
-            if (l->vhost != NULL) {
-                server = l;
-            }
-            else {
-                main_level = l;
-            }
-        }
-        else if (covers(l->loc, uri)
-                 && (best == NULL || strlen(l->loc) >= strlen(best->loc))) {
-            best = l;
-        }
-    }
-    best = best != NULL ? best : server != NULL ? server : main_level;
-    return best != NULL ? best->bytes : KMDC_HTTPD_DEFAULT_BODY_LIMIT;
-}
 
 /*
  * KmdcMailboxQuota must hold one envelope of KmdcMaxDocumentSize (else no
@@ -872,7 +560,7 @@ static const char *check_limits(apr_pool_t *pconf, apr_pool_t *ptemp, server_rec
         if (b->s != NULL && b->s != vs) {
             continue;
         }
-        limit = send_body_limit(ptemp, limits, b);
+        limit = kmdc_locations_send_limit(ptemp, limits, b);
         if (limit != 0 && (uint64_t)limit < envelope) {
             ap_log_error(APLOG_MARK, APLOG_WARNING, 0, vs,
                          "kmdc: LimitRequestBody %" APR_OFF_T_FMT " for %s/send is below "
@@ -887,33 +575,15 @@ static const char *check_limits(apr_pool_t *pconf, apr_pool_t *ptemp, server_rec
     return NULL;
 }
 
+
 /* ------------------------------------------------------------------------ */
 /* start-up: the whole pass                                                  */
-
-static void fill_defaults(kmdc_srv_conf *sc)
-{
-#define DEF(f, v) do { if (sc->f == KMDC_CONF_UNSET) sc->f = (v); } while (0)
-    DEF(seq_window, KMDC_DEF_SEQUENCE_WINDOW);
-    DEF(envelope_max_age, KMDC_DEF_ENVELOPE_MAX_AGE);
-    DEF(max_document_size, KMDC_DEF_MAX_DOCUMENT_SIZE);
-    DEF(max_recipients, KMDC_DEF_MAX_RECIPIENTS);
-    DEF(max_uploads_per_card, KMDC_DEF_MAX_UPLOADS);
-    DEF(db_pooling, KMDC_POOLING_SESSION);
-    DEF(db_pool_min, KMDC_DEF_DB_POOL_MIN);
-    DEF(db_pool_max, KMDC_DEF_DB_POOL_MAX);
-    DEF(db_pool_idle, KMDC_DEF_DB_POOL_IDLE);
-    DEF(mailbox_ttl, KMDC_DEF_MAILBOX_TTL);
-    DEF(mailbox_quota_count, KMDC_DEF_QUOTA_COUNT);
-    DEF(mailbox_quota_bytes, KMDC_DEF_QUOTA_BYTES);
-    DEF(auth_skew, KMDC_DEF_AUTH_SKEW);
-#undef DEF
-}
 
 int kmdc_conf_startup(apr_pool_t *pconf, apr_pool_t *ptemp, server_rec *s,
                       int load_keys_now)
 {
-    scan_ctx c;
-    scan_where top;
+    apr_array_header_t *bases = NULL;
+    apr_array_header_t *limits = NULL;
     apr_hash_t *loaded = apr_hash_make(ptemp);
     const char *msg = NULL;
     server_rec *failed = s;
@@ -921,15 +591,8 @@ int kmdc_conf_startup(apr_pool_t *pconf, apr_pool_t *ptemp, server_rec *s,
     int rv = OK;
     int i;
 
-    memset(&c, 0, sizeof(c));
-    c.p = pconf;
-    c.main_s = s;
-    c.bases = apr_array_make(pconf, 4, sizeof(kmdc_base));
-    c.body_limits = apr_array_make(ptemp, 4, sizeof(body_limit));
-    memset(&top, 0, sizeof(top));
-    scan_tree(&c, ap_conftree, top);
-    if (c.error != NULL) {
-        msg = c.error;
+    msg = kmdc_locations_scan(pconf, ptemp, s, &bases, &limits);
+    if (msg != NULL) {
         goto out;
     }
 
@@ -938,14 +601,16 @@ int kmdc_conf_startup(apr_pool_t *pconf, apr_pool_t *ptemp, server_rec *s,
         const kmdc_master_keys *keys = NULL;
 
         failed = vs;
-        fill_defaults(sc);
-        sc->bases = c.bases;
+        if ((msg = fill_defaults(pconf, sc)) != NULL) {
+            goto out;
+        }
+        sc->bases = bases;
         sc->defn = vs->defn_name != NULL
             ? apr_psprintf(pconf, "%s:%u", vs->defn_name, vs->defn_line_number)
             : "main server";
         sc->handler_used = 0;
-        for (i = 0; i < c.bases->nelts; i++) {
-            const kmdc_base *b = &APR_ARRAY_IDX(c.bases, i, kmdc_base);
+        for (i = 0; i < bases->nelts; i++) {
+            const kmdc_base *b = &APR_ARRAY_IDX(bases, i, kmdc_base);
             if (b->s == NULL || b->s == vs) {
                 sc->handler_used = 1;
             }
@@ -957,7 +622,7 @@ int kmdc_conf_startup(apr_pool_t *pconf, apr_pool_t *ptemp, server_rec *s,
                                server_name(ptemp, vs));
             goto out;
         }
-        if ((msg = check_limits(pconf, ptemp, vs, sc, c.body_limits,
+        if ((msg = check_limits(pconf, ptemp, vs, sc, limits,
                                 !load_keys_now)) != NULL) {
             goto out;
         }
@@ -1013,32 +678,4 @@ out:
         rv = HTTP_INTERNAL_SERVER_ERROR;
     }
     return rv;
-}
-
-const kmdc_base *kmdc_conf_find_base(const request_rec *r)
-{
-    const kmdc_srv_conf *sc = kmdc_conf_get(r->server);
-    const kmdc_base *best = NULL;
-    int i;
-
-    if (sc == NULL || sc->bases == NULL || r->uri == NULL) {
-        return NULL;
-    }
-    for (i = 0; i < sc->bases->nelts; i++) {
-        const kmdc_base *b = &APR_ARRAY_IDX(sc->bases, i, kmdc_base);
-
-        if (b->s != NULL && b->s != r->server) {
-            continue;
-        }
-        if (strncmp(r->uri, b->path, b->len) != 0) {
-            continue;
-        }
-        if (r->uri[b->len] != '\0' && r->uri[b->len] != '/') {
-            continue;
-        }
-        if (best == NULL || b->len > best->len) {
-            best = b;
-        }
-    }
-    return best;
 }

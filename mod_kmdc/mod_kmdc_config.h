@@ -1,7 +1,8 @@
 /*
- * mod_kmdc_config.h - the per-server configuration of mod_kmdc: the
- * directives, their defaults and bounds, the merge, and the start-up checks
- * (where the handler is used, the database and master keys it needs).
+ * mod_kmdc_config.h - the per-server configuration of mod_kmdc: its fields,
+ * the merge, and the start-up checks (where the handler is used, the
+ * database and master keys it needs).  The directives themselves, their
+ * bounds, defaults and help texts are the table of mod_kmdc_directives.h.
  *
  * Every field starts "unset" (NULL or KMDC_CONF_UNSET); merging takes the
  * virtual host's value when set, else the main server's.  At start-up
@@ -20,23 +21,7 @@
 #include "kmdc_keyring.h"
 #include "kmdc_wrap.h"
 
-/* Directive names, defined once (used in the command table and messages). */
-#define KMDC_DIR_DATABASE           "KmdcDatabase"
-#define KMDC_DIR_LISTEN_DATABASE    "KmdcListenDatabase"
-#define KMDC_DIR_DATABASE_POOLING   "KmdcDatabasePooling"
-#define KMDC_DIR_MASTER_KEY         "KmdcMasterKey"
-#define KMDC_DIR_SEQUENCE_WINDOW    "KmdcSequenceWindow"
-#define KMDC_DIR_ENVELOPE_MAX_AGE   "KmdcEnvelopeMaxAge"
-#define KMDC_DIR_MAX_DOCUMENT_SIZE  "KmdcMaxDocumentSize"
-#define KMDC_DIR_MAX_RECIPIENTS     "KmdcMaxRecipients"
-#define KMDC_DIR_MAX_UPLOADS        "KmdcMaxUploadsPerCard"
-#define KMDC_DIR_DB_POOL            "KmdcDbPool"
-#define KMDC_DIR_DB_POOL_MIN        "KmdcDbPoolMin"
-#define KMDC_DIR_DB_POOL_MAX        "KmdcDbPoolMax"
-#define KMDC_DIR_DB_POOL_IDLE       "KmdcDbPoolIdle"
-#define KMDC_DIR_MAILBOX_TTL        "KmdcMailboxTTL"
-#define KMDC_DIR_MAILBOX_QUOTA      "KmdcMailboxQuota"
-#define KMDC_DIR_AUTH_SKEW          "KmdcAuthSkew"
+#include "mod_kmdc_directives.h"
 
 /* The "unset" sentinel of the numeric fields. */
 #define KMDC_CONF_UNSET (-1)
@@ -45,43 +30,9 @@
 #define KMDC_POOLING_SESSION        0   /* PostgreSQL itself, or a session pooler */
 #define KMDC_POOLING_TRANSACTION    1   /* a transaction pooler (pgbouncer) */
 
-/* Defaults and bounds (docs/PROTOCOL.md sections 4 and 5; documented in docs/DIRECTIVES.md). */
-#define KMDC_DEF_SEQUENCE_WINDOW    64
-#define KMDC_MAX_SEQUENCE_WINDOW    1024
-#define KMDC_DEF_ENVELOPE_MAX_AGE   APR_INT64_C(86400)          /* 24 h */
-#define KMDC_MAX_ENVELOPE_MAX_AGE   APR_INT64_C(31536000)       /* 365 d */
-#define KMDC_DEF_MAX_DOCUMENT_SIZE  (APR_INT64_C(1) << 30)      /* 1 GiB */
-#define KMDC_MAX_MAX_DOCUMENT_SIZE  (APR_INT64_C(1) << 40)  /* SIZE, PROTOCOL.md 3.3 */
-#define KMDC_DEF_MAX_RECIPIENTS     32
-#define KMDC_MAX_MAX_RECIPIENTS     32
-#define KMDC_DEF_MAX_UPLOADS        4
-#define KMDC_MAX_MAX_UPLOADS        1024
-#define KMDC_DEF_DB_POOL_MIN        1
-#define KMDC_DEF_DB_POOL_MAX        8
-#define KMDC_DEF_DB_POOL_IDLE       60
-#define KMDC_MAX_DB_POOL_IDLE       86400
-#define KMDC_MAX_DB_POOL            1024
-#define KMDC_DEF_MAILBOX_TTL        APR_INT64_C(604800)         /* 7 d */
-#define KMDC_MAX_MAILBOX_TTL        APR_INT64_C(315360000)      /* 3650 d */
-#define KMDC_DEF_QUOTA_COUNT        APR_INT64_C(1000)
-#define KMDC_MAX_QUOTA_COUNT        APR_INT64_C(2147483647)
-#define KMDC_DEF_QUOTA_BYTES        (APR_INT64_C(2) << 30)      /* 2 GiB: holds one envelope of the largest default document */
-#define KMDC_MAX_QUOTA_BYTES        (APR_INT64_C(1) << 50)      /* 1 PiB */
-#define KMDC_DEF_AUTH_SKEW          APR_INT64_C(300)
-#define KMDC_MAX_AUTH_SKEW          APR_INT64_C(300)   /* nonces are kept 600 s = 2 x skew */
-
-/* Master key ids are 1 .. 2^31-1; a key is KMDC_MASTER_KEY_LEN (32) bytes,
- * read by kmdc_master_key_load (lib/kmdc_wrap.h). */
-#define KMDC_MASTER_KEY_ID_MAX      APR_INT64_C(2147483647)
-
-/* One KmdcMasterKey directive. */
-typedef struct kmdc_master_key_conf {
-    uint32_t id;              /* 1 .. 2^31-1, unique within the server */
-    const char *path;         /* absolute (ServerRoot-relative resolved) */
-} kmdc_master_key_conf;
-
 /* The master keys of a server, loaded at post_config by the root parent
- * (kmdc_keyring.h; the key bytes live in pconf memory, wiped by a cleanup). */
+ * with kmdc_keyring_load (kmdc_keyring.h); a pconf cleanup wipes and frees
+ * them. */
 typedef kmdc_keyring kmdc_master_keys;
 
 /* A URL prefix served by `SetHandler kmdc` (found at start-up). */
@@ -99,7 +50,8 @@ typedef struct kmdc_srv_conf {
     const char *listen_conninfo;      /* KmdcListenDatabase: the LISTEN connection's;
                                        * NULL: KmdcDatabase */
     int db_pooling;                   /* KmdcDatabasePooling: KMDC_POOLING_* */
-    apr_array_header_t *master_key_files; /* KmdcMasterKey entries; NULL unset */
+    apr_array_header_t *master_key_files; /* KmdcMasterKey entries
+                                       * (kmdc_master_key_file); NULL unset */
     int seq_window;                   /* KmdcSequenceWindow: accepted seq ahead of up_next */
     apr_int64_t envelope_max_age;     /* KmdcEnvelopeMaxAge: seconds SENT may differ from now */
     apr_int64_t max_document_size;    /* KmdcMaxDocumentSize: bytes of one document */
@@ -156,17 +108,21 @@ int kmdc_conf_startup(apr_pool_t *pconf, apr_pool_t *ptemp, server_rec *s,
 const kmdc_base *kmdc_conf_find_base(const request_rec *r);
 
 /*
- * Parse a duration: decimal seconds, or with one suffix s, m, h or d.
- * Returns NULL and sets *out, or an error message (from p) naming directive.
+ * The <Location> scan (mod_kmdc_locations.c): every <Location> of the
+ * configuration tree that holds `SetHandler kmdc` becomes a kmdc_base in
+ * *bases (from pconf; refusing the handler in any other section), and every
+ * LimitRequestBody and where it stands goes into *limits (from ptemp), for
+ * kmdc_locations_send_limit().  Returns NULL, or the message of the first
+ * problem.
  */
-const char *kmdc_conf_parse_duration(apr_pool_t *p, const char *directive,
-                                     const char *arg, apr_int64_t *out);
+const char *kmdc_locations_scan(apr_pool_t *pconf, apr_pool_t *ptemp,
+                                server_rec *s, apr_array_header_t **bases,
+                                apr_array_header_t **limits);
 
-/*
- * Parse a size: decimal bytes, or with one suffix K, M or G (powers of 1024,
- * either case).  Returns NULL and sets *out, or an error message (from p).
- */
-const char *kmdc_conf_parse_size(apr_pool_t *p, const char *directive,
-                                 const char *arg, apr_int64_t *out);
+/* The LimitRequestBody that applies to {base}/send (0: none), from the
+ * limits kmdc_locations_scan() found. */
+apr_off_t kmdc_locations_send_limit(apr_pool_t *p,
+                                    const apr_array_header_t *limits,
+                                    const kmdc_base *b);
 
 #endif

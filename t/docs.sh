@@ -5,9 +5,11 @@
 #   t/docs.sh [BUILDDIR]
 #
 # Checked against the code, everywhere they are documented:
-#   directives       mod_kmdc_config.h's KMDC_DIR_* <-> docs/DIRECTIVES.md,
-#                    docs/ADMIN.md; every Kmdc* word in the documents, man pages,
-#                    README.md and conf/ is a directive
+#   directives       the module's directive table (mod_kmdc_directives.h, as
+#                    tools/kmdc-directives prints it) <-> docs/DIRECTIVES.md,
+#                    docs/ADMIN.md, each with the table's default; every Kmdc*
+#                    word in the documents, man pages, README.md and conf/ is a
+#                    directive
 #   kmdcadm commands kmdcadm.c's table <-> a `.SS` of kmdcadm(8); every
 #                    `kmdcadm WORD` in README.md and docs/*.md is a command
 #   kmdc commands    kmdc.c's table <-> kmdc(1)'s COMMANDS; every `kmdc WORD`
@@ -28,11 +30,28 @@ userdocs="$top/README.md $top/docs/ADMIN.md $top/docs/API.md $top/docs/DIRECTIVE
 alldocs="$userdocs $(ls "$top"/conf/*.conf)"
 
 # --- directives ------------------------------------------------------------------
-directives=$(sed -n 's/^#define KMDC_DIR_[A-Z_]* *"\(Kmdc[A-Za-z]*\)".*/\1/p' "$top/mod_kmdc/mod_kmdc_config.h")
-[ -n "$directives" ]; ok $? "the module defines directives"
+# The table as tools/kmdc-directives prints it (NAME, ARGUMENTS, DEFAULT or -):
+# the build's, else compiled here from the header alone.
+dirtool="$build/tools/kmdc-directives"
+if [ -z "$build" ] || [ ! -x "$dirtool" ]; then
+    dirtmp=$(mktemp -d); trap 'rm -rf "$dirtmp"' EXIT
+    dirtool="$dirtmp/kmdc-directives"
+    "${CC:-cc}" -I"$top/mod_kmdc" -o "$dirtool" "$top/tools/kmdc_directives.c" || dirtool=false
+fi
+dirtable=$("$dirtool")
+directives=$(printf '%s\n' "$dirtable" | cut -f1)
+[ -n "$directives" ]; ok $? "the module's directive table lists directives"
 for d in $directives; do
     grep -q "\`$d\`\|^$d \|^ *$d \|\b$d\b" "$top/docs/DIRECTIVES.md"; ok $? "$d is documented in docs/DIRECTIVES.md"
     grep -q "\b$d\b" "$top/docs/ADMIN.md"; ok $? "$d is documented in docs/ADMIN.md"
+    def=$(printf '%s\n' "$dirtable" | awk -F '\t' -v d="$d" '$1 == d { print $3 }')
+    [ "$def" != "-" ] || continue
+    for doc in DIRECTIVES.md ADMIN.md; do
+        # the default column of the directive's row, without backticks
+        got=$(sed -n "s/^| \`$d\` | [^|]* | \([^|]*\) |.*/\1/p" "$top/docs/$doc" | tr -d '`')
+        [ "$got" = "$def" ]; ok $? "$d's default in docs/$doc is the table's ($def)"
+        [ "$got" = "$def" ] || diag "docs/$doc says: '$got'"
+    done
 done
 # shellcheck disable=SC2086
 unknown=$(grep -ohw 'Kmdc[A-Z][A-Za-z]*' $alldocs | sort -u | while read -r w; do
