@@ -1,6 +1,6 @@
 /*
  * kmdc_intake_steps.c - the send intake's steps, one function per state of
- * kmdc_intake.h in the order the states follow each other (DESIGN 3.7):
+ * kmdc_intake.h in the order the states follow each other:
  * PREFIX, SENDER, CHECK, RECIPIENTS, PAYLOAD, END, PUBLISH, RETRY.  The
  * driver that calls them is kmdc_intake.c; the answers they decide are
  * kmdc_intake_answer.c.
