@@ -605,9 +605,6 @@ int kmdc_conf_startup(apr_pool_t *pconf, apr_pool_t *ptemp, server_rec *s,
             goto out;
         }
         sc->bases = bases;
-        sc->defn = vs->defn_name != NULL
-            ? apr_psprintf(pconf, "%s:%u", vs->defn_name, vs->defn_line_number)
-            : "main server";
         sc->handler_used = 0;
         for (i = 0; i < bases->nelts; i++) {
             const kmdc_base *b = &APR_ARRAY_IDX(bases, i, kmdc_base);

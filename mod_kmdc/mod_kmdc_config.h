@@ -66,7 +66,6 @@ typedef struct kmdc_srv_conf {
     apr_int64_t mailbox_quota_bytes;  /* KmdcMailboxQuota: pending bytes per mailbox */
     apr_int64_t auth_skew;            /* KmdcAuthSkew: seconds |now - ts| may reach */
     /* --- filled at start-up (not directives, not merged) -------------- */
-    const char *defn;                 /* "file:line" of the server, for messages */
     int handler_used;                 /* some <Location> of this server has the handler */
     const apr_array_header_t *bases;  /* every kmdc_base (shared by all servers) */
     const kmdc_master_keys *keys;     /* loaded at post_config; NULL when none */

@@ -84,16 +84,6 @@ void kmdc_db_release(kmdc_db *db);
 void kmdc_db_invalidate(kmdc_db *db);
 
 /*
- * 1 when the store may use named prepared statements and session state on
- * db's connection: KmdcDatabasePooling is session (the default) and no
- * connection of the pool showed a connection pooler in between (a pooler
- * gives libpq a backend process id that is not the server's).  With 0, every
- * statement must be self-contained (PQexecParams, unnamed), every SET be SET
- * LOCAL inside a transaction, and no lock or state outlive a transaction.
- */
-int kmdc_db_session_state_ok(const kmdc_db *db);
-
-/*
  * Check a KmdcDatabase or KmdcListenDatabase string (key=value or URI,
  * multi-host included) with libpq's own parser, and that a string naming
  * several hosts asks for target_session_attrs=read-write (or primary).
@@ -147,35 +137,10 @@ void kmdc_db_param_text_array(kmdc_db_params *pp, apr_pool_t *p,
 kmdc_db_rc kmdc_db_exec(kmdc_db *db, const char *sql, const kmdc_db_params *pp,
                         int binary_result, PGresult **res);
 
-/*
- * The result of one statement: KMDC_DB_OK for PGRES_COMMAND_OK or
- * PGRES_TUPLES_OK; KMDC_DB_UNAVAILABLE (db marked broken) when the
- * connection is gone; otherwise KMDC_DB_ERROR, logged with its SQLSTATE and
- * what sql was for.
- */
-kmdc_db_rc kmdc_db_check_result(kmdc_db *db, const PGresult *res, const char *sql);
-
-/* ---- mod_kmdc_dbexec.c: prepared statements and batches ------------------- */
-
-/* Most statements one connection keeps prepared. */
-#define KMDC_DB_MAX_PREPARED 128
+/* ---- mod_kmdc_dbexec.c: batches ------------------------------------------- */
 
 /* Most statements in one batch. */
 #define KMDC_DB_BATCH_MAX 16
-
-/* Let pg prepare the statements it runs (once each, by SQL text).  Called
- * by the pool on a new connection; 0 when libpq refused. */
-int kmdc_db_stmt_register(PGconn *pg);
-
-/* 1 when sql runs on pg without a Prepare first (prepared before, or pg
- * prepares nothing). */
-int kmdc_db_stmt_ready(PGconn *pg, const char *sql);
-
-/* Run one statement on pg: prepared when pg keeps a table of them (a
- * separate round trip prepares it the first time), else PQexecParams.  The
- * result as PQexecParams gives it. */
-PGresult *kmdc_db_stmt_exec(PGconn *pg, const char *sql, const kmdc_db_params *pp,
-                            int binary_result);
 
 typedef struct kmdc_db_batch_item {
     const char *sql;
@@ -234,9 +199,6 @@ kmdc_db_rc kmdc_db_command(kmdc_db *db, const char *sql);
 /* ROLLBACK; a connection where even that fails is invalidated.  Returns
  * the ROLLBACK's result. */
 kmdc_db_rc kmdc_db_rollback(kmdc_db *db);
-
-/* Tie res to the request (freed with its pool, or by kmdc_db_clear). */
-void kmdc_db_keep_result(kmdc_db *db, PGresult *res);
 
 /* Free a result from kmdc_db_exec now.  Accepts NULL. */
 void kmdc_db_clear(kmdc_db *db, PGresult *res);

@@ -33,7 +33,7 @@
 #include "http_log.h"
 
 #include "mod_kmdc.h"
-#include "mod_kmdc_db.h"
+#include "mod_kmdc_db_int.h"
 #include "mod_kmdc_metrics.h"
 
 /* ---- the statements prepared on one connection ----------------------------- */

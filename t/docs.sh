@@ -13,7 +13,7 @@
 #   kmdcadm commands kmdcadm.c's table <-> a `.SS` of kmdcadm(8); every
 #                    `kmdcadm WORD` in README.md and docs/*.md is a command
 #   kmdc commands    kmdc.c's table <-> kmdc(1)'s COMMANDS; every `kmdc WORD`
-#   metric names     the names mod_kmdc_metrics.c prints <-> docs/ADMIN.md's
+#   metric names     the names mod_kmdc_metrics_page.c prints <-> docs/ADMIN.md's
 #                    metrics table; every kmdc_*_total etc. in the documents
 #   API error codes  every code the module and the intake answer with <->
 #                    docs/API.md's error table; every {"error":"X"} in the docs
@@ -110,7 +110,7 @@ if [ -n "$build" ] && [ -x "$build/admin/kmdcadm" ] && [ -x "$build/kmdc/kmdc" ]
 fi
 
 # --- metrics ----------------------------------------------------------------------------
-metrics=$(grep -o '"kmdc_[a-z_]*"' "$top/mod_kmdc/mod_kmdc_metrics.c" | tr -d '"' | sort -u)
+metrics=$(grep -o '"kmdc_[a-z_]*"' "$top/mod_kmdc/mod_kmdc_metrics_page.c" | tr -d '"' | sort -u)
 [ -n "$metrics" ]; ok $? "the module prints metrics"
 table=$(sed -n '/^## 11\. Metrics/,/^## 12\./p' "$top/docs/ADMIN.md" | sed -n 's/^| `\(kmdc_[a-z_]*\)` |.*/\1/p' | sort -u)
 for m in $metrics; do
