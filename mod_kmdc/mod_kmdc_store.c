@@ -139,34 +139,6 @@ int kmdc_pg_get_counter(const PGresult *res, int row, int col, uint64_t *v)
     return 1;
 }
 
-/* PostgreSQL's bool type oid (pg_type.h). */
-#define KMDC_BOOLOID 16
-
-/* A boolean column: binary (one byte 0/1) or text ("t"/"f").  Returns 1 and
- * sets *v, 0 for NULL or anything else. */
-int kmdc_pg_get_bool(const PGresult *res, int row, int col, int *v)
-{
-    const char *p;
-
-    if (row < 0 || row >= PQntuples(res) || col < 0 || col >= PQnfields(res)
-        || PQgetisnull(res, row, col) || PQftype(res, col) != KMDC_BOOLOID) {
-        return 0;
-    }
-    p = PQgetvalue(res, row, col);
-    if (PQfformat(res, col) == 1) {
-        if (PQgetlength(res, row, col) != 1) {
-            return 0;
-        }
-        *v = p[0] != 0;
-        return 1;
-    }
-    if (strcmp(p, "t") == 0 || strcmp(p, "f") == 0) {
-        *v = p[0] == 't';
-        return 1;
-    }
-    return 0;
-}
-
 kmdc_store_rc kmdc_pg_row(kmdc_db *db, const char *sql, const kmdc_db_params *pp,
                           int binary, PGresult **res)
 {

@@ -182,7 +182,7 @@ kmdc_store_rc kmdc_pg_card_get(kmdc_store *st, uint64_t serial, kmdc_card_info *
         goto out;
     }
     out->status = get_status(res, 0, 0);
-    if (out->status == 0 || !kmdc_pg_get_bool(res, 0, 1, &out->locked)
+    if (out->status == 0 || !kmdc_db_get_bool(res, 0, 1, &out->locked)
         || !kmdc_pg_get_counter(res, 0, 2, &out->up_next)
         || !kmdc_pg_get_counter(res, 0, 3, &out->down_next)) {
         log_unreadable(ps, serial, "row");
@@ -207,8 +207,8 @@ static int read_activation(const PGresult *res, kmdc_activation *row)
     int64_t key_id = 0;
 
     row->status = get_status(res, 0, 0);
-    if (row->status == 0 || !kmdc_pg_get_bool(res, 0, 1, &row->locked)
-        || !kmdc_pg_get_bool(res, 0, 3, &row->code_expired)
+    if (row->status == 0 || !kmdc_db_get_bool(res, 0, 1, &row->locked)
+        || !kmdc_db_get_bool(res, 0, 3, &row->code_expired)
         || !kmdc_db_get_int64(res, 0, 4, &key_id) || key_id < 0
         || key_id > (int64_t)UINT32_MAX
         || !kmdc_pg_get_counter(res, 0, 5, &row->up_next)
@@ -247,7 +247,7 @@ static kmdc_db_rc count_failure(kmdc_db *db, uint64_t serial, int failure_limit,
                       &pp, 1, &res);
     if (rc == KMDC_DB_OK && (PQntuples(res) != 1
                              || !kmdc_db_get_int64(res, 0, 0, &result->failures)
-                             || !kmdc_pg_get_bool(res, 0, 1, &result->locked))) {
+                             || !kmdc_db_get_bool(res, 0, 1, &result->locked))) {
         rc = KMDC_DB_ERROR;
     }
     kmdc_db_clear(db, res);

@@ -56,9 +56,6 @@ int kmdc_pg_get_text(const PGresult *res, int row, int col, char *buf, size_t ca
 /* A counter column (bigint >= 0). */
 int kmdc_pg_get_counter(const PGresult *res, int row, int col, uint64_t *v);
 
-/* A boolean column, binary or text; 0 for NULL or another type. */
-int kmdc_pg_get_bool(const PGresult *res, int row, int col, int *v);
-
 /* Run one statement that reads one row (binary: every column in binary):
  * OK with *res that row, NOTFOUND for none, ERROR for more, else the
  * failure's code (kmdc_pg_failed).  *res is cleared with r->pool or by the

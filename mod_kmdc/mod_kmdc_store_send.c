@@ -340,7 +340,7 @@ kmdc_store_rc kmdc_pg_upload_append(kmdc_store *st, int64_t *upload_id, uint64_t
     if (dbrc != KMDC_DB_OK) {
         rc = kmdc_pg_failed(dbrc);
     }
-    else if (PQntuples(res) != 1 || !kmdc_pg_get_bool(res, 0, 0, &held)
+    else if (PQntuples(res) != 1 || !kmdc_db_get_bool(res, 0, 0, &held)
              || !kmdc_db_get_int64(res, 0, 1, &id)) {
         rc = KMDC_STORE_ERROR;
     }
@@ -441,7 +441,7 @@ static kmdc_db_rc lock_cards(kmdc_pg_store *ps, kmdc_db *db, const kmdc_publicat
         locked_card *c = &rows[row];
         int64_t s = 0, up = 0, down = 0;
 
-        if (!kmdc_db_get_int64(res, row, 0, &s) || PQgetlength(res, row, 1) != 1
+        if (!kmdc_db_get_int64(res, row, 0, &s) || !kmdc_db_get_bool(res, row, 1, &c->active)
             || !kmdc_db_get_int64(res, row, 2, &up) || !kmdc_db_get_int64(res, row, 3, &down)
             || !kmdc_pg_get_bytes(res, row, 4, c->down_chain, sizeof(c->down_chain))
             || !kmdc_db_get_int64(res, row, 5, &c->count)
@@ -449,7 +449,6 @@ static kmdc_db_rc lock_cards(kmdc_pg_store *ps, kmdc_db *db, const kmdc_publicat
             return KMDC_DB_ERROR;
         }
         c->serial = (uint64_t)s;
-        c->active = PQgetvalue(res, row, 1)[0] != 0;
         c->up_next = (uint64_t)up;
         c->down_next = (uint64_t)down;
         (*n)++;
