@@ -23,7 +23,7 @@
  *            start-up to a server that sets none of the fields, appended to
  *            the help text; KMDC_NODEF: none (or the directive's own rule)
  *   HELP     what httpd -L and a wrong argument count show ("(default X)"
- *            is appended)
+ *            is appended; the bounds are in the error messages and docs/)
  *   FIELD1/2 KMDC_F(field of kmdc_srv_conf, KIND, min, max) for the first
  *            and second argument, or KMDC_NOF.  KIND: INT (a decimal number;
  *            the field is an int or an apr_int64_t), DURATION (seconds,
@@ -78,44 +78,46 @@
       "highest id wraps new values", \
       KMDC_F(master_key_files, LIST, 0, 0), KMDC_NOF) \
     X(SEQUENCE_WINDOW, TAKE1, set_slot, KMDC_DEF("64"), \
-      "how far ahead of up_next an envelope's seq may be (1..1024)", \
+      "how far ahead of up_next an envelope's seq may be", \
       KMDC_F(seq_window, INT, 1, 1024), KMDC_NOF) \
     X(ENVELOPE_MAX_AGE, TAKE1, set_slot, KMDC_DEF("24h"), \
-      "how far SENT may be from the server clock (at most 365d)", \
+      "how far SENT may be from the server clock", \
       KMDC_F(envelope_max_age, DURATION, 1, INT64_C(31536000)), KMDC_NOF) \
     X(MAX_DOCUMENT_SIZE, TAKE1, set_slot, KMDC_DEF("1G"), \
-      "largest document accepted (at most 1024G)", \
+      "largest document accepted", \
+      /* at most SIZE's limit, PROTOCOL.md 3.3 */ \
       KMDC_F(max_document_size, SIZE, 1, INT64_C(1) << 40), KMDC_NOF) \
     X(MAX_RECIPIENTS, TAKE1, set_slot, KMDC_DEF("32"), \
-      "recipients per envelope (1..32)", \
+      "recipients per envelope", \
       KMDC_F(max_recipients, INT, 1, 32), KMDC_NOF) \
     X(MAX_UPLOADS, TAKE1, set_slot, KMDC_DEF("4"), \
-      "uploads in flight per card (1..1024)", \
+      "uploads in flight per card", \
       KMDC_F(max_uploads_per_card, INT, 1, 1024), KMDC_NOF) \
     X(DB_POOL, TAKE2, set_db_pool, KMDC_NODEF, \
       "MIN MAX database connections per child: sets KmdcDbPoolMin and " \
       "KmdcDbPoolMax", \
       KMDC_NOF, KMDC_NOF) \
     X(DB_POOL_MIN, TAKE1, set_slot, KMDC_DEF("1"), \
-      "database connections kept open per child (0..1024)", \
+      "database connections kept open per child", \
       KMDC_F(db_pool_min, INT, 0, 1024), KMDC_NOF) \
     X(DB_POOL_MAX, TAKE1, set_slot, KMDC_DEF("8"), \
-      "most database connections per child (1..1024)", \
+      "most database connections per child", \
       KMDC_F(db_pool_max, INT, 1, 1024), KMDC_NOF) \
     X(DB_POOL_IDLE, TAKE1, set_slot, KMDC_DEF("60s"), \
       "idle time after which a pooled database connection above the " \
-      "minimum is closed (at most 1d)", \
+      "minimum is closed", \
       KMDC_F(db_pool_idle, DURATION, 1, KMDC_MAX_DB_POOL_IDLE), KMDC_NOF) \
     X(MAILBOX_TTL, TAKE1, set_slot, KMDC_DEF("7d"), \
-      "how long an unfetched delivery is kept (at most 3650d)", \
+      "how long an unfetched delivery is kept", \
       KMDC_F(mailbox_ttl, DURATION, 1, INT64_C(315360000)), KMDC_NOF) \
+    /* 2G holds one envelope of a document of the default largest size */ \
     X(MAILBOX_QUOTA, TAKE2, set_slot2, KMDC_DEF("1000 2G"), \
       "COUNT BYTES pending per mailbox", \
       KMDC_F(mailbox_quota_count, INT, 1, INT64_C(2147483647)), \
       KMDC_F(mailbox_quota_bytes, SIZE, 1, INT64_C(1) << 50)) \
     X(AUTH_SKEW, TAKE1, set_slot, KMDC_DEF("300"), \
-      "allowed clock difference of signed requests (at most 300s: nonces " \
-      "are kept twice as long)", \
+      "allowed clock difference of signed requests", \
+      /* at most 300 s: nonces are kept 600 s, twice the skew */ \
       KMDC_F(auth_skew, DURATION, 1, 300), KMDC_NOF)
 
 /* The parts of a DEFAULT column: its text (NULL: none) and its help suffix. */
