@@ -187,25 +187,14 @@ kmdc_passphrase_file_read(const char *path, char *buf, size_t cap, kmdc_err *err
     kmdc_status rc = KMDC_OK;
     char ch;
     ssize_t n;
-    int fd;
+    int fd = -1;
 
     if (path == NULL || buf == NULL || cap < 2)
         return kmdc_err_set(err, KMDC_ERR_ARG, "passphrase: missing argument");
     buf[0] = '\0';
-    if ((fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY)) < 0)
-        return kmdc_err_set(err, KMDC_ERR_IO, "cannot read the passphrase file %s: %s", path,
-                            strerror(errno));
-    if (fstat(fd, &st) != 0) {
-        rc = kmdc_err_set(err, KMDC_ERR_IO, "cannot stat the passphrase file %s: %s", path,
-                          strerror(errno));
+    /* Any type but a regular file (a pipe: kmdc --passphrase-file <(...)) is read as is. */
+    if ((rc = kmdc_file_open_private(path, 0, &fd, &st, "passphrase file", err)) != KMDC_OK)
         goto out;
-    }
-    if (S_ISREG(st.st_mode) && (st.st_mode & 077) != 0) {
-        rc = kmdc_err_set(err, KMDC_ERR_PERM,
-                          "passphrase file can be read or written by others; run: chmod 600 %s",
-                          path);
-        goto out;
-    }
     /* Byte by byte: nothing past the first line is read into any buffer. */
     for (;;) {
         n = read(fd, &ch, 1);
@@ -233,7 +222,8 @@ kmdc_passphrase_file_read(const char *path, char *buf, size_t cap, kmdc_err *err
                           ? "the passphrase file %s is empty"
                           : "the passphrase file %s starts with an empty line", path);
 out:
-    close(fd);
+    if (fd >= 0)
+        close(fd);
     ch = 0;
     if (rc != KMDC_OK)
         kmdc_wipe(buf, cap);

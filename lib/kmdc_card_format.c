@@ -487,26 +487,11 @@ kmdc_card_load(const char *path, const char *pass, kmdc_card **out, kmdc_err *er
     if (path == NULL || out == NULL)
         return kmdc_err_set(err, KMDC_ERR_ARG, "card: missing argument");
     *out = NULL;
-    fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NOCTTY);
-    if (fd < 0) {
-        if (errno == ELOOP)
-            return kmdc_err_set(err, KMDC_ERR_PERM,
-                                "card file %s is a symbolic link; give the path of the card itself",
-                                path);
-        return kmdc_err_sys(err, "cannot open card file", path);
-    }
-    if (fstat(fd, &st) != 0) {
-        rc = kmdc_err_sys(err, "cannot stat card file", path);
-        goto out;
-    }
+    if ((rc = kmdc_file_open_private(path, KMDC_PRIVATE_NOFOLLOW, &fd, &st, "card file",
+                                     err)) != KMDC_OK)
+        return rc;
     if (!S_ISREG(st.st_mode)) {
         rc = kmdc_err_set(err, KMDC_ERR_IO, "card file %s is not a regular file", path);
-        goto out;
-    }
-    if ((st.st_mode & 077) != 0) {
-        rc = kmdc_err_set(err, KMDC_ERR_PERM,
-                          "card file can be read or written by others; run: chmod 600 %s",
-                          path);
         goto out;
     }
     if ((uint64_t)st.st_size > CARD_MAX_FILE) {

@@ -52,10 +52,7 @@ outbox_ensure(const char *card_path, const char *dir, kmdc_err *err)
         return kmdc_err_sys(err, "cannot stat", dir);
     if (!S_ISDIR(st.st_mode))
         return kmdc_err_set(err, KMDC_ERR_PERM, "%s is not a folder", dir);
-    if ((st.st_mode & 077) != 0)
-        return kmdc_err_set(err, KMDC_ERR_PERM,
-                            "outbox can be read or written by others; run: chmod 700 %s", dir);
-    return KMDC_OK;
+    return kmdc_file_check_private(&st, "outbox", dir, 0, err);
 }
 
 static kmdc_status

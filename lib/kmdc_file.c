@@ -326,3 +326,63 @@ kmdc_file_write_atomic(const char *path, const void *data, size_t len, mode_t mo
     }
     return kmdc_atomic_commit(a, err);
 }
+
+/* ---- private files -------------------------------------------------------------- */
+
+kmdc_status
+kmdc_file_check_private(const struct stat *st, const char *what, const char *path,
+                        unsigned flags, kmdc_err *err)
+{
+    const char *mode = S_ISDIR(st->st_mode) ? "700" : "600";
+
+    if ((st->st_mode & 077) == 0)
+        return KMDC_OK;
+    if ((flags & KMDC_PRIVATE_READABLE) && (st->st_mode & (S_IRGRP | S_IROTH)) != 0)
+        return kmdc_err_set(err, KMDC_ERR_PERM, "%s is readable by group or others; chmod %s %s",
+                            path, mode, path);
+    if (flags & KMDC_PRIVATE_READABLE)
+        return kmdc_err_set(err, KMDC_ERR_PERM,
+                            "%s is accessible to group or others; chmod %s %s", path, mode, path);
+    return kmdc_err_set(err, KMDC_ERR_PERM, "%s can be read or written by others; run: chmod %s %s",
+                        what, mode, path);
+}
+
+kmdc_status
+kmdc_file_open_private(const char *path, unsigned flags, int *fd, struct stat *st,
+                       const char *what, kmdc_err *err)
+{
+    int oflags = O_RDONLY | O_CLOEXEC | O_NOCTTY;
+    kmdc_status rc = KMDC_OK;
+    int e;
+
+    if (fd == NULL)
+        return kmdc_err_set(err, KMDC_ERR_ARG, "private file: missing argument");
+    *fd = -1;
+    if (path == NULL || st == NULL || what == NULL)
+        return kmdc_err_set(err, KMDC_ERR_ARG, "private file: missing argument");
+    if (flags & KMDC_PRIVATE_NOFOLLOW)
+        oflags |= O_NOFOLLOW;
+    if (flags & KMDC_PRIVATE_NONBLOCK)
+        oflags |= O_NONBLOCK;
+    if ((*fd = open(path, oflags)) < 0) {
+        e = errno;
+        if (e == ELOOP && (flags & KMDC_PRIVATE_NOFOLLOW))
+            return kmdc_err_set(err, KMDC_ERR_PERM,
+                                "%s %s is a symbolic link; give the path of the file itself",
+                                what, path);
+        return kmdc_err_set(err, KMDC_ERR_IO, "cannot open %s %s: %s", what, path, strerror(e));
+    }
+    if (fstat(*fd, st) != 0) {
+        e = errno;
+        rc = kmdc_err_set(err, KMDC_ERR_IO, "cannot stat %s %s: %s", what, path, strerror(e));
+        goto out;
+    }
+    if (S_ISREG(st->st_mode))
+        rc = kmdc_file_check_private(st, what, path, flags, err);
+out:
+    if (rc != KMDC_OK) {
+        close(*fd);
+        *fd = -1;
+    }
+    return rc;
+}

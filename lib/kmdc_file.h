@@ -1,7 +1,9 @@
 /*
  * kmdc_file.h - atomic replacement of a file, and syncing a folder.  The one
  * copy of the mechanism every writer of a durable file uses (the card, the
- * outbox, kmdcadm issue and setup, kmdc seal/open/fetch).
+ * outbox, kmdcadm issue and setup, kmdc seal/open/fetch).  Also the one
+ * "open it and refuse it when group or others may access it" check every
+ * reader of a private file uses (card, passphrase file, master key, outbox).
  *
  * The steps, in this order, and why:
  *   1. create a temporary file in the SAME folder as the target (a rename is
@@ -30,6 +32,7 @@
 #define KMDC_FILE_H
 
 #include <stddef.h>
+#include <sys/stat.h>
 #include <sys/types.h>
 
 #include "kmdc_err.h"
@@ -126,5 +129,43 @@ void kmdc_atomic_abort(kmdc_atomic *a);
  */
 kmdc_status kmdc_file_write_atomic(const char *path, const void *data, size_t len,
                                    mode_t mode, unsigned flags, kmdc_err *err);
+
+/* ---- private files: readable by their owner only ---- */
+
+/* Flags of kmdc_file_open_private and kmdc_file_check_private. */
+#define KMDC_PRIVATE_NOFOLLOW 0x01u /* O_NOFOLLOW: a symbolic link is refused */
+#define KMDC_PRIVATE_NONBLOCK 0x02u /* O_NONBLOCK: opening a FIFO does not wait */
+#define KMDC_PRIVATE_READABLE 0x04u /* the module's wording (below) */
+
+/*
+ * Refuse st when group or others have any permission bit (mode & 077),
+ * KMDC_ERR_PERM; the type of the file is not looked at (the caller decides
+ * which types it takes).  The message names the chmod to run, 600 for a file
+ * and 700 for a folder:
+ *   "<what> can be read or written by others; run: chmod 600 <path>"
+ * or, with KMDC_PRIVATE_READABLE (the module's wording since its first
+ * release, pinned by t/002_config.t and docs/ADMIN.md):
+ *   "<path> is readable by group or others; chmod 600 <path>"
+ *   "<path> is accessible to group or others; chmod 600 <path>" (no read bit)
+ * Other flags are ignored here.
+ */
+kmdc_status kmdc_file_check_private(const struct stat *st, const char *what,
+                                    const char *path, unsigned flags, kmdc_err *err);
+
+/*
+ * Open path for reading (O_RDONLY|O_CLOEXEC|O_NOCTTY, plus O_NOFOLLOW and
+ * O_NONBLOCK as flags ask), fstat it into *st, and refuse a REGULAR file
+ * that kmdc_file_check_private refuses (any other type - a pipe, a folder -
+ * is returned for the caller to accept or refuse).  what names the file in
+ * the messages ("card file"):
+ *   "<what> <path> is a symbolic link; give the path of the file itself"
+ *       KMDC_ERR_PERM, under KMDC_PRIVATE_NOFOLLOW;
+ *   "cannot open <what> <path>: <strerror>"  KMDC_ERR_IO;
+ *   "cannot stat <what> <path>: <strerror>"  KMDC_ERR_IO.
+ * On success *fd is open (the caller closes it; O_NONBLOCK stays set when
+ * asked); on failure *fd is -1 and nothing is open.  No shared state.
+ */
+kmdc_status kmdc_file_open_private(const char *path, unsigned flags, int *fd,
+                                   struct stat *st, const char *what, kmdc_err *err);
 
 #endif

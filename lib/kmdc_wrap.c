@@ -208,31 +208,13 @@ kmdc_master_key_load(const char *path, uint8_t key[KMDC_MASTER_KEY_LEN],
         rc = kmdc_err_set(err, KMDC_ERR_ARG, "master key: no path");
         goto out;
     }
-    fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
-    if (fd < 0) {
-        rc = kmdc_err_set(err, KMDC_ERR_IO, "master key file %.120s: %s", path,
-                          strerror(errno));
+    /* The module's wording since its first release (t/002_config.t). */
+    if ((rc = kmdc_file_open_private(path, KMDC_PRIVATE_NONBLOCK | KMDC_PRIVATE_READABLE, &fd,
+                                     &st, "master key file", err)) != KMDC_OK)
         goto out;
-    }
-    if (fstat(fd, &st) != 0) {
-        rc = kmdc_err_set(err, KMDC_ERR_IO, "master key file %.120s: %s", path,
-                          strerror(errno));
-        goto out;
-    }
     if (!S_ISREG(st.st_mode)) {
         rc = kmdc_err_set(err, KMDC_ERR_FORMAT,
                           "master key file %.120s is not a regular file", path);
-        goto out;
-    }
-    /* The module's wording since its first release (t/002_config.t). */
-    if ((st.st_mode & (S_IRGRP | S_IROTH)) != 0) {
-        rc = kmdc_err_set(err, KMDC_ERR_PERM,
-                          "%s is readable by group or others; chmod 600 %s", path, path);
-        goto out;
-    }
-    if ((st.st_mode & 077) != 0) {
-        rc = kmdc_err_set(err, KMDC_ERR_PERM,
-                          "%s is accessible to group or others; chmod 600 %s", path, path);
         goto out;
     }
     if (st.st_size != 2 * KMDC_MASTER_KEY_LEN &&

@@ -1,7 +1,8 @@
 /*
  * test_util.c - the one-copy mechanisms of lib/: atomic file replacement
  * (kmdc_file.h), durations and sizes (kmdc_units.h), hex digits
- * (kmdc_util.h) and loading the master-key ring (kmdc_keyring.h).  Each case
+ * (kmdc_util.h), loading the master-key ring (kmdc_keyring.h) and opening a
+ * file only its owner may access (kmdc_file_open_private).  Each case
  * builds its own fixture in a fresh folder under one temporary root.
  */
 #include "tap.h"
@@ -471,6 +472,92 @@ test_keyring(void)
     }
 }
 
+/* ---- private files (kmdc_file_open_private, kmdc_file_check_private) ------------- */
+
+static void
+test_private(void)
+{
+    const char *dir = fixture_dir("private");
+    char path[600], link[600], fifo[600], want[700];
+    struct stat st;
+    kmdc_err e;
+    int fd = 7;
+
+    join(path, sizeof(path), dir, "f");
+    put(path, "x", 0644);
+    tap_ok(kmdc_file_open_private(path, 0, &fd, &st, "card file", &e) == KMDC_ERR_PERM && fd == -1,
+           "private: a 0644 file is refused, no descriptor left");
+    snprintf(want, sizeof(want), "card file can be read or written by others; run: chmod 600 %s",
+             path);
+    tap_ok(strcmp(e.msg, want) == 0, "private: the message names the chmod to run");
+    chmod(path, 0640);
+    tap_ok(kmdc_file_open_private(path, KMDC_PRIVATE_READABLE, &fd, &st, "x", &e) ==
+               KMDC_ERR_PERM && strstr(e.msg, "is readable by group or others; chmod 600") != NULL,
+           "private: 0640 refused, in the module's wording when asked");
+    chmod(path, 0610);
+    tap_ok(kmdc_file_open_private(path, KMDC_PRIVATE_READABLE, &fd, &st, "x", &e) ==
+               KMDC_ERR_PERM && strstr(e.msg, "is accessible to group or others") != NULL,
+           "private: 0610 (no read bit) refused as accessible");
+    chmod(path, 0602);
+    tap_ok(kmdc_file_open_private(path, 0, &fd, &st, "x", NULL) == KMDC_ERR_PERM && fd == -1,
+           "private: 0602 refused (a write bit is enough)");
+    chmod(path, 0600);
+    tap_ok(kmdc_file_open_private(path, 0, &fd, &st, "x", &e) == KMDC_OK && fd >= 0 &&
+               S_ISREG(st.st_mode) && st.st_size == 1,
+           "private: a 0600 file opens, its stat returned");
+    if (fd >= 0)
+        close(fd);
+    chmod(path, 0400);
+    tap_ok(kmdc_file_open_private(path, KMDC_PRIVATE_NONBLOCK, &fd, &st, "x", &e) == KMDC_OK &&
+               fd >= 0, "private: a 0400 file opens (nonblocking too)");
+    if (fd >= 0)
+        close(fd);
+    chmod(path, 0600);
+
+    join(link, sizeof(link), dir, "missing");
+    tap_ok(kmdc_file_open_private(link, 0, &fd, &st, "card file", &e) == KMDC_ERR_IO &&
+               fd == -1 && strstr(e.msg, "cannot open card file") != NULL &&
+               strstr(e.msg, strerror(ENOENT)) != NULL,
+           "private: a missing file is an I/O error naming it");
+
+    join(link, sizeof(link), dir, "link");
+    tap_ok(symlink("f", link) == 0 &&
+               kmdc_file_open_private(link, KMDC_PRIVATE_NOFOLLOW, &fd, &st, "card file", &e) ==
+                   KMDC_ERR_PERM && fd == -1 && strstr(e.msg, "is a symbolic link") != NULL,
+           "private: a symbolic link is refused under NOFOLLOW");
+    tap_ok(kmdc_file_open_private(link, 0, &fd, &st, "passphrase file", &e) == KMDC_OK && fd >= 0,
+           "private: without NOFOLLOW the link's target is opened");
+    if (fd >= 0)
+        close(fd);
+
+    tap_ok(kmdc_file_open_private(dir, 0, &fd, &st, "x", &e) == KMDC_OK && fd >= 0 &&
+               S_ISDIR(st.st_mode),
+           "private: a folder is returned for the caller to judge (not a regular file)");
+    if (fd >= 0)
+        close(fd);
+    join(fifo, sizeof(fifo), dir, "fifo");
+    tap_ok(mkfifo(fifo, 0644) == 0 &&
+               kmdc_file_open_private(fifo, KMDC_PRIVATE_NONBLOCK, &fd, &st, "x", &e) == KMDC_OK &&
+               S_ISFIFO(st.st_mode),
+           "private: a FIFO of mode 0644 opens without waiting (its type is the caller's call)");
+    if (fd >= 0)
+        close(fd);
+
+    tap_ok(kmdc_file_open_private(NULL, 0, &fd, &st, "x", &e) == KMDC_ERR_ARG && fd == -1,
+           "private: no path is an argument error");
+
+    chmod(dir, 0750);
+    tap_ok(stat(dir, &st) == 0 && kmdc_file_check_private(&st, "outbox", dir, 0, &e) ==
+                                      KMDC_ERR_PERM,
+           "private: a folder of mode 0750 is refused by the check");
+    snprintf(want, sizeof(want), "outbox can be read or written by others; run: chmod 700 %s",
+             dir);
+    tap_ok(strcmp(e.msg, want) == 0, "private: a folder's chmod is 700");
+    chmod(dir, 0700);
+    tap_ok(stat(dir, &st) == 0 && kmdc_file_check_private(&st, "outbox", dir, 0, &e) == KMDC_OK,
+           "private: a folder of mode 0700 passes the check");
+}
+
 int
 main(void)
 {
@@ -488,6 +575,7 @@ main(void)
     test_units();
     test_hex();
     test_keyring();
+    test_private();
     snprintf(cmd, sizeof(cmd), "rm -rf '%s'", root);
     if (system(cmd) != 0)
         tap_diag("could not remove %s", root);
