@@ -59,17 +59,17 @@ first_line(char *buf, size_t buflen, const char *s)
 kmdc_status
 db_error(kmdcadm_db *db, const PGresult *res, const char *what, kmdc_err *err)
 {
-    const char *state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+    const char *state = kmdc_db_sqlstate(res);
     const char *primary = res ? PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY) : NULL;
     char line[200];
 
     first_line(line, sizeof line, primary ? primary : PQerrorMessage(db->conn));
-    if (PQstatus(db->conn) == CONNECTION_BAD || state == NULL
-        || strncmp(state, "08", 2) == 0 || strncmp(state, "57P", 3) == 0
-        || strncmp(state, "53", 2) == 0)
+    if (PQstatus(db->conn) == CONNECTION_BAD || state[0] == '\0'
+        || kmdc_db_sqlstate_is(res, "08") || kmdc_db_sqlstate_is(res, "57P")
+        || kmdc_db_sqlstate_is(res, "53"))
         return kmdc_err_set(err, KMDC_ERR_IO,
                             "could not %s: database unavailable: %s", what, line);
-    if (strncmp(state, "23", 2) == 0)
+    if (kmdc_db_sqlstate_is(res, "23"))
         return kmdc_err_set(err, KMDC_ERR_ARG, "could not %s: %s (SQLSTATE %s)",
                             what, line, state);
     return kmdc_err_set(err, KMDC_ERR_INTERNAL, "could not %s: %s (SQLSTATE %s)",
@@ -121,16 +121,6 @@ db_command(kmdcadm_db *db, const char *sql, int n, const char *const *values,
     st = db_exec(db, &res, PGRES_COMMAND_OK, sql, n, values, what, err);
     PQclear(res);
     return st;
-}
-
-/* A binary bigint field that must be >= 0. */
-int
-get_u63(const PGresult *res, int row, int col, uint64_t *v)
-{
-    if (PQgetisnull(res, row, col) || PQgetlength(res, row, col) != 8)
-        return 0;
-    *v = kmdc_get_u64((const uint8_t *)PQgetvalue(res, row, col));
-    return *v <= KMDC_U63_MAX;
 }
 
 /* --- connection --------------------------------------------------------- */
@@ -260,29 +250,16 @@ kmdc_status
 kmdcadm_db_schema_version(kmdcadm_db *db, int *version, kmdc_err *err)
 {
     PGresult *res = NULL;
-    kmdc_status st;
+    kmdc_status st = KMDC_OK;
 
-    *version = 0;
-    st = db_exec(db, &res, PGRES_TUPLES_OK,
-                 "SELECT to_regclass('schema_migrations') IS NOT NULL", 0, NULL,
-                 "read the schema version", err);
-    if (st != KMDC_OK)
+    /* lib's one query; outside a transaction, as every caller runs it */
+    if (kmdc_db_schema_version(db->conn, version, &res) == KMDC_PQ_OK)
         goto out;
-    if (PQntuples(res) != 1 || strcmp(PQgetvalue(res, 0, 0), "t") != 0)
-        goto out;   /* an empty database: version 0 */
-    PQclear(res);
-    res = NULL;
-    st = db_exec(db, &res, PGRES_TUPLES_OK,
-                 "SELECT coalesce(max(version), 0) FROM schema_migrations", 0,
-                 NULL, "read the schema version", err);
-    if (st != KMDC_OK)
-        goto out;
-    if (PQntuples(res) != 1) {
+    if (res == NULL && PQstatus(db->conn) == CONNECTION_OK)
         st = kmdc_err_set(err, KMDC_ERR_INTERNAL,
-                          "could not read the schema version: no row");
-        goto out;
-    }
-    *version = atoi(PQgetvalue(res, 0, 0));
+                          "could not read the schema version: not a version");
+    else
+        st = db_error(db, res, "read the schema version", err);
 out:
     PQclear(res);
     return st;
@@ -300,15 +277,15 @@ kmdcadm_db_check_schema(kmdcadm_db *db, kmdc_err *err)
     if (version == 0)
         return kmdc_err_set(err, KMDC_ERR_ARG,
                             "the database has no kmdc schema: run 'kmdcadm migrate' first");
-    if (version < KMDCADM_SCHEMA_VERSION)
+    if (version < KMDC_SCHEMA_VERSION)
         return kmdc_err_set(err, KMDC_ERR_ARG,
                             "the database schema is at version %d, this kmdcadm needs %d: "
-                            "run 'kmdcadm migrate'", version, KMDCADM_SCHEMA_VERSION);
-    if (version > KMDCADM_SCHEMA_VERSION)
+                            "run 'kmdcadm migrate'", version, KMDC_SCHEMA_VERSION);
+    if (version > KMDC_SCHEMA_VERSION)
         return kmdc_err_set(err, KMDC_ERR_ARG,
                             "the database schema is at version %d, newer than this "
                             "kmdcadm (%d): use a newer kmdcadm", version,
-                            KMDCADM_SCHEMA_VERSION);
+                            KMDC_SCHEMA_VERSION);
     return KMDC_OK;
 }
 

@@ -27,7 +27,7 @@ kmdcadm_db_card_insert(kmdcadm_db *db, const kmdcadm_new_card *c,
     const char *values[8];
     int lengths[8] = { 0 };
     int formats[8] = { 0 };
-    const char *state, *constraint;
+    const char *constraint;
     PGresult *res = NULL;
     kmdc_status st = KMDC_OK;
 
@@ -62,9 +62,8 @@ kmdcadm_db_card_insert(kmdcadm_db *db, const kmdcadm_new_card *c,
                        "$6::int, $7::bytea, now() + make_interval(days => $8::int))",
                        8, NULL, values, lengths, formats, 0);
     if (res == NULL || PQresultStatus(res) != PGRES_COMMAND_OK) {
-        state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
         constraint = res ? PQresultErrorField(res, PG_DIAG_CONSTRAINT_NAME) : NULL;
-        if (state != NULL && strcmp(state, "23505") == 0 && constraint != NULL) {
+        if (kmdc_db_is_unique_violation(res) && constraint != NULL) {
             if (strcmp(constraint, "cards_pkey") == 0) {
                 *conflict = KMDCADM_CONFLICT_SERIAL;
                 st = kmdc_err_set(err, KMDC_ERR_ARG, "the drawn serial is taken");
@@ -222,8 +221,10 @@ kmdcadm_db_card_show(kmdcadm_db *db, uint64_t serial, int json, FILE *out,
             width = (int)strlen(PQfname(res, c));
     for (c = 0; c < PQnfields(res); c++) {
         const char *v = PQgetisnull(res, 0, c) ? "-" : PQgetvalue(res, 0, c);
+        int b = 0;
+
         if (strcmp(PQfname(res, c), "locked") == 0)
-            v = strcmp(v, "t") == 0 ? "yes" : "no";
+            v = kmdc_db_get_bool(res, 0, c, &b) && b ? "yes" : "no";
         fprintf(out, "%-*s  %s\n", width + 1, PQfname(res, c), v);
     }
 out:
@@ -265,7 +266,10 @@ kmdcadm_db_card_transition(kmdcadm_db *db, uint64_t serial, kmdcadm_action actio
         goto out;
     }
     first_line(old, sizeof old, PQgetvalue(res, 0, 0));
-    activated = strcmp(PQgetvalue(res, 0, 1), "t") == 0;
+    if (!kmdc_db_get_bool(res, 0, 1, &activated)) {
+        st = kmdc_err_set(err, KMDC_ERR_INTERNAL, "unexpected card row shape");
+        goto out;
+    }
     PQclear(res);
     res = NULL;
 
@@ -340,15 +344,21 @@ out:
 static kmdc_status
 keys_from_row(const PGresult *res, int row, kmdcadm_card_keys *k, kmdc_err *err)
 {
-    int len;
+    int64_t serial, up, down, key_id;
+    int len, live;
 
     memset(k, 0, sizeof *k);
-    if (PQnfields(res) != 9 || !get_u63(res, row, 0, &k->serial)
-        || !get_u63(res, row, 2, &k->up_next) || !get_u63(res, row, 3, &k->down_next)
-        || PQgetisnull(res, row, 1) || PQgetlength(res, row, 7) != 4
-        || PQgetisnull(res, row, 7) || PQgetlength(res, row, 8) != 1
-        || PQgetisnull(res, row, 8))
+    if (PQnfields(res) != 9 || !kmdc_db_get_int64(res, row, 0, &serial) || serial < 0
+        || !kmdc_db_get_int64(res, row, 2, &up) || up < 0
+        || !kmdc_db_get_int64(res, row, 3, &down) || down < 0
+        || PQgetisnull(res, row, 1) || PQftype(res, 7) != KMDC_DB_INT4OID
+        || !kmdc_db_get_int64(res, row, 7, &key_id) || !kmdc_db_get_bool(res, row, 8, &live))
         return kmdc_err_set(err, KMDC_ERR_INTERNAL, "unexpected card row shape");
+    k->serial = (uint64_t)serial;
+    k->up_next = (uint64_t)up;
+    k->down_next = (uint64_t)down;
+    k->key_id = (uint32_t)key_id;   /* int4's bits, as the column stores them */
+    k->code_live = live;
     len = PQgetlength(res, row, 1);
     if (len <= 0 || (size_t)len >= sizeof k->status)
         return kmdc_err_set(err, KMDC_ERR_INTERNAL, "unexpected card status");
@@ -365,8 +375,6 @@ keys_from_row(const PGresult *res, int row, kmdcadm_card_keys *k, kmdc_err *err)
     memcpy(k->up_chain, PQgetvalue(res, row, 4), KMDC_WRAPPED_LEN);
     memcpy(k->down_chain, PQgetvalue(res, row, 5), KMDC_WRAPPED_LEN);
     memcpy(k->auth_key, PQgetvalue(res, row, 6), KMDC_WRAPPED_LEN);
-    k->key_id = kmdc_get_u32((const uint8_t *)PQgetvalue(res, row, 7));
-    k->code_live = PQgetvalue(res, row, 8)[0] != 0;
     return KMDC_OK;
 }
 

@@ -45,7 +45,4 @@ kmdc_status db_exec_bin(kmdcadm_db *db, PGresult **out, const char *sql, int n,
 kmdc_status pq_connect(PGconn **out, const char *conninfo, const char *dbname,
                        kmdc_err *err);
 
-/* A binary bigint field that must be >= 0: 1 and *v, else 0. */
-int get_u63(const PGresult *res, int row, int col, uint64_t *v);
-
 #endif

@@ -112,15 +112,6 @@ static const purge_kind purge_kinds[] = {
  * deadlock before purge gives up. */
 #define PURGE_RETRIES 5
 
-/* Is res a serialization failure or a deadlock (worth a retry)? */
-static int
-retryable(const PGresult *res)
-{
-    const char *state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
-
-    return state != NULL && (strcmp(state, "40001") == 0 || strcmp(state, "40P01") == 0);
-}
-
 /* Run one kind's batches until a batch finds nothing; add the rows to *total. */
 static kmdc_status
 purge_run_kind(kmdcadm_db *db, const purge_kind *k, const char *const *params,
@@ -142,7 +133,7 @@ purge_run_kind(kmdcadm_db *db, const purge_kind *k, const char *const *params,
         }
         res = PQexecParams(db->conn, k->run, 4, purge_types, params, NULL, NULL, 0);
         if (res == NULL || PQresultStatus(res) != PGRES_COMMAND_OK) {
-            if (retryable(res) && retries < PURGE_RETRIES) {
+            if (kmdc_db_is_retryable(res) && retries < PURGE_RETRIES) {
                 retries++;
                 PQclear(res);
                 res = NULL;
@@ -266,7 +257,6 @@ kmdcadm_db_audit_print(kmdcadm_db *db, const kmdcadm_audit_query *q, FILE *out,
     static const char *const head[3] = { "AT", "SERIAL", "EVENT" };
     char sbuf[24], secs[24], lim[24];
     const char *values[4];
-    const char *state;
     PGresult *res = NULL;
     kmdc_status st = KMDC_OK;
     int width[3], rows, r, c;
@@ -298,8 +288,7 @@ kmdcadm_db_audit_print(kmdcadm_db *db, const kmdcadm_audit_query *q, FILE *out,
                          "ORDER BY at DESC, id DESC",
                        4, NULL, values, NULL, NULL, 0);
     if (res == NULL || PQresultStatus(res) != PGRES_TUPLES_OK) {
-        state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
-        if (state != NULL && strncmp(state, "22", 2) == 0 && q->since != NULL)
+        if (kmdc_db_sqlstate_is(res, "22") && q->since != NULL)
             st = kmdc_err_set(err, KMDC_ERR_FORMAT,
                               "--since: not a time (use e.g. 2024-05-01, "
                               "'2024-05-01 12:00:00+00' or a duration such as 2h)");

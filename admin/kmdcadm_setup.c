@@ -183,10 +183,13 @@ ensure_role(PGconn *c, const char *role, FILE *report, kmdc_err *err)
     if (st != KMDC_OK)
         return st;
     if (PQntuples(res) == 1) {
-        int super = strcmp(PQgetvalue(res, 0, 0), "t") == 0;
-        int login = strcmp(PQgetvalue(res, 0, 1), "t") == 0;
+        int super = 0, login = 0;
+        int ok = kmdc_db_get_bool(res, 0, 0, &super) && kmdc_db_get_bool(res, 0, 1, &login);
 
         PQclear(res);
+        if (!ok)
+            return kmdc_err_set(err, KMDC_ERR_INTERNAL,
+                                "could not look up a role: unexpected row");
         if (super)
             return kmdc_err_set(err, KMDC_ERR_ARG, "role %s exists and is a superuser; "
                                 "least privilege needs a plain role (choose another "
@@ -408,6 +411,7 @@ kmdcadm_setup_database(const kmdcadm_setup_opts *o, FILE *report, kmdc_err *err)
     kmdc_status st;
     const char *host, *port;
     size_t i;
+    int super = 0;
 
     if ((st = connect_to(&c, o->conninfo, NULL, err)) != KMDC_OK)
         goto out;
@@ -416,7 +420,7 @@ kmdcadm_setup_database(const kmdcadm_setup_opts *o, FILE *report, kmdc_err *err)
              "check the connection's role", err);
     if (st != KMDC_OK)
         goto out;
-    if (PQntuples(res) != 1 || strcmp(PQgetvalue(res, 0, 0), "t") != 0) {
+    if (!kmdc_db_get_bool(res, 0, 0, &super) || !super) {
         st = kmdc_err_set(err, KMDC_ERR_ARG, "setup needs a PostgreSQL superuser (it "
                           "creates roles and a database); connected as %s",
                           PQuser(c));
