@@ -82,24 +82,13 @@ failed(PGconn *c, const PGresult *res, const char *what, kmdc_err *err)
                         state ? state : "", state ? ")" : "");
 }
 
-/* Run sql (text parameters) expecting want; *out the result (or NULL). */
+/* Run sql (parameters pp, may be NULL) expecting want; *out the result (or
+ * NULL); out NULL: cleared.  kmdcadm's one statement runner, setup's messages. */
 static kmdc_status
-run(PGconn *c, PGresult **out, ExecStatusType want, const char *sql, int n,
-    const char *const *values, const char *what, kmdc_err *err)
+run(PGconn *c, PGresult **out, ExecStatusType want, const char *sql,
+    const kmdc_db_params *pp, const char *what, kmdc_err *err)
 {
-    PGresult *res = PQexecParams(c, sql, n, NULL, values, NULL, NULL, 0);
-    kmdc_status st = KMDC_OK;
-
-    if (res == NULL || PQresultStatus(res) != want) {
-        st = failed(c, res, what, err);
-        PQclear(res);
-        res = NULL;
-    }
-    if (out != NULL)
-        *out = res;
-    else
-        PQclear(res);
-    return st;
+    return pq_run(c, out, want, sql, pp, 0, failed, what, err);
 }
 
 /* Copy tmpl into buf (cap bytes) with its first "%s" replaced by a and its
@@ -150,7 +139,7 @@ command(PGconn *c, const char *fmt, const char *a, const char *b, const char *wh
         st = kmdc_err_set(err, KMDC_ERR_INTERNAL, "could not %s: statement too long", what);
         goto out;
     }
-    st = run(c, NULL, PGRES_COMMAND_OK, sql, 0, NULL, what, err);
+    st = run(c, NULL, PGRES_COMMAND_OK, sql, NULL, what, err);
 out:
     PQfreemem(qa);
     PQfreemem(qb);
@@ -165,7 +154,7 @@ connect_to(PGconn **out, const char *conninfo, const char *dbname, kmdc_err *err
 
     if (st != KMDC_OK)
         return st;
-    return run(*out, NULL, PGRES_COMMAND_OK, "SET client_min_messages = warning", 0, NULL,
+    return run(*out, NULL, PGRES_COMMAND_OK, "SET client_min_messages = warning", NULL,
                "configure the session", err);
 }
 
@@ -173,12 +162,14 @@ connect_to(PGconn **out, const char *conninfo, const char *dbname, kmdc_err *err
 static kmdc_status
 ensure_role(PGconn *c, const char *role, FILE *report, kmdc_err *err)
 {
-    const char *v[1] = { role };
+    kmdc_db_params pp;
     PGresult *res = NULL;
     kmdc_status st;
 
+    kmdc_db_params_init(&pp);
+    kmdc_db_param_text(&pp, role);
     st = run(c, &res, PGRES_TUPLES_OK,
-             "SELECT rolsuper, rolcanlogin FROM pg_roles WHERE rolname = $1", 1, v,
+             "SELECT rolsuper, rolcanlogin FROM pg_roles WHERE rolname = $1", &pp,
              "look up a role", err);
     if (st != KMDC_OK)
         return st;
@@ -216,12 +207,14 @@ static kmdc_status
 ensure_database(PGconn *c, const char *dbname, const char *owner, FILE *report,
                 kmdc_err *err)
 {
-    const char *v[1] = { dbname };
+    kmdc_db_params pp;
     PGresult *res = NULL;
     kmdc_status st;
 
+    kmdc_db_params_init(&pp);
+    kmdc_db_param_text(&pp, dbname);
     st = run(c, &res, PGRES_TUPLES_OK,
-             "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = $1", 1, v,
+             "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = $1", &pp,
              "look up the database", err);
     if (st != KMDC_OK)
         return st;
@@ -353,7 +346,7 @@ static kmdc_status
 show(PGconn *c, const char *sql, char *buf, size_t cap, kmdc_err *err)
 {
     PGresult *res = NULL;
-    kmdc_status st = run(c, &res, PGRES_TUPLES_OK, sql, 0, NULL, "read a setting", err);
+    kmdc_status st = run(c, &res, PGRES_TUPLES_OK, sql, NULL, "read a setting", err);
 
     if (st != KMDC_OK)
         return st;
@@ -388,7 +381,7 @@ peer_map(PGconn *c, const kmdcadm_setup_opts *o, FILE *report, kmdc_err *err)
         return err->code;
     changed |= r;
     if (changed) {
-        st = run(c, NULL, PGRES_TUPLES_OK, "SELECT pg_reload_conf()", 0, NULL,
+        st = run(c, NULL, PGRES_TUPLES_OK, "SELECT pg_reload_conf()", NULL,
                  "reload the server's configuration", err);
         if (st != KMDC_OK)
             return st;
@@ -416,7 +409,7 @@ kmdcadm_setup_database(const kmdcadm_setup_opts *o, FILE *report, kmdc_err *err)
     if ((st = connect_to(&c, o->conninfo, NULL, err)) != KMDC_OK)
         goto out;
     st = run(c, &res, PGRES_TUPLES_OK,
-             "SELECT rolsuper FROM pg_roles WHERE rolname = current_user", 0, NULL,
+             "SELECT rolsuper FROM pg_roles WHERE rolname = current_user", NULL,
              "check the connection's role", err);
     if (st != KMDC_OK)
         goto out;
@@ -471,7 +464,7 @@ kmdcadm_setup_database(const kmdcadm_setup_opts *o, FILE *report, kmdc_err *err)
         }
         snprintf(sql, sizeof sql, "%s TO %s", httpd_grants[i], q);
         PQfreemem(q);
-        if ((st = run(d, NULL, PGRES_COMMAND_OK, sql, 0, NULL, "grant the httpd role",
+        if ((st = run(d, NULL, PGRES_COMMAND_OK, sql, NULL, "grant the httpd role",
                       err)) != KMDC_OK)
             goto out;
     }
