@@ -71,15 +71,15 @@ kmdcadm_setup_print_grants(FILE *out, const char *httpd_role)
 static kmdc_status
 failed(PGconn *c, const PGresult *res, const char *what, kmdc_err *err)
 {
-    const char *state = res != NULL ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+    const char *state = kmdc_db_sqlstate(res);   /* "" when there is none */
     const char *primary = res != NULL ? PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY)
                                       : NULL;
     char line[240];
 
     first_line(line, sizeof line, primary != NULL ? primary : PQerrorMessage(c));
     return kmdc_err_set(err, PQstatus(c) == CONNECTION_BAD ? KMDC_ERR_IO : KMDC_ERR_INTERNAL,
-                        "could not %s: %s%s%s%s", what, line, state ? " (SQLSTATE " : "",
-                        state ? state : "", state ? ")" : "");
+                        "could not %s: %s%s%s%s", what, line, state[0] ? " (SQLSTATE " : "",
+                        state, state[0] ? ")" : "");
 }
 
 /* Run sql (parameters pp, may be NULL) expecting want; *out the result (or
