@@ -513,6 +513,7 @@ kmdcadm_db_live_codes(kmdcadm_db *db, uint32_t newest, kmdcadm_code_use *out,
     kmdc_db_params pp;
     PGresult *res = NULL;
     kmdc_status st;
+    int64_t id, count;
     int r, nt;
 
     *n = 0;
@@ -527,8 +528,12 @@ kmdcadm_db_live_codes(kmdcadm_db *db, uint32_t newest, kmdcadm_code_use *out,
         goto out;
     nt = PQntuples(res);
     for (r = 0; r < nt && (size_t)r < cap; r++) {
-        out[r].key_id = (uint32_t)strtoul(PQgetvalue(res, r, 0), NULL, 10);
-        out[r].cards = strtoull(PQgetvalue(res, r, 1), NULL, 10);
+        if (!kmdc_db_get_int64(res, r, 0, &id) || !kmdc_db_get_int64(res, r, 1, &count)) {
+            st = kmdc_err_set(err, KMDC_ERR_INTERNAL, "unexpected access code row");
+            goto out;
+        }
+        out[r].key_id = (uint32_t)id;
+        out[r].cards = (uint64_t)count;
         first_line(out[r].latest_expiry, sizeof out[r].latest_expiry,
                    PQgetvalue(res, r, 2));
     }
@@ -550,6 +555,7 @@ kmdcadm_db_key_ids(kmdcadm_db *db, kmdcadm_key_use *out, size_t cap, size_t *n,
 {
     PGresult *res = NULL;
     kmdc_status st;
+    int64_t id, count;
     int r, nt;
 
     *n = 0;
@@ -564,8 +570,12 @@ kmdcadm_db_key_ids(kmdcadm_db *db, kmdcadm_key_use *out, size_t cap, size_t *n,
         goto out;
     nt = PQntuples(res);
     for (r = 0; r < nt && (size_t)r < cap; r++) {
-        out[r].key_id = (uint32_t)strtoul(PQgetvalue(res, r, 0), NULL, 10);
-        out[r].values = strtoull(PQgetvalue(res, r, 1), NULL, 10);
+        if (!kmdc_db_get_int64(res, r, 0, &id) || !kmdc_db_get_int64(res, r, 1, &count)) {
+            st = kmdc_err_set(err, KMDC_ERR_INTERNAL, "unexpected key id row");
+            goto out;
+        }
+        out[r].key_id = (uint32_t)id;
+        out[r].values = (uint64_t)count;
     }
     *n = (size_t)r;
     *more = nt > r;

@@ -196,6 +196,8 @@ kmdcadm_db_purge(kmdcadm_db *db, const kmdcadm_purge_opts *opts,
     for (i = 0; i < sizeof purge_kinds / sizeof purge_kinds[0]; i++) {
         if (opts->dry_run) {
             char what[64];
+            int64_t count;
+
             snprintf(what, sizeof what, "count %s", purge_kinds[i].name);
             res = PQexecParams(db->conn, purge_kinds[i].count, pp.n, purge_types,
                                pp.values, pp.lengths, pp.formats, 0);
@@ -203,11 +205,11 @@ kmdcadm_db_purge(kmdcadm_db *db, const kmdcadm_purge_opts *opts,
                 st = db_error(db, res, what, err);
                 goto out;
             }
-            if (PQntuples(res) != 1) {
+            if (PQntuples(res) != 1 || !kmdc_db_get_int64(res, 0, 0, &count) || count < 0) {
                 st = kmdc_err_set(err, KMDC_ERR_INTERNAL, "unexpected count result");
                 goto out;
             }
-            *slot[i] = strtoull(PQgetvalue(res, 0, 0), NULL, 10);
+            *slot[i] = (uint64_t)count;
             PQclear(res);
             res = NULL;
         } else {
