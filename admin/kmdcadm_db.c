@@ -5,7 +5,9 @@
  * migrations.  The card queries are in kmdcadm_db_cards.c, purge and the
  * audit log in kmdcadm_db_maint.c.
  *
- * Parameterised SQL only.  Integers travel as decimal text, bytea in binary.
+ * Parameterised SQL only, through lib/kmdc_pq's parameter lists (integers
+ * and bytea in binary) and its column readers, SQLSTATE helpers and schema
+ * version query; pq_run is the one statement runner (setup's too).
  * Server messages are reported by their primary text only: the DETAIL field
  * of a constraint violation quotes the offending values (an address, say) and
  * is never shown.
@@ -28,7 +30,7 @@
 #include "kmdcadm_db_int.h"
 
 /* pg_advisory_lock key of the migrator: "kmdc" || u32 1. */
-#define MIGRATE_LOCK_KEY "7740953710884290561"
+#define MIGRATE_LOCK_KEY INT64_C(7740953710884290561)
 /* The largest migration file read (a schema file is a few KiB). */
 #define MIGRATION_MAX_BYTES (4u << 20)
 /* The most migration files considered. */
@@ -56,81 +58,81 @@ first_line(char *buf, size_t buflen, const char *s)
  * ("database unavailable"), constraint violations KMDC_ERR_ARG, the rest
  * KMDC_ERR_INTERNAL.
  */
-kmdc_status
-db_error(kmdcadm_db *db, const PGresult *res, const char *what, kmdc_err *err)
+static kmdc_status
+conn_error(PGconn *conn, const PGresult *res, const char *what, kmdc_err *err)
 {
-    const char *state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+    const char *state = kmdc_db_sqlstate(res);
     const char *primary = res ? PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY) : NULL;
     char line[200];
 
-    first_line(line, sizeof line, primary ? primary : PQerrorMessage(db->conn));
-    if (PQstatus(db->conn) == CONNECTION_BAD || state == NULL
-        || strncmp(state, "08", 2) == 0 || strncmp(state, "57P", 3) == 0
-        || strncmp(state, "53", 2) == 0)
+    first_line(line, sizeof line, primary ? primary : PQerrorMessage(conn));
+    if (PQstatus(conn) == CONNECTION_BAD || state[0] == '\0'
+        || kmdc_db_sqlstate_is(res, "08") || kmdc_db_sqlstate_is(res, "57P")
+        || kmdc_db_sqlstate_is(res, "53"))
         return kmdc_err_set(err, KMDC_ERR_IO,
                             "could not %s: database unavailable: %s", what, line);
-    if (strncmp(state, "23", 2) == 0)
+    if (kmdc_db_sqlstate_is(res, "23"))
         return kmdc_err_set(err, KMDC_ERR_ARG, "could not %s: %s (SQLSTATE %s)",
                             what, line, state);
     return kmdc_err_set(err, KMDC_ERR_INTERNAL, "could not %s: %s (SQLSTATE %s)",
                         what, line, state);
 }
 
-/* Run a parameterised statement (all parameters text), results in format
- * (0 text, 1 binary), and check its status. */
-static kmdc_status
-exec_params(kmdcadm_db *db, PGresult **out, ExecStatusType want, const char *sql, int n,
-            const char *const *values, int format, const char *what, kmdc_err *err)
+kmdc_status
+db_error(kmdcadm_db *db, const PGresult *res, const char *what, kmdc_err *err)
+{
+    return conn_error(db->conn, res, what, err);
+}
+
+/* The one statement runner of kmdcadm (the store and setup both use it). */
+kmdc_status
+pq_run(PGconn *conn, PGresult **out, ExecStatusType want, const char *sql,
+       const kmdc_db_params *pp, int format, pq_fail_fn fail, const char *what,
+       kmdc_err *err)
 {
     PGresult *res;
-    kmdc_status st;
+    kmdc_status st = KMDC_OK;
 
-    *out = NULL;
-    res = PQexecParams(db->conn, sql, n, NULL, values, NULL, NULL, format);
-    if (res == NULL || PQresultStatus(res) != want) {
-        st = db_error(db, res, what, err);
-        PQclear(res);
-        return st;
+    if (pp != NULL && pp->overflow) {
+        res = NULL;
+        st = kmdc_err_set(err, KMDC_ERR_INTERNAL, "could not %s: bad parameters", what);
+        goto out;
     }
-    *out = res;
-    return KMDC_OK;
+    res = PQexecParams(conn, sql, pp ? pp->n : 0, NULL, pp ? pp->values : NULL,
+                       pp ? pp->lengths : NULL, pp ? pp->formats : NULL, format);
+    if (res == NULL || PQresultStatus(res) != want) {
+        st = fail(conn, res, what, err);
+        PQclear(res);
+        res = NULL;
+    }
+out:
+    if (out != NULL)
+        *out = res;
+    else
+        PQclear(res);
+    return st;
 }
 
 kmdc_status
 db_exec(kmdcadm_db *db, PGresult **out, ExecStatusType want, const char *sql,
-        int n, const char *const *values, const char *what, kmdc_err *err)
+        const kmdc_db_params *pp, const char *what, kmdc_err *err)
 {
-    return exec_params(db, out, want, sql, n, values, 0, what, err);
+    return pq_run(db->conn, out, want, sql, pp, 0, conn_error, what, err);
 }
 
 kmdc_status
-db_exec_bin(kmdcadm_db *db, PGresult **out, const char *sql, int n,
-            const char *const *values, const char *what, kmdc_err *err)
+db_exec_bin(kmdcadm_db *db, PGresult **out, const char *sql,
+            const kmdc_db_params *pp, const char *what, kmdc_err *err)
 {
-    return exec_params(db, out, PGRES_TUPLES_OK, sql, n, values, 1, what, err);
+    return pq_run(db->conn, out, PGRES_TUPLES_OK, sql, pp, 1, conn_error, what, err);
 }
 
 /* A statement whose result is not needed. */
 kmdc_status
-db_command(kmdcadm_db *db, const char *sql, int n, const char *const *values,
+db_command(kmdcadm_db *db, const char *sql, const kmdc_db_params *pp,
            const char *what, kmdc_err *err)
 {
-    PGresult *res = NULL;
-    kmdc_status st;
-
-    st = db_exec(db, &res, PGRES_COMMAND_OK, sql, n, values, what, err);
-    PQclear(res);
-    return st;
-}
-
-/* A binary bigint field that must be >= 0. */
-int
-get_u63(const PGresult *res, int row, int col, uint64_t *v)
-{
-    if (PQgetisnull(res, row, col) || PQgetlength(res, row, col) != 8)
-        return 0;
-    *v = kmdc_get_u64((const uint8_t *)PQgetvalue(res, row, col));
-    return *v <= KMDC_U63_MAX;
+    return pq_run(db->conn, NULL, PGRES_COMMAND_OK, sql, pp, 0, conn_error, what, err);
 }
 
 /* --- connection --------------------------------------------------------- */
@@ -184,7 +186,7 @@ db_connect(kmdcadm_db **out, const char *conninfo, const char *dbname, const cha
     st = pq_connect(&db->conn, conninfo, dbname, err);
     if (st != KMDC_OK)
         goto out;
-    st = db_command(db, "SET client_min_messages = warning", 0, NULL,
+    st = db_command(db, "SET client_min_messages = warning", NULL,
                     "configure the session", err);
     if (st != KMDC_OK)
         goto out;
@@ -194,7 +196,7 @@ db_connect(kmdcadm_db **out, const char *conninfo, const char *dbname, const cha
             st = kmdc_err_set(err, KMDC_ERR_INTERNAL, "a role name is too long");
             goto out;
         }
-        st = db_command(db, sql, 0, NULL, "act as the owner role", err);
+        st = db_command(db, sql, NULL, "act as the owner role", err);
         if (st != KMDC_OK)
             goto out;
     }
@@ -232,13 +234,13 @@ kmdcadm_db_close(kmdcadm_db *db)
 kmdc_status
 kmdcadm_db_begin(kmdcadm_db *db, kmdc_err *err)
 {
-    return db_command(db, "BEGIN", 0, NULL, "start a transaction", err);
+    return db_command(db, "BEGIN", NULL, "start a transaction", err);
 }
 
 kmdc_status
 kmdcadm_db_commit(kmdcadm_db *db, kmdc_err *err)
 {
-    return db_command(db, "COMMIT", 0, NULL, "commit", err);
+    return db_command(db, "COMMIT", NULL, "commit", err);
 }
 
 void
@@ -260,29 +262,16 @@ kmdc_status
 kmdcadm_db_schema_version(kmdcadm_db *db, int *version, kmdc_err *err)
 {
     PGresult *res = NULL;
-    kmdc_status st;
+    kmdc_status st = KMDC_OK;
 
-    *version = 0;
-    st = db_exec(db, &res, PGRES_TUPLES_OK,
-                 "SELECT to_regclass('schema_migrations') IS NOT NULL", 0, NULL,
-                 "read the schema version", err);
-    if (st != KMDC_OK)
+    /* lib's one query; outside a transaction, as every caller runs it */
+    if (kmdc_db_schema_version(db->conn, version, &res) == KMDC_PQ_OK)
         goto out;
-    if (PQntuples(res) != 1 || strcmp(PQgetvalue(res, 0, 0), "t") != 0)
-        goto out;   /* an empty database: version 0 */
-    PQclear(res);
-    res = NULL;
-    st = db_exec(db, &res, PGRES_TUPLES_OK,
-                 "SELECT coalesce(max(version), 0) FROM schema_migrations", 0,
-                 NULL, "read the schema version", err);
-    if (st != KMDC_OK)
-        goto out;
-    if (PQntuples(res) != 1) {
+    if (res == NULL && PQstatus(db->conn) == CONNECTION_OK)
         st = kmdc_err_set(err, KMDC_ERR_INTERNAL,
-                          "could not read the schema version: no row");
-        goto out;
-    }
-    *version = atoi(PQgetvalue(res, 0, 0));
+                          "could not read the schema version: not a version");
+    else
+        st = db_error(db, res, "read the schema version", err);
 out:
     PQclear(res);
     return st;
@@ -300,15 +289,15 @@ kmdcadm_db_check_schema(kmdcadm_db *db, kmdc_err *err)
     if (version == 0)
         return kmdc_err_set(err, KMDC_ERR_ARG,
                             "the database has no kmdc schema: run 'kmdcadm migrate' first");
-    if (version < KMDCADM_SCHEMA_VERSION)
+    if (version < KMDC_SCHEMA_VERSION)
         return kmdc_err_set(err, KMDC_ERR_ARG,
                             "the database schema is at version %d, this kmdcadm needs %d: "
-                            "run 'kmdcadm migrate'", version, KMDCADM_SCHEMA_VERSION);
-    if (version > KMDCADM_SCHEMA_VERSION)
+                            "run 'kmdcadm migrate'", version, KMDC_SCHEMA_VERSION);
+    if (version > KMDC_SCHEMA_VERSION)
         return kmdc_err_set(err, KMDC_ERR_ARG,
                             "the database schema is at version %d, newer than this "
                             "kmdcadm (%d): use a newer kmdcadm", version,
-                            KMDCADM_SCHEMA_VERSION);
+                            KMDC_SCHEMA_VERSION);
     return KMDC_OK;
 }
 
@@ -489,12 +478,11 @@ static kmdc_status
 migration_apply(kmdcadm_db *db, const char *sqldir, const migration *m, kmdc_err *err)
 {
     char *sql = NULL;
-    char version[16], what[300];
-    const char *params[2];
+    char what[300];
+    kmdc_db_params pp;
     PGresult *res = NULL;
     kmdc_status st;
 
-    snprintf(version, sizeof version, "%d", m->version);
     snprintf(what, sizeof what, "apply %s", m->file);
     st = read_sql_file(sqldir, m->file, &sql, err);
     if (st != KMDC_OK)
@@ -518,11 +506,12 @@ migration_apply(kmdcadm_db *db, const char *sqldir, const migration *m, kmdc_err
     }
     PQclear(res);
     res = NULL;
-    params[0] = version;
-    params[1] = m->name;
+    kmdc_db_params_init(&pp);
+    kmdc_db_param_int4(&pp, m->version);
+    kmdc_db_param_text(&pp, m->name);
     st = db_exec(db, &res, PGRES_TUPLES_OK,
                  "SELECT 1 FROM schema_migrations WHERE version = $1::int AND name = $2",
-                 2, params, what, err);
+                 &pp, what, err);
     if (st != KMDC_OK)
         goto out;
     if (PQntuples(res) != 1) {
@@ -544,12 +533,14 @@ out:
 kmdc_status
 kmdcadm_db_migrate(kmdcadm_db *db, const char *sqldir, FILE *report, kmdc_err *err)
 {
-    const char *lockp[1] = { MIGRATE_LOCK_KEY };
+    kmdc_db_params lockp;
     migration *list = NULL;
     size_t n = 0, i;
     int version = 0, locked = 0, applied = 0;
     kmdc_status st;
 
+    kmdc_db_params_init(&lockp);
+    kmdc_db_param_int8(&lockp, MIGRATE_LOCK_KEY);
     st = migrations_list(sqldir, &list, &n, err);
     if (st != KMDC_OK)
         goto out;
@@ -558,7 +549,7 @@ kmdcadm_db_migrate(kmdcadm_db *db, const char *sqldir, FILE *report, kmdc_err *e
     {
         PGresult *res = NULL;
         st = db_exec(db, &res, PGRES_TUPLES_OK, "SELECT pg_advisory_lock($1::bigint)",
-                     1, lockp, "take the migration lock", err);
+                     &lockp, "take the migration lock", err);
         PQclear(res);
     }
     if (st != KMDC_OK)
@@ -591,7 +582,8 @@ kmdcadm_db_migrate(kmdcadm_db *db, const char *sqldir, FILE *report, kmdc_err *e
 out:
     if (locked) {
         PGresult *res = PQexecParams(db->conn, "SELECT pg_advisory_unlock($1::bigint)",
-                                     1, NULL, lockp, NULL, NULL, 0);
+                                     lockp.n, NULL, lockp.values, lockp.lengths,
+                                     lockp.formats, 0);
         PQclear(res);   /* closing the session releases it anyway */
     }
     free(list);

@@ -17,9 +17,9 @@
 #include "kmdc_err.h"
 #include "kmdc_wrap.h"
 
-/* The schema version this kmdcadm's queries are written for. */
+/* The schema version this kmdcadm's queries are written for is lib's
+ * KMDC_SCHEMA_VERSION. */
 #include "kmdc_pq.h"
-#define KMDCADM_SCHEMA_VERSION KMDC_SCHEMA_VERSION
 
 /* The length of a wrapped value is lib's KMDC_WRAPPED_LEN (kmdc_wrap.h,
  * docs/PROTOCOL.md section 8); that of an access-code MAC: */
@@ -89,7 +89,7 @@ kmdc_status kmdcadm_db_schema_version(kmdcadm_db *db, int *version,
 
 /*
  * Refuse to work on a database whose schema version is not
- * KMDCADM_SCHEMA_VERSION, telling the user to run `kmdcadm migrate` (older)
+ * KMDC_SCHEMA_VERSION, telling the user to run `kmdcadm migrate` (older)
  * or to upgrade kmdcadm (newer).  KMDC_ERR_ARG on a mismatch.
  */
 kmdc_status kmdcadm_db_check_schema(kmdcadm_db *db, kmdc_err *err);

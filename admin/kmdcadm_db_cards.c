@@ -23,11 +23,8 @@ kmdc_status
 kmdcadm_db_card_insert(kmdcadm_db *db, const kmdcadm_new_card *c,
                        kmdcadm_conflict *conflict, kmdc_err *err)
 {
-    char serial[24], key_id[16], days[16];
-    const char *values[8];
-    int lengths[8] = { 0 };
-    int formats[8] = { 0 };
-    const char *state, *constraint;
+    kmdc_db_params pp;
+    const char *constraint;
     PGresult *res = NULL;
     kmdc_status st = KMDC_OK;
 
@@ -36,35 +33,25 @@ kmdcadm_db_card_insert(kmdcadm_db *db, const kmdcadm_new_card *c,
         st = kmdc_err_set(err, KMDC_ERR_ARG, "invalid card row");
         goto out;
     }
-    snprintf(serial, sizeof serial, "%" PRIu64, c->serial);
-    snprintf(key_id, sizeof key_id, "%" PRIu32, c->key_id);
-    snprintf(days, sizeof days, "%d", c->access_days);
-    values[0] = serial;
-    values[1] = c->address;
-    values[2] = (const char *)c->up_chain;
-    lengths[2] = KMDC_WRAPPED_LEN;
-    formats[2] = 1;
-    values[3] = (const char *)c->down_chain;
-    lengths[3] = KMDC_WRAPPED_LEN;
-    formats[3] = 1;
-    values[4] = (const char *)c->auth_key;
-    lengths[4] = KMDC_WRAPPED_LEN;
-    formats[4] = 1;
-    values[5] = key_id;
-    values[6] = (const char *)c->access_mac;
-    lengths[6] = KMDCADM_ACCESS_MAC_LEN;
-    formats[6] = 1;
-    values[7] = days;
+    kmdc_db_params_init(&pp);
+    kmdc_db_param_int8(&pp, (int64_t)c->serial);
+    kmdc_db_param_text(&pp, c->address);
+    kmdc_db_param_bytea(&pp, c->up_chain, KMDC_WRAPPED_LEN);
+    kmdc_db_param_bytea(&pp, c->down_chain, KMDC_WRAPPED_LEN);
+    kmdc_db_param_bytea(&pp, c->auth_key, KMDC_WRAPPED_LEN);
+    kmdc_db_param_int8(&pp, (int64_t)c->key_id);
+    kmdc_db_param_bytea(&pp, c->access_mac, KMDCADM_ACCESS_MAC_LEN);
+    kmdc_db_param_int4(&pp, c->access_days);
+    /* pp cannot overflow: eight fixed parameters */
     res = PQexecParams(db->conn,
                        "INSERT INTO cards (serial, address, status, up_chain, down_chain, "
                        "auth_key, key_id, access_mac, access_expires) "
                        "VALUES ($1::bigint, $2, 'issued', $3::bytea, $4::bytea, $5::bytea, "
-                       "$6::int, $7::bytea, now() + make_interval(days => $8::int))",
-                       8, NULL, values, lengths, formats, 0);
+                       "$6::bigint, $7::bytea, now() + make_interval(days => $8::int))",
+                       pp.n, NULL, pp.values, pp.lengths, pp.formats, 0);
     if (res == NULL || PQresultStatus(res) != PGRES_COMMAND_OK) {
-        state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
         constraint = res ? PQresultErrorField(res, PG_DIAG_CONSTRAINT_NAME) : NULL;
-        if (state != NULL && strcmp(state, "23505") == 0 && constraint != NULL) {
+        if (kmdc_db_is_unique_violation(res) && constraint != NULL) {
             if (strcmp(constraint, "cards_pkey") == 0) {
                 *conflict = KMDCADM_CONFLICT_SERIAL;
                 st = kmdc_err_set(err, KMDC_ERR_ARG, "the drawn serial is taken");
@@ -83,12 +70,14 @@ kmdcadm_db_card_insert(kmdcadm_db *db, const kmdcadm_new_card *c,
     }
     PQclear(res);
     res = NULL;
-    values[1] = key_id;
+    kmdc_db_params_init(&pp);
+    kmdc_db_param_int8(&pp, (int64_t)c->serial);
+    kmdc_db_param_int8(&pp, (int64_t)c->key_id);
     st = db_command(db,
                     "INSERT INTO audit_log (serial, event, detail) VALUES ($1::bigint, "
-                    "'card.issued', jsonb_build_object('key_id', $2::int, "
+                    "'card.issued', jsonb_build_object('key_id', $2::bigint, "
                     "'by', 'kmdcadm', 'db_user', current_user))",
-                    2, values, "record the issue in the audit log", err);
+                    &pp, "record the issue in the audit log", err);
 out:
     PQclear(res);
     return st;
@@ -105,14 +94,15 @@ kmdcadm_db_card_list(kmdcadm_db *db, const kmdcadm_filter *filter, int json,
     static const char *const head[7] = {
         "SERIAL", "ADDRESS", "STATUS", "LOCKED", "UP_NEXT", "DOWN_NEXT", "CREATED"
     };
-    const char *values[2];
+    kmdc_db_params pp;
     int width[7];
     PGresult *res = NULL;
     kmdc_status st;
     int rows, r, c;
 
-    values[0] = filter ? filter->status : NULL;
-    values[1] = filter ? filter->address : NULL;
+    kmdc_db_params_init(&pp);
+    kmdc_db_param_text(&pp, filter ? filter->status : NULL);
+    kmdc_db_param_text(&pp, filter ? filter->address : NULL);
     if (json) {
         st = db_exec(db, &res, PGRES_TUPLES_OK,
                      "SELECT coalesce(json_agg(json_build_object("
@@ -120,7 +110,7 @@ kmdcadm_db_card_list(kmdcadm_db *db, const kmdcadm_filter *filter, int json,
                      "'status', status, 'locked', locked, 'up_next', up_next, "
                      "'down_next', down_next, 'created', " TS_FMT("created_at") ") "
                      "ORDER BY created_at, serial), '[]'::json) FROM cards" LIST_WHERE,
-                     2, values, "list the cards", err);
+                     &pp, "list the cards", err);
         if (st != KMDC_OK)
             goto out;
         fprintf(out, "%s\n", PQgetvalue(res, 0, 0));
@@ -131,7 +121,7 @@ kmdcadm_db_card_list(kmdcadm_db *db, const kmdcadm_filter *filter, int json,
                  "CASE WHEN locked THEN 'yes' ELSE 'no' END, up_next, down_next, "
                  TS_FMT("created_at") " FROM cards" LIST_WHERE
                  "ORDER BY created_at, serial",
-                 2, values, "list the cards", err);
+                 &pp, "list the cards", err);
     if (st != KMDC_OK)
         goto out;
     rows = PQntuples(res);
@@ -183,16 +173,15 @@ kmdcadm_db_card_show(kmdcadm_db *db, uint64_t serial, int json, FILE *out,
         "   AND d.state = 'expired') AS deliveries_expired, "
         "(SELECT count(*) FROM messages m WHERE m.sender = c.serial) AS messages_sent "
         "FROM cards c WHERE c.serial = $1::bigint";
-    char buf[24];
     char *query = NULL;
-    const char *values[1];
+    kmdc_db_params pp;
     PGresult *res = NULL;
     kmdc_status st;
     int c, width = 0;
     size_t qlen;
 
-    snprintf(buf, sizeof buf, "%" PRIu64, serial);
-    values[0] = buf;
+    kmdc_db_params_init(&pp);
+    kmdc_db_param_int8(&pp, (int64_t)serial);
     if (json) {
         static const char *const pre = "SELECT row_to_json(s) FROM (";
         qlen = strlen(pre) + strlen(sql) + 4;
@@ -203,7 +192,7 @@ kmdcadm_db_card_show(kmdcadm_db *db, uint64_t serial, int json, FILE *out,
         }
         snprintf(query, qlen, "%s%s) s", pre, sql);
     }
-    st = db_exec(db, &res, PGRES_TUPLES_OK, json ? query : sql, 1, values,
+    st = db_exec(db, &res, PGRES_TUPLES_OK, json ? query : sql, &pp,
                  "show the card", err);
     if (st != KMDC_OK)
         goto out;
@@ -222,8 +211,10 @@ kmdcadm_db_card_show(kmdcadm_db *db, uint64_t serial, int json, FILE *out,
             width = (int)strlen(PQfname(res, c));
     for (c = 0; c < PQnfields(res); c++) {
         const char *v = PQgetisnull(res, 0, c) ? "-" : PQgetvalue(res, 0, c);
+        int b = 0;
+
         if (strcmp(PQfname(res, c), "locked") == 0)
-            v = strcmp(v, "t") == 0 ? "yes" : "no";
+            v = kmdc_db_get_bool(res, 0, c, &b) && b ? "yes" : "no";
         fprintf(out, "%-*s  %s\n", width + 1, PQfname(res, c), v);
     }
 out:
@@ -239,8 +230,8 @@ kmdcadm_db_card_transition(kmdcadm_db *db, uint64_t serial, kmdcadm_action actio
 {
     static const char *const verbs[] = { "suspend", "resume", "revoke" };
     static const char *const events[] = { "card.suspended", "card.resumed", "card.revoked" };
-    char sbuf[24], hex[17], old[16];
-    const char *values[5];
+    char hex[17], old[16];
+    kmdc_db_params pp;
     const char *next = NULL;
     PGresult *res = NULL;
     kmdc_status st;
@@ -248,16 +239,16 @@ kmdcadm_db_card_transition(kmdcadm_db *db, uint64_t serial, kmdcadm_action actio
 
     if ((int)action < 0 || action > KMDCADM_REVOKE)
         return kmdc_err_set(err, KMDC_ERR_ARG, "unknown action");
-    snprintf(sbuf, sizeof sbuf, "%" PRIu64, serial);
     kmdc_serial_format(hex, serial);
-    values[0] = sbuf;
+    kmdc_db_params_init(&pp);
+    kmdc_db_param_int8(&pp, (int64_t)serial);
     st = kmdcadm_db_begin(db, err);
     if (st != KMDC_OK)
         goto out;
     intrans = 1;
     st = db_exec(db, &res, PGRES_TUPLES_OK,
                  "SELECT status, activated_at IS NOT NULL FROM cards "
-                 "WHERE serial = $1::bigint FOR UPDATE", 1, values, "read the card", err);
+                 "WHERE serial = $1::bigint FOR UPDATE", &pp, "read the card", err);
     if (st != KMDC_OK)
         goto out;
     if (PQntuples(res) != 1) {
@@ -265,7 +256,10 @@ kmdcadm_db_card_transition(kmdcadm_db *db, uint64_t serial, kmdcadm_action actio
         goto out;
     }
     first_line(old, sizeof old, PQgetvalue(res, 0, 0));
-    activated = strcmp(PQgetvalue(res, 0, 1), "t") == 0;
+    if (!kmdc_db_get_bool(res, 0, 1, &activated)) {
+        st = kmdc_err_set(err, KMDC_ERR_INTERNAL, "unexpected card row shape");
+        goto out;
+    }
     PQclear(res);
     res = NULL;
 
@@ -295,20 +289,22 @@ kmdcadm_db_card_transition(kmdcadm_db *db, uint64_t serial, kmdcadm_action actio
         next = "revoked";
         break;
     }
-    values[1] = next;
+    kmdc_db_param_text(&pp, next);
     st = db_command(db, "UPDATE cards SET status = $2 WHERE serial = $1::bigint",
-                    2, values, "change the card status", err);
+                    &pp, "change the card status", err);
     if (st != KMDC_OK)
         goto out;
-    values[1] = events[action];
-    values[2] = old;
-    values[3] = next;
-    values[4] = reason;
+    kmdc_db_params_init(&pp);
+    kmdc_db_param_int8(&pp, (int64_t)serial);
+    kmdc_db_param_text(&pp, events[action]);
+    kmdc_db_param_text(&pp, old);
+    kmdc_db_param_text(&pp, next);
+    kmdc_db_param_text(&pp, reason);
     st = db_command(db,
                     "INSERT INTO audit_log (serial, event, detail) VALUES ($1::bigint, $2, "
                     "jsonb_strip_nulls(jsonb_build_object('from', $3::text, 'to', $4::text, "
                     "'reason', $5::text, 'by', 'kmdcadm', 'db_user', current_user)))",
-                    5, values, "record the change in the audit log", err);
+                    &pp, "record the change in the audit log", err);
     if (st != KMDC_OK)
         goto out;
     st = kmdcadm_db_commit(db, err);
@@ -340,15 +336,21 @@ out:
 static kmdc_status
 keys_from_row(const PGresult *res, int row, kmdcadm_card_keys *k, kmdc_err *err)
 {
-    int len;
+    int64_t serial, up, down, key_id;
+    int len, live;
 
     memset(k, 0, sizeof *k);
-    if (PQnfields(res) != 9 || !get_u63(res, row, 0, &k->serial)
-        || !get_u63(res, row, 2, &k->up_next) || !get_u63(res, row, 3, &k->down_next)
-        || PQgetisnull(res, row, 1) || PQgetlength(res, row, 7) != 4
-        || PQgetisnull(res, row, 7) || PQgetlength(res, row, 8) != 1
-        || PQgetisnull(res, row, 8))
+    if (PQnfields(res) != 9 || !kmdc_db_get_int64(res, row, 0, &serial) || serial < 0
+        || !kmdc_db_get_int64(res, row, 2, &up) || up < 0
+        || !kmdc_db_get_int64(res, row, 3, &down) || down < 0
+        || PQgetisnull(res, row, 1) || PQftype(res, 7) != KMDC_DB_INT4OID
+        || !kmdc_db_get_int64(res, row, 7, &key_id) || !kmdc_db_get_bool(res, row, 8, &live))
         return kmdc_err_set(err, KMDC_ERR_INTERNAL, "unexpected card row shape");
+    k->serial = (uint64_t)serial;
+    k->up_next = (uint64_t)up;
+    k->down_next = (uint64_t)down;
+    k->key_id = (uint32_t)key_id;   /* int4's bits, as the column stores them */
+    k->code_live = live;
     len = PQgetlength(res, row, 1);
     if (len <= 0 || (size_t)len >= sizeof k->status)
         return kmdc_err_set(err, KMDC_ERR_INTERNAL, "unexpected card status");
@@ -365,8 +367,6 @@ keys_from_row(const PGresult *res, int row, kmdcadm_card_keys *k, kmdc_err *err)
     memcpy(k->up_chain, PQgetvalue(res, row, 4), KMDC_WRAPPED_LEN);
     memcpy(k->down_chain, PQgetvalue(res, row, 5), KMDC_WRAPPED_LEN);
     memcpy(k->auth_key, PQgetvalue(res, row, 6), KMDC_WRAPPED_LEN);
-    k->key_id = kmdc_get_u32((const uint8_t *)PQgetvalue(res, row, 7));
-    k->code_live = PQgetvalue(res, row, 8)[0] != 0;
     return KMDC_OK;
 }
 
@@ -375,8 +375,7 @@ kmdcadm_db_card_keys_batch(kmdcadm_db *db, uint64_t after, int lock,
                            kmdcadm_card_keys *rows, size_t cap, size_t *n,
                            kmdc_err *err)
 {
-    char abuf[24], lbuf[24];
-    const char *values[2];
+    kmdc_db_params pp;
     PGresult *res = NULL;
     kmdc_status st = KMDC_OK;
     int r, nt;
@@ -384,16 +383,15 @@ kmdcadm_db_card_keys_batch(kmdcadm_db *db, uint64_t after, int lock,
     *n = 0;
     if (cap == 0 || cap > 100000 || after > KMDC_U63_MAX)
         return kmdc_err_set(err, KMDC_ERR_ARG, "invalid batch");
-    snprintf(abuf, sizeof abuf, "%" PRIu64, after);
-    snprintf(lbuf, sizeof lbuf, "%zu", cap);
-    values[0] = abuf;
-    values[1] = lbuf;
+    kmdc_db_params_init(&pp);
+    kmdc_db_param_int8(&pp, (int64_t)after);
+    kmdc_db_param_int4(&pp, (int32_t)cap);
     st = db_exec_bin(db, &res,
                      lock ? KEYS_COLUMNS "WHERE serial > $1::bigint ORDER BY serial "
                             "LIMIT $2::int FOR NO KEY UPDATE"
                           : KEYS_COLUMNS "WHERE serial > $1::bigint ORDER BY serial "
                             "LIMIT $2::int",
-                     2, values, "read the cards", err);
+                     &pp, "read the cards", err);
     if (st != KMDC_OK)
         goto out;
     nt = PQntuples(res);
@@ -416,15 +414,15 @@ kmdc_status
 kmdcadm_db_card_keys_lock(kmdcadm_db *db, uint64_t serial, kmdcadm_card_keys *out,
                           kmdc_err *err)
 {
-    char sbuf[24], hex[17];
-    const char *values[1];
+    char hex[17];
+    kmdc_db_params pp;
     PGresult *res = NULL;
     kmdc_status st;
 
-    snprintf(sbuf, sizeof sbuf, "%" PRIu64, serial);
-    values[0] = sbuf;
+    kmdc_db_params_init(&pp);
+    kmdc_db_param_int8(&pp, (int64_t)serial);
     st = db_exec_bin(db, &res, KEYS_COLUMNS "WHERE serial = $1::bigint FOR NO KEY UPDATE",
-                     1, values, "read the card", err);
+                     &pp, "read the card", err);
     if (st != KMDC_OK)
         goto out;
     if (PQntuples(res) != 1) {
@@ -441,34 +439,26 @@ out:
 kmdc_status
 kmdcadm_db_card_keys_store(kmdcadm_db *db, const kmdcadm_card_keys *c, kmdc_err *err)
 {
-    char serial[24], up[24], down[24], key_id[16];
-    const char *values[7];
-    int lengths[7] = { 0 };
-    int formats[7] = { 0 };
+    kmdc_db_params pp;
     PGresult *res = NULL;
     kmdc_status st = KMDC_OK;
 
     if (c->serial == 0 || c->serial > KMDC_U63_MAX || c->up_next > KMDC_U63_MAX
         || c->down_next > KMDC_U63_MAX || c->key_id > INT32_MAX)
         return kmdc_err_set(err, KMDC_ERR_ARG, "invalid card keys");
-    snprintf(serial, sizeof serial, "%" PRIu64, c->serial);
-    snprintf(up, sizeof up, "%" PRIu64, c->up_next);
-    snprintf(down, sizeof down, "%" PRIu64, c->down_next);
-    snprintf(key_id, sizeof key_id, "%" PRIu32, c->key_id);
-    values[0] = serial;
-    values[1] = up;
-    values[2] = down;
-    values[3] = (const char *)c->up_chain;
-    values[4] = (const char *)c->down_chain;
-    values[5] = (const char *)c->auth_key;
-    values[6] = key_id;
-    lengths[3] = lengths[4] = lengths[5] = KMDC_WRAPPED_LEN;
-    formats[3] = formats[4] = formats[5] = 1;
+    kmdc_db_params_init(&pp);
+    kmdc_db_param_int8(&pp, (int64_t)c->serial);
+    kmdc_db_param_int8(&pp, (int64_t)c->up_next);
+    kmdc_db_param_int8(&pp, (int64_t)c->down_next);
+    kmdc_db_param_bytea(&pp, c->up_chain, KMDC_WRAPPED_LEN);
+    kmdc_db_param_bytea(&pp, c->down_chain, KMDC_WRAPPED_LEN);
+    kmdc_db_param_bytea(&pp, c->auth_key, KMDC_WRAPPED_LEN);
+    kmdc_db_param_int4(&pp, (int32_t)c->key_id);   /* <= INT32_MAX, checked above */
     res = PQexecParams(db->conn,
                        "UPDATE cards SET up_next = $2::bigint, down_next = $3::bigint, "
                        "up_chain = $4::bytea, down_chain = $5::bytea, auth_key = $6::bytea, "
                        "key_id = $7::int WHERE serial = $1::bigint",
-                       7, NULL, values, lengths, formats, 0);
+                       pp.n, NULL, pp.values, pp.lengths, pp.formats, 0);
     if (res == NULL || PQresultStatus(res) != PGRES_COMMAND_OK) {
         st = db_error(db, res, "store the card's keys", err);
         goto out;
@@ -484,68 +474,66 @@ kmdc_status
 kmdcadm_db_audit_resync(kmdcadm_db *db, uint64_t serial, const char *chain,
                         uint64_t from, uint64_t to, kmdc_err *err)
 {
-    char sbuf[24], fbuf[24], tbuf[24];
-    const char *values[4];
+    kmdc_db_params pp;
 
-    snprintf(sbuf, sizeof sbuf, "%" PRIu64, serial);
-    snprintf(fbuf, sizeof fbuf, "%" PRIu64, from);
-    snprintf(tbuf, sizeof tbuf, "%" PRIu64, to);
-    values[0] = sbuf;
-    values[1] = chain;
-    values[2] = fbuf;
-    values[3] = tbuf;
+    kmdc_db_params_init(&pp);
+    kmdc_db_param_int8(&pp, (int64_t)serial);
+    kmdc_db_param_text(&pp, chain);
+    kmdc_db_param_int8(&pp, (int64_t)from);
+    kmdc_db_param_int8(&pp, (int64_t)to);
     return db_command(db,
                       "INSERT INTO audit_log (serial, event, detail) VALUES ($1::bigint, "
                       "'card.resynced', jsonb_build_object('chain', $2::text, "
                       "'from', $3::bigint, 'to', $4::bigint, 'by', 'kmdcadm', "
                       "'db_user', current_user))",
-                      4, values, "record the resync in the audit log", err);
+                      &pp, "record the resync in the audit log", err);
 }
 
 kmdc_status
 kmdcadm_db_audit_rekey(kmdcadm_db *db, uint32_t key_id, uint64_t cards,
                        uint64_t nvalues, kmdc_err *err)
 {
-    char kbuf[16], cbuf[24], vbuf[24];
-    const char *values[3];
+    kmdc_db_params pp;
 
-    snprintf(kbuf, sizeof kbuf, "%" PRIu32, key_id);
-    snprintf(cbuf, sizeof cbuf, "%" PRIu64, cards);
-    snprintf(vbuf, sizeof vbuf, "%" PRIu64, nvalues);
-    values[0] = kbuf;
-    values[1] = cbuf;
-    values[2] = vbuf;
+    kmdc_db_params_init(&pp);
+    kmdc_db_param_int8(&pp, (int64_t)key_id);
+    kmdc_db_param_int8(&pp, (int64_t)cards);
+    kmdc_db_param_int8(&pp, (int64_t)nvalues);
     return db_command(db,
                       "INSERT INTO audit_log (event, detail) VALUES ('master.rekeyed', "
                       "jsonb_build_object('key_id', $1::bigint, 'cards', $2::bigint, "
                       "'values', $3::bigint, 'by', 'kmdcadm', 'db_user', current_user))",
-                      3, values, "record the rekey in the audit log", err);
+                      &pp, "record the rekey in the audit log", err);
 }
 
 kmdc_status
 kmdcadm_db_live_codes(kmdcadm_db *db, uint32_t newest, kmdcadm_code_use *out,
                       size_t cap, size_t *n, kmdc_err *err)
 {
-    char kbuf[16];
-    const char *values[1];
+    kmdc_db_params pp;
     PGresult *res = NULL;
     kmdc_status st;
+    int64_t id, count;
     int r, nt;
 
     *n = 0;
-    snprintf(kbuf, sizeof kbuf, "%" PRIu32, newest);
-    values[0] = kbuf;
+    kmdc_db_params_init(&pp);
+    kmdc_db_param_int8(&pp, (int64_t)newest);
     st = db_exec(db, &res, PGRES_TUPLES_OK,
                  "SELECT key_id, count(*), " TS_FMT("max(access_expires)")
                  " FROM cards WHERE " CODE_LIVE " AND key_id <> $1::bigint "
                  "GROUP BY key_id ORDER BY key_id",
-                 1, values, "look for access codes under older keys", err);
+                 &pp, "look for access codes under older keys", err);
     if (st != KMDC_OK)
         goto out;
     nt = PQntuples(res);
     for (r = 0; r < nt && (size_t)r < cap; r++) {
-        out[r].key_id = (uint32_t)strtoul(PQgetvalue(res, r, 0), NULL, 10);
-        out[r].cards = strtoull(PQgetvalue(res, r, 1), NULL, 10);
+        if (!kmdc_db_get_int64(res, r, 0, &id) || !kmdc_db_get_int64(res, r, 1, &count)) {
+            st = kmdc_err_set(err, KMDC_ERR_INTERNAL, "unexpected access code row");
+            goto out;
+        }
+        out[r].key_id = (uint32_t)id;
+        out[r].cards = (uint64_t)count;
         first_line(out[r].latest_expiry, sizeof out[r].latest_expiry,
                    PQgetvalue(res, r, 2));
     }
@@ -567,6 +555,7 @@ kmdcadm_db_key_ids(kmdcadm_db *db, kmdcadm_key_use *out, size_t cap, size_t *n,
 {
     PGresult *res = NULL;
     kmdc_status st;
+    int64_t id, count;
     int r, nt;
 
     *n = 0;
@@ -576,13 +565,17 @@ kmdcadm_db_key_ids(kmdcadm_db *db, kmdcadm_key_use *out, size_t cap, size_t *n,
                  "SELECT " WRAP_ID("up_chain") " AS id FROM cards UNION ALL "
                  "SELECT " WRAP_ID("down_chain") " FROM cards UNION ALL "
                  "SELECT " WRAP_ID("auth_key") " FROM cards) s GROUP BY id ORDER BY id",
-                 0, NULL, "count the master key ids in use", err);
+                 NULL, "count the master key ids in use", err);
     if (st != KMDC_OK)
         goto out;
     nt = PQntuples(res);
     for (r = 0; r < nt && (size_t)r < cap; r++) {
-        out[r].key_id = (uint32_t)strtoul(PQgetvalue(res, r, 0), NULL, 10);
-        out[r].values = strtoull(PQgetvalue(res, r, 1), NULL, 10);
+        if (!kmdc_db_get_int64(res, r, 0, &id) || !kmdc_db_get_int64(res, r, 1, &count)) {
+            st = kmdc_err_set(err, KMDC_ERR_INTERNAL, "unexpected key id row");
+            goto out;
+        }
+        out[r].key_id = (uint32_t)id;
+        out[r].values = (uint64_t)count;
     }
     *n = (size_t)r;
     *more = nt > r;

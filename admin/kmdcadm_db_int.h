@@ -11,6 +11,7 @@
 #include <libpq-fe.h>
 
 #include "kmdc_err.h"
+#include "kmdc_pq.h"
 #include "kmdcadm_db.h"
 
 struct kmdcadm_db {
@@ -26,17 +27,29 @@ void first_line(char *buf, size_t buflen, const char *s);
 /* A failed result (or a NULL one) as a status and "could not WHAT: reason". */
 kmdc_status db_error(kmdcadm_db *db, const PGresult *res, const char *what, kmdc_err *err);
 
-/* A parameterised statement (text parameters and results) whose status must be want. */
+/* What a statement runner calls to turn a failed result (or a NULL one) into
+ * a status and "could not WHAT: reason". */
+typedef kmdc_status (*pq_fail_fn)(PGconn *conn, const PGresult *res, const char *what,
+                                  kmdc_err *err);
+
+/* Run sql with the parameters pp (lib/kmdc_pq; NULL: none), results in format
+ * (0 text, 1 binary); its status must be want, else fail() says why.  *out
+ * is the result (NULL on failure); out NULL: the result is cleared. */
+kmdc_status pq_run(PGconn *conn, PGresult **out, ExecStatusType want, const char *sql,
+                   const kmdc_db_params *pp, int format, pq_fail_fn fail,
+                   const char *what, kmdc_err *err);
+
+/* A parameterised statement (text results) whose status must be want. */
 kmdc_status db_exec(kmdcadm_db *db, PGresult **out, ExecStatusType want, const char *sql,
-                    int n, const char *const *values, const char *what, kmdc_err *err);
+                    const kmdc_db_params *pp, const char *what, kmdc_err *err);
 
 /* A statement whose result is not needed. */
-kmdc_status db_command(kmdcadm_db *db, const char *sql, int n, const char *const *values,
+kmdc_status db_command(kmdcadm_db *db, const char *sql, const kmdc_db_params *pp,
                        const char *what, kmdc_err *err);
 
-/* A query with text parameters and binary results. */
-kmdc_status db_exec_bin(kmdcadm_db *db, PGresult **out, const char *sql, int n,
-                        const char *const *values, const char *what, kmdc_err *err);
+/* A query with binary results. */
+kmdc_status db_exec_bin(kmdcadm_db *db, PGresult **out, const char *sql,
+                        const kmdc_db_params *pp, const char *what, kmdc_err *err);
 
 /* Connect with conninfo (expanded: a string or a URI; NULL: libpq's
  * environment), to database dbname instead of its own when not NULL, as
@@ -44,8 +57,5 @@ kmdc_status db_exec_bin(kmdcadm_db *db, PGresult **out, const char *sql, int n,
  * server cannot be reached; *out (may be set then) is the caller's to PQfinish. */
 kmdc_status pq_connect(PGconn **out, const char *conninfo, const char *dbname,
                        kmdc_err *err);
-
-/* A binary bigint field that must be >= 0: 1 and *v, else 0. */
-int get_u63(const PGresult *res, int row, int col, uint64_t *v);
 
 #endif

@@ -112,18 +112,9 @@ static const purge_kind purge_kinds[] = {
  * deadlock before purge gives up. */
 #define PURGE_RETRIES 5
 
-/* Is res a serialization failure or a deadlock (worth a retry)? */
-static int
-retryable(const PGresult *res)
-{
-    const char *state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
-
-    return state != NULL && (strcmp(state, "40001") == 0 || strcmp(state, "40P01") == 0);
-}
-
 /* Run one kind's batches until a batch finds nothing; add the rows to *total. */
 static kmdc_status
-purge_run_kind(kmdcadm_db *db, const purge_kind *k, const char *const *params,
+purge_run_kind(kmdcadm_db *db, const purge_kind *k, const kmdc_db_params *pp,
                uint64_t *total, kmdc_err *err)
 {
     char what[64];
@@ -135,14 +126,15 @@ purge_run_kind(kmdcadm_db *db, const purge_kind *k, const char *const *params,
     snprintf(what, sizeof what, "purge %s", k->name);
     for (;;) {
         if (k->repeatable_read) {
-            st = db_command(db, "BEGIN ISOLATION LEVEL REPEATABLE READ", 0, NULL, what, err);
+            st = db_command(db, "BEGIN ISOLATION LEVEL REPEATABLE READ", NULL, what, err);
             if (st != KMDC_OK)
                 goto out;
             intrans = 1;
         }
-        res = PQexecParams(db->conn, k->run, 4, purge_types, params, NULL, NULL, 0);
+        res = PQexecParams(db->conn, k->run, pp->n, purge_types, pp->values, pp->lengths,
+                           pp->formats, 0);
         if (res == NULL || PQresultStatus(res) != PGRES_COMMAND_OK) {
-            if (retryable(res) && retries < PURGE_RETRIES) {
+            if (kmdc_db_is_retryable(res) && retries < PURGE_RETRIES) {
                 retries++;
                 PQclear(res);
                 res = NULL;
@@ -178,8 +170,7 @@ kmdc_status
 kmdcadm_db_purge(kmdcadm_db *db, const kmdcadm_purge_opts *opts,
                  kmdcadm_purge_counts *counts, kmdc_err *err)
 {
-    char ages[4][24];
-    const char *params[4];
+    kmdc_db_params pp;
     uint64_t *slot[7];
     PGresult *res = NULL;
     kmdc_status st = KMDC_OK;
@@ -190,12 +181,11 @@ kmdcadm_db_purge(kmdcadm_db *db, const kmdcadm_purge_opts *opts,
     if (opts->receipt_age < 0 || opts->tombstone_age < 0 || opts->upload_age < 0
         || opts->nonce_age < 0)
         return kmdc_err_set(err, KMDC_ERR_ARG, "purge ages must not be negative");
-    snprintf(ages[0], sizeof ages[0], "%" PRId64, opts->receipt_age);
-    snprintf(ages[1], sizeof ages[1], "%" PRId64, opts->tombstone_age);
-    snprintf(ages[2], sizeof ages[2], "%" PRId64, opts->upload_age);
-    snprintf(ages[3], sizeof ages[3], "%" PRId64, opts->nonce_age);
-    for (i = 0; i < 4; i++)
-        params[i] = ages[i];
+    kmdc_db_params_init(&pp);   /* four fixed parameters: cannot overflow */
+    kmdc_db_param_int8(&pp, opts->receipt_age);
+    kmdc_db_param_int8(&pp, opts->tombstone_age);
+    kmdc_db_param_int8(&pp, opts->upload_age);
+    kmdc_db_param_int8(&pp, opts->nonce_age);
     slot[0] = &counts->expired;
     slot[1] = &counts->uploads;
     slot[2] = &counts->orphans;
@@ -206,34 +196,33 @@ kmdcadm_db_purge(kmdcadm_db *db, const kmdcadm_purge_opts *opts,
     for (i = 0; i < sizeof purge_kinds / sizeof purge_kinds[0]; i++) {
         if (opts->dry_run) {
             char what[64];
+            int64_t count;
+
             snprintf(what, sizeof what, "count %s", purge_kinds[i].name);
-            res = PQexecParams(db->conn, purge_kinds[i].count, 4, purge_types, params,
-                               NULL, NULL, 0);
+            res = PQexecParams(db->conn, purge_kinds[i].count, pp.n, purge_types,
+                               pp.values, pp.lengths, pp.formats, 0);
             if (res == NULL || PQresultStatus(res) != PGRES_TUPLES_OK) {
                 st = db_error(db, res, what, err);
                 goto out;
             }
-            if (PQntuples(res) != 1) {
+            if (PQntuples(res) != 1 || !kmdc_db_get_int64(res, 0, 0, &count) || count < 0) {
                 st = kmdc_err_set(err, KMDC_ERR_INTERNAL, "unexpected count result");
                 goto out;
             }
-            *slot[i] = strtoull(PQgetvalue(res, 0, 0), NULL, 10);
+            *slot[i] = (uint64_t)count;
             PQclear(res);
             res = NULL;
         } else {
-            st = purge_run_kind(db, &purge_kinds[i], params, slot[i], err);
+            st = purge_run_kind(db, &purge_kinds[i], &pp, slot[i], err);
             if (st != KMDC_OK)
                 goto out;
         }
         sum += *slot[i];
     }
     if (!opts->dry_run && sum > 0) {
-        char c[7][24];
-        const char *values[7];
-        for (i = 0; i < 7; i++) {
-            snprintf(c[i], sizeof c[i], "%" PRIu64, *slot[i]);
-            values[i] = c[i];
-        }
+        kmdc_db_params_init(&pp);
+        for (i = 0; i < 7; i++)
+            kmdc_db_param_int8(&pp, (int64_t)*slot[i]);
         st = db_command(db,
                         "INSERT INTO audit_log (event, detail) VALUES ('db.purged', "
                         "jsonb_build_object('expired', $1::bigint, 'uploads', $2::bigint, "
@@ -241,7 +230,7 @@ kmdcadm_db_purge(kmdcadm_db *db, const kmdcadm_purge_opts *opts,
                         "'nonces', $5::bigint, 'tombstones', $6::bigint, "
                         "'messages', $7::bigint, 'by', 'kmdcadm', "
                         "'db_user', current_user))",
-                        7, values, "record the purge in the audit log", err);
+                        &pp, "record the purge in the audit log", err);
     }
 out:
     PQclear(res);
@@ -264,29 +253,25 @@ kmdcadm_db_audit_print(kmdcadm_db *db, const kmdcadm_audit_query *q, FILE *out,
                        kmdc_err *err)
 {
     static const char *const head[3] = { "AT", "SERIAL", "EVENT" };
-    char sbuf[24], secs[24], lim[24];
-    const char *values[4];
-    const char *state;
+    kmdc_db_params pp;
     PGresult *res = NULL;
     kmdc_status st = KMDC_OK;
     int width[3], rows, r, c;
 
-    values[0] = NULL;
-    values[1] = q->since;
-    values[2] = NULL;
-    values[3] = NULL;
-    if (q->serial != 0) {
-        snprintf(sbuf, sizeof sbuf, "%" PRIu64, q->serial);
-        values[0] = sbuf;
-    }
-    if (q->since_secs >= 0) {
-        snprintf(secs, sizeof secs, "%" PRId64, q->since_secs);
-        values[2] = secs;
-    }
-    if (q->limit > 0) {
-        snprintf(lim, sizeof lim, "%" PRId64, q->limit);
-        values[3] = lim;
-    }
+    kmdc_db_params_init(&pp);   /* four fixed parameters: cannot overflow */
+    if (q->serial != 0)
+        kmdc_db_param_int8(&pp, (int64_t)q->serial);
+    else
+        kmdc_db_param_text(&pp, NULL);
+    kmdc_db_param_text(&pp, q->since);
+    if (q->since_secs >= 0)
+        kmdc_db_param_int8(&pp, q->since_secs);
+    else
+        kmdc_db_param_text(&pp, NULL);
+    if (q->limit > 0)
+        kmdc_db_param_int8(&pp, q->limit);
+    else
+        kmdc_db_param_text(&pp, NULL);
     res = PQexecParams(db->conn,
                        q->json
                        ? "SELECT coalesce(json_agg(json_build_object('id', id, "
@@ -296,10 +281,9 @@ kmdcadm_db_audit_print(kmdcadm_db *db, const kmdcadm_audit_query *q, FILE *out,
                        : "SELECT at_text, coalesce(serial_hex, '-'), event, "
                          "coalesce(detail::text, '{}') FROM (" AUDIT_ROWS ") s "
                          "ORDER BY at DESC, id DESC",
-                       4, NULL, values, NULL, NULL, 0);
+                       pp.n, NULL, pp.values, pp.lengths, pp.formats, 0);
     if (res == NULL || PQresultStatus(res) != PGRES_TUPLES_OK) {
-        state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
-        if (state != NULL && strncmp(state, "22", 2) == 0 && q->since != NULL)
+        if (kmdc_db_sqlstate_is(res, "22") && q->since != NULL)
             st = kmdc_err_set(err, KMDC_ERR_FORMAT,
                               "--since: not a time (use e.g. 2024-05-01, "
                               "'2024-05-01 12:00:00+00' or a duration such as 2h)");

@@ -71,35 +71,24 @@ kmdcadm_setup_print_grants(FILE *out, const char *httpd_role)
 static kmdc_status
 failed(PGconn *c, const PGresult *res, const char *what, kmdc_err *err)
 {
-    const char *state = res != NULL ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+    const char *state = kmdc_db_sqlstate(res);   /* "" when there is none */
     const char *primary = res != NULL ? PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY)
                                       : NULL;
     char line[240];
 
     first_line(line, sizeof line, primary != NULL ? primary : PQerrorMessage(c));
     return kmdc_err_set(err, PQstatus(c) == CONNECTION_BAD ? KMDC_ERR_IO : KMDC_ERR_INTERNAL,
-                        "could not %s: %s%s%s%s", what, line, state ? " (SQLSTATE " : "",
-                        state ? state : "", state ? ")" : "");
+                        "could not %s: %s%s%s%s", what, line, state[0] ? " (SQLSTATE " : "",
+                        state, state[0] ? ")" : "");
 }
 
-/* Run sql (text parameters) expecting want; *out the result (or NULL). */
+/* Run sql (parameters pp, may be NULL) expecting want; *out the result (or
+ * NULL); out NULL: cleared.  kmdcadm's one statement runner, setup's messages. */
 static kmdc_status
-run(PGconn *c, PGresult **out, ExecStatusType want, const char *sql, int n,
-    const char *const *values, const char *what, kmdc_err *err)
+run(PGconn *c, PGresult **out, ExecStatusType want, const char *sql,
+    const kmdc_db_params *pp, const char *what, kmdc_err *err)
 {
-    PGresult *res = PQexecParams(c, sql, n, NULL, values, NULL, NULL, 0);
-    kmdc_status st = KMDC_OK;
-
-    if (res == NULL || PQresultStatus(res) != want) {
-        st = failed(c, res, what, err);
-        PQclear(res);
-        res = NULL;
-    }
-    if (out != NULL)
-        *out = res;
-    else
-        PQclear(res);
-    return st;
+    return pq_run(c, out, want, sql, pp, 0, failed, what, err);
 }
 
 /* Copy tmpl into buf (cap bytes) with its first "%s" replaced by a and its
@@ -150,7 +139,7 @@ command(PGconn *c, const char *fmt, const char *a, const char *b, const char *wh
         st = kmdc_err_set(err, KMDC_ERR_INTERNAL, "could not %s: statement too long", what);
         goto out;
     }
-    st = run(c, NULL, PGRES_COMMAND_OK, sql, 0, NULL, what, err);
+    st = run(c, NULL, PGRES_COMMAND_OK, sql, NULL, what, err);
 out:
     PQfreemem(qa);
     PQfreemem(qb);
@@ -165,7 +154,7 @@ connect_to(PGconn **out, const char *conninfo, const char *dbname, kmdc_err *err
 
     if (st != KMDC_OK)
         return st;
-    return run(*out, NULL, PGRES_COMMAND_OK, "SET client_min_messages = warning", 0, NULL,
+    return run(*out, NULL, PGRES_COMMAND_OK, "SET client_min_messages = warning", NULL,
                "configure the session", err);
 }
 
@@ -173,20 +162,25 @@ connect_to(PGconn **out, const char *conninfo, const char *dbname, kmdc_err *err
 static kmdc_status
 ensure_role(PGconn *c, const char *role, FILE *report, kmdc_err *err)
 {
-    const char *v[1] = { role };
+    kmdc_db_params pp;
     PGresult *res = NULL;
     kmdc_status st;
 
+    kmdc_db_params_init(&pp);
+    kmdc_db_param_text(&pp, role);
     st = run(c, &res, PGRES_TUPLES_OK,
-             "SELECT rolsuper, rolcanlogin FROM pg_roles WHERE rolname = $1", 1, v,
+             "SELECT rolsuper, rolcanlogin FROM pg_roles WHERE rolname = $1", &pp,
              "look up a role", err);
     if (st != KMDC_OK)
         return st;
     if (PQntuples(res) == 1) {
-        int super = strcmp(PQgetvalue(res, 0, 0), "t") == 0;
-        int login = strcmp(PQgetvalue(res, 0, 1), "t") == 0;
+        int super = 0, login = 0;
+        int ok = kmdc_db_get_bool(res, 0, 0, &super) && kmdc_db_get_bool(res, 0, 1, &login);
 
         PQclear(res);
+        if (!ok)
+            return kmdc_err_set(err, KMDC_ERR_INTERNAL,
+                                "could not look up a role: unexpected row");
         if (super)
             return kmdc_err_set(err, KMDC_ERR_ARG, "role %s exists and is a superuser; "
                                 "least privilege needs a plain role (choose another "
@@ -213,12 +207,14 @@ static kmdc_status
 ensure_database(PGconn *c, const char *dbname, const char *owner, FILE *report,
                 kmdc_err *err)
 {
-    const char *v[1] = { dbname };
+    kmdc_db_params pp;
     PGresult *res = NULL;
     kmdc_status st;
 
+    kmdc_db_params_init(&pp);
+    kmdc_db_param_text(&pp, dbname);
     st = run(c, &res, PGRES_TUPLES_OK,
-             "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = $1", 1, v,
+             "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = $1", &pp,
              "look up the database", err);
     if (st != KMDC_OK)
         return st;
@@ -350,7 +346,7 @@ static kmdc_status
 show(PGconn *c, const char *sql, char *buf, size_t cap, kmdc_err *err)
 {
     PGresult *res = NULL;
-    kmdc_status st = run(c, &res, PGRES_TUPLES_OK, sql, 0, NULL, "read a setting", err);
+    kmdc_status st = run(c, &res, PGRES_TUPLES_OK, sql, NULL, "read a setting", err);
 
     if (st != KMDC_OK)
         return st;
@@ -385,7 +381,7 @@ peer_map(PGconn *c, const kmdcadm_setup_opts *o, FILE *report, kmdc_err *err)
         return err->code;
     changed |= r;
     if (changed) {
-        st = run(c, NULL, PGRES_TUPLES_OK, "SELECT pg_reload_conf()", 0, NULL,
+        st = run(c, NULL, PGRES_TUPLES_OK, "SELECT pg_reload_conf()", NULL,
                  "reload the server's configuration", err);
         if (st != KMDC_OK)
             return st;
@@ -408,15 +404,16 @@ kmdcadm_setup_database(const kmdcadm_setup_opts *o, FILE *report, kmdc_err *err)
     kmdc_status st;
     const char *host, *port;
     size_t i;
+    int super = 0;
 
     if ((st = connect_to(&c, o->conninfo, NULL, err)) != KMDC_OK)
         goto out;
     st = run(c, &res, PGRES_TUPLES_OK,
-             "SELECT rolsuper FROM pg_roles WHERE rolname = current_user", 0, NULL,
+             "SELECT rolsuper FROM pg_roles WHERE rolname = current_user", NULL,
              "check the connection's role", err);
     if (st != KMDC_OK)
         goto out;
-    if (PQntuples(res) != 1 || strcmp(PQgetvalue(res, 0, 0), "t") != 0) {
+    if (!kmdc_db_get_bool(res, 0, 0, &super) || !super) {
         st = kmdc_err_set(err, KMDC_ERR_ARG, "setup needs a PostgreSQL superuser (it "
                           "creates roles and a database); connected as %s",
                           PQuser(c));
@@ -467,7 +464,7 @@ kmdcadm_setup_database(const kmdcadm_setup_opts *o, FILE *report, kmdc_err *err)
         }
         snprintf(sql, sizeof sql, "%s TO %s", httpd_grants[i], q);
         PQfreemem(q);
-        if ((st = run(d, NULL, PGRES_COMMAND_OK, sql, 0, NULL, "grant the httpd role",
+        if ((st = run(d, NULL, PGRES_COMMAND_OK, sql, NULL, "grant the httpd role",
                       err)) != KMDC_OK)
             goto out;
     }
