@@ -24,6 +24,7 @@
 
 #include "kmdc_cli.h"
 #include "kmdc_envelope.h"
+#include "kmdc_file.h"
 #include "kmdc_http.h"
 #include "kmdc_recv.h"
 #include "kmdc_tlv.h"
@@ -193,23 +194,6 @@ kmdc_recv_sweep_temps(int dirfd, uint64_t serial, const kmdc_card *card)
     closedir(d);
 }
 
-/* Move tmp to name without replacing anything: 0, -1 (errno), 1 when taken. */
-static int
-move_noreplace(int dirfd, const char *tmp, const char *name)
-{
-    if (renameat2(dirfd, tmp, dirfd, name, RENAME_NOREPLACE) == 0)
-        return 0;
-    if (errno == EEXIST)
-        return 1;
-    if (errno != EINVAL && errno != ENOSYS && errno != ENOTSUP)
-        return -1;
-    /* A file system without RENAME_NOREPLACE: link never replaces either. */
-    if (linkat(dirfd, tmp, dirfd, name, 0) != 0)
-        return errno == EEXIST ? 1 : -1;
-    (void)unlinkat(dirfd, tmp, 0);
-    return 0;
-}
-
 /*
  * Put tmp in place under `want` or, when taken, "stem (N).ext"; a name that
  * would be too long falls back to `fallback`.  final receives the name.
@@ -241,7 +225,7 @@ kmdc_recv_place(int dirfd, const char *tmp, const char *want, const char *fallba
             n = -1;
             continue;
         }
-        r = move_noreplace(dirfd, tmp, final);
+        r = kmdc_rename_noreplace(dirfd, tmp, final);
         if (r <= 0)
             return r;
     }

@@ -166,6 +166,24 @@ out:
     return rc;
 }
 
+int
+kmdc_rename_noreplace(int dirfd, const char *from, const char *to)
+{
+    if (renameat2(dirfd, from, dirfd, to, RENAME_NOREPLACE) == 0)
+        return 0;
+    if (errno == EEXIST)
+        return 1;
+    if (errno != EINVAL && errno != ENOSYS && errno != ENOTSUP)
+        return -1;
+    /* No RENAME_NOREPLACE on this file system: link() never replaces either. */
+    if (linkat(dirfd, from, dirfd, to, 0) != 0)
+        return errno == EEXIST ? 1 : -1;
+    /* Moved: both names are the file now; a failure to drop the old name
+     * leaves a temporary file behind, not a lost one. */
+    (void)unlinkat(dirfd, from, 0);
+    return 0;
+}
+
 kmdc_status
 kmdc_file_move(const char *tmp, const char *path, unsigned flags, kmdc_err *err)
 {
@@ -176,21 +194,14 @@ kmdc_file_move(const char *tmp, const char *path, unsigned flags, kmdc_err *err)
             return kmdc_err_sys(err, "cannot rename a temporary file onto", path);
         return KMDC_OK;
     }
-    if (renameat2(AT_FDCWD, tmp, AT_FDCWD, path, RENAME_NOREPLACE) == 0)
-        return KMDC_OK;
-    if (errno == EEXIST)
+    switch (kmdc_rename_noreplace(AT_FDCWD, tmp, path)) {
+    case 0:
+        break;
+    case 1:
         return kmdc_err_set(err, KMDC_ERR_IO, "%s already exists; refusing to overwrite it", path);
-    if (errno != EINVAL && errno != ENOSYS && errno != ENOTSUP)
+    default:
         return kmdc_err_sys(err, "cannot move a temporary file to", path);
-    /* No RENAME_NOREPLACE here: link() refuses an existing name as well. */
-    if (link(tmp, path) != 0) {
-        if (errno == EEXIST)
-            return kmdc_err_set(err, KMDC_ERR_IO, "%s already exists; refusing to overwrite it",
-                                path);
-        return kmdc_err_sys(err, "cannot link a temporary file to", path);
     }
-    if (unlink(tmp) != 0)
-        return kmdc_err_sys(err, "cannot remove temporary file", tmp);
     return KMDC_OK;
 }
 

@@ -77,6 +77,14 @@ kmdc_status kmdc_file_open_temp(const char *dir, const char *stem, mode_t mode,
                                 int *fd, char **tmppath, kmdc_err *err);
 
 /*
+ * Rename dirfd/from to dirfd/to without ever replacing what is there
+ * (RENAME_NOREPLACE, or link + unlink where the file system lacks it):
+ * 0 moved, 1 when `to` exists (from is left as it was), -1 with errno set.
+ * dirfd may be AT_FDCWD.
+ */
+int kmdc_rename_noreplace(int dirfd, const char *from, const char *to);
+
+/*
  * Step 4 alone: move tmp to path (same folder), replacing an existing path
  * unless flags has KMDC_FILE_NOREPLACE.  On failure tmp is left as it was
  * (the caller removes it).  Does not fsync the folder.

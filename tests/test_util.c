@@ -558,6 +558,35 @@ test_private(void)
            "private: a folder of mode 0700 passes the check");
 }
 
+/* kmdc_rename_noreplace: moves, never replaces, relative to a folder handle. */
+static void
+test_rename_noreplace(void)
+{
+    const char *dir = fixture_dir("noreplace");
+    char a[600], b[600], buf[16];
+    int dfd = open(dir, O_RDONLY | O_DIRECTORY);
+    int fd;
+
+    tap_ok(dfd >= 0, "rename_noreplace: the fixture folder opens");
+    join(a, sizeof a, dir, "a");
+    join(b, sizeof b, dir, "b");
+    fd = open(a, O_WRONLY | O_CREAT | O_EXCL, 0600);
+    tap_ok(fd >= 0 && write(fd, "one", 3) == 3 && close(fd) == 0, "rename_noreplace: a written");
+    tap_ok(kmdc_rename_noreplace(dfd, "a", "b") == 0 && access(a, F_OK) != 0
+           && slurp(b, buf, sizeof buf) == 3 && strcmp(buf, "one") == 0,
+           "rename_noreplace: a moves to b (relative to the folder handle)");
+    fd = open(a, O_WRONLY | O_CREAT | O_EXCL, 0600);
+    tap_ok(fd >= 0 && write(fd, "two", 3) == 3 && close(fd) == 0, "rename_noreplace: a written again");
+    tap_ok(kmdc_rename_noreplace(dfd, "a", "b") == 1 && slurp(a, buf, sizeof buf) == 3
+           && strcmp(buf, "two") == 0 && slurp(b, buf, sizeof buf) == 3 && strcmp(buf, "one") == 0,
+           "rename_noreplace: an existing b is kept and reported (1), a stays as it was");
+    errno = 0;
+    tap_ok(kmdc_rename_noreplace(dfd, "missing", "c") == -1 && errno == ENOENT,
+           "rename_noreplace: a missing source is -1 with errno ENOENT");
+    if (dfd >= 0)
+        close(dfd);
+}
+
 int
 main(void)
 {
@@ -576,6 +605,7 @@ main(void)
     test_hex();
     test_keyring();
     test_private();
+    test_rename_noreplace();
     snprintf(cmd, sizeof(cmd), "rm -rf '%s'", root);
     if (system(cmd) != 0)
         tap_diag("could not remove %s", root);
