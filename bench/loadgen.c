@@ -25,7 +25,11 @@
  *   --url BASE          e.g. http://127.0.0.1:8080/kmdc (get: the file's URL)
  *   --cards FILE        card file paths, one per line (relay, upload, poll,
  *                       drain, ack)
- *   --to ADDRS          recipients, comma-separated (relay, upload)
+ *   --to ADDRS          recipients, comma-separated (relay, upload); "self":
+ *                       each stream's card sends to its own address
+ *   --spread yes        relay: card i sends to the (i mod n)-th of the n --to
+ *                       addresses only (one recipient per message; with as
+ *                       many addresses as streams, no mailbox is shared)
  *   --size N            document bytes (relay 1024, upload 64 MiB)
  *   --concurrency N     transfers in flight (default: number of cards, or 16)
  *   --seconds S         stop starting new requests after S seconds (10)
@@ -105,6 +109,8 @@ static struct {
 static struct card *cards;
 static size_t ncards;
 static kmdc_meta rcpt_meta;
+static int to_self;                     /* --to self: each card to itself */
+static int spread;                      /* --spread: card i to recipient i mod n */
 static FILE *ids_out;
 
 static long ops, reqs, errors, started;
@@ -297,7 +303,17 @@ seal_begin(struct card *c, uint64_t size)
         die("up_reserve:", e.msg);
     if (kmdc_header_new(&h, KMDC_DIR_UP, c->serial, seq, &e) != KMDC_OK)
         die("header:", e.msg);
-    m = rcpt_meta;
+    if (to_self || spread) {
+        const char *a = to_self ? kmdc_card_address(c->c)
+                                : rcpt_meta.rcpt[(size_t)(c - cards) % rcpt_meta.n_rcpt];
+
+        kmdc_meta_init(&m);
+        if (kmdc_meta_add_rcpt(&m, a, strlen(a), &e) != KMDC_OK)
+            die("bad recipient:", a);
+    }
+    else {
+        m = rcpt_meta;
+    }
     m.has_size = m.has_sent = 1;
     m.size = size;
     m.sent = now_ms();
@@ -463,7 +479,8 @@ record_201(struct stream *s)
         (nd = json_object_get(j, "deliveries")) && json_is_integer(nd)) {
         if (ids_out)
             fprintf(ids_out, "%s %" JSON_INTEGER_FORMAT " %zu\n",
-                    json_string_value(mid), json_integer_value(nd), rcpt_meta.n_rcpt);
+                    json_string_value(mid), json_integer_value(nd),
+                    to_self || spread ? (size_t)1 : rcpt_meta.n_rcpt);
         ok = 1;
     }
     json_decref(j);
@@ -748,7 +765,7 @@ usage(void)
 {
     fprintf(stderr, "usage: loadgen relay|upload|poll|drain|ack|get|resync --url BASE\n"
                     "       [--cards FILE] [--to ADDRS] [--size N] [--concurrency N]\n"
-                    "       [--seconds S] [--count N] [--ids FILE] [--resync yes|no]\n");
+                    "       [--seconds S] [--count N] [--ids FILE] [--resync yes|no] [--spread yes]\n");
     exit(2);
 }
 
@@ -787,6 +804,7 @@ main(int argc, char **argv)
         else if (strcmp(a, "--seconds") == 0) opt.seconds = atof(v);
         else if (strcmp(a, "--count") == 0) opt.count = atol(v);
         else if (strcmp(a, "--resync") == 0 && strcmp(v, "yes") == 0) opt.no_resync = 0;
+        else if (strcmp(a, "--spread") == 0 && strcmp(v, "yes") == 0) spread = 1;
         else if (strcmp(a, "--resync") == 0 && strcmp(v, "no") == 0) opt.no_resync = 1;
         else usage();
     }
@@ -817,6 +835,10 @@ main(int argc, char **argv)
 
         if (a == NULL)
             die("--to is required", NULL);
+        if (strcmp(a, "self") == 0) {
+            to_self = 1;                 /* rcpt_meta counts one recipient */
+            a = "self";
+        }
         while (*a) {
             size_t l = strcspn(a, ",");
 

@@ -88,6 +88,16 @@ kmdc_status kmdc_chain_step(uint8_t mk[KMDC_KEY_LEN],
 kmdc_status kmdc_chain_seek(uint8_t ck[KMDC_KEY_LEN], uint64_t from,
                             uint64_t to, uint8_t mk[KMDC_KEY_LEN], kmdc_err *err);
 
+/*
+ * Walk `steps` chain steps from ck whatever `at` is (the same work for every
+ * at < steps): mk = MK and ck_next = CK of the step after step `at`, i.e.
+ * for ck = CK_u and at = s - u, mk = MK_s and ck_next = CK_{s+1}.  ck is
+ * not changed; mk and ck_next must not overlap it.
+ */
+kmdc_status kmdc_chain_walk(const uint8_t ck[KMDC_KEY_LEN], uint64_t steps, uint64_t at,
+                            uint8_t mk[KMDC_KEY_LEN], uint8_t ck_next[KMDC_KEY_LEN],
+                            kmdc_err *err);
+
 /* Activation rotation (PROTOCOL.md section 2): out = HKDF(r, k, "KMDC/1 activate " || name, 32).
  * name is "up_chain", "down_chain" or "auth_key".  out may equal k. */
 kmdc_status kmdc_activate_key(uint8_t out[KMDC_KEY_LEN],

@@ -89,24 +89,24 @@ intake_step_prefix(kmdc_intake *in, const uint8_t *p, size_t len)
 /* ---- SENDER ----------------------------------------------------------------- */
 
 /*
- * W chain steps and one unwrap whatever the card: a card that exists, is
- * active and has seq inside its window walks d = seq - up_next real steps and
- * W - 1 - d dummy ones; every other case unwraps a dummy value and walks
- * W - 1 dummy steps, then opens the keyblock with a random key (which fails).
- * Returns 1 when mk is the real MK_seq (and ck_next CK_{seq+1}).
+ * One unwrap and a walk of W chain steps whatever the card: a card that
+ * exists, is active and has seq inside its window takes MK_seq and
+ * CK_{seq+1} at its step d = seq - up_next of the walk; every other case
+ * unwraps a dummy value and walks from a random key, then opens the keyblock
+ * with a random key (which fails).  Returns 1 when mk is the real MK_seq
+ * (and ck_next CK_{seq+1}).
  */
 static int
 derive(kmdc_intake *in, int real, uint8_t mk[32])
 {
     const kmdc_sender *s = &in->sender;
-    uint64_t window = (uint64_t)in->conf->seq_window, d = 0, i;
-    uint8_t ck[32], dummy[KMDC_WRAPPED_LEN];
+    uint64_t window = (uint64_t)in->conf->seq_window;
+    uint8_t ck[32], scratch_mk[32], scratch_ck[32], dummy[KMDC_WRAPPED_LEN];
     kmdc_err err;
     int ok = 0;
 
     kmdc_err_clear(&err);
     if (real) {
-        d = in->hdr.seq - s->up_next;
         if (kmdc_keyring_unwrap(in->conf->keys, in->hdr.serial, KMDC_FIELD_UP_CHAIN,
                                 s->up_next, s->up_chain, sizeof(s->up_chain), ck,
                                 &err) != KMDC_OK) {
@@ -115,8 +115,8 @@ derive(kmdc_intake *in, int real, uint8_t mk[32])
             intake_internal(in, "the card's keys cannot be read at the datacenter");
             goto out;
         }
-        if (kmdc_chain_seek(ck, s->up_next, in->hdr.seq, mk, NULL) != KMDC_OK ||
-            kmdc_chain_step(NULL, in->ck_next, ck, NULL) != KMDC_OK) {
+        if (kmdc_chain_walk(ck, window, in->hdr.seq - s->up_next, mk, in->ck_next,
+                            NULL) != KMDC_OK) {
             intake_internal(in, "key derivation failed");
             goto out;
         }
@@ -128,17 +128,20 @@ derive(kmdc_intake *in, int real, uint8_t mk[32])
         kmdc_put_u32(dummy, newest != NULL ? newest->id : 0);
         (void)kmdc_keyring_unwrap(in->conf->keys, in->hdr.serial, KMDC_FIELD_UP_CHAIN, 0,
                                   dummy, sizeof(dummy), ck, NULL);
-        if (kmdc_random(ck, sizeof(ck), NULL) != KMDC_OK ||
-            kmdc_random(mk, 32, NULL) != KMDC_OK) {
+        if (kmdc_random(ck, sizeof(ck), NULL) != KMDC_OK) {
+            intake_internal(in, "internal error");
+            goto out;
+        }
+        (void)kmdc_chain_walk(ck, window, 0, scratch_mk, scratch_ck, NULL);
+        if (kmdc_random(mk, 32, NULL) != KMDC_OK) {
             intake_internal(in, "internal error");
             goto out;
         }
     }
-    /* W steps in all: the real path took d + 1, the dummy one none yet */
-    for (i = real ? d + 1 : 0; i < window; i++)
-        (void)kmdc_chain_step(NULL, ck, ck, NULL);
 out:
     kmdc_wipe(ck, sizeof(ck));
+    kmdc_wipe(scratch_mk, sizeof(scratch_mk));
+    kmdc_wipe(scratch_ck, sizeof(scratch_ck));
     return ok;
 }
 

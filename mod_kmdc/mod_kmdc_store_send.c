@@ -6,11 +6,15 @@
  * connection borrowed for it alone: the sender and its receipt in one read,
  * a slot lease, the recipients with their mailbox totals in one read, and
  * one statement per upload batch (which also renews the lease and the
- * upload's touched_at).  Publication is one READ COMMITTED transaction:
- * lock the sender and the recipients in serial order with their mailbox
- * totals (kept on the card rows by schema 3's triggers), let the intake seal each delivery with the locked down counter,
- * write message, chains, deliveries, receipt, audit row, drop the lease,
- * NOTIFY, COMMIT.
+ * upload's touched_at).  Publication is one READ COMMITTED transaction in
+ * two round trips: first BEGIN, the rows that lock no card (message, its
+ * payload when it fits one batch, receipt, audit row), then the sender and
+ * the recipients locked in serial order with their mailbox totals (kept on
+ * the card rows by schema 3's triggers); the intake seals each delivery
+ * with the locked down counter; then the chains, the deliveries, the lease
+ * dropped, NOTIFY, COMMIT.  A recipient's row is locked from the end of the
+ * first round trip to the COMMIT, and every publication to that recipient
+ * queues behind it, so only what needs the lock runs while it is held.
  */
 #include <string.h>
 
@@ -403,40 +407,36 @@ static locked_card *find_locked(locked_card *rows, int n, uint64_t serial)
 }
 
 /*
- * One round trip: BEGIN, lock the sender and the recipients in serial order
- * (rows) with their mailbox totals: a locked row is read as its last
- * committed version, so the totals include what a publication or an
- * acknowledgement that held the row before us committed (both change them
- * under the row's lock).  KMDC_DB_OK and *n rows.
+ * Into b: lock the sender and the recipients in serial order (rows) with
+ * their mailbox totals.  A locked row is read as its last committed
+ * version, so the totals include what a publication or an acknowledgement
+ * that held the row before us committed (both change them under the row's
+ * lock).  Returns the statement's index in b.
  */
-static kmdc_db_rc lock_cards(kmdc_pg_store *ps, kmdc_db *db, const kmdc_publication *pub,
-                             locked_card *rows, int *n)
+static int add_lock(kmdc_pg_store *ps, kmdc_db_batch *b, const kmdc_publication *pub)
 {
     int64_t serials[KMDC_RCPT_MAX + 1];
-    kmdc_db_batch b;
     kmdc_db_params pp;
-    PGresult *res;
-    kmdc_db_rc rc;
     size_t i;
-    int row, locked;
 
-    *n = 0;
     serials[0] = (int64_t)pub->serial;
     for (i = 0; i < pub->n_rcpt; i++) {
         serials[i + 1] = (int64_t)pub->rcpt[i];
     }
     kmdc_db_params_init(&pp);
     kmdc_db_param_int8_array(&pp, ps->r->pool, serials, (int)pub->n_rcpt + 1);
-    kmdc_db_batch_init(&b, db);
-    kmdc_db_batch_command(&b, "BEGIN");
-    locked = kmdc_db_batch_add(&b, "SELECT serial, status = 'active', up_next, down_next, "
-                               "down_chain, queued_count, queued_bytes FROM cards "
-                               "WHERE serial = ANY($1::bigint[]) "
-                               "ORDER BY serial FOR NO KEY UPDATE", &pp, 1);
-    if ((rc = kmdc_db_batch_run(&b)) != KMDC_DB_OK) {
-        return rc;
-    }
-    res = kmdc_db_batch_result(&b, locked);
+    return kmdc_db_batch_add(b, "SELECT serial, status = 'active', up_next, down_next, "
+                             "down_chain, queued_count, queued_bytes FROM cards "
+                             "WHERE serial = ANY($1::bigint[]) "
+                             "ORDER BY serial FOR NO KEY UPDATE", &pp, 1);
+}
+
+/* The locked rows of res (add_lock's statement); KMDC_DB_OK and *n rows. */
+static kmdc_db_rc read_locked(kmdc_db *db, PGresult *res, locked_card *rows, int *n)
+{
+    int row;
+
+    *n = 0;
     for (row = 0; row < PQntuples(res) && row <= KMDC_RCPT_MAX; row++) {
         locked_card *c = &rows[row];
         int64_t s = 0, up = 0, down = 0;
@@ -455,6 +455,14 @@ static kmdc_db_rc lock_cards(kmdc_pg_store *ps, kmdc_db *db, const kmdc_publicat
     }
     kmdc_db_clear(db, res);
     return KMDC_DB_OK;
+}
+
+/* 1 when statement i of b inserted its row (0: ON CONFLICT DO NOTHING). */
+static int inserted_one(const kmdc_db_batch *b, int i)
+{
+    PGresult *res = kmdc_db_batch_result(b, i);
+
+    return res != NULL && strcmp(PQcmdTuples(res), "1") == 0;
 }
 
 /* Check the locked rows again; KMDC_PUBLISHED when the publication may go on. */
@@ -491,9 +499,13 @@ static kmdc_publish_outcome recheck(const kmdc_publication *pub, locked_card *ro
     return KMDC_PUBLISHED;
 }
 
-/* The message (with its payload when it travels inside the publication) and
- * the sender's chain, into b. */
-static void add_message(kmdc_db_batch *b, const kmdc_publication *pub)
+/*
+ * The message (with its payload when it travels inside the publication),
+ * into b; it locks no card.  A concurrent byte-identical retry's message
+ * that committed first makes it insert nothing (DO NOTHING: the locked
+ * sender then shows the counter spent).  Returns the statement's index.
+ */
+static int add_message(kmdc_db_batch *b, const kmdc_publication *pub)
 {
     kmdc_db_params pp;
 
@@ -504,25 +516,53 @@ static void add_message(kmdc_db_batch *b, const kmdc_publication *pub)
     kmdc_db_param_int8(&pp, pub->upload_id);
     kmdc_db_param_int8(&pp, (int64_t)pub->size);
     kmdc_db_param_int8(&pp, (int64_t)pub->payload_len);
-    kmdc_db_param_bytea(&pp, pub->up_chain_next, KMDC_WRAPPED_LEN);
     if (pub->upload_id != 0) {
-        kmdc_db_batch_add(b, "WITH m AS (INSERT INTO messages (id, sender, sender_seq, "
-                          "upload_id, size, payload_len) VALUES ($1::bigint, $2::bigint, "
-                          "$3::bigint, $4::bigint, $5::bigint, $6::bigint)) UPDATE cards "
-                          "SET up_next = $3::bigint + 1, up_chain = $7::bytea "
-                          "WHERE serial = $2::bigint", &pp, 0);
-        return;
+        return kmdc_db_batch_add(b, "INSERT INTO messages (id, sender, sender_seq, upload_id, "
+                                 "size, payload_len) VALUES ($1::bigint, $2::bigint, "
+                                 "$3::bigint, $4::bigint, $5::bigint, $6::bigint) "
+                                 "ON CONFLICT DO NOTHING", &pp, 0);
     }
     /* a payload that fits one batch: its upload is made here, in the same
      * transaction, and no upload row ever exists without its message */
     kmdc_db_param_bytea(&pp, pub->inline_data, pub->inline_len);
-    kmdc_db_batch_add(b, "WITH u AS (INSERT INTO uploads (size) VALUES ($5::bigint) "
-                      "RETURNING id), c AS (INSERT INTO upload_chunks (upload_id, idx, data) "
-                      "SELECT id, 0, $8::bytea FROM u), m AS (INSERT INTO messages (id, "
-                      "sender, sender_seq, upload_id, size, payload_len) SELECT $1::bigint, "
-                      "$2::bigint, $3::bigint, id + 0 * $4::bigint, $5::bigint, $6::bigint "
-                      "FROM u) UPDATE cards SET up_next = $3::bigint + 1, "
-                      "up_chain = $7::bytea WHERE serial = $2::bigint", &pp, 0);
+    return kmdc_db_batch_add(b, "WITH u AS (INSERT INTO uploads (size) VALUES ($5::bigint) "
+                             "RETURNING id), c AS (INSERT INTO upload_chunks (upload_id, idx, "
+                             "data) SELECT id, 0, $7::bytea FROM u) INSERT INTO messages (id, "
+                             "sender, sender_seq, upload_id, size, payload_len) SELECT "
+                             "$1::bigint, $2::bigint, $3::bigint, id + 0 * $4::bigint, "
+                             "$5::bigint, $6::bigint FROM u ON CONFLICT DO NOTHING", &pp, 0);
+}
+
+/* The receipt of the publication, into b (DO NOTHING as add_message);
+ * returns the statement's index. */
+static int add_receipt(kmdc_db_batch *b, const kmdc_publication *pub)
+{
+    kmdc_db_params pp;
+
+    kmdc_db_params_init(&pp);
+    kmdc_db_param_int8(&pp, (int64_t)pub->serial);
+    kmdc_db_param_int8(&pp, (int64_t)pub->seq);
+    kmdc_db_param_bytea(&pp, pub->envelope_hash, 32);
+    kmdc_db_param_text(&pp, pub->answer);
+    kmdc_db_param_int8(&pp, (int64_t)pub->message_id);
+    kmdc_db_param_bytea(&pp, pub->prefix_hash, 32);
+    return kmdc_db_batch_add(b, "INSERT INTO receipts (serial, seq, envelope_sha256, "
+                             "hash_scope, http_status, answer, message_id, prefix_sha256) "
+                             "VALUES ($1, $2, $3, 'envelope', 201, $4, $5, $6) "
+                             "ON CONFLICT DO NOTHING", &pp, 0);
+}
+
+/* The sender's chain advanced past the publication's counter, into b. */
+static void add_sender_chain(kmdc_db_batch *b, const kmdc_publication *pub)
+{
+    kmdc_db_params pp;
+
+    kmdc_db_params_init(&pp);
+    kmdc_db_param_int8(&pp, (int64_t)pub->serial);
+    kmdc_db_param_int8(&pp, (int64_t)pub->seq);
+    kmdc_db_param_bytea(&pp, pub->up_chain_next, KMDC_WRAPPED_LEN);
+    kmdc_db_batch_add(b, "UPDATE cards SET up_next = $2::bigint + 1, up_chain = $3::bytea "
+                      "WHERE serial = $1::bigint", &pp, 0);
 }
 
 /* Seal every delivery; add its rows and the recipients' down chains to b. */
@@ -604,7 +644,7 @@ kmdc_store_rc kmdc_pg_publish(kmdc_store *st, const kmdc_publication *pub,
     kmdc_db_params pp;
     kmdc_store_rc rc;
     kmdc_db_rc dbrc;
-    int n = 0;
+    int n = 0, msg, rcpt, locked;
     size_t i;
 
     *outcome = KMDC_PUBLISHED;
@@ -616,19 +656,37 @@ kmdc_store_rc kmdc_pg_publish(kmdc_store *st, const kmdc_publication *pub,
     if ((rc = kmdc_pg_borrow(ps, &db)) != KMDC_STORE_OK) {
         return rc;
     }
-    /* round trip 1: BEGIN, the rows locked, the quotas */
-    if ((dbrc = lock_cards(ps, db, pub, rows, &n)) != KMDC_DB_OK) {
+    /* round trip 1: BEGIN, the rows that lock no card, then the cards
+     * locked with their quotas (the recipients' locks are held from here) */
+    kmdc_db_batch_init(&b, db);
+    kmdc_db_batch_command(&b, "BEGIN");
+    msg = add_message(&b, pub);
+    rcpt = add_receipt(&b, pub);
+    kmdc_serial_format(idhex, pub->message_id);
+    kmdc_pg_audit_add(&b, pub->serial, "send",
+                      json_pack("{s:I, s:s, s:I}", "seq", (json_int_t)pub->seq,
+                                "message", idhex, "deliveries", (json_int_t)pub->n_rcpt));
+    locked = add_lock(ps, &b, pub);
+    if ((dbrc = kmdc_db_batch_run(&b)) != KMDC_DB_OK
+        || (dbrc = read_locked(db, kmdc_db_batch_result(&b, locked), rows, &n)) != KMDC_DB_OK) {
         rc = kmdc_pg_failed(dbrc);
         goto out;
     }
     if ((*outcome = recheck(pub, rows, n, which)) != KMDC_PUBLISHED) {
-        rc = KMDC_STORE_OK;              /* nothing written: the intake answers */
+        rc = KMDC_STORE_OK;              /* rolled back: the intake answers */
+        goto out;
+    }
+    if (!inserted_one(&b, msg) || !inserted_one(&b, rcpt)) {
+        /* a message or receipt of this counter committed while the sender
+         * looked unspent: cannot be, but never publish twice */
+        *outcome = KMDC_PUBLISH_SPENT;
+        rc = KMDC_STORE_OK;
         goto out;
     }
 
-    /* round trip 2: every row written, the waiters woken, COMMIT */
+    /* round trip 2: the chains, the deliveries, the waiters woken, COMMIT */
     kmdc_db_batch_init(&b, db);
-    add_message(&b, pub);
+    add_sender_chain(&b, pub);
     if ((rc = add_deliveries(ps, &b, pub, rows, n)) != KMDC_STORE_OK) {
         ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, ps->r,
                       "send: card %016" APR_UINT64_T_HEX_FMT " seq %" APR_UINT64_T_FMT
@@ -636,20 +694,6 @@ kmdc_store_rc kmdc_pg_publish(kmdc_store *st, const kmdc_publication *pub,
                       (apr_uint64_t)pub->serial, (apr_uint64_t)pub->seq);
         goto out;
     }
-    kmdc_db_params_init(&pp);
-    kmdc_db_param_int8(&pp, (int64_t)pub->serial);
-    kmdc_db_param_int8(&pp, (int64_t)pub->seq);
-    kmdc_db_param_bytea(&pp, pub->envelope_hash, 32);
-    kmdc_db_param_text(&pp, pub->answer);
-    kmdc_db_param_int8(&pp, (int64_t)pub->message_id);
-    kmdc_db_param_bytea(&pp, pub->prefix_hash, 32);
-    kmdc_db_batch_add(&b, "INSERT INTO receipts (serial, seq, envelope_sha256, hash_scope, "
-                      "http_status, answer, message_id, prefix_sha256) "
-                      "VALUES ($1, $2, $3, 'envelope', 201, $4, $5, $6)", &pp, 0);
-    kmdc_serial_format(idhex, pub->message_id);
-    kmdc_pg_audit_add(&b, pub->serial, "send",
-                      json_pack("{s:I, s:s, s:I}", "seq", (json_int_t)pub->seq,
-                                "message", idhex, "deliveries", (json_int_t)pub->n_rcpt));
     add_release(&b, pub->lease);
     for (i = 0; i < pub->n_rcpt; i++) {
         char *hex = apr_palloc(ps->r->pool, 17);

@@ -172,6 +172,38 @@ test_chain(void)
            "a chain cannot step backwards");
 }
 
+/* The walk takes MK_s and CK_{s+1} at its step s, for every s, and leaves
+ * its input alone. */
+static void
+test_chain_walk(void)
+{
+    uint8_t ck[32], ck_copy[32], seek[32], mk_want[32], ck_want[32], mk[32], next[32];
+    uint64_t at;
+    int bad_mk = 0, bad_ck = 0;
+
+    memset(ck, 0x3c, sizeof(ck));
+    memcpy(ck_copy, ck, sizeof(ck));
+    for (at = 0; at < 16; at++) {
+        memcpy(seek, ck, 32);
+        kmdc_chain_seek(seek, 0, at, NULL, NULL);
+        kmdc_chain_step(mk_want, ck_want, seek, NULL);
+        if (kmdc_chain_walk(ck, 16, at, mk, next, NULL) != KMDC_OK) {
+            bad_mk++;
+            continue;
+        }
+        bad_mk += memcmp(mk, mk_want, 32) != 0;
+        bad_ck += memcmp(next, ck_want, 32) != 0;
+    }
+    tap_ok(bad_mk == 0, "walk of 16 takes MK_s at step s, s = 0 .. 15");
+    tap_ok(bad_ck == 0, "walk of 16 takes CK_{s+1} at step s, s = 0 .. 15");
+    tap_mem_eq(ck, 32, ck_copy, 32, "the walk leaves its input key alone");
+    tap_ok(kmdc_chain_walk(ck, 16, 16, mk, next, NULL) == KMDC_ERR_ARG,
+           "a walk of 16 steps has no step 16");
+    tap_ok(kmdc_chain_walk(ck, 1, 0, mk, next, NULL) == KMDC_OK, "a walk of one step");
+    kmdc_chain_step(mk_want, ck_want, ck, NULL);
+    tap_mem_eq(mk, 32, mk_want, 32, "... gives MK of its key");
+}
+
 static void
 test_activate(void)
 {
@@ -265,6 +297,7 @@ main(void)
     test_rfc4231();
     test_hmac_parts();
     test_chain();
+    test_chain_walk();
     test_activate();
     test_gcm();
     test_util();
