@@ -552,20 +552,11 @@ static int add_receipt(kmdc_db_batch *b, const kmdc_publication *pub)
                              "ON CONFLICT DO NOTHING", &pp, 0);
 }
 
-/* The sender's chain advanced past the publication's counter, into b. */
-static void add_sender_chain(kmdc_db_batch *b, const kmdc_publication *pub)
-{
-    kmdc_db_params pp;
-
-    kmdc_db_params_init(&pp);
-    kmdc_db_param_int8(&pp, (int64_t)pub->serial);
-    kmdc_db_param_int8(&pp, (int64_t)pub->seq);
-    kmdc_db_param_bytea(&pp, pub->up_chain_next, KMDC_WRAPPED_LEN);
-    kmdc_db_batch_add(b, "UPDATE cards SET up_next = $2::bigint + 1, up_chain = $3::bytea "
-                      "WHERE serial = $1::bigint", &pp, 0);
-}
-
-/* Seal every delivery; add its rows and the recipients' down chains to b. */
+/*
+ * Seal every delivery; into b, one statement: the sender's up chain and the
+ * recipients' down chains advanced (one UPDATE of cards, so a card that both
+ * sends and receives is one row changed once), then the deliveries.
+ */
 static kmdc_store_rc add_deliveries(kmdc_pg_store *ps, kmdc_db_batch *b,
                                     const kmdc_publication *pub, locked_card *rows, int n)
 {
@@ -603,16 +594,23 @@ static kmdc_store_rc add_deliveries(kmdc_pg_store *ps, kmdc_db_batch *b,
     kmdc_db_param_int8_array(&pp, p, seqs, count);
     kmdc_db_param_array(&pp, p, KMDC_DB_BYTEAOID, count, heads, head_lens);
     kmdc_db_param_int8(&pp, pub->ttl);
-    kmdc_db_batch_add(b, "INSERT INTO deliveries (message_id, recipient, seq, head, expires_at) "
+    kmdc_db_param_array(&pp, p, KMDC_DB_BYTEAOID, count, chains, chain_lens);
+    kmdc_db_param_int8(&pp, (int64_t)pub->serial);
+    kmdc_db_param_int8(&pp, (int64_t)pub->seq);
+    kmdc_db_param_bytea(&pp, pub->up_chain_next, KMDC_WRAPPED_LEN);
+    kmdc_db_batch_add(b, "WITH k AS (UPDATE cards c SET "
+                      "up_next = CASE WHEN c.serial = $7::bigint THEN $8::bigint + 1 "
+                      "ELSE c.up_next END, up_chain = CASE WHEN c.serial = $7::bigint "
+                      "THEN $9::bytea ELSE c.up_chain END, "
+                      "down_next = c.down_next + CASE WHEN u.k IS NULL THEN 0 ELSE 1 END, "
+                      "down_chain = coalesce(u.k, c.down_chain) "
+                      "FROM (SELECT s, k FROM unnest($2::bigint[], $6::bytea[]) AS x(s, k) "
+                      "UNION ALL SELECT $7::bigint, NULL::bytea WHERE $7::bigint <> ALL ($2)) "
+                      "AS u(s, k) WHERE c.serial = u.s) "
+                      "INSERT INTO deliveries (message_id, recipient, seq, head, expires_at) "
                       "SELECT $1::bigint, r, s, h, now() + $5::bigint * interval '1 second' "
                       "FROM unnest($2::bigint[], $3::bigint[], $4::bytea[]) WITH ORDINALITY "
                       "AS u(r, s, h, i) ORDER BY i", &pp, 0);
-    kmdc_db_params_init(&pp);
-    kmdc_db_param_int8_array(&pp, p, serials, count);
-    kmdc_db_param_array(&pp, p, KMDC_DB_BYTEAOID, count, chains, chain_lens);
-    kmdc_db_batch_add(b, "UPDATE cards c SET down_next = c.down_next + 1, down_chain = u.k "
-                      "FROM unnest($1::bigint[], $2::bytea[]) AS u(s, k) WHERE c.serial = u.s",
-                      &pp, 0);
     return KMDC_STORE_OK;
 }
 
@@ -686,7 +684,6 @@ kmdc_store_rc kmdc_pg_publish(kmdc_store *st, const kmdc_publication *pub,
 
     /* round trip 2: the chains, the deliveries, the waiters woken, COMMIT */
     kmdc_db_batch_init(&b, db);
-    add_sender_chain(&b, pub);
     if ((rc = add_deliveries(ps, &b, pub, rows, n)) != KMDC_STORE_OK) {
         ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, ps->r,
                       "send: card %016" APR_UINT64_T_HEX_FMT " seq %" APR_UINT64_T_FMT

@@ -9,7 +9,9 @@
 #     and every client gets the one answer, 201 with the same Location;
 #   - two cards sending to each other at the same moment, many times (each
 #     locks the other as a recipient): every relay 201, no deadlock;
-#   - neither logs a database error (kmdc_db_errors_total does not move).
+#   - a card sending to itself (one row that both sends and receives):
+#     both its counters move by one, and the document comes back intact;
+#   - none of it logs a database error (kmdc_db_errors_total does not move).
 use strict;
 use warnings FATAL => 'all';
 
@@ -117,6 +119,21 @@ subtest 'two cards sending to each other at once, 20 times' => sub {
            . "WHERE m.sender IN (x'$alice->{serial}'::bigint, "
            . "(SELECT serial FROM cards WHERE address = 'race-bob'))"), 45,
        '45 deliveries in all (5 + 40)');
+};
+
+subtest 'a card sending to itself' => sub {
+    my $s = "x'$alice->{serial}'::bigint";
+    my ($up0, $down0) = split /\|/, sql("SELECT up_next, down_next FROM cards WHERE serial = $s");
+    my @got = post_at_once(seal($alice, 'race-alice', 'self'));
+    is($got[0][0], 201, 'alice to alice: 201');
+    is(sql("SELECT up_next || ' ' || down_next FROM cards WHERE serial = $s"),
+       ($up0 + 1) . ' ' . ($down0 + 1), 'both of its counters moved by one');
+    mkdir "$dir/in" or die;
+    my ($rc, $out) = run($kmdc, '--card', $alice->{file}, 'fetch', '-d', "$dir/in");
+    is($rc, 0, 'alice fetches her mailbox') or diag($out);
+    my @same = grep { slurp($_) eq slurp($doc) } glob("$dir/in/*");
+    is(scalar(@same), 21, 'the 20 documents from bob and the one to herself, intact')
+        or diag(scalar(@same));
 };
 
 is(db_errors(), $errors0, 'no database error was logged meanwhile');
