@@ -22,7 +22,9 @@
  *       bit 7     the serial part names another card
  *   c1  slicing (what httpd's brigades do to a Content-Length or chunked
  *       body): bits 0-1 0 whole; 1 one byte; 2 k = (c1 >> 2) + 1 bytes;
- *       3 pseudo-random sizes of 1 .. 16 KiB seeded by c1 >> 2
+ *       3 pseudo-random sizes of 1 .. 16 KiB seeded by c1 >> 2, with
+ *       kmdc_intake_settle after about one slice in four (the endpoint
+ *       found nothing more to read and settles before it waits)
  *   c2  store failure: bits 0-3 the operation + 1 (0 and >= 10: none);
  *       bits 4-6 the n-th call (1 .. 8); bit 7 every call
  *   c3  bit 0 publish commits and answers UNAVAILABLE; bit 1 publish finds
@@ -267,6 +269,14 @@ run_once(const struct ctl *c, const uint8_t *env, size_t n, int whole, struct ou
         more = kmdc_sendbody_feed(sb, body.p + off, k);
         CHECK(more == (kmdc_intake_decision(in) == NULL), "feed's return and the decision");
         off += k;
+        if (more && c->slicing == 3 && (xorshift(&rs) & 3) == 0) {
+            /* the endpoint found nothing more to read: it settles the
+             * batch in flight before it waits */
+            more = kmdc_intake_settle(in);
+            CHECK(more == (kmdc_intake_decision(in) == NULL),
+                  "settle's return and the decision");
+            CHECK(!ms->pend.active, "a batch still pending after kmdc_intake_settle");
+        }
     }
     if (more) {
         if (c->end == 2)

@@ -75,7 +75,8 @@ kmdc_intake_feed(kmdc_intake *in, const uint8_t *p, size_t len)
             break;
         }
     }
-    if (over > 0 && in->st != ST_ANSWERED) {
+    if (over > 0 && in->st != ST_ANSWERED &&
+        intake_settle_batch(in) == KMDC_OK) {
         if (in->st == ST_RETRY)
             intake_rejected(in);
         else
@@ -115,9 +116,19 @@ kmdc_intake_finish(kmdc_intake *in)
         intake_internal(in, "internal error");
 }
 
+int
+kmdc_intake_settle(kmdc_intake *in)
+{
+    (void)intake_settle_batch(in);
+    return in->st != ST_ANSWERED;
+}
+
 void
 kmdc_intake_cut_off(kmdc_intake *in, kmdc_intake_cut why)
 {
+    /* a batch that failed was answered before the body broke */
+    if (intake_settle_batch(in) != KMDC_OK)
+        return;
     if (in->st == ST_RETRY && why == KMDC_INTAKE_CUT_TOO_LARGE) {
         intake_rejected(in);
         return;
@@ -133,6 +144,8 @@ kmdc_intake_cut_off(kmdc_intake *in, kmdc_intake_cut why)
 void
 kmdc_intake_refuse_framing(kmdc_intake *in, const char *code, const char *message)
 {
+    if (intake_settle_batch(in) != KMDC_OK)
+        return;
     intake_answer_error(in, KMDC_INTAKE_REJECTED, 400, code, "%s", message);
 }
 
@@ -210,6 +223,11 @@ kmdc_intake_free(kmdc_intake *in)
 {
     if (in == NULL)
         return;
+    /* the batch in flight first: its answer names the upload to drop */
+    if (in->batch_pending) {
+        in->batch_pending = 0;
+        (void)in->store->ops->upload_settle(in->store);
+    }
     if (in->lease_held)
         (void)in->store->ops->slot_release(in->store, &in->lease);
     if (in->upload_id != 0 && !in->published && !in->keep_upload)

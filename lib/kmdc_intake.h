@@ -26,7 +26,16 @@
  *               card and check its mailbox quota.
  *   PAYLOAD     step 2: verify each chunk, re-encrypt it under a fresh DEK
  *               and append the ciphertext to the upload in batches (a
- *               connection per batch, none while waiting for bytes).
+ *               connection per batch, none while waiting for bytes).  A
+ *               full batch is sent to the store, which writes it while the
+ *               intake goes on with the next; its answer is collected
+ *               (settled) before the next batch is sent, before the
+ *               publication, before the intake answers otherwise or is
+ *               freed, and when the endpoint calls kmdc_intake_settle()
+ *               because it is about to wait for the client's bytes.  A
+ *               batch's failure gives the answer it gave when batches were
+ *               written one at a time (429 too_many_uploads when its slot
+ *               was lost, else the store failure).
  *   END         step 3: the body ended: the last chunk verified, the last
  *               batch is written.
  *   PUBLISH     step 3: one transaction in the store; a counter spent meanwhile
@@ -108,6 +117,14 @@ kmdc_intake *kmdc_intake_new(const kmdc_intake_conf *conf, kmdc_store *store,
  */
 int kmdc_intake_feed(kmdc_intake *in, const uint8_t *p, size_t len);
 
+/*
+ * The caller is about to wait for more bytes: settle the batch the store is
+ * writing (its connection goes back now; nothing may be held while the
+ * client is waited for).  Returns 1 while more bytes are wanted, 0 once an
+ * answer is decided (the batch failed: stop reading, as after feed).
+ */
+int kmdc_intake_settle(kmdc_intake *in);
+
 /* The envelope's bytes ended (the body was read to its end and its framing
  * was valid): check that the envelope was complete, then publish. */
 void kmdc_intake_finish(kmdc_intake *in);
@@ -142,8 +159,8 @@ size_t kmdc_intake_recipients(const kmdc_intake *in);
  * cannot be unwrapped, ...), or NULL.  Never holds a secret or an address. */
 const char *kmdc_intake_problem(const kmdc_intake *in);
 
-/* Release the slot, drop an unpublished upload, wipe every key.  Accepts
- * NULL. */
+/* Settle a batch still pending, release the slot, drop an unpublished
+ * upload, wipe every key.  Accepts NULL. */
 void kmdc_intake_free(kmdc_intake *in);
 
 #endif

@@ -65,7 +65,8 @@ struct kmdc_intake {
     kmdc_payload_enc *enc;
     uint8_t *batch;
     size_t batch_len, batch_cap;
-    int batch_idx;
+    int batch_idx;                       /* batches sent */
+    int batch_pending;                   /* the last one sent is not settled */
     uint64_t batch_since;                /* when the last batch was written */
     size_t ahead;                        /* bytes of this feed after the prefix */
     int64_t upload_id;
@@ -109,5 +110,9 @@ void intake_step_payload(kmdc_intake *in, const uint8_t *p, size_t len);
 void intake_step_end(kmdc_intake *in);
 void intake_step_publish(kmdc_intake *in);
 void intake_step_retry(kmdc_intake *in, int at_end);
+
+/* Settle the batch sent last, if any (the store's upload_settle); a
+ * failure is answered as the batch's.  KMDC_OK when it was written. */
+kmdc_status intake_settle_batch(kmdc_intake *in);
 
 #endif

@@ -289,7 +289,28 @@ intake_step_recipients(kmdc_intake *in)
 
 /* ---- PAYLOAD ---------------------------------------------------------------- */
 
-/* Write the batch as the upload's next row (a connection for this only). */
+/* A batch could not be written: the answer (the same whether its failure
+ * showed when it was sent or when it was settled). */
+static kmdc_status
+batch_failed(kmdc_intake *in, kmdc_store_rc rc)
+{
+    if (rc == KMDC_STORE_BUSY) {
+        /* the slot's lease expired while this upload waited and another
+         * upload of the card took it: passing, like any full slot table */
+        intake_answer_error(in, KMDC_INTAKE_REJECTED, 429, "too_many_uploads",
+                            "this card has %d uploads in progress; try again when one finished",
+                            in->conf->max_uploads_per_card);
+        return KMDC_ERR_IO;
+    }
+    intake_store_failed(in, rc);
+    return KMDC_ERR_IO;
+}
+
+/*
+ * Send the batch as the upload's next row (a connection for this only): the
+ * store writes it while the intake reads on, and answers when it is
+ * settled.  Sending settles the batch before.
+ */
 static kmdc_status
 flush_batch(kmdc_intake *in)
 {
@@ -300,21 +321,26 @@ flush_batch(kmdc_intake *in)
     rc = in->store->ops->upload_append(in->store, &in->upload_id, in->meta.size,
                                        in->batch_idx, in->batch, in->batch_len,
                                        in->lease_held ? &in->lease : NULL);
-    if (rc == KMDC_STORE_BUSY) {
-        /* the slot's lease expired while this upload waited and another
-         * upload of the card took it: passing, like any full slot table */
-        intake_answer_error(in, KMDC_INTAKE_REJECTED, 429, "too_many_uploads",
-                            "this card has %d uploads in progress; try again when one finished",
-                            in->conf->max_uploads_per_card);
-        return KMDC_ERR_IO;
-    }
-    if (rc != KMDC_STORE_OK) {
-        intake_store_failed(in, rc);
-        return KMDC_ERR_IO;
-    }
+    in->batch_pending = rc == KMDC_STORE_OK;
+    if (rc != KMDC_STORE_OK)
+        return batch_failed(in, rc);
     in->batch_idx++;
     in->batch_len = 0;
     in->batch_since = now_ms(in);
+    return KMDC_OK;
+}
+
+kmdc_status
+intake_settle_batch(kmdc_intake *in)
+{
+    kmdc_store_rc rc;
+
+    if (!in->batch_pending)
+        return KMDC_OK;
+    in->batch_pending = 0;
+    rc = in->store->ops->upload_settle(in->store);
+    if (rc != KMDC_STORE_OK)
+        return batch_failed(in, rc);
     return KMDC_OK;
 }
 
@@ -350,6 +376,9 @@ emit_plaintext(void *arg, const uint8_t *p, size_t len, kmdc_err *err)
 static void
 payload_failed(kmdc_intake *in, kmdc_status rc, const kmdc_err *err)
 {
+    /* a batch that failed would have been answered before these bytes were
+     * read: its answer first */
+    (void)intake_settle_batch(in);
     if (in->st == ST_ANSWERED)
         return;                          /* a batch could not be written */
     if (rc == KMDC_ERR_TRUNCATED)
@@ -392,9 +421,16 @@ intake_step_end(kmdc_intake *in)
         return;
     }
     /* a payload that fit one batch travels inside the publication; a
-     * longer one has its last batch written now */
-    if (in->upload_id != 0 && flush_batch(in) != KMDC_OK)
+     * longer one has its last batch written now, and every batch settled
+     * before anything is published */
+    if (in->batch_idx > 0 && flush_batch(in) != KMDC_OK)
         return;
+    if (intake_settle_batch(in) != KMDC_OK)
+        return;
+    if ((in->batch_idx > 0) != (in->upload_id != 0)) {
+        intake_internal(in, "internal error");
+        return;
+    }
     if (kmdc_sha256_final(in->sha_full, in->full_hash, NULL) != KMDC_OK) {
         intake_internal(in, "internal error");
         return;
@@ -465,6 +501,10 @@ intake_step_publish(kmdc_intake *in)
     char *text = NULL;
     kmdc_store_rc rc;
 
+    if (in->batch_pending) {             /* never: intake_step_end settled */
+        intake_internal(in, "internal error");
+        return;
+    }
     if ((pub = calloc(1, sizeof(*pub))) == NULL ||
         kmdc_random_u63(&in->msgid, NULL) != KMDC_OK) {
         intake_internal(in, "internal error");

@@ -13,8 +13,11 @@
  *
  * Rules every implementation keeps:
  *  - An operation borrows a database connection for its own duration and
- *    gives it back before it returns (fetch_open .. fetch_close excepted), so
- *    nothing is held while the caller waits on the network.
+ *    gives it back before it returns (fetch_open .. fetch_close and
+ *    upload_append .. upload_settle excepted), so nothing is held while the
+ *    caller waits on the network.  A batch sent by upload_append is settled
+ *    before the caller waits for its client's bytes, and before any other
+ *    operation of the same store.
  *  - KMDC_STORE_UNAVAILABLE is a passing failure: nothing was changed (or,
  *    for a COMMIT whose answer was lost, the outcome is unknown and a
  *    byte-identical retry is answered from the receipt).  The implementation
@@ -269,13 +272,27 @@ typedef struct kmdc_store_ops {
     kmdc_store_rc (*recipients_resolve)(kmdc_store *st,
                                         const char (*addr)[KMDC_ADDR_MAX + 1],
                                         size_t n, kmdc_recipient *out);
-    /* Append batch idx (from 0, consecutive) of an upload's payload; *upload_id
-     * 0 creates the upload (of `size` document bytes) first and sets it.  The
-     * lease (may be NULL) is renewed; BUSY (nothing written) when it expired
-     * and another upload took its slot meanwhile. */
+    /* Append batch idx (from 0, consecutive) of an upload's payload, in two
+     * halves so the caller can go on reading while the database writes it.
+     * upload_append first settles the batch still pending (as upload_settle;
+     * when that failed it returns its failure and sends nothing), then sends
+     * batch idx and returns without waiting: OK (the batch is pending; data
+     * may be reused at once) or a failure to send it (nothing pending).  The
+     * store holds one connection while a batch is pending.
+     * upload_settle waits for the pending batch's answer, gives the
+     * connection back and returns it (OK when nothing is pending):
+     * *upload_id 0 at the append creates the upload (of `size` document
+     * bytes) first, and the settle sets *upload_id (which must stay valid
+     * until then: batch idx + 1 is sent only after batch idx settled, so it
+     * has the id).  The lease (may be NULL) is renewed; BUSY (nothing
+     * written) when it expired and another upload took its slot meanwhile;
+     * UNAVAILABLE or ERROR otherwise.  Nothing may be published while a
+     * batch is pending (publish refuses), and upload_drop, spend and
+     * slot_release settle a pending batch first, whatever its answer. */
     kmdc_store_rc (*upload_append)(kmdc_store *st, int64_t *upload_id, uint64_t size,
                                    int idx, const uint8_t *data, size_t len,
                                    const kmdc_lease *lease);
+    kmdc_store_rc (*upload_settle)(kmdc_store *st);
     /* Drop an upload no message refers to (a failure leaves an orphan for
      * `kmdcadm purge`). */
     kmdc_store_rc (*upload_drop)(kmdc_store *st, int64_t upload_id);
@@ -286,7 +303,8 @@ typedef struct kmdc_store_ops {
      * another outcome (nothing written; *which names the recipient index);
      * UNAVAILABLE (nothing written, or *outcome KMDC_PUBLISH_UNKNOWN when the
      * COMMIT's answer was lost); ERROR (a seal failed or a row is
-     * unreadable). */
+     * unreadable, or the caller left an upload batch pending: it is settled
+     * and nothing is published). */
     kmdc_store_rc (*publish)(kmdc_store *st, const kmdc_publication *pub,
                              kmdc_publish_outcome *outcome, size_t *which);
     /* Spend a counter refused after authentication: advance the chain, write

@@ -457,6 +457,11 @@ static apr_status_t db_release_cleanup(void *data)
     }
     db->pg = NULL;
     kmdc_metrics_gauge(KMDC_GAUGE_DB_IN_USE, -1);
+    if (!db->broken && PQpipelineStatus(pg) != PQ_PIPELINE_OFF) {
+        /* given back with a batch's answers pending (an abandoned
+         * kmdc_db_batch_send): its state is unknown, never pool it */
+        db->broken = 1;
+    }
     if (!db->broken) {
         PGTransactionStatusType ts = PQtransactionStatus(pg);
 

@@ -156,6 +156,11 @@ typedef struct kmdc_db_batch {
     int n;
     int overflow;             /* more than KMDC_DB_BATCH_MAX were added */
     int failed;               /* after a failed run: the statement that failed */
+    /* between kmdc_db_batch_send and kmdc_db_batch_collect: */
+    struct kmdc_db_batch *pre;/* the deferred statements sent ahead of it */
+    int total, sent;          /* statements to send, statements sent */
+    int lost;                 /* the connection failed while sending */
+    int in_flight;            /* sent, the results not read yet */
     kmdc_db_batch_item items[KMDC_DB_BATCH_MAX];
 } kmdc_db_batch;
 
@@ -179,6 +184,20 @@ int kmdc_db_batch_command(kmdc_db_batch *b, const char *sql);
  * broken; a COMMIT in the batch may or may not have been carried out).
  */
 kmdc_db_rc kmdc_db_batch_run(kmdc_db_batch *b);
+
+/*
+ * kmdc_db_batch_run in two halves, so the caller can work while PostgreSQL
+ * runs the batch.  kmdc_db_batch_send writes every statement and the Sync
+ * (blocking until libpq has sent them all: the parameters' memory may be
+ * reused as soon as it returns) and does not wait for an answer:
+ * KMDC_DB_OK, or a failure as kmdc_db_batch_run gives it (then nothing is
+ * pending).  kmdc_db_batch_collect then reads the results and returns what
+ * kmdc_db_batch_run would have.  Between the two, b must stay where it is,
+ * and db runs nothing else; a db given back in between is thrown away
+ * (kmdc_db_release), never pooled.
+ */
+kmdc_db_rc kmdc_db_batch_send(kmdc_db_batch *b);
+kmdc_db_rc kmdc_db_batch_collect(kmdc_db_batch *b);
 
 /*
  * Send the statements of prefix (a batch nobody runs) ahead of db's next

@@ -21,7 +21,12 @@
  * error it skips the rest until the Sync, so a batch ending in COMMIT commits
  * only when every statement before succeeded.  The connection is blocking:
  * the results of the statements batched here are small, so the server never
- * waits on us while we are still writing.
+ * waits on us while we are still writing.  A batch may also be sent
+ * (kmdc_db_batch_send) and its results read later (kmdc_db_batch_collect):
+ * libpq has copied every parameter and written every byte by the time the
+ * send returns, and until the collect the connection stays in pipeline mode
+ * with the answers pending (a connection given back like that is thrown
+ * away, mod_kmdc_db.c).
  */
 #include <stdlib.h>
 #include <string.h>
@@ -291,16 +296,20 @@ static kmdc_db_batch_item *item_at(kmdc_db_batch *pre, kmdc_db_batch *b, int i)
     return i < np ? &pre->items[i] : &b->items[i - np];
 }
 
-kmdc_db_rc kmdc_db_batch_run(kmdc_db_batch *b)
+kmdc_db_rc kmdc_db_batch_send(kmdc_db_batch *b)
 {
     kmdc_db *db = b->db;
     PGconn *pg = db != NULL ? db->pg : NULL;
     kmdc_db_batch *pre = db != NULL ? db->prefix : NULL;
     prepared_set *ps;
-    kmdc_db_rc rc = KMDC_DB_OK;
-    int i, total, sent = 0, lost = 0, failed = -1;
+    int i, total;
 
     b->failed = -1;
+    b->pre = NULL;
+    b->sent = 0;
+    b->total = 0;
+    b->lost = 0;
+    b->in_flight = 0;
     if (pg == NULL) {
         return KMDC_DB_UNAVAILABLE;
     }
@@ -319,18 +328,42 @@ kmdc_db_rc kmdc_db_batch_run(kmdc_db_batch *b)
         db->broken = 1;
         return KMDC_DB_UNAVAILABLE;
     }
+    b->pre = pre;
+    b->total = total;
+    b->in_flight = 1;
     for (i = 0; i < total; i++) {
         if (!batch_send(pg, ps, item_at(pre, b, i))) {
             break;
         }
-        sent++;
+        b->sent++;
     }
     kmdc_metrics_db_round_trip();
-    if (sent < total || !PQpipelineSync(pg)) {
-        lost = 1;
+    /* the Sync flushes: in blocking mode every byte has left when it returns */
+    if (b->sent < total || !PQpipelineSync(pg)) {
+        b->lost = 1;
     }
+    return KMDC_DB_OK;
+}
+
+kmdc_db_rc kmdc_db_batch_collect(kmdc_db_batch *b)
+{
+    kmdc_db *db = b->db;
+    PGconn *pg = db != NULL ? db->pg : NULL;
+    kmdc_db_batch *pre = b->pre;
+    prepared_set *ps;
+    kmdc_db_rc rc = KMDC_DB_OK;
+    int i, lost = b->lost, failed = -1;
+
+    if (!b->in_flight) {
+        return b->total == 0 && pg != NULL ? KMDC_DB_OK : KMDC_DB_UNAVAILABLE;
+    }
+    b->in_flight = 0;
+    if (pg == NULL) {
+        return KMDC_DB_UNAVAILABLE;
+    }
+    ps = PQinstanceData(pg, prepared_event);
     /* the results, in order: a Prepare's first when one was sent */
-    for (i = 0; i < sent && !lost; i++) {
+    for (i = 0; i < b->sent && !lost; i++) {
         kmdc_db_batch_item *it = item_at(pre, b, i);
         PGresult *res;
 
@@ -374,7 +407,7 @@ kmdc_db_rc kmdc_db_batch_run(kmdc_db_batch *b)
     }
     if (lost || !PQexitPipelineMode(pg) || PQstatus(pg) != CONNECTION_OK) {
         /* prepares whose answer never came may or may not exist now */
-        for (i = 0; i < total; i++) {
+        for (i = 0; i < b->total; i++) {
             kmdc_db_batch_item *it = item_at(pre, b, i);
 
             if (it->prepare_slot >= 0 && it->res == NULL) {
@@ -396,6 +429,16 @@ kmdc_db_rc kmdc_db_batch_run(kmdc_db_batch *b)
         b->failed = failed - (pre != NULL ? pre->n : 0);
     }
     return rc;
+}
+
+kmdc_db_rc kmdc_db_batch_run(kmdc_db_batch *b)
+{
+    kmdc_db_rc rc = kmdc_db_batch_send(b);
+
+    if (rc != KMDC_DB_OK || b->total == 0) {
+        return rc;
+    }
+    return kmdc_db_batch_collect(b);
 }
 
 PGresult *kmdc_db_batch_result(const kmdc_db_batch *b, int i)

@@ -10,7 +10,10 @@
  *  3. The intake (lib/kmdc_intake.c) runs the steps of the datacenter intake
  *     against the PostgreSQL store (mod_kmdc_store_send.c), which borrows a
  *     connection per operation: none is taken before the envelope's prefix is
- *     complete, none is held while this loop waits for bytes.
+ *     complete, none is held while this loop waits for bytes.  An upload
+ *     batch is written while the loop reads the next one; the loop reads
+ *     without blocking, and when nothing has arrived it settles that batch
+ *     (kmdc_intake_settle) before it blocks.
  *  4. The intake is freed at once (its slot and an unpublished upload go
  *     now, not at the end of the request), then its answer is written.
  */
@@ -56,10 +59,23 @@ static int read_body(request_rec *r, send_ctx *c)
     int want = 1;
 
     while (want) {
+        /* what has arrived, without waiting: HTTP_IN answers EAGAIN (or an
+         * empty brigade) when nothing has, for a Content-Length and a
+         * chunked body alike */
         apr_status_t rv = ap_get_brigade(r->input_filters, bb, AP_MODE_READBYTES,
-                                         APR_BLOCK_READ, READ_BYTES);
+                                         APR_NONBLOCK_READ, READ_BYTES);
         apr_bucket *b;
 
+        if (APR_STATUS_IS_EAGAIN(rv) || (rv == APR_SUCCESS && APR_BRIGADE_EMPTY(bb))) {
+            /* about to wait for the client: the batch the store is writing
+             * is settled first and its connection given back (6.3) */
+            apr_brigade_cleanup(bb);
+            if (!kmdc_intake_settle(c->in)) {
+                return 0;                /* the batch failed: answered */
+            }
+            rv = ap_get_brigade(r->input_filters, bb, AP_MODE_READBYTES,
+                                APR_BLOCK_READ, READ_BYTES);
+        }
         if (rv != APR_SUCCESS) {
             int st = ap_map_http_request_error(rv, HTTP_BAD_REQUEST);
 

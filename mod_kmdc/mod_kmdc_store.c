@@ -22,6 +22,7 @@ static const kmdc_store_ops pg_ops = {
     kmdc_pg_slot_release,
     kmdc_pg_recipients_resolve,
     kmdc_pg_upload_append,
+    kmdc_pg_upload_settle,
     kmdc_pg_upload_drop,
     kmdc_pg_publish,
     kmdc_pg_spend,

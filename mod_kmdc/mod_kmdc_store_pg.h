@@ -28,6 +28,12 @@ typedef struct kmdc_pg_store {
     const kmdc_srv_conf *sc;      /* its server's configuration */
     kmdc_db_batch *deferred;      /* the nonce record, sent with the next
                                    * statement (nonce_record) */
+    /* an upload batch sent and not yet settled (upload_append) */
+    int up_pending;
+    kmdc_db *up_db;               /* its connection, held until settled */
+    kmdc_db_batch *up_batch;      /* its statement (from r->pool, reused) */
+    int64_t *up_id;               /* where the settle puts the upload's id */
+    int64_t up_sent_id;           /* the id it was sent with (0: new upload) */
 } kmdc_pg_store;
 
 #define KMDC_PG(st) ((kmdc_pg_store *)(st))
@@ -88,6 +94,7 @@ kmdc_store_rc kmdc_pg_recipients_resolve(kmdc_store *st,
 kmdc_store_rc kmdc_pg_upload_append(kmdc_store *st, int64_t *upload_id, uint64_t size,
                                     int idx, const uint8_t *data, size_t len,
                                     const kmdc_lease *lease);
+kmdc_store_rc kmdc_pg_upload_settle(kmdc_store *st);
 kmdc_store_rc kmdc_pg_upload_drop(kmdc_store *st, int64_t upload_id);
 kmdc_store_rc kmdc_pg_publish(kmdc_store *st, const kmdc_publication *pub,
                               kmdc_publish_outcome *outcome, size_t *which);

@@ -6,15 +6,17 @@
  * connection borrowed for it alone: the sender and its receipt in one read,
  * a slot lease, the recipients with their mailbox totals in one read, and
  * one statement per upload batch (which also renews the lease and the
- * upload's touched_at).  Publication is one READ COMMITTED transaction in
- * two round trips: first BEGIN, the rows that lock no card (message, its
- * payload when it fits one batch, receipt, audit row), then the sender and
- * the recipients locked in serial order with their mailbox totals (kept on
- * the card rows by schema 3's triggers); the intake seals each delivery
- * with the locked down counter; then the chains, the deliveries, the lease
- * dropped, NOTIFY, COMMIT.  A recipient's row is locked from the end of the
- * first round trip to the COMMIT, and every publication to that recipient
- * queues behind it, so only what needs the lock runs while it is held.
+ * upload's touched_at), sent by upload_append and answered at
+ * upload_settle, so the database writes a batch while the intake reads the
+ * next.  Publication is one READ COMMITTED transaction in two round trips:
+ * first BEGIN, the rows that lock no card (message, its payload when it
+ * fits one batch, receipt, audit row), then the sender and the recipients
+ * locked in serial order with their mailbox totals (kept on the card rows
+ * by schema 3's triggers); the intake seals each delivery with the locked
+ * down counter; then the chains and the deliveries, the lease dropped,
+ * NOTIFY, COMMIT.  A recipient's row is locked from the end of the first
+ * round trip to the COMMIT, and every publication to that recipient queues
+ * behind it, so only what needs the lock runs while it is held.
  */
 #include <string.h>
 
@@ -235,6 +237,7 @@ kmdc_store_rc kmdc_pg_slot_release(kmdc_store *st, const kmdc_lease *lease)
     kmdc_store_rc rc;
     kmdc_db_rc dbrc;
 
+    (void)kmdc_pg_upload_settle(st);     /* whatever its answer: one connection */
     if ((rc = kmdc_pg_borrow(KMDC_PG(st), &db)) != KMDC_STORE_OK) {
         return rc;       /* the lease expires by itself */
     }
@@ -300,19 +303,34 @@ out:
     return rc;
 }
 
+/*
+ * Batches are written while the intake reads the next one: upload_append
+ * sends the statement on a borrowed connection and returns; upload_settle
+ * reads its answer and gives the connection back.  The intake settles
+ * before it waits for its client's bytes (docs/PROTOCOL.md 6.3).
+ */
 kmdc_store_rc kmdc_pg_upload_append(kmdc_store *st, int64_t *upload_id, uint64_t size,
                                     int idx, const uint8_t *data, size_t len,
                                     const kmdc_lease *lease)
 {
+    kmdc_pg_store *ps = KMDC_PG(st);
     kmdc_db *db = NULL;
     kmdc_db_params pp;
-    PGresult *res = NULL;
     kmdc_store_rc rc;
     kmdc_db_rc dbrc;
-    int64_t id = *upload_id;
-    int held = 0;
+    int64_t id;
 
-    if ((rc = kmdc_pg_borrow(KMDC_PG(st), &db)) != KMDC_STORE_OK) {
+    if ((rc = kmdc_pg_upload_settle(st)) != KMDC_STORE_OK) {
+        return rc;                       /* the batch before failed */
+    }
+    id = *upload_id;
+    if ((id == 0) != (idx == 0)) {
+        return KMDC_STORE_ERROR;         /* a batch after one that failed */
+    }
+    if (ps->up_batch == NULL) {
+        ps->up_batch = apr_palloc(ps->r->pool, sizeof(*ps->up_batch));
+    }
+    if ((rc = kmdc_pg_borrow(ps, &db)) != KMDC_STORE_OK) {
         return rc;
     }
     kmdc_db_params_init(&pp);
@@ -327,7 +345,8 @@ kmdc_store_rc kmdc_pg_upload_append(kmdc_store *st, int64_t *upload_id, uint64_t
     /* the lease renewed, then (only while it is held) the upload created on
      * the first batch or touched on the others, and the batch: one
      * autocommitted statement */
-    dbrc = kmdc_db_exec(db,
+    kmdc_db_batch_init(ps->up_batch, db);
+    kmdc_db_batch_add(ps->up_batch,
         "WITH renewed AS (UPDATE upload_leases"
         "   SET expires_at = now() + $8::int * interval '1 second'"
         "   WHERE serial = $5::bigint AND slot = $6::int AND holder = $7::bigint RETURNING 1),"
@@ -340,26 +359,55 @@ kmdc_store_rc kmdc_pg_upload_append(kmdc_store *st, int64_t *upload_id, uint64_t
         " ins AS (INSERT INTO upload_chunks (upload_id, idx, data)"
         "   SELECT id, $3::int, $4::bytea FROM up RETURNING upload_id)"
         " SELECT (SELECT held FROM ok), coalesce((SELECT upload_id FROM ins), 0)::bigint",
-        &pp, 1, &res);
+        &pp, 1);
+    if ((dbrc = kmdc_db_batch_send(ps->up_batch)) != KMDC_DB_OK) {
+        kmdc_db_release(db);             /* thrown away if it broke */
+        return kmdc_pg_failed(dbrc);
+    }
+    ps->up_pending = 1;
+    ps->up_db = db;
+    ps->up_id = upload_id;
+    ps->up_sent_id = id;
+    return KMDC_STORE_OK;
+}
+
+kmdc_store_rc kmdc_pg_upload_settle(kmdc_store *st)
+{
+    kmdc_pg_store *ps = KMDC_PG(st);
+    kmdc_db *db = ps->up_db;
+    PGresult *res;
+    kmdc_store_rc rc;
+    kmdc_db_rc dbrc;
+    int64_t id = 0;
+    int held = 0;
+
+    if (!ps->up_pending) {
+        return KMDC_STORE_OK;
+    }
+    ps->up_pending = 0;
+    ps->up_db = NULL;
+    dbrc = kmdc_db_batch_collect(ps->up_batch);
+    res = kmdc_db_batch_result(ps->up_batch, 0);
     if (dbrc != KMDC_DB_OK) {
         rc = kmdc_pg_failed(dbrc);
     }
-    else if (PQntuples(res) != 1 || !kmdc_db_get_bool(res, 0, 0, &held)
+    else if (res == NULL || PQntuples(res) != 1 || !kmdc_db_get_bool(res, 0, 0, &held)
              || !kmdc_db_get_int64(res, 0, 1, &id)) {
         rc = KMDC_STORE_ERROR;
     }
     else if (!held) {
         rc = KMDC_STORE_BUSY;            /* the lease expired and was taken */
     }
-    else if (id == 0) {
+    else if (id == 0 || (ps->up_sent_id != 0 && id != ps->up_sent_id)) {
         rc = KMDC_STORE_ERROR;           /* the upload is gone (purged?) */
     }
     else {
-        *upload_id = id;
+        *ps->up_id = id;
         rc = KMDC_STORE_OK;
     }
     kmdc_db_clear(db, res);
     kmdc_db_release(db);
+    ps->up_id = NULL;
     return rc;
 }
 
@@ -370,6 +418,7 @@ kmdc_store_rc kmdc_pg_upload_drop(kmdc_store *st, int64_t upload_id)
     kmdc_store_rc rc;
     kmdc_db_rc dbrc;
 
+    (void)kmdc_pg_upload_settle(st);     /* whatever its answer: one connection */
     if ((rc = kmdc_pg_borrow(KMDC_PG(st), &db)) != KMDC_STORE_OK) {
         return rc;       /* an orphan for `kmdcadm purge` */
     }
@@ -647,6 +696,14 @@ kmdc_store_rc kmdc_pg_publish(kmdc_store *st, const kmdc_publication *pub,
 
     *outcome = KMDC_PUBLISHED;
     *which = 0;
+    if (ps->up_pending) {
+        /* the caller settles its last batch first: never publish an upload
+         * whose every batch is not known to be written */
+        ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, ps->r,
+                      "send: publish called with an upload batch pending; not published");
+        (void)kmdc_pg_upload_settle(st);
+        return KMDC_STORE_ERROR;
+    }
     if (pub->n_rcpt == 0 || pub->n_rcpt > KMDC_RCPT_MAX
         || (pub->upload_id == 0 && pub->inline_data == NULL)) {
         return KMDC_STORE_ERROR;
@@ -729,6 +786,7 @@ kmdc_store_rc kmdc_pg_spend(kmdc_store *st, const kmdc_spending *sp)
     int64_t up_next = 0;
     int row;
 
+    (void)kmdc_pg_upload_settle(st);     /* whatever its answer: one connection */
     if ((rc = kmdc_pg_borrow(KMDC_PG(st), &db)) != KMDC_STORE_OK) {
         return rc;
     }

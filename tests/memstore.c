@@ -55,6 +55,8 @@ violation(memstore *ms, const char *fmt, ...)
     return KMDC_STORE_ERROR;
 }
 
+static void nothing_pending(memstore *ms, memstore_op op);
+
 /* Count a call; 1 when it must answer UNAVAILABLE. */
 static int
 called(memstore *ms, memstore_op op)
@@ -188,6 +190,7 @@ op_sender_load(kmdc_store *st, uint64_t serial, uint64_t seq, kmdc_sender *out)
     const ms_card *c;
     const ms_receipt *r;
 
+    nothing_pending(ms, MS_SENDER_LOAD);
     if (called(ms, MS_SENDER_LOAD))
         return KMDC_STORE_UNAVAILABLE;
     memset(out, 0, sizeof(*out));
@@ -210,6 +213,7 @@ op_receipt_find(kmdc_store *st, uint64_t serial, uint64_t seq, kmdc_receipt *out
     memstore *ms = MS(st);
     const ms_receipt *r;
 
+    nothing_pending(ms, MS_RECEIPT_FIND);
     if (called(ms, MS_RECEIPT_FIND))
         return KMDC_STORE_UNAVAILABLE;
     if ((r = find_receipt(ms, serial, seq)) == NULL)
@@ -225,6 +229,7 @@ op_slot_take(kmdc_store *st, uint64_t serial, int max, kmdc_lease *lease)
     int slot;
     size_t i;
 
+    nothing_pending(ms, MS_SLOT_TAKE);
     if (called(ms, MS_SLOT_TAKE))
         return KMDC_STORE_UNAVAILABLE;
     if (serial == 0 || max < 1)
@@ -266,6 +271,7 @@ op_slot_release(kmdc_store *st, const kmdc_lease *lease)
 {
     memstore *ms = MS(st);
 
+    nothing_pending(ms, MS_SLOT_RELEASE);
     if (called(ms, MS_SLOT_RELEASE))
         return KMDC_STORE_UNAVAILABLE;
     release_lease(ms, lease);
@@ -285,6 +291,7 @@ op_recipients_resolve(kmdc_store *st, const char (*addr)[KMDC_ADDR_MAX + 1], siz
         ms->before_resolve = NULL;
         fn(ms->before_resolve_arg);
     }
+    nothing_pending(ms, MS_RECIPIENTS_RESOLVE);
     if (called(ms, MS_RECIPIENTS_RESOLVE))
         return KMDC_STORE_UNAVAILABLE;
     if (n < 1 || n > KMDC_RCPT_MAX)
@@ -304,57 +311,123 @@ op_recipients_resolve(kmdc_store *st, const char (*addr)[KMDC_ADDR_MAX + 1], siz
     return KMDC_STORE_OK;
 }
 
+/* The pending batch written (or refused) now, as the database does while
+ * the caller reads on. */
+static kmdc_store_rc
+settle_pending(memstore *ms)
+{
+    ms_pending *pb = &ms->pend;
+    ms_upload *u;
+    ms_lease *l = NULL;
+    kmdc_store_rc rc = KMDC_STORE_ERROR;
+
+    if (!pb->active)
+        return KMDC_STORE_OK;
+    pb->active = 0;
+    ms->settles++;
+    if (pb->fail) {
+        rc = KMDC_STORE_UNAVAILABLE;     /* nothing written */
+        goto out;
+    }
+    if (pb->has_lease && (l = find_lease(ms, &pb->lease)) == NULL) {
+        rc = KMDC_STORE_BUSY;            /* expired, and another upload took it */
+        goto out;
+    }
+    if (pb->sent_id == 0) {
+        if (grow(&ms->uploads, &ms->cap_uploads, ms->n_uploads, sizeof(ms_upload)) != 0)
+            goto out;
+        u = &ms->uploads[ms->n_uploads];
+        memset(u, 0, sizeof(*u));
+        u->id = ++ms->next_upload_id;
+        u->size = pb->size;
+        /* the row is created with the first batch, in the same statement */
+    } else {
+        if ((u = find_upload(ms, pb->sent_id)) == NULL) {
+            rc = violation(ms, "upload_append: no upload %lld", (long long)pb->sent_id);
+            goto out;
+        }
+        if (upload_referenced(ms, u->id)) {
+            rc = violation(ms, "upload_append: upload %lld is published", (long long)u->id);
+            goto out;
+        }
+        if ((size_t)pb->idx != u->n_batches) {
+            rc = violation(ms, "upload_append: batch %d after %zu batches", pb->idx,
+                           u->n_batches);
+            goto out;
+        }
+    }
+    if (grow(&u->batches, &u->cap, u->n_batches, sizeof(ms_batch)) != 0)
+        goto out;
+    u->batches[u->n_batches].idx = pb->idx;
+    u->batches[u->n_batches].data = pb->data;
+    u->batches[u->n_batches].len = pb->len;
+    pb->data = NULL;                     /* the upload's now */
+    u->n_batches++;
+    u->bytes += pb->len;
+    if (pb->sent_id == 0)
+        ms->n_uploads++;
+    *pb->upload_id = u->id;
+    if (l != NULL)
+        l->expired = 0;                  /* renewed */
+    rc = KMDC_STORE_OK;
+out:
+    free(pb->data);
+    pb->data = NULL;
+    pb->upload_id = NULL;
+    return rc;
+}
+
+/* Every operation but the upload's own: the caller settles first. */
+static void
+nothing_pending(memstore *ms, memstore_op op)
+{
+    if (!ms->pend.active)
+        return;
+    (void)violation(ms, "%s with an upload batch pending", memstore_op_name(op));
+    (void)settle_pending(ms);
+}
+
+static kmdc_store_rc
+op_upload_settle(kmdc_store *st)
+{
+    return settle_pending(MS(st));
+}
+
 static kmdc_store_rc
 op_upload_append(kmdc_store *st, int64_t *upload_id, uint64_t size, int idx,
                  const uint8_t *data, size_t len, const kmdc_lease *lease)
 {
     memstore *ms = MS(st);
-    ms_upload *u;
-    ms_lease *l;
-    uint8_t *copy;
+    ms_pending *pb = &ms->pend;
+    kmdc_store_rc rc;
+    int fail;
 
-    if (called(ms, MS_UPLOAD_APPEND))
-        return KMDC_STORE_UNAVAILABLE;
-    if (*upload_id == 0) {
-        if (idx != 0)
-            return violation(ms, "upload_append: a new upload starts at batch %d", idx);
-        if (grow(&ms->uploads, &ms->cap_uploads, ms->n_uploads, sizeof(ms_upload)) != 0)
-            return KMDC_STORE_ERROR;
-        u = &ms->uploads[ms->n_uploads];
-        memset(u, 0, sizeof(*u));
-        u->id = ++ms->next_upload_id;
-        u->size = size;
-        /* the row is created with the first batch, in the same call */
-    } else {
-        if ((u = find_upload(ms, *upload_id)) == NULL)
-            return violation(ms, "upload_append: no upload %lld", (long long)*upload_id);
-        if (upload_referenced(ms, u->id))
-            return violation(ms, "upload_append: upload %lld is published",
-                             (long long)u->id);
-        if (idx < 0 || (size_t)idx != u->n_batches)
-            return violation(ms, "upload_append: batch %d after %zu batches", idx,
-                             u->n_batches);
-    }
+    if ((rc = settle_pending(ms)) != KMDC_STORE_OK)
+        return rc;                       /* the batch before failed */
+    fail = called(ms, MS_UPLOAD_APPEND);
+    if (fail && ms->fail_on_send)
+        return KMDC_STORE_UNAVAILABLE;   /* the connection was gone: nothing sent */
+    if ((*upload_id == 0) != (idx == 0))
+        return violation(ms, "upload_append: batch %d of upload %lld", idx,
+                         (long long)*upload_id);
     if (len == 0 || data == NULL)
         return violation(ms, "upload_append: an empty batch %d", idx);
-    if ((copy = malloc(len)) == NULL)
+    memset(pb, 0, sizeof(*pb));
+    if ((pb->data = malloc(len)) == NULL)
         return KMDC_STORE_ERROR;
-    memcpy(copy, data, len);
-    if (grow(&u->batches, &u->cap, u->n_batches, sizeof(ms_batch)) != 0) {
-        free(copy);
-        return KMDC_STORE_ERROR;
+    memcpy(pb->data, data, len);         /* the caller reuses its buffer */
+    pb->len = len;
+    pb->idx = idx;
+    pb->size = size;
+    pb->sent_id = *upload_id;
+    pb->upload_id = upload_id;
+    pb->fail = fail;
+    if (lease != NULL) {
+        pb->has_lease = 1;
+        pb->lease = *lease;
     }
-    u->batches[u->n_batches].idx = idx;
-    u->batches[u->n_batches].data = copy;
-    u->batches[u->n_batches].len = len;
-    u->n_batches++;
-    u->bytes += len;
-    if (*upload_id == 0) {
-        ms->n_uploads++;
-        *upload_id = u->id;
-    }
-    if ((l = find_lease(ms, lease)) != NULL)
-        l->expired = 0;                  /* renewed */
+    pb->active = 1;
+    ms->sent_batches++;
     return KMDC_STORE_OK;
 }
 
@@ -374,6 +447,7 @@ op_upload_drop(kmdc_store *st, int64_t upload_id)
     memstore *ms = MS(st);
     ms_upload *u;
 
+    nothing_pending(ms, MS_UPLOAD_DROP);
     if (called(ms, MS_UPLOAD_DROP))
         return KMDC_STORE_UNAVAILABLE;
     if ((u = find_upload(ms, upload_id)) == NULL)
@@ -435,6 +509,11 @@ op_publish(kmdc_store *st, const kmdc_publication *pub, kmdc_publish_outcome *ou
     size_t i, j, alen;
     int lost;
 
+    if (ms->pend.active) {
+        /* never publish before every batch is known to be written */
+        nothing_pending(ms, MS_PUBLISH);
+        return KMDC_STORE_ERROR;
+    }
     if (called(ms, MS_PUBLISH))
         return KMDC_STORE_UNAVAILABLE;
     lost = ms->publish_lost_at != 0 && ms->calls[MS_PUBLISH] == ms->publish_lost_at;
@@ -629,6 +708,7 @@ op_spend(kmdc_store *st, const kmdc_spending *sp)
     kmdc_receipt r;
     size_t alen;
 
+    nothing_pending(ms, MS_SPEND);
     if (called(ms, MS_SPEND))
         return KMDC_STORE_UNAVAILABLE;
     if (sp->answer == NULL || sp->error == NULL)
@@ -670,6 +750,7 @@ static const kmdc_store_ops memstore_ops = {
     .slot_release = op_slot_release,
     .recipients_resolve = op_recipients_resolve,
     .upload_append = op_upload_append,
+    .upload_settle = op_upload_settle,
     .upload_drop = op_upload_drop,
     .publish = op_publish,
     .spend = op_spend,
@@ -694,6 +775,7 @@ memstore_free(memstore *ms)
 
     if (ms == NULL)
         return;
+    free(ms->pend.data);
     for (i = 0; i < ms->n_uploads; i++)
         upload_free(&ms->uploads[i]);
     for (i = 0; i < ms->n_deliveries; i++)
@@ -947,6 +1029,7 @@ memstore_fail_clear(memstore *ms)
     memset(ms->fail_always, 0, sizeof(ms->fail_always));
     ms->publish_lost_at = 0;
     ms->publish_concurrent = 0;
+    ms->fail_on_send = 0;
 }
 
 unsigned long

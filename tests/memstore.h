@@ -19,6 +19,12 @@
  *    the lease released.
  *  - upload_drop never drops an upload a message refers to (it counts the
  *    attempt in drop_referenced instead).
+ *  - upload_append settles the batch before, then only copies the new one
+ *    and returns; the batch is written (or refused: BUSY when the lease is
+ *    gone, an injected UNAVAILABLE) when it is settled, by upload_settle or
+ *    the next upload_append.  Any other operation called while a batch is
+ *    pending is a violation (it is settled then), and publish then answers
+ *    ERROR without publishing.
  * Anything a correct caller never does (a batch index out of order, a
  * payload whose length is not the publication's, a message id used twice, a
  * head longer than its cap, an answer too long for a receipt) is a
@@ -107,6 +113,21 @@ typedef struct ms_delivery {
     int64_t ttl;
 } ms_delivery;
 
+/* The upload batch sent and not yet settled (upload_append .. upload_settle):
+ * written, or refused, when it is settled. */
+typedef struct ms_pending {
+    int active;
+    int64_t *upload_id;                      /* the caller's, set at the settle */
+    int64_t sent_id;                         /* *upload_id when it was sent */
+    uint64_t size;
+    int idx;
+    uint8_t *data;                           /* a copy */
+    size_t len;
+    int has_lease;
+    kmdc_lease lease;
+    int fail;                                /* injected: answers UNAVAILABLE */
+} ms_pending;
+
 typedef struct memstore {
     kmdc_store base;                         /* first: a memstore is a kmdc_store */
 
@@ -126,11 +147,18 @@ typedef struct memstore {
     uint64_t next_holder;
     unsigned long audit_rows;
 
+    ms_pending pend;                         /* one batch in flight at most */
+    unsigned long sent_batches;              /* upload_append calls that sent one */
+    unsigned long settles;                   /* batches settled (written or not) */
+
     /* counters and failure injection */
     unsigned long calls[MS_N_OPS];           /* every call, failed ones too */
     unsigned long fail_at[MS_N_OPS];         /* this call number answers UNAVAILABLE */
     int fail_always[MS_N_OPS];               /* every call answers UNAVAILABLE */
     unsigned long failures;                  /* UNAVAILABLE answers injected */
+    int fail_on_send;                        /* an injected upload_append failure
+                                              * answers at once (nothing sent), not
+                                              * when the batch is settled */
     unsigned long publish_lost_at;           /* this publish commits, then UNAVAILABLE */
     int publish_lost_fired;
     int publish_concurrent;                  /* next publish: 1 same hash, 2 other hash */
@@ -208,7 +236,8 @@ size_t memstore_message_deliveries(const memstore *ms, uint64_t message_id);
 void memstore_pending(const memstore *ms, uint64_t serial, int64_t *count,
                       int64_t *bytes);
 
-/* Make the n-th call from now (n >= 1) of op answer UNAVAILABLE. */
+/* Make the n-th call from now (n >= 1) of op answer UNAVAILABLE (for
+ * upload_append: when that batch is settled, unless fail_on_send is set). */
 void memstore_fail_nth(memstore *ms, memstore_op op, unsigned long n);
 
 /* Make every call of op answer UNAVAILABLE (on 0: stop). */

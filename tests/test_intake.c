@@ -1944,6 +1944,243 @@ test_spend_race(void)
 }
 
 /* ------------------------------------------------------------------ */
+/* batches written while the next is read                             */
+
+/* Feed env from *off in quarter-chunk slices until the store has been sent
+ * n batches in all (or the envelope ends, or the intake stops); 0 when the
+ * intake stopped reading. */
+static int
+feed_until_sent(struct fx *f, kmdc_intake *in, const struct buf *env, size_t *off,
+                unsigned long n)
+{
+    while (*off < env->n && f->ms->sent_batches < n) {
+        size_t k = env->n - *off < CT / 4 ? env->n - *off : CT / 4;
+
+        if (!kmdc_intake_feed(in, env->p + *off, k)) {
+            *off += k;
+            return 0;
+        }
+        *off += k;
+    }
+    return 1;
+}
+
+/* The lease of serial now held by another upload (its own expired and the
+ * other took the slot), as the memstore's slot_take would leave it. */
+static void
+lease_taken(struct fx *f, uint64_t serial)
+{
+    size_t i;
+
+    for (i = 0; i < f->ms->n_leases; i++)
+        if (f->ms->leases[i].serial == serial)
+            f->ms->leases[i].holder += 1000;
+}
+
+/* Where a batch's failure is found: the endpoint about to wait for bytes
+ * (kmdc_intake_settle), the next batch sent, the body's end, the body cut
+ * off, the multipart framing refused, a chunk that fails to verify, bytes
+ * beyond the largest envelope, or the intake freed (the client went away). */
+enum found { AT_SETTLE, AT_NEXT, AT_END, AT_CUT, AT_FRAMING, AT_BAD_CHUNK, AT_OVER,
+             AT_FREE, AT_N };
+
+static const char *const found_name[AT_N] = {
+    "before waiting for bytes", "at the next batch", "at the end of the body",
+    "when the body is cut off", "when the framing is refused",
+    "when a later chunk fails to verify", "when the body passes the largest envelope",
+    "when the intake is freed",
+};
+
+static void
+test_overlap(void)
+{
+    size_t len = 9 * CH + 7;             /* 10 chunks: several batches */
+    uint8_t *doc = make_doc(len, 95);
+    struct want w = { .sender = ALICE, .from = "alice", .rcpt = { BOB }, .n = 1,
+                      .doc = doc, .len = len };
+    uint64_t down[1] = { 0 };
+
+    {
+        /* the intake goes on reading while a batch is written */
+        struct fx f;
+        struct buf env = { 0 };
+        struct spec sp = { .serial = ALICE, .seq = 0, .to = "bob", .doc = doc, .len = len };
+        struct snap s;
+        struct res r;
+        kmdc_intake *in;
+        const ms_upload *u;
+        size_t off = 0;
+        int more, settled;
+
+        fx_std(&f);
+        f.conf.batch_bytes = CT;
+        seal(&env, &sp);
+        snap(&f, ALICE, &s);
+        in = in_new(&f);
+        more = feed_until_sent(&f, in, &env, &off, 1);
+        tap_ok(more && f.ms->pend.active && f.ms->settles == 0 && f.ms->n_uploads == 0 &&
+               kmdc_intake_decision(in) == NULL,
+               "overlap: the first batch is sent and the intake reads on without its answer");
+        more = feed_until_sent(&f, in, &env, &off, 2);
+        u = f.ms->n_uploads == 1 ? &f.ms->uploads[0] : NULL;
+        tap_ok(more && f.ms->pend.active && f.ms->settles == 1 && u != NULL &&
+               u->n_batches == 1 && f.ms->pend.idx == 1 && f.ms->pend.sent_id == u->id,
+               "overlap: the second batch is sent after the first settled, with its upload id");
+        settled = kmdc_intake_settle(in);
+        u = f.ms->n_uploads == 1 ? &f.ms->uploads[0] : NULL;
+        tap_ok(settled == 1 && !f.ms->pend.active && f.ms->settles == 2 && u != NULL &&
+               u->n_batches == 2 && kmdc_intake_decision(in) == NULL,
+               "overlap: kmdc_intake_settle collects the batch in flight and wants more bytes");
+        tap_ok(kmdc_intake_settle(in) == 1 && f.ms->settles == 2,
+               "overlap: settling with nothing in flight does nothing");
+        memset(&r, 0, sizeof(r));
+        r.stopped = !feed(in, env.p + off, env.n - off, 7);
+        if (!r.stopped)
+            kmdc_intake_finish(in);
+        grab(in, &r);
+        kmdc_intake_free(in);
+        expect_accepted(&f, &env, &r, &s, &w, down, "overlap");
+        tap_ok(f.ms->sent_batches >= 3 && f.ms->settles == f.ms->sent_batches &&
+               !f.ms->pend.active && f.ms->violations == 0,
+               "overlap: every batch settled, none pending at the publication");
+        fx_done(&f, "overlap");
+        buf_free(&env);
+    }
+
+    {
+        /* the memstore itself refuses to publish over a pending batch (the
+         * check behind every "the store saw no violation" line) */
+        struct fx f;
+        kmdc_publication pub;
+        kmdc_publish_outcome outcome;
+        size_t which;
+        int64_t id = 0;
+        uint8_t b[16] = { 1 };
+        kmdc_store_rc rc;
+
+        fx_std(&f);
+        memset(&pub, 0, sizeof(pub));
+        rc = f.ms->base.ops->upload_append(&f.ms->base, &id, 100, 0, b, sizeof(b), NULL);
+        tap_ok(rc == KMDC_STORE_OK && id == 0 && f.ms->pend.active,
+               "memstore: an appended batch is pending, its id not known yet");
+        rc = f.ms->base.ops->publish(&f.ms->base, &pub, &outcome, &which);
+        tap_ok(rc == KMDC_STORE_ERROR && f.ms->violations == 1 && f.ms->n_messages == 0 &&
+               !f.ms->pend.active && id != 0,
+               "memstore: publish with a batch pending is a violation and publishes nothing");
+        memstore_free(f.ms);
+    }
+
+    {
+        /* a batch that fails gives the answer it gave when each batch was
+         * written before the next byte was read, wherever it is found */
+        static const struct {
+            int busy;                    /* the lease lost, not the store gone */
+            int on_send;                 /* the failure shows when it is sent */
+        } kinds[] = { { 0, 0 }, { 1, 0 }, { 0, 1 } };
+        size_t ki;
+        int at;
+        unsigned long k;
+
+        for (ki = 0; ki < sizeof(kinds) / sizeof(kinds[0]); ki++) {
+            for (k = 1; k <= 2; k++) {
+                for (at = 0; at < AT_N; at++) {
+                    struct fx f;
+                    struct buf env = { 0 };
+                    struct spec sp = { .serial = ALICE, .seq = 0, .to = "bob", .doc = doc,
+                                       .len = len };
+                    struct snap s;
+                    struct res r;
+                    kmdc_intake *in;
+                    char name[192];
+                    size_t off = 0;
+                    int more, ok;
+
+                    if (kinds[ki].on_send && at != AT_NEXT)
+                        continue;        /* found at once: no later place */
+                    snprintf(name, sizeof(name), "batch %lu %s, found %s", k,
+                             kinds[ki].busy ? "loses its slot" :
+                             kinds[ki].on_send ? "cannot be sent" : "fails",
+                             kinds[ki].on_send ? "when it is sent" : found_name[at]);
+                    fx_std(&f);
+                    f.conf.batch_bytes = CT;
+                    if (at == AT_OVER)
+                        f.conf.max_document_size = len;
+                    seal(&env, &sp);
+                    if (at == AT_BAD_CHUNK)      /* the chunk after batch k's last */
+                        env.p[prefix_len(&env) + 2 * k * CT + 100] ^= 0x20;
+                    if (at == AT_OVER)
+                        buf_add(&env, doc, 3 * CT);
+                    snap(&f, ALICE, &s);
+                    in = in_new(&f);
+                    if (kinds[ki].on_send) {
+                        f.ms->fail_on_send = 1;
+                        memstore_fail_nth(f.ms, MS_UPLOAD_APPEND, k);
+                    } else if (!kinds[ki].busy) {
+                        memstore_fail_nth(f.ms, MS_UPLOAD_APPEND, k);
+                    }
+                    more = feed_until_sent(&f, in, &env, &off, k - (kinds[ki].on_send != 0));
+                    if (kinds[ki].busy)
+                        lease_taken(&f, ALICE);   /* while batch k is in flight */
+                    ok = kinds[ki].on_send || (more && f.ms->pend.active &&
+                                               kmdc_intake_decision(in) == NULL);
+                    memset(&r, 0, sizeof(r));
+                    switch (at) {
+                    case AT_SETTLE:
+                        r.stopped = !kmdc_intake_settle(in);
+                        ok = ok && r.stopped;
+                        break;
+                    case AT_NEXT:
+                        r.stopped = !feed_until_sent(&f, in, &env, &off, k + 1);
+                        ok = ok && r.stopped;
+                        break;
+                    case AT_END:
+                    case AT_BAD_CHUNK:
+                    case AT_OVER:
+                        r.stopped = !feed(in, env.p + off, env.n - off, 7);
+                        if (!r.stopped)
+                            kmdc_intake_finish(in);
+                        break;
+                    case AT_CUT:
+                        kmdc_intake_cut_off(in, KMDC_INTAKE_CUT_BROKEN);
+                        break;
+                    case AT_FRAMING:
+                        kmdc_intake_refuse_framing(in, "bad_multipart", "a framing error");
+                        break;
+                    case AT_FREE:
+                        break;
+                    }
+                    grab(in, &r);
+                    kmdc_intake_free(in);
+                    if (at == AT_FREE) {
+                        tap_ok(!r.decided, "%s: no answer (the client is gone)", name);
+                    } else if (kinds[ki].busy) {
+                        expect_error(&r, 429, "too_many_uploads", KMDC_INTAKE_REJECTED, name);
+                    } else {
+                        expect_error(&r, 503, "unavailable", KMDC_INTAKE_UNAVAILABLE, name);
+                    }
+                    if (!tap_ok(ok && !f.ms->pend.active &&
+                                f.ms->settles == f.ms->sent_batches &&
+                                up_next(&f, ALICE) == s.up_next &&
+                                f.ms->n_receipts == s.receipts && f.ms->n_messages == 0 &&
+                                memstore_orphans(f.ms) == 0 &&
+                                memstore_leases(f.ms, 0, 0) == (kinds[ki].busy ? 1u : 0u),
+                                "%s: found before anything else, nothing spent or published, "
+                                "the upload dropped", name))
+                        tap_diag("ok %d pending %d settles %lu sent %lu up_next %" PRIu64
+                                 " receipts %zu messages %zu orphans %zu leases %zu", ok,
+                                 f.ms->pend.active, f.ms->settles, f.ms->sent_batches,
+                                 up_next(&f, ALICE), f.ms->n_receipts, f.ms->n_messages,
+                                 memstore_orphans(f.ms), memstore_leases(f.ms, 0, 0));
+                    fx_done(&f, name);
+                    buf_free(&env);
+                }
+            }
+        }
+    }
+    free(doc);
+}
+
+/* ------------------------------------------------------------------ */
 /* the body adapter                                                   */
 
 static void
@@ -2329,6 +2566,7 @@ main(int argc, char **argv)
     test_null_address();
     test_concurrent();
     test_spend_race();
+    test_overlap();
     test_sendbody();
     return tap_done();
 }
