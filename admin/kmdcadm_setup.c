@@ -42,6 +42,7 @@ static const char *const httpd_grants[] = {
     "GRANT SELECT, INSERT ON receipts",
     "GRANT INSERT ON request_nonces",
     "GRANT INSERT ON audit_log",
+    "GRANT SELECT, INSERT, UPDATE ON mailbox_watchers",
     "GRANT USAGE ON SEQUENCE uploads_id_seq, deliveries_id_seq, audit_log_id_seq",
 };
 

@@ -350,6 +350,12 @@ typedef struct kmdc_store_ops {
      * deliveries in seq order.  NOTFOUND: no such card. */
     kmdc_store_rc (*mailbox_list)(kmdc_store *st, uint64_t serial, uint64_t *down_next,
                                   kmdc_mailbox_row_fn row, void *arg);
+    /* A long-poll of serial's mailbox is about to read it and may wait up to
+     * `seconds`: record that the mailbox is watched, committed before that
+     * read (deferred into the next operation's round trip, as a non-durable
+     * nonce record is), so that a change committed after the read wakes it.
+     * A change of a mailbox nobody watches sends no wake-up at all. */
+    kmdc_store_rc (*mailbox_watch)(kmdc_store *st, uint64_t serial, int seconds);
     /* Start streaming delivery id of serial's mailbox (queued, unexpired) in
      * one snapshot: *head (valid until fetch_close) and the payload length.
      * The first payload row is read here, so a lost payload is ERROR before

@@ -175,8 +175,13 @@ typedef struct longpoll {
     kmdc_store *st;
     kmdc_notify_waiter *w;           /* NULL without a listener */
     const char *inm;                 /* If-None-Match */
+    apr_time_t deadline;
     listing ls;
 } longpoll;
+
+/* How long past its deadline a long-poll's record in mailbox_watchers lasts
+ * (the deadline's last read, a slow callback). */
+#define KMDC_WATCH_MARGIN 5
 
 /*
  * Read the mailbox once.  Returns 1 with *rv the handler's value when the
@@ -186,7 +191,18 @@ typedef struct longpoll {
 static int poll_once(longpoll *lp, int final, int *rv)
 {
     request_rec *r = lp->kr->r;
-    kmdc_store_rc src = load_listing(lp->kr, lp->st, &lp->ls);
+    kmdc_store_rc src;
+
+    if (!final && lp->w != NULL) {
+        /* the mailbox is watched (committed before the read below): a
+         * change committed after that read sends the NOTIFY that wakes us */
+        apr_time_t left = lp->deadline - apr_time_now();
+
+        (void)lp->st->ops->mailbox_watch(lp->st, lp->kr->serial,
+                                         (int)apr_time_sec(left > 0 ? left : 0) + 1
+                                         + KMDC_WATCH_MARGIN);
+    }
+    src = load_listing(lp->kr, lp->st, &lp->ls);
 
     if (src == KMDC_STORE_NOTFOUND) {
         *rv = kmdc_http_error(r, HTTP_NOT_FOUND, "not_found", "no such card");
@@ -239,9 +255,11 @@ static int longpoll_resume(void *arg, int final)
  * The listing.  With ?wait=S and an If-None-Match that matches, the answer
  * waits up to S seconds for the mailbox to change, then answers 304.  The
  * wait holds no pooled connection: the request registers with this child's
- * NOTIFY listener (mod_kmdc_notify.c) before its first read (each read
- * borrows a connection and gives it back before returning) and is woken by a
- * NOTIFY for this serial (or the listener's return after an outage); then it
+ * NOTIFY listener (mod_kmdc_notify.c) and, committed in the same round trip
+ * before each read that may be followed by a wait, in mailbox_watchers
+ * (changes of mailboxes nobody watches notify nobody); each read borrows a
+ * connection and gives it back before returning.  It is woken by a NOTIFY
+ * for this serial (or the listener's return after an outage); then it
  * reads again and compares the ETag (a NOTIFY that did not change the
  * listing, such as one for an acknowledgement already seen, waits on).  At
  * the deadline it reads once more.  On the event MPM the wait holds no
@@ -267,6 +285,7 @@ int kmdc_handle_mailbox_list(kmdc_req *kr)
     lp->inm = apr_table_get(r->headers_in, "If-None-Match");
     lp->ls.rows = apr_array_make(r->pool, 16, sizeof(kmdc_mailbox_entry));
     deadline = apr_time_now() + apr_time_from_sec(wait);
+    lp->deadline = deadline;
     final = wait == 0 || lp->inm == NULL;
     if (!final) {
         /* before the first read: a change committed after it wakes us */

@@ -33,6 +33,7 @@ static const kmdc_store_ops pg_ops = {
     kmdc_pg_card_get,
     kmdc_pg_activate,
     kmdc_pg_mailbox_list,
+    kmdc_pg_mailbox_watch,
     kmdc_pg_fetch_open,
     kmdc_pg_fetch_next,
     kmdc_pg_fetch_close,

@@ -97,6 +97,71 @@ out:
     return rc;
 }
 
+kmdc_store_rc kmdc_pg_mailbox_watch(kmdc_store *st, uint64_t serial, int seconds)
+{
+    kmdc_pg_store *ps = KMDC_PG(st);
+    kmdc_db_batch *b = ps->deferred;
+    kmdc_db_params pp;
+
+    if (b == NULL) {
+        b = apr_palloc(ps->r->pool, sizeof(*b));
+        kmdc_db_batch_init(b, NULL);
+    }
+    kmdc_db_params_init(&pp);
+    kmdc_db_param_int8(&pp, (int64_t)serial);
+    kmdc_db_param_int4(&pp, seconds);
+    /* committed before the read that follows it in the round trip */
+    kmdc_db_batch_command(b, "BEGIN");
+    kmdc_db_batch_command(b, "SET LOCAL synchronous_commit TO off");
+    kmdc_db_batch_add(b, "INSERT INTO mailbox_watchers (serial, until) VALUES ($1::bigint, "
+                      "now() + $2::int * interval '1 second') ON CONFLICT (serial) DO UPDATE "
+                      "SET until = greatest(mailbox_watchers.until, excluded.until)", &pp, 0);
+    kmdc_db_batch_command(b, "COMMIT");
+    if (b->overflow) {
+        return KMDC_STORE_ERROR;
+    }
+    ps->deferred = b;
+    return KMDC_STORE_OK;
+}
+
+int kmdc_pg_wake_add(kmdc_db_batch *b, apr_pool_t *p, const uint64_t *serials, int n)
+{
+    int64_t *s = apr_palloc(p, sizeof(*s) * (size_t)n);
+    const char **hex = apr_palloc(p, sizeof(*hex) * (size_t)n);
+    kmdc_db_params pp;
+    int i;
+
+    for (i = 0; i < n; i++) {
+        char *h = apr_palloc(p, 17);
+
+        kmdc_serial_format(h, serials[i]);
+        s[i] = (int64_t)serials[i];
+        hex[i] = h;
+    }
+    kmdc_db_params_init(&pp);
+    kmdc_db_param_int8_array(&pp, p, s, n);
+    kmdc_db_param_text_array(&pp, p, hex, n);
+    return kmdc_db_batch_add(b, "SELECT set_config('synchronous_commit', 'off', true), "
+                             "pg_notify('kmdc_mailbox', u.h) FROM unnest($1::bigint[], "
+                             "$2::text[]) AS u(s, h) WHERE EXISTS (SELECT 1 FROM "
+                             "mailbox_watchers w WHERE w.serial = u.s AND w.until > now())",
+                             &pp, 0);
+}
+
+kmdc_db_rc kmdc_pg_committed(kmdc_db_batch *b, int commit, kmdc_db_rc dbrc)
+{
+    PGresult *res = kmdc_db_batch_result(b, commit);
+
+    if (dbrc == KMDC_DB_OK || res == NULL || PQresultStatus(res) != PGRES_COMMAND_OK) {
+        return dbrc;
+    }
+    /* committed; only the wake-up failed: the long-polls answer at their
+     * deadline instead */
+    ap_log_rerror(APLOG_MARK, APLOG_WARNING, 0, b->db->r,
+                  "kmdc: committed, but the long-polls could not be woken");
+    return KMDC_DB_OK;
+}
+
 /* ------------------------------------------------------------------------ */
 /* fetch                                                                     */
 
@@ -296,12 +361,11 @@ kmdc_store_rc kmdc_pg_ack(kmdc_store *st, uint64_t serial, uint64_t id, int *ack
     kmdc_pg_store *ps = KMDC_PG(st);
     kmdc_db *db = NULL;
     kmdc_db_batch b;
-    kmdc_db_params pp, pn;
+    kmdc_db_params pp;
     kmdc_db_rc dbrc;
     kmdc_store_rc rc;
     int64_t queued = 0;
-    char hex[17];
-    int found, upd, count;
+    int found, upd, count, commit;
 
     *acked = 0;
     *payload_deleted = 0;
@@ -318,10 +382,6 @@ kmdc_store_rc kmdc_pg_ack(kmdc_store *st, uint64_t serial, uint64_t id, int *ack
     kmdc_db_params_init(&pp);
     kmdc_db_param_int8(&pp, (int64_t)id);
     kmdc_db_param_int8(&pp, (int64_t)serial);
-    kmdc_serial_format(hex, serial);
-    kmdc_db_params_init(&pn);
-    kmdc_db_param_int8(&pn, (int64_t)id);
-    kmdc_db_param_text(&pn, hex);
     kmdc_db_batch_init(&b, db);
     kmdc_db_batch_command(&b, "BEGIN");
     found = kmdc_db_batch_add(&b, "SELECT message_id FROM deliveries WHERE id = $1 "
@@ -339,12 +399,12 @@ kmdc_store_rc kmdc_pg_ack(kmdc_store *st, uint64_t serial, uint64_t id, int *ack
                       "(SELECT message_id FROM deliveries WHERE id = $1 AND recipient = $2) "
                       "AND u.id = m.upload_id AND NOT EXISTS (SELECT 1 FROM deliveries q "
                       "WHERE q.message_id = m.id AND q.state = 'queued')", &pp, 0);
-    /* acknowledged by this transaction (its now()): wake the long-polls of
-     * this mailbox, whose listing changed */
-    kmdc_db_batch_add(&b, "SELECT pg_notify('kmdc_mailbox', $2) FROM deliveries WHERE id = $1 "
-                      "AND state = 'delivered' AND acked_at = now()", &pn, 0);
-    kmdc_db_batch_command(&b, "COMMIT");
-    if ((dbrc = kmdc_db_batch_run(&b)) != KMDC_DB_OK) {
+    commit = kmdc_db_batch_command(&b, "COMMIT");
+    /* then wake the long-polls of this mailbox, if any watch it (one that
+     * finds the listing unchanged, after an acknowledgement seen before,
+     * waits on) */
+    kmdc_pg_wake_add(&b, ps->r->pool, &serial, 1);
+    if ((dbrc = kmdc_pg_committed(&b, commit, kmdc_db_batch_run(&b))) != KMDC_DB_OK) {
         rc = kmdc_pg_failed(dbrc);
     }
     else if (PQntuples(kmdc_db_batch_result(&b, found)) != 1) {

@@ -114,6 +114,22 @@ kmdc_store_rc kmdc_pg_activate(kmdc_store *st, uint64_t serial, int failure_limi
 /* mod_kmdc_store_mailbox.c */
 kmdc_store_rc kmdc_pg_mailbox_list(kmdc_store *st, uint64_t serial, uint64_t *down_next,
                                    kmdc_mailbox_row_fn row, void *arg);
+kmdc_store_rc kmdc_pg_mailbox_watch(kmdc_store *st, uint64_t serial, int seconds);
+/*
+ * Into b, after its COMMIT: NOTIFY kmdc_mailbox for each of the n serials
+ * whose mailbox a long-poll watches (mailbox_watchers), in a transaction of
+ * its own that does not wait for the disk; a mailbox nobody watches costs
+ * a read and no transaction.  Notifying after the COMMIT, not inside the
+ * transaction, keeps NOTIFY's database-wide lock out of the commit's wait
+ * for the disk.  Returns the statement's index.
+ */
+int kmdc_pg_wake_add(kmdc_db_batch *b, apr_pool_t *p, const uint64_t *serials, int n);
+/*
+ * The run of a batch whose statement `commit` is its COMMIT and whose
+ * statements after it only wake long-polls: KMDC_DB_OK when the COMMIT was
+ * carried out, whatever became of the rest (logged), else dbrc.
+ */
+kmdc_db_rc kmdc_pg_committed(kmdc_db_batch *b, int commit, kmdc_db_rc dbrc);
 kmdc_store_rc kmdc_pg_fetch_open(kmdc_store *st, uint64_t serial, uint64_t id,
                                  kmdc_fetch **f, const uint8_t **head, size_t *head_len,
                                  uint64_t *payload_len);

@@ -14,7 +14,8 @@
  * locked in serial order with their mailbox totals (kept on the card rows
  * by schema 3's triggers); the intake seals each delivery with the locked
  * down counter; then the chains and the deliveries, the lease dropped,
- * NOTIFY, COMMIT.  A recipient's row is locked from the end of the first
+ * COMMIT, and (same round trip) NOTIFY for the recipients whose mailbox a
+ * long-poll watches.  A recipient's row is locked from the end of the first
  * round trip to the COMMIT, and every publication to that recipient queues
  * behind it, so only what needs the lock runs while it is held.
  */
@@ -684,15 +685,12 @@ kmdc_store_rc kmdc_pg_publish(kmdc_store *st, const kmdc_publication *pub,
 {
     kmdc_pg_store *ps = KMDC_PG(st);
     locked_card rows[KMDC_RCPT_MAX + 1];
-    const char *notify[KMDC_RCPT_MAX];
     char idhex[17];
     kmdc_db *db = NULL;
     kmdc_db_batch b;
-    kmdc_db_params pp;
     kmdc_store_rc rc;
     kmdc_db_rc dbrc;
-    int n = 0, msg, rcpt, locked;
-    size_t i;
+    int n = 0, msg, rcpt, locked, commit;
 
     *outcome = KMDC_PUBLISHED;
     *which = 0;
@@ -739,7 +737,8 @@ kmdc_store_rc kmdc_pg_publish(kmdc_store *st, const kmdc_publication *pub,
         goto out;
     }
 
-    /* round trip 2: the chains, the deliveries, the waiters woken, COMMIT */
+    /* round trip 2: the chains, the deliveries, COMMIT, then the watched
+     * mailboxes woken */
     kmdc_db_batch_init(&b, db);
     if ((rc = add_deliveries(ps, &b, pub, rows, n)) != KMDC_STORE_OK) {
         ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, ps->r,
@@ -749,18 +748,9 @@ kmdc_store_rc kmdc_pg_publish(kmdc_store *st, const kmdc_publication *pub,
         goto out;
     }
     add_release(&b, pub->lease);
-    for (i = 0; i < pub->n_rcpt; i++) {
-        char *hex = apr_palloc(ps->r->pool, 17);
-
-        kmdc_serial_format(hex, pub->rcpt[i]);
-        notify[i] = hex;
-    }
-    kmdc_db_params_init(&pp);
-    kmdc_db_param_text_array(&pp, ps->r->pool, notify, (int)pub->n_rcpt);
-    kmdc_db_batch_add(&b, "SELECT pg_notify('kmdc_mailbox', s) FROM unnest($1::text[]) AS s",
-                      &pp, 0);
-    kmdc_db_batch_command(&b, "COMMIT");
-    dbrc = kmdc_db_batch_run(&b);
+    commit = kmdc_db_batch_command(&b, "COMMIT");
+    kmdc_pg_wake_add(&b, ps->r->pool, pub->rcpt, (int)pub->n_rcpt);
+    dbrc = kmdc_pg_committed(&b, commit, kmdc_db_batch_run(&b));
     if (dbrc == KMDC_DB_UNAVAILABLE) {
         /* the COMMIT may have been carried out and its answer lost; a
          * byte-identical retry is answered from the receipt if it was */

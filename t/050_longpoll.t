@@ -5,7 +5,8 @@
 # curl) and acknowledgements with DELETE.  Checked: a poll with the current
 # ETag answers within 1.5 s of a delivery; one with a stale ETag at once; one
 # that sees no change 304 after S seconds (not before); wait=999 is clamped,
-# not refused; a delivery to another card does not wake a poll; six polls
+# not refused; a delivery to another card does not wake a poll; a mailbox
+# nobody watches gets no NOTIFY, a watched one does; six polls
 # at once hold no pooled connection (KmdcDbPool 1 4) and a normal request
 # still answers promptly; one LISTEN connection per child, which comes back
 # after the database killed it, and polls during the outage still answer.
@@ -211,6 +212,54 @@ subtest 'a delivery wakes the poll' => sub {
         is($r->{n}, 1, '... listing the delivery');
         $etag = $r->{etag};
     }
+};
+
+# ---- only a watched mailbox is notified ---------------------------------------------------
+# A NOTIFY observer: psql LISTENs, sleeps, then prints what it received.
+sub observe_start {
+    my ($secs) = @_;
+    open(my $fh, '-|', 'psql', '-X', '-At', '-c', 'LISTEN kmdc_mailbox',
+         '-c', "SELECT pg_sleep($secs)") or die "psql: $!";
+    return $fh;
+}
+
+# The payloads (serials in hex) the observer received.
+sub observe_end {
+    my ($fh) = @_;
+    local $/;
+    my $out = <$fh> // '';
+    close $fh;
+    return $out =~ /with payload "([0-9a-f]+)"/g;
+}
+
+subtest 'only a watched mailbox is notified' => sub {
+    my $watched = sub {
+        my ($card, $more) = @_;
+        return sql("SELECT count(*) FROM mailbox_watchers WHERE serial = "
+                   . "x'$card->{serial}'::bigint" . ($more // ''));
+    };
+    current($carol);
+    is($watched->($carol), 0, 'a listing without wait=S records no watcher');
+    my $obs = observe_start(2);
+    sleep 0.5;
+    deliver($alice, 'lp-carol');
+    my @got = observe_end($obs);
+    ok(!(grep { $_ eq $carol->{serial} } @got),
+       'a delivery to a mailbox nobody watches sends no NOTIFY') or diag("@got");
+
+    my $p = start_poll($bob, '?wait=20', $etag);
+    ok(until_waiting(1), "bob's long-poll is waiting");
+    is($watched->($bob, " AND until > now() + interval '15 seconds'"), 1,
+       "bob's mailbox is recorded as watched until past the poll's deadline");
+    $obs = observe_start(2);
+    sleep 0.5;
+    deliver($alice, 'lp-bob');
+    my $r = poll_result($p);
+    @got = observe_end($obs);
+    is($r->{code}, 200, "a delivery to bob wakes bob's long-poll");
+    ok((grep { $_ eq $bob->{serial} } @got), "... with a NOTIFY for bob's serial")
+        or diag("@got");
+    $etag = $r->{etag};
 };
 
 # ---- the clamp: wait=999 is accepted, and waits ------------------------------------------
