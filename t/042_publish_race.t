@@ -46,7 +46,7 @@ sub post_at_once {
     for my $i (0 .. $#envs) {
         my $pid = fork // die "fork: $!";
         if ($pid == 0) {
-            exec('curl', '-sS', '-o', "$dir/body$i", '-D', "$dir/head$i", '-w', '%{http_code}',
+            exec('curl', '-sS', '-o', "$dir/body$i", '-D', "$dir/head$i",
                  '-H', 'Content-Type: application/vnd.kmdc.envelope',
                  '--data-binary', "\@$envs[$i]", "$url/send")
                 or exit 127;

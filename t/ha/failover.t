@@ -471,8 +471,17 @@ ok(!@behind1, 'sync: no card\'s up_next in the database is behind its card file'
     ok($down > 0 && !$bad, "sync: the front-ends logged the outage ($down of 2) and, each, "
        . 'that the database is available again');
 }
-ok(grep({ /long-poll listener is listening again/ } map { split /\n/, slurp("$root/$_/error_log") }
-        'a', 'b'), 'sync: the long-poll listeners reconnected to the new primary');
+{
+    # the listener reconnects on its own backoff, after /health is back
+    # (which goes by the pool): give it up to 10 s
+    my $listening = sub {
+        grep({ /long-poll listener is listening again/ } map { split /\n/, slurp("$root/$_/error_log") }
+             'a', 'b');
+    };
+    my $until = time + 10;
+    sleep 0.2 while !$listening->() && time < $until;
+    ok($listening->(), 'sync: the long-poll listeners reconnected to the new primary');
+}
 
 # the kept envelope, answered before the kill, goes again: from its receipt
 {
@@ -554,8 +563,16 @@ sub collect_watch {
     my @d = delivery_problems({}, 'w');     # w (kmdc watch): at the end
     ok(!@d, 'sync: every document answered 201 reached each recipient exactly once ('
        . scalar(keys %sealed) . ' documents)') or diag(join "\n", @d[0 .. ($#d < 30 ? $#d : 30)]);
-    my $open = q1("SELECT count(*) FROM deliveries WHERE state <> 'delivered'");
-    is($open, 0, 'sync: every delivery acknowledged');
+    # w's deliveries are kmdc watch's to acknowledge: after the failover it
+    # may be pausing (5 s, then 10 s: its documented backoff), so give it
+    # the time collect_watch gives it before counting
+    my $open;
+    my $until = time + 20;
+    while (($open = q1("SELECT count(*) FROM deliveries WHERE state <> 'delivered'")) > 0
+           && time < $until) {
+        sleep 0.2;
+    }
+    is($open, 0, 'sync: every delivery acknowledged (kmdc watch given up to 20 s)');
 }
 elapsed('phase 1 checked');
 
