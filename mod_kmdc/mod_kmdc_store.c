@@ -187,6 +187,20 @@ kmdc_db_rc kmdc_pg_audit(kmdc_db *db, uint64_t serial, const char *event, json_t
     return rc;
 }
 
+int kmdc_pg_add_own_tx(kmdc_db_batch *b, const char *sql, const kmdc_db_params *pp,
+                       int durable)
+{
+    int i;
+
+    kmdc_db_batch_command(b, "BEGIN");
+    if (!durable) {
+        kmdc_db_batch_command(b, "SET LOCAL synchronous_commit TO off");
+    }
+    i = kmdc_db_batch_add(b, sql, pp, 0);
+    kmdc_db_batch_command(b, "COMMIT");
+    return i;
+}
+
 void kmdc_pg_audit_add(kmdc_db_batch *b, uint64_t serial, const char *event, json_t *obj)
 {
     char *detail = obj != NULL ? json_dumps(obj, JSON_COMPACT) : NULL;

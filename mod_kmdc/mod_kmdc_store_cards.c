@@ -83,13 +83,8 @@ static kmdc_db_batch *nonce_batch(kmdc_pg_store *ps, uint64_t serial,
     kmdc_db_param_int8(&pp, (int64_t)serial);
     kmdc_db_param_bytea(&pp, apr_pmemdup(ps->r->pool, nonce, len), len);
     kmdc_db_batch_init(b, NULL);
-    kmdc_db_batch_command(b, "BEGIN");
-    if (!durable) {
-        kmdc_db_batch_command(b, "SET LOCAL synchronous_commit TO off");
-    }
-    *ins = kmdc_db_batch_add(b, "INSERT INTO request_nonces (serial, nonce) "
-                             "VALUES ($1, $2)", &pp, 0);
-    kmdc_db_batch_command(b, "COMMIT");
+    *ins = kmdc_pg_add_own_tx(b, "INSERT INTO request_nonces (serial, nonce) "
+                              "VALUES ($1, $2)", &pp, durable);
     return b;
 }
 

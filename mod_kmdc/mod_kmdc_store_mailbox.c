@@ -111,12 +111,9 @@ kmdc_store_rc kmdc_pg_mailbox_watch(kmdc_store *st, uint64_t serial, int seconds
     kmdc_db_param_int8(&pp, (int64_t)serial);
     kmdc_db_param_int4(&pp, seconds);
     /* committed before the read that follows it in the round trip */
-    kmdc_db_batch_command(b, "BEGIN");
-    kmdc_db_batch_command(b, "SET LOCAL synchronous_commit TO off");
-    kmdc_db_batch_add(b, "INSERT INTO mailbox_watchers (serial, until) VALUES ($1::bigint, "
-                      "now() + $2::int * interval '1 second') ON CONFLICT (serial) DO UPDATE "
-                      "SET until = greatest(mailbox_watchers.until, excluded.until)", &pp, 0);
-    kmdc_db_batch_command(b, "COMMIT");
+    kmdc_pg_add_own_tx(b, "INSERT INTO mailbox_watchers (serial, until) VALUES ($1::bigint, "
+                       "now() + $2::int * interval '1 second') ON CONFLICT (serial) DO UPDATE "
+                       "SET until = greatest(mailbox_watchers.until, excluded.until)", &pp, 0);
     if (b->overflow) {
         return KMDC_STORE_ERROR;
     }

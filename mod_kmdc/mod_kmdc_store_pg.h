@@ -72,6 +72,12 @@ kmdc_store_rc kmdc_pg_row(kmdc_db *db, const char *sql, const kmdc_db_params *pp
 /* Run one statement whose result does not matter beyond its success. */
 kmdc_db_rc kmdc_pg_run(kmdc_db *db, const char *sql, const kmdc_db_params *pp);
 
+/* Into b: sql (parameters pp) in a transaction of its own, BEGIN ...
+ * COMMIT, which waits for the disk only when durable; it commits before
+ * whatever follows it in the round trip.  Returns the statement's index. */
+int kmdc_pg_add_own_tx(kmdc_db_batch *b, const char *sql, const kmdc_db_params *pp,
+                       int durable);
+
 /* One audit row whose detail is the JSON object obj (the reference is
  * taken); never a secret, an address or a document name in it. */
 kmdc_db_rc kmdc_pg_audit(kmdc_db *db, uint64_t serial, const char *event, json_t *obj);
