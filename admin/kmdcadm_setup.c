@@ -33,7 +33,7 @@ static const char *const httpd_grants[] = {
     "GRANT SELECT ON schema_migrations",
     "GRANT SELECT, UPDATE (status, locked, activation_failures, access_mac, "
     "access_expires, activated_at, key_id, up_next, up_chain, down_next, down_chain, "
-    "auth_key) ON cards",
+    "auth_key, queued_count, queued_bytes) ON cards",
     "GRANT SELECT, INSERT, UPDATE (touched_at), DELETE ON uploads",
     "GRANT SELECT, INSERT, UPDATE, DELETE ON upload_leases",
     "GRANT SELECT, INSERT ON upload_chunks",

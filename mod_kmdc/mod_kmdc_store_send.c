@@ -604,8 +604,9 @@ static int add_receipt(kmdc_db_batch *b, const kmdc_publication *pub)
 
 /*
  * Seal every delivery; into b, one statement: the sender's up chain and the
- * recipients' down chains advanced (one UPDATE of cards, so a card that both
- * sends and receives is one row changed once), then the deliveries.
+ * recipients' down chains advanced and their mailbox totals grown (one
+ * UPDATE of cards, so a card that both sends and receives is one row changed
+ * once), then the deliveries.
  */
 static kmdc_store_rc add_deliveries(kmdc_pg_store *ps, kmdc_db_batch *b,
                                     const kmdc_publication *pub, locked_card *rows, int n)
@@ -648,15 +649,25 @@ static kmdc_store_rc add_deliveries(kmdc_pg_store *ps, kmdc_db_batch *b,
     kmdc_db_param_int8(&pp, (int64_t)pub->serial);
     kmdc_db_param_int8(&pp, (int64_t)pub->seq);
     kmdc_db_param_bytea(&pp, pub->up_chain_next, KMDC_WRAPPED_LEN);
+    kmdc_db_param_int8(&pp, (int64_t)pub->payload_len);
+    /* each recipient's mailbox totals grow by its delivery (head and
+     * payload, as the schema counts them) in the same UPDATE; the marker
+     * tells the deliveries' insert trigger (schema 5) that this statement
+     * kept them, so it does not update the rows a second time */
     kmdc_db_batch_add(b, "WITH k AS (UPDATE cards c SET "
                       "up_next = CASE WHEN c.serial = $7::bigint THEN $8::bigint + 1 "
                       "ELSE c.up_next END, up_chain = CASE WHEN c.serial = $7::bigint "
                       "THEN $9::bytea ELSE c.up_chain END, "
                       "down_next = c.down_next + CASE WHEN u.k IS NULL THEN 0 ELSE 1 END, "
-                      "down_chain = coalesce(u.k, c.down_chain) "
-                      "FROM (SELECT s, k FROM unnest($2::bigint[], $6::bytea[]) AS x(s, k) "
-                      "UNION ALL SELECT $7::bigint, NULL::bytea WHERE $7::bigint <> ALL ($2)) "
-                      "AS u(s, k) WHERE c.serial = u.s) "
+                      "down_chain = coalesce(u.k, c.down_chain), "
+                      "queued_count = c.queued_count + CASE WHEN u.k IS NULL THEN 0 ELSE 1 END, "
+                      "queued_bytes = c.queued_bytes + coalesce(u.n, 0) "
+                      "FROM (SELECT s, k, octet_length(h)::bigint + $10::bigint "
+                      "FROM unnest($2::bigint[], $6::bytea[], $4::bytea[]) AS x(s, k, h) "
+                      "UNION ALL SELECT $7::bigint, NULL::bytea, NULL::bigint "
+                      "WHERE $7::bigint <> ALL ($2)) AS u(s, k, n) "
+                      "WHERE c.serial = u.s "
+                      "AND set_config('kmdc.totals_kept', 'on', true) IS NOT NULL) "
                       "INSERT INTO deliveries (message_id, recipient, seq, head, expires_at) "
                       "SELECT $1::bigint, r, s, h, now() + $5::bigint * interval '1 second' "
                       "FROM unnest($2::bigint[], $3::bigint[], $4::bytea[]) WITH ORDINALITY "

@@ -472,7 +472,7 @@ out1=$(setup); rc=$?
 [ $rc -eq 0 ] && [[ $out1 == *"role kmdc_st_owner: created"* ]] \
     && [[ $out1 == *"role kmdc_st_httpd: created"* ]] \
     && [[ $out1 == *"database kmdc_st: created, owned by kmdc_st_owner"* ]] \
-    && [[ $out1 == *"schema is now at version 4"* ]] \
+    && [[ $out1 == *"schema is now at version 5"* ]] \
     && [[ $out1 == *"master key $sk/master-1.key: created"* ]]
 ok $? "setup: creates the roles, the database, the schema and a master key, saying so"
 [ $rc -eq 0 ] || diag "$out1"
@@ -485,7 +485,7 @@ ok $? "setup: prints the KmdcDatabase and KmdcMasterKey lines to use"
 ok $? "setup: the key folder is 0700 and the key 0600, owned by the user running it"
 key_sum=$(sha256sum <"$sk/master-1.key")
 out2=$(setup); rc=$?
-[ $rc -eq 0 ] && [[ $out2 != *created* ]] && [[ $out2 == *"schema is up to date at version 4"* ]] \
+[ $rc -eq 0 ] && [[ $out2 != *created* ]] && [[ $out2 == *"schema is up to date at version 5"* ]] \
     && [[ $out2 == *"master key $sk/master-1.key: exists"* ]] \
     && [ "$(sha256sum <"$sk/master-1.key")" = "$key_sum" ]
 ok $? "setup: a second run creates nothing and keeps the key"
@@ -497,7 +497,7 @@ ok $? "setup: every table belongs to the owner role"
 ok $? "setup: neither role is a superuser or may create databases or roles"
 # the httpd role: what the module does works, nothing more
 asw() { psql -X -q -At -v ON_ERROR_STOP=1 -U kmdc_st_httpd -d kmdc_st -c "$1" 2>&1; }
-[ "$(asw 'SELECT max(version) FROM schema_migrations')" = 4 ] \
+[ "$(asw 'SELECT max(version) FROM schema_migrations')" = 5 ] \
     && asw "INSERT INTO audit_log (serial, event, detail) VALUES (1, 'setup.test', '{}')" >/dev/null \
     && asw "INSERT INTO request_nonces (serial, nonce) VALUES (1, '\\x00')" >/dev/null \
     && asw 'SELECT count(*) FROM cards' >/dev/null \
@@ -535,7 +535,7 @@ if id postgres >/dev/null 2>&1 && [ "$(id -u)" -eq 0 ]; then
     o=$(env -u PGUSER "$kmdcadm" setup --no-key --database kmdc_st --owner kmdc_st_owner \
             --httpd-role kmdc_st_httpd --as postgres 2>&1); rc=$?
     [ $rc -eq 0 ] && [[ $o == *"as the system user postgres"* ]] \
-        && [[ $o == *"schema is up to date at version 4"* ]]
+        && [[ $o == *"schema is up to date at version 5"* ]]
     ok $? "setup --as postgres: the database part runs as that system user"
     [ $rc -eq 0 ] || diag "$o"
 else
