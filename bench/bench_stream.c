@@ -7,7 +7,10 @@
  * Reports MB/s and the ratio to the baseline for: sealing an up envelope
  * (what kmdc does), opening one (what a receiver does), and the
  * datacenter's relay (open the up payload and re-encrypt it under a new
- * DEK).  The machine is shared and noisy: read the ratios, not the MB/s.
+ * DEK).  The open and the relay are timed alone: the envelope is sealed
+ * once, before the rounds, into memory, and each round opens it from there,
+ * fed in the pieces the seal emitted.  The machine is shared and noisy: read
+ * the ratios, not the MB/s.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -67,9 +70,12 @@ meta_for(kmdc_meta *m, uint64_t size)
     m->sent = 1795000000000ull;
 }
 
-struct sink {
-    struct kmdc_open_cbs cbs;
-    kmdc_open *o;
+/* A sealed envelope in memory, and the pieces the seal emitted it in. */
+struct sealed {
+    uint8_t *p;
+    size_t len, cap;
+    size_t *piece;
+    size_t npiece, cappiece;
 };
 
 /* Seal an envelope of size bytes; every emitted byte goes to emit/arg. */
@@ -115,33 +121,61 @@ on_data_relay(void *arg, const uint8_t *p, size_t len, kmdc_err *err)
 }
 
 static kmdc_status
-to_open(void *arg, const uint8_t *p, size_t len, kmdc_err *err)
+to_sealed(void *arg, const uint8_t *p, size_t len, kmdc_err *err)
 {
-    return kmdc_open_update(arg, p, len, err);
+    struct sealed *e = arg;
+
+    (void)err;
+    if (e->len + len > e->cap) {
+        size_t cap = e->cap ? e->cap : 1 << 20;
+
+        while (cap < e->len + len)
+            cap *= 2;
+        if ((e->p = realloc(e->p, cap)) == NULL)
+            abort();
+        e->cap = cap;
+    }
+    if (e->npiece == e->cappiece) {
+        e->cappiece = e->cappiece ? 2 * e->cappiece : 1024;
+        if ((e->piece = realloc(e->piece, e->cappiece * sizeof *e->piece)) == NULL)
+            abort();
+    }
+    memcpy(e->p + e->len, p, len);
+    e->len += len;
+    e->piece[e->npiece++] = len;
+    return KMDC_OK;
 }
 
-/* Seal into a reader: the time of seal+open minus the time of seal alone
- * is the reader's time (no buffer of the whole envelope needed). */
+/* Open the sealed envelope e (a reader of it; with relay, the datacenter's
+ * relay: the payload re-encrypted under a new DEK), fed in the pieces the
+ * seal emitted; the time of the open alone, its final check included. */
 static double
-seal_open(uint64_t size, int relay)
+open_sealed(const struct sealed *e, uint64_t size, int relay)
 {
     struct kmdc_open_cbs cbs = { on_header, NULL, relay ? on_data_relay : NULL };
     uint8_t dek[32] = { 3 };
     kmdc_open *o = kmdc_open_new(KMDC_DIR_UP, &cbs, NULL, NULL);
-    double t;
+    const uint8_t *p = e->p;
+    size_t i;
+    double t0, t;
 
     if (o == NULL)
         abort();
     if (relay && (relay_enc = kmdc_payload_enc_new(dek, size, NULL)) == NULL)
         abort();
-    t = seal(size, to_open, o);
+    t0 = now();
+    for (i = 0; i < e->npiece; i++) {
+        if (kmdc_open_update(o, p, e->piece[i], NULL) != KMDC_OK)
+            abort();
+        p += e->piece[i];
+    }
     if (kmdc_open_final(o, NULL) != KMDC_OK)
         abort();
-    if (relay) {
-        if (kmdc_payload_enc_final(relay_enc, discard, NULL, NULL) != KMDC_OK)
-            abort();
+    if (relay && kmdc_payload_enc_final(relay_enc, discard, NULL, NULL) != KMDC_OK)
+        abort();
+    t = now() - t0;
+    if (relay)
         kmdc_payload_enc_free(relay_enc);
-    }
     kmdc_open_free(o);
     return t;
 }
@@ -152,7 +186,8 @@ main(int argc, char **argv)
     uint64_t mib = argc > 1 ? strtoull(argv[1], NULL, 10) : 256;
     int rounds = argc > 2 ? atoi(argv[2]) : 3, i;
     uint64_t size = mib << 20;
-    double b = 1e9, s = 1e9, so = 1e9, sr = 1e9, t;
+    double b = 1e9, s = 1e9, o = 1e9, r = 1e9, t;
+    struct sealed env = { 0 };
 
     if (mib == 0 || rounds < 1) {
         fprintf(stderr, "usage: bench_stream [MiB] [rounds]\n");
@@ -161,16 +196,16 @@ main(int argc, char **argv)
     if ((doc_buf = malloc(CHUNK)) == NULL)
         return 1;
     memset(doc_buf, 0x5a, CHUNK);
+    (void)seal(size, to_sealed, &env);       /* once, untimed: what is opened */
     for (i = 0; i < rounds; i++) {
         if ((t = baseline(size)) < b) b = t;
         if ((t = seal(size, discard, NULL)) < s) s = t;
-        if ((t = seal_open(size, 0)) < so) so = t;
-        if ((t = seal_open(size, 1)) < sr) sr = t;
+        if ((t = open_sealed(&env, size, 0)) < o) o = t;
+        if ((t = open_sealed(&env, size, 1)) < r) r = t;
     }
-    /* reader alone = (seal+open) - seal; relay alone = (seal+open+enc) - seal */
     {
-        double open_t = so - s > 1e-9 ? so - s : 1e-9;
-        double relay_t = sr - s > 1e-9 ? sr - s : 1e-9;
+        double open_t = o > 1e-9 ? o : 1e-9;
+        double relay_t = r > 1e-9 ? r : 1e-9;
         double mb = (double)size / 1e6;
         printf("# %llu MiB, best of %d rounds\n", (unsigned long long)mib, rounds);
         printf("%-34s %9.0f MB/s  ratio 1.00 (baseline)\n", "AES-256-GCM, 64 KiB chunks", mb / b);
@@ -179,6 +214,8 @@ main(int argc, char **argv)
         printf("%-34s %9.0f MB/s  ratio %.2f\n", "relay: open + re-encrypt (module)", mb / relay_t,
                b / relay_t);
     }
+    free(env.p);
+    free(env.piece);
     free(doc_buf);
     return 0;
 }

@@ -15,7 +15,9 @@
  *   poll     signed GET /mailbox/{serial} with If-None-Match: its ETag,
  *            expecting 304 (an empty mailbox)
  *   drain    per card: list the mailbox, fetch and acknowledge every
- *            delivery, until the mailbox is empty or the time is up
+ *            delivery, until the mailbox is empty or the time is up; with
+ *            --relist yes, list again before each delivery (list, fetch
+ *            the oldest, acknowledge it, list ...)
  *   ack      as drain without the fetch (clears big deliveries)
  *   get      GET BASE itself (a static file: the HTTP floor)
  *   resync   only the resynchronisation below, then the cards saved (so
@@ -35,6 +37,9 @@
  *   --seconds S         stop starting new requests after S seconds (10)
  *   --count N           stop after N operations instead (relay, poll, get)
  *   --ids FILE          relay, upload: append "message-id deliveries" per 201
+ *   --relist yes        drain: one listing per delivery, the oldest
+ *                       taken (the shape of bench/run's drain floor); a
+ *                       stream stops at its first unexpected answer
  *   --resync yes|no     relay, upload: resynchronise the cards first (yes);
  *                       no when a `resync` run has just done it, so that
  *                       what the run costs the database is the sends' alone
@@ -111,6 +116,7 @@ static size_t ncards;
 static kmdc_meta rcpt_meta;
 static int to_self;                     /* --to self: each card to itself */
 static int spread;                      /* --spread: card i to recipient i mod n */
+static int relist;                      /* --relist: drain lists before each delivery */
 static FILE *ids_out;
 
 static long ops, reqs, errors, started;
@@ -559,14 +565,20 @@ finished(struct stream *s, long code, double t_end)
             } else {
                 bad(s, code);
                 s->next++;
+                if (relist)
+                    s->seen_empty = 1;  /* the next listing would offer it again */
             }
         } else {
             if (code == 204)
                 ops++;
-            else
+            else {
                 bad(s, code);
+                if (relist)
+                    s->seen_empty = 1;
+            }
             s->next++;
-            s->phase = opt.mode == M_DRAIN ? 1 : 2;
+            /* --relist: the next delivery is the oldest of a new listing */
+            s->phase = relist ? 0 : opt.mode == M_DRAIN ? 1 : 2;
         }
         break;
     case M_UPLOAD:
@@ -765,7 +777,8 @@ usage(void)
 {
     fprintf(stderr, "usage: loadgen relay|upload|poll|drain|ack|get|resync --url BASE\n"
                     "       [--cards FILE] [--to ADDRS] [--size N] [--concurrency N]\n"
-                    "       [--seconds S] [--count N] [--ids FILE] [--resync yes|no] [--spread yes]\n");
+                    "       [--seconds S] [--count N] [--ids FILE] [--resync yes|no] [--spread yes]\n"
+                    "       [--relist yes]\n");
     exit(2);
 }
 
@@ -805,6 +818,7 @@ main(int argc, char **argv)
         else if (strcmp(a, "--count") == 0) opt.count = atol(v);
         else if (strcmp(a, "--resync") == 0 && strcmp(v, "yes") == 0) opt.no_resync = 0;
         else if (strcmp(a, "--spread") == 0 && strcmp(v, "yes") == 0) spread = 1;
+        else if (strcmp(a, "--relist") == 0 && strcmp(v, "yes") == 0) relist = 1;
         else if (strcmp(a, "--resync") == 0 && strcmp(v, "no") == 0) opt.no_resync = 1;
         else usage();
     }
