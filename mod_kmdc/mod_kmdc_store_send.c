@@ -652,8 +652,8 @@ static kmdc_store_rc add_deliveries(kmdc_pg_store *ps, kmdc_db_batch *b,
     kmdc_db_param_int8(&pp, (int64_t)pub->payload_len);
     /* each recipient's mailbox totals grow by its delivery (head and
      * payload, as the schema counts them) in the same UPDATE; the marker
-     * tells the deliveries' insert trigger (schema 5) that this statement
-     * kept them, so it does not update the rows a second time */
+     * names the message, so that the deliveries' insert trigger (schema 5)
+     * leaves its rows out instead of updating the cards a second time */
     kmdc_db_batch_add(b, "WITH k AS (UPDATE cards c SET "
                       "up_next = CASE WHEN c.serial = $7::bigint THEN $8::bigint + 1 "
                       "ELSE c.up_next END, up_chain = CASE WHEN c.serial = $7::bigint "
@@ -667,7 +667,7 @@ static kmdc_store_rc add_deliveries(kmdc_pg_store *ps, kmdc_db_batch *b,
                       "UNION ALL SELECT $7::bigint, NULL::bytea, NULL::bigint "
                       "WHERE $7::bigint <> ALL ($2)) AS u(s, k, n) "
                       "WHERE c.serial = u.s "
-                      "AND set_config('kmdc.totals_kept', 'on', true) IS NOT NULL) "
+                      "AND set_config('kmdc.totals_kept', $1::bigint::text, true) IS NOT NULL) "
                       "INSERT INTO deliveries (message_id, recipient, seq, head, expires_at) "
                       "SELECT $1::bigint, r, s, h, now() + $5::bigint * interval '1 second' "
                       "FROM unnest($2::bigint[], $3::bigint[], $4::bytea[]) WITH ORDINALITY "

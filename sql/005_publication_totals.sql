@@ -9,32 +9,42 @@
 -- rows again (queued_count, queued_bytes): two row versions per recipient, a
 -- join and an aggregate, all while every other publication to that mailbox
 -- waited for the row.  Now the publication's own UPDATE adds each delivery to
--- its recipient's totals and says so for its transaction with
--- set_config('kmdc.totals_kept', 'on', true); the insert trigger then counts
--- nothing for that one statement, and turns the marker off, so the next
--- INSERT into deliveries in the same transaction is counted again.
+-- its recipient's totals and names the message it counted for its
+-- transaction: set_config('kmdc.totals_kept', '<message id>', true).  The
+-- insert trigger then leaves out the inserted rows of that message only (all
+-- of them, on the publication's path, so it updates nothing), and clears the
+-- marker, so it covers one INSERT.  A marker that names no message of the
+-- INSERT (say 'on', set by mistake for a role or a database) changes nothing.
 --
 -- Every other change of deliveries (an acknowledgement, `kmdcadm purge`, an
 -- operator's SQL, an INSERT without the marker) is kept by the triggers as in
 -- version 3.  The module's role may now write the two totals (the grants of
 -- ADMIN.md): it could already queue and acknowledge deliveries at will, and it
--- is the one that enforces KmdcMailboxQuota from them.
+-- is the one that enforces KmdcMailboxQuota from them.  SCHEMA.md gives the
+-- statements that check the totals against a recount and repair them.
 
 CREATE OR REPLACE FUNCTION kmdc_mailbox_totals() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $$
+DECLARE
+    kept text := '';
 BEGIN
     IF TG_OP = 'INSERT' THEN
-        IF current_setting('kmdc.totals_kept', true) = 'on' THEN
-            -- the statement kept them itself; the marker covers it alone
-            PERFORM set_config('kmdc.totals_kept', 'off', true);
-            RETURN NULL;
+        -- the rows of the message the publication counted itself, if any;
+        -- the marker covers this one statement
+        kept := coalesce(current_setting('kmdc.totals_kept', true), '');
+        IF kept <> '' THEN
+            PERFORM set_config('kmdc.totals_kept', '', true);
+            IF NOT EXISTS (SELECT 1 FROM new_rows d WHERE d.message_id::text <> kept) THEN
+                RETURN NULL;
+            END IF;
         END IF;
         UPDATE cards c SET queued_count = c.queued_count + t.n,
                            queued_bytes = c.queued_bytes + t.b
         FROM (SELECT d.recipient, count(*) AS n,
                      sum(octet_length(d.head)::bigint + m.payload_len) AS b
               FROM new_rows d JOIN messages m ON m.id = d.message_id
-              WHERE d.state = 'queued' GROUP BY d.recipient) t
+              WHERE d.state = 'queued' AND d.message_id::text <> kept
+              GROUP BY d.recipient) t
         WHERE c.serial = t.recipient;
     ELSIF TG_OP = 'UPDATE' THEN
         UPDATE cards c SET queued_count = c.queued_count + t.n,
@@ -67,8 +77,9 @@ $$;
 -- version 3 this fired whenever the totals changed; a publication now changes
 -- the totals together with down_next and down_chain, and that is a change of
 -- the card.  Every column but updated_at and the totals is compared.
-DROP TRIGGER cards_totals_only ON cards;
-CREATE TRIGGER cards_totals_only BEFORE UPDATE ON cards FOR EACH ROW
+-- (CREATE OR REPLACE: no ACCESS EXCLUSIVE lock of cards, which every
+-- request reads.)  A column added to cards later must be added to both lists.
+CREATE OR REPLACE TRIGGER cards_totals_only BEFORE UPDATE ON cards FOR EACH ROW
     WHEN ((NEW.queued_count, NEW.queued_bytes) IS DISTINCT FROM (OLD.queued_count, OLD.queued_bytes)
           AND (NEW.serial, NEW.address, NEW.status, NEW.activation_failures, NEW.locked,
                NEW.access_mac, NEW.access_expires, NEW.up_next, NEW.up_chain, NEW.down_next,

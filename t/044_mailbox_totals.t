@@ -13,8 +13,11 @@
 #   - after the recipients fetch and acknowledge, the same, and zero;
 #   - a relay moves the recipient's updated_at (its chain changed); an
 #     acknowledgement, which changes only the totals, leaves it;
-#   - the marker covers one INSERT: a second INSERT in the same transaction
-#     is counted by the trigger, and an INSERT without the marker is counted.
+#   - the marker names a message and covers one INSERT: a second INSERT in
+#     the same transaction, an INSERT of another message, an INSERT under a
+#     marker 'on' and one without a marker are all counted by the trigger;
+#   - totals drifted by hand are named by the check and mended by the repair
+#     statement docs/SCHEMA.md shows (the test runs the statement from there).
 use strict;
 use warnings FATAL => 'all';
 
@@ -133,33 +136,48 @@ subtest 'acknowledgements keep the totals, and leave updated_at' => sub {
     is(wrong_totals(), '', 'every card agrees with its deliveries');
 };
 
-subtest 'the marker covers one INSERT' => sub {
+subtest 'the marker covers one INSERT, of the message it names' => sub {
     my $ann = "x'$card{'tot-ann'}{serial}'::bigint";
     my $cid = "x'$card{'tot-cid'}{serial}'::bigint";
     my $head = "decode(repeat('00', 120), 'hex')";
-    my $ins = sub {
-        my ($id, $seq) = @_;
-        return "INSERT INTO messages (id, sender, sender_seq, size, payload_len) "
-            . "VALUES ($id, $ann, $seq, 10, 50); "
-            . "INSERT INTO deliveries (message_id, recipient, seq, head, expires_at) "
-            . "VALUES ($id, $cid, $seq, $head, now() + interval '1 day');";
-    };
     my $base = 9_100_000_000_000;
-    my $out = sql("BEGIN; SELECT set_config('kmdc.totals_kept', 'on', true); "
-                  . $ins->($base + 1, 1_000_001)
-                  . "SELECT queued_count || ' ' || queued_bytes || ' ' "
-                  . "|| current_setting('kmdc.totals_kept') FROM cards WHERE serial = $cid; "
-                  . $ins->($base + 2, 1_000_002)
-                  . "SELECT queued_count || ' ' || queued_bytes FROM cards WHERE serial = $cid; "
-                  . "ROLLBACK;");
-    my @l = split /\n/, $out;
-    is($l[-2], '0 0 off', 'marked: the trigger counted nothing, and turned the marker off');
-    is($l[-1], '1 170', 'the next INSERT in the same transaction: counted (120 + 50)');
-    $out = sql("BEGIN; " . $ins->($base + 3, 1_000_003)
-               . "SELECT queued_count || ' ' || queued_bytes FROM cards WHERE serial = $cid; "
-               . "ROLLBACK;");
-    is((split /\n/, $out)[-1], '1 170', 'no marker: counted');
+    my $ins = sub {
+        my ($k) = @_;
+        return "INSERT INTO messages (id, sender, sender_seq, size, payload_len) "
+            . "VALUES ($base + $k, $ann, 1000000 + $k, 10, 50); "
+            . "INSERT INTO deliveries (message_id, recipient, seq, head, expires_at) "
+            . "VALUES ($base + $k, $cid, 1000000 + $k, $head, now() + interval '1 day');";
+    };
+    my $tot = "SELECT queued_count || ' ' || queued_bytes || ' [' "
+        . "|| coalesce(current_setting('kmdc.totals_kept', true), '') || ']' FROM cards WHERE serial = $cid;";
+    my @l = split /\n/, sql("BEGIN; SELECT set_config('kmdc.totals_kept', ($base + 1)::text, true); "
+                            . $ins->(1) . $tot . $ins->(2) . $tot . "ROLLBACK;");
+    is($l[-2], '0 0 []', 'marked with the message: its delivery not counted, the marker cleared');
+    is($l[-1], '1 170 []', 'the next INSERT in the same transaction: counted (120 + 50)');
+    @l = split /\n/, sql("BEGIN; SELECT set_config('kmdc.totals_kept', ($base + 9)::text, true); "
+                         . $ins->(3) . $tot . "ROLLBACK;");
+    is($l[-1], '1 170 []', 'a marker naming another message: counted');
+    @l = split /\n/, sql("BEGIN; SELECT set_config('kmdc.totals_kept', 'on', true); "
+                         . $ins->(4) . $tot . "ROLLBACK;");
+    is($l[-1], '1 170 []', "a marker 'on' (set by mistake): counted");
+    @l = split /\n/, sql("BEGIN; " . $ins->(5) . $tot . "ROLLBACK;");
+    is($l[-1], '1 170 []', 'no marker: counted');
     is(wrong_totals(), '', 'rolled back: every card agrees with its deliveries');
+};
+
+subtest 'drifted totals: found by the check, mended by the repair of SCHEMA.md' => sub {
+    my $ben = "x'$card{'tot-ben'}{serial}'::bigint";
+    is(relay('tot-ann', 'tot-ben', 500), '201', 'ann to ben: 201');
+    sql("UPDATE cards SET queued_count = queued_count + 3, queued_bytes = 7 WHERE serial = $ben");
+    like(wrong_totals(), qr/^tot-ben 4\/7 counted 1\/\d+$/, 'the check names the drifted card');
+    my ($repair) = KmdcUtil::slurp("$ENV{KMDC_SRCDIR}/docs/SCHEMA.md")
+        =~ /<!-- totals-repair -->\s*```sql\n(.*?)```/s;
+    ok(defined $repair, 'SCHEMA.md shows the repair statement') or return;
+    sql($repair);
+    is(wrong_totals(), '', 'after the repair every card agrees with its deliveries');
+    is(totals('tot-ben'), '1 ' . sql("SELECT octet_length(d.head) + m.payload_len FROM deliveries d "
+                                     . "JOIN messages m ON m.id = d.message_id WHERE d.recipient = $ben "
+                                     . "AND d.state = 'queued'"), "ben's totals: his one delivery");
 };
 
 done_testing();

@@ -501,8 +501,9 @@ asw() { psql -X -q -At -v ON_ERROR_STOP=1 -U kmdc_st_httpd -d kmdc_st -c "$1" 2>
     && asw "INSERT INTO audit_log (serial, event, detail) VALUES (1, 'setup.test', '{}')" >/dev/null \
     && asw "INSERT INTO request_nonces (serial, nonce) VALUES (1, '\\x00')" >/dev/null \
     && asw 'SELECT count(*) FROM cards' >/dev/null \
-    && asw 'UPDATE cards SET up_next = up_next WHERE false' >/dev/null
-ok $? "setup: the httpd role reads the schema version and cards, writes the audit log and nonces"
+    && asw 'UPDATE cards SET up_next = up_next WHERE false' >/dev/null \
+    && asw 'UPDATE cards SET queued_count = queued_count, queued_bytes = queued_bytes WHERE false' >/dev/null
+ok $? "setup: the httpd role reads the schema version and cards, writes the audit log, nonces and mailbox totals"
 denied=0
 for stmt in 'SELECT count(*) FROM audit_log' 'DELETE FROM receipts' 'DELETE FROM request_nonces' \
             "INSERT INTO cards (serial) VALUES (1)" "UPDATE cards SET address = 'x' WHERE false" \
