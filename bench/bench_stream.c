@@ -1,6 +1,9 @@
 /*
  * bench_stream - throughput of the envelope streams against a baseline of
- * plain AES-256-GCM over the same 64 KiB chunks, in the same run.
+ * plain AES-256-GCM over 64 KiB chunks, in the same run: the seal against
+ * one cache-hot chunk (its document is read from such a chunk here), the
+ * open and the relay against the envelope's own bytes read from memory once
+ * (what they read).
  *
  *   bench_stream [MiB] [rounds]      (default 256 MiB, 3 rounds, best of)
  *
@@ -41,9 +44,12 @@ discard(void *arg, const uint8_t *p, size_t len, kmdc_err *err)
     return KMDC_OK;
 }
 
-/* Baseline: AES-256-GCM over 64 KiB chunks with a reused context. */
+/* Baseline: AES-256-GCM over size bytes in 64 KiB chunks with a reused
+ * context.  src NULL: the same cache-hot chunk every time, as the seal reads
+ * its document here; else size bytes of src, each chunk read once from
+ * memory, as the open and the relay read the sealed envelope. */
 static double
-baseline(uint64_t size)
+baseline(uint64_t size, const uint8_t *src)
 {
     uint8_t key[32] = { 1 }, iv[12] = { 0 };
     static uint8_t out[CHUNK + 16];
@@ -53,7 +59,8 @@ baseline(uint64_t size)
 
     for (done = 0; done < size; done += CHUNK) {
         kmdc_put_u64(iv + 4, done);
-        if (kmdc_gcm_seal_ctx(g, out, iv, NULL, 0, doc_buf, CHUNK, NULL) != KMDC_OK)
+        if (kmdc_gcm_seal_ctx(g, out, iv, NULL, 0, src != NULL ? src + done : doc_buf, CHUNK,
+                              NULL) != KMDC_OK)
             abort();
     }
     kmdc_gcm_free(g);
@@ -186,7 +193,7 @@ main(int argc, char **argv)
     uint64_t mib = argc > 1 ? strtoull(argv[1], NULL, 10) : 256;
     int rounds = argc > 2 ? atoi(argv[2]) : 3, i;
     uint64_t size = mib << 20;
-    double b = 1e9, s = 1e9, o = 1e9, r = 1e9, t;
+    double b = 1e9, bm = 1e9, s = 1e9, o = 1e9, r = 1e9, t;
     struct sealed env = { 0 };
 
     if (mib == 0 || rounds < 1) {
@@ -198,7 +205,8 @@ main(int argc, char **argv)
     memset(doc_buf, 0x5a, CHUNK);
     (void)seal(size, to_sealed, &env);       /* once, untimed: what is opened */
     for (i = 0; i < rounds; i++) {
-        if ((t = baseline(size)) < b) b = t;
+        if ((t = baseline(size, NULL)) < b) b = t;
+        if ((t = baseline(size, env.p)) < bm) bm = t;
         if ((t = seal(size, discard, NULL)) < s) s = t;
         if ((t = open_sealed(&env, size, 0)) < o) o = t;
         if ((t = open_sealed(&env, size, 1)) < r) r = t;
@@ -208,11 +216,14 @@ main(int argc, char **argv)
         double relay_t = r > 1e-9 ? r : 1e-9;
         double mb = (double)size / 1e6;
         printf("# %llu MiB, best of %d rounds\n", (unsigned long long)mib, rounds);
-        printf("%-34s %9.0f MB/s  ratio 1.00 (baseline)\n", "AES-256-GCM, 64 KiB chunks", mb / b);
+        printf("%-34s %9.0f MB/s  ratio 1.00 (baseline of the seal)\n",
+               "AES-256-GCM, 64 KiB chunks", mb / b);
         printf("%-34s %9.0f MB/s  ratio %.2f\n", "seal (kmdc send)", mb / s, b / s);
-        printf("%-34s %9.0f MB/s  ratio %.2f\n", "open (kmdc fetch)", mb / open_t, b / open_t);
+        printf("%-34s %9.0f MB/s  ratio 1.00 (baseline of the open and the relay)\n",
+               "AES-256-GCM, from memory", mb / bm);
+        printf("%-34s %9.0f MB/s  ratio %.2f\n", "open (kmdc fetch)", mb / open_t, bm / open_t);
         printf("%-34s %9.0f MB/s  ratio %.2f\n", "relay: open + re-encrypt (module)", mb / relay_t,
-               b / relay_t);
+               bm / relay_t);
     }
     free(env.p);
     free(env.piece);

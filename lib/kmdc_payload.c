@@ -98,18 +98,20 @@ kmdc_payload_enc_new(const uint8_t dek[KMDC_DEK_LEN], uint64_t size,
     return e;
 }
 
-/* Seal the chunk in buf (fill bytes) in place and emit it. */
+/* Seal chunk e->idx, its len bytes of plaintext at pt (buf itself, or the
+ * caller's input when it holds the whole chunk), into buf and emit it. */
 static kmdc_status
-enc_flush(kmdc_payload_enc *e, kmdc_emit_fn emit, void *arg, kmdc_err *err)
+enc_flush(kmdc_payload_enc *e, const uint8_t *pt, size_t len, kmdc_emit_fn emit,
+          void *arg, kmdc_err *err)
 {
     uint8_t iv[KMDC_IV_LEN];
     kmdc_status rc;
 
     chunk_iv(iv, e->idx, e->idx + 1 == e->nchunks);
-    if ((rc = kmdc_gcm_seal_ctx(e->gcm, e->buf, iv, NULL, 0, e->buf, e->fill,
+    if ((rc = kmdc_gcm_seal_ctx(e->gcm, e->buf, iv, NULL, 0, pt, len,
                                 err)) != KMDC_OK)
         return rc;
-    if ((rc = emit(arg, e->buf, e->fill + KMDC_TAG_LEN, err)) != KMDC_OK)
+    if ((rc = emit(arg, e->buf, len + KMDC_TAG_LEN, err)) != KMDC_OK)
         return rc;
     e->idx++;
     e->fill = 0;
@@ -133,12 +135,21 @@ kmdc_payload_enc_update(kmdc_payload_enc *e, const uint8_t *in, size_t len,
         size_t want = chunk_len(e->size, e->nchunks, e->idx) - e->fill;
         size_t n = len < want ? len : want;
 
+        if (e->fill == 0 && n == want) {
+            /* the whole chunk is in the input: sealed from there, no copy */
+            e->taken += n;
+            if ((rc = enc_flush(e, in, n, emit, arg, err)) != KMDC_OK)
+                goto out;
+            in += n;
+            len -= n;
+            continue;
+        }
         memcpy(e->buf + e->fill, in, n);
         e->fill += n;
         e->taken += n;
         in += n;
         len -= n;
-        if (n == want && (rc = enc_flush(e, emit, arg, err)) != KMDC_OK)
+        if (n == want && (rc = enc_flush(e, e->buf, e->fill, emit, arg, err)) != KMDC_OK)
             goto out;
     }
 out:
@@ -166,7 +177,7 @@ kmdc_payload_enc_final(kmdc_payload_enc *e, kmdc_emit_fn emit, void *arg,
                           "less plaintext than the declared SIZE");
         goto out;
     }
-    if (e->size == 0 && (rc = enc_flush(e, emit, arg, err)) != KMDC_OK)
+    if (e->size == 0 && (rc = enc_flush(e, e->buf, 0, emit, arg, err)) != KMDC_OK)
         goto out;
     e->finished = 1;
 out:
@@ -216,16 +227,19 @@ kmdc_payload_dec_new(const uint8_t dek[KMDC_DEK_LEN], uint64_t size,
     return d;
 }
 
-/* Verify the complete chunk in buf in place, then release its plaintext. */
+/* Verify the complete chunk of ctlen bytes at ct (buf itself, or the
+ * caller's input when it holds the whole chunk) into buf, then release its
+ * plaintext and wipe it. */
 static kmdc_status
-dec_chunk(kmdc_payload_dec *d, kmdc_emit_fn emit, void *arg, kmdc_err *err)
+dec_chunk(kmdc_payload_dec *d, const uint8_t *ct, size_t ctlen, kmdc_emit_fn emit,
+          void *arg, kmdc_err *err)
 {
     uint8_t iv[KMDC_IV_LEN];
-    size_t ptlen = d->fill - KMDC_TAG_LEN;
+    size_t ptlen = ctlen - KMDC_TAG_LEN;
     kmdc_status rc;
 
     chunk_iv(iv, d->idx, d->idx + 1 == d->nchunks);
-    rc = kmdc_gcm_open_ctx(d->gcm, d->buf, iv, NULL, 0, d->buf, d->fill, err);
+    rc = kmdc_gcm_open_ctx(d->gcm, d->buf, iv, NULL, 0, ct, ctlen, err);
     if (rc == KMDC_ERR_AUTH)
         kmdc_err_set(err, rc, "payload chunk %llu of %llu failed to verify",
                      (unsigned long long)d->idx + 1,
@@ -260,11 +274,19 @@ kmdc_payload_dec_update(kmdc_payload_dec *d, const uint8_t *in, size_t len,
         }
         want = chunk_len(d->size, d->nchunks, d->idx) + KMDC_TAG_LEN - d->fill;
         n = len < want ? len : want;
+        if (d->fill == 0 && n == want) {
+            /* the whole chunk is in the input: opened from there, no copy */
+            if ((rc = dec_chunk(d, in, n, emit, arg, err)) != KMDC_OK)
+                goto out;
+            in += n;
+            len -= n;
+            continue;
+        }
         memcpy(d->buf + d->fill, in, n);
         d->fill += n;
         in += n;
         len -= n;
-        if (n == want && (rc = dec_chunk(d, emit, arg, err)) != KMDC_OK)
+        if (n == want && (rc = dec_chunk(d, d->buf, d->fill, emit, arg, err)) != KMDC_OK)
             goto out;
     }
 out:
