@@ -77,14 +77,7 @@ sub seal {
     return $env;
 }
 
-# POST an envelope; its HTTP status
-sub post {
-    my ($env) = @_;
-    my ($rc, $out) = run('curl', '-sS', '-o', '/dev/null', '-w', '%{http_code}',
-                         '-H', 'Content-Type: application/vnd.kmdc.envelope',
-                         '--data-binary', "\@$env", "$url/send");
-    return $rc ? "curl $rc: $out" : $out;
-}
+sub post { return post_envelope($url, $_[0]) }
 
 sub relay { return post(seal(@_)) }
 

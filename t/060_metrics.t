@@ -151,10 +151,8 @@ sub seal {
 
 sub post {
     my ($env) = @_;
-    my ($rc, $code) = run('curl', '-sS', '-o', '/dev/null', '-w', '%{http_code}',
-                          '-H', 'Content-Type: application/vnd.kmdc.envelope',
-                          '--data-binary', "\@$env", "$url/send");
-    die "curl failed: $code" if $rc;
+    my $code = post_envelope($url, $env);
+    die "curl failed: $code" if $code !~ /^\d+$/;
     return $code + 0;
 }
 

@@ -20,7 +20,7 @@ use KmdcUtil qw(run sql workdir random_bytes kmdcadm_issue);
 
 our @EXPORT_OK = qw(run sql workdir issue_card read_card hkdf rotate sign_header
                     request signed body_json random_bytes nonce_hex activate
-                    form_body);
+                    form_body post_envelope);
 our %EXPORT_TAGS = (all => \@EXPORT_OK);
 
 my $json = JSON::PP->new;
@@ -155,6 +155,16 @@ sub body_json {
     my ($res) = @_;
     my $v = eval { $json->decode($res->content // '') };
     return ref $v eq 'HASH' ? $v : undef;
+}
+
+# POST the envelope file $env to $url/send as curl sends a raw envelope; its
+# HTTP status code as a string, or "curl N: <curl's message>" when curl failed.
+sub post_envelope {
+    my ($url, $env) = @_;
+    my ($rc, $out) = run('curl', '-sS', '-o', '/dev/null', '-w', '%{http_code}',
+                         '-H', 'Content-Type: application/vnd.kmdc.envelope',
+                         '--data-binary', "\@$env", "$url/send");
+    return $rc ? "curl $rc: $out" : $out;
 }
 
 1;
