@@ -288,7 +288,8 @@ typedef struct kmdcadm_purge_opts {
 /* What purge did (or, with dry_run, would do), per kind. */
 typedef struct kmdcadm_purge_counts {
     uint64_t expired;        /* queued deliveries past expires_at, tombstoned */
-    uint64_t uploads;        /* payloads of messages with no queued delivery */
+    uint64_t uploads;        /* payloads of messages with no queued delivery: an
+                              * upload, or the message's own payload column */
     uint64_t orphans;        /* uploads no message references (crashed intakes) */
     uint64_t receipts;
     uint64_t nonces;

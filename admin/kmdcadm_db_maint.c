@@ -55,6 +55,17 @@ static const purge_kind purge_kinds[] = {
       "WHERE NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.message_id = m.id "
       "AND d.state = 'queued' AND d.expires_at > now())",
       0 },
+    /* (b) the same for a payload kept in its message's row (schema 6),
+     * found by the partial index messages_with_payload */
+    { "payloads",
+      "UPDATE messages SET payload = NULL WHERE id IN (SELECT mm.id FROM messages mm "
+      "WHERE mm.payload IS NOT NULL AND NOT EXISTS (SELECT 1 FROM deliveries d "
+      "WHERE d.message_id = mm.id AND d.state = 'queued') ORDER BY mm.id LIMIT 100 "
+      "FOR NO KEY UPDATE SKIP LOCKED)",
+      "SELECT count(*) FROM messages m WHERE m.payload IS NOT NULL "
+      "AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.message_id = m.id "
+      "AND d.state = 'queued' AND d.expires_at > now())",
+      0 },
     /* (b') uploads no message references whose last batch is older than the
      * longest intake (touched_at moves with every batch, so an upload still
      * streaming is never taken for an orphan).
@@ -171,7 +182,7 @@ kmdcadm_db_purge(kmdcadm_db *db, const kmdcadm_purge_opts *opts,
                  kmdcadm_purge_counts *counts, kmdc_err *err)
 {
     kmdc_db_params pp;
-    uint64_t *slot[7];
+    uint64_t *slot[sizeof purge_kinds / sizeof purge_kinds[0]];
     PGresult *res = NULL;
     kmdc_status st = KMDC_OK;
     uint64_t sum = 0;
@@ -188,11 +199,12 @@ kmdcadm_db_purge(kmdcadm_db *db, const kmdcadm_purge_opts *opts,
     kmdc_db_param_int8(&pp, opts->nonce_age);
     slot[0] = &counts->expired;
     slot[1] = &counts->uploads;
-    slot[2] = &counts->orphans;
-    slot[3] = &counts->receipts;
-    slot[4] = &counts->nonces;
-    slot[5] = &counts->tombstones;
-    slot[6] = &counts->messages;
+    slot[2] = &counts->uploads;     /* a payload in its message's row */
+    slot[3] = &counts->orphans;
+    slot[4] = &counts->receipts;
+    slot[5] = &counts->nonces;
+    slot[6] = &counts->tombstones;
+    slot[7] = &counts->messages;
     for (i = 0; i < sizeof purge_kinds / sizeof purge_kinds[0]; i++) {
         if (opts->dry_run) {
             char what[64];
@@ -209,7 +221,7 @@ kmdcadm_db_purge(kmdcadm_db *db, const kmdcadm_purge_opts *opts,
                 st = kmdc_err_set(err, KMDC_ERR_INTERNAL, "unexpected count result");
                 goto out;
             }
-            *slot[i] = (uint64_t)count;
+            *slot[i] += (uint64_t)count;
             PQclear(res);
             res = NULL;
         } else {
@@ -217,12 +229,18 @@ kmdcadm_db_purge(kmdcadm_db *db, const kmdcadm_purge_opts *opts,
             if (st != KMDC_OK)
                 goto out;
         }
-        sum += *slot[i];
     }
+    sum = counts->expired + counts->uploads + counts->orphans + counts->receipts
+          + counts->nonces + counts->tombstones + counts->messages;
     if (!opts->dry_run && sum > 0) {
         kmdc_db_params_init(&pp);
-        for (i = 0; i < 7; i++)
-            kmdc_db_param_int8(&pp, (int64_t)*slot[i]);
+        kmdc_db_param_int8(&pp, (int64_t)counts->expired);
+        kmdc_db_param_int8(&pp, (int64_t)counts->uploads);
+        kmdc_db_param_int8(&pp, (int64_t)counts->orphans);
+        kmdc_db_param_int8(&pp, (int64_t)counts->receipts);
+        kmdc_db_param_int8(&pp, (int64_t)counts->nonces);
+        kmdc_db_param_int8(&pp, (int64_t)counts->tombstones);
+        kmdc_db_param_int8(&pp, (int64_t)counts->messages);
         st = db_command(db,
                         "INSERT INTO audit_log (event, detail) VALUES ('db.purged', "
                         "jsonb_build_object('expired', $1::bigint, 'uploads', $2::bigint, "

@@ -28,7 +28,7 @@
 
 /* The schema version (max(version) of schema_migrations) that this build of
  * the store, the module and kmdcadm needs: sql/NNN_*.sql up to it. */
-#define KMDC_SCHEMA_VERSION 5
+#define KMDC_SCHEMA_VERSION 6
 
 /* ---- schema ------------------------------------------------------------- */
 

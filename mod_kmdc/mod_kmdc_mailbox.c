@@ -14,11 +14,12 @@
  * polling, and holds no pooled connection while it waits (and, on the event
  * MPM, no thread: it is suspended).
  *
- * A fetch streams head || payload: the delivery's head, then the upload rows
- * of its message in order, one row at a time (memory stays at one row, a few
+ * A fetch streams head || payload: the delivery's head, then the payload
+ * rows of its message in order (the upload's rows, or the one payload kept
+ * in the message's row), one row at a time (memory stays at one row, a few
  * MiB), each passed down the filters with a flush.  The store reads them in
  * one snapshot (fetch_open .. fetch_close), so an acknowledgement that
- * deletes the upload meanwhile cannot cut the stream.
+ * drops the payload meanwhile cannot cut the stream.
  *
  * An acknowledgement (DELETE) tombstones the delivery and, once no delivery
  * of the message is queued any more, the store deletes the message's payload

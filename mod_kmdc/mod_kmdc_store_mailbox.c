@@ -9,13 +9,16 @@
  * results do not need it), so a slow caller holds nothing.
  *
  * A fetch keeps its connection and its snapshot from fetch_open to
- * fetch_close: an acknowledgement that deletes the upload meanwhile cannot
+ * fetch_close: an acknowledgement that drops the payload meanwhile cannot
  * cut the stream.  The payload is read one upload row per query, each freed
- * before the next, so memory stays at one row (a few MiB).
+ * before the next, so memory stays at one row (a few MiB); a payload that
+ * fits one batch is kept in the message's own row (schema 6) and comes with
+ * the head.
  *
  * An acknowledgement locks the message row first, so two recipients
  * acknowledging at once cannot both miss that they were the last one with the
- * message queued (then the upload is deleted and its rows cascade).
+ * message queued (then the payload goes: the upload is deleted and its rows
+ * cascade, or the message's payload column is cleared).
  */
 #include <string.h>
 
@@ -168,7 +171,7 @@ struct kmdc_fetch {
     uint64_t serial, id;          /* the mailbox and the delivery (logging) */
     PGresult *head_res;           /* holds the head until close */
     PGresult *row;                /* the payload row handed out last */
-    int64_t upload_id;
+    int64_t upload_id;            /* 0: the payload is in the message's row */
     uint64_t payload_len;         /* bytes of payload */
     uint64_t sent;                /* bytes handed out so far */
     int32_t idx;                  /* index of the row in row */
@@ -189,7 +192,9 @@ static kmdc_store_rc check_row(kmdc_fetch *f)
     if (!kmdc_db_get_bytea(f->row, 0, 0, &data, &len)) {
         /* the row is missing */
     }
-    else if (len == 0 || (uint64_t)len > f->payload_len - f->sent) {
+    else if (len == 0 || (uint64_t)len > f->payload_len - f->sent
+             || (f->upload_id == 0 && (uint64_t)len != f->payload_len)) {
+        /* a payload in the message's row is the whole of it */
         why = "has the wrong length";
     }
     else {
@@ -251,7 +256,8 @@ kmdc_store_rc kmdc_pg_fetch_open(kmdc_store *st, uint64_t serial, uint64_t id,
         goto out;
     }
     /* one round trip: the snapshot, the head, the first payload row (so a
-     * lost upload is known before any answer) */
+     * lost upload is known before any answer), which for a payload kept in
+     * the message's row (schema 6) is the whole payload */
     kmdc_db_params_init(&pp);
     kmdc_db_param_int8(&pp, (int64_t)id);
     kmdc_db_param_int8(&pp, (int64_t)serial);
@@ -261,9 +267,9 @@ kmdc_store_rc kmdc_pg_fetch_open(kmdc_store *st, uint64_t serial, uint64_t id,
                              "FROM deliveries d JOIN messages m ON m.id = d.message_id "
                              "WHERE d.id = $1 AND d.recipient = $2 AND d.state = 'queued' "
                              "AND d.expires_at > now()", &pp, 1);
-    i_first = kmdc_db_batch_add(&b, "SELECT c.data FROM deliveries d JOIN messages m "
-                              "ON m.id = d.message_id JOIN upload_chunks c "
-                              "ON c.upload_id = m.upload_id AND c.idx = 0 "
+    i_first = kmdc_db_batch_add(&b, "SELECT coalesce(m.payload, c.data) FROM deliveries d "
+                              "JOIN messages m ON m.id = d.message_id LEFT JOIN "
+                              "upload_chunks c ON c.upload_id = m.upload_id AND c.idx = 0 "
                               "WHERE d.id = $1 AND d.recipient = $2", &pp, 1);
     dbrc = kmdc_db_batch_run(&b);
     f->in_tx = 1;          /* or aborted, or lost: closing rolls back alike */
@@ -279,8 +285,7 @@ kmdc_store_rc kmdc_pg_fetch_open(kmdc_store *st, uint64_t serial, uint64_t id,
     }
     if (!kmdc_db_get_bytea(f->head_res, 0, 0, &h, &hlen)
         || !kmdc_db_get_int64(f->head_res, 0, 1, &f->upload_id)
-        || !kmdc_db_get_int64(f->head_res, 0, 2, &plen) || plen < 0
-        || (f->upload_id == 0 && plen > 0)) {
+        || !kmdc_db_get_int64(f->head_res, 0, 2, &plen) || plen < 0) {
         rc = KMDC_STORE_ERROR;
         goto out;
     }
@@ -391,11 +396,15 @@ kmdc_store_rc kmdc_pg_ack(kmdc_store *st, uint64_t serial, uint64_t id, int *ack
     count = kmdc_db_batch_add(&b, "SELECT count(*) FROM deliveries WHERE message_id = "
                               "(SELECT message_id FROM deliveries WHERE id = $1 "
                               "AND recipient = $2) AND state = 'queued'", &pp, 0);
-    /* no delivery of the message queued any more: the bytes go */
-    kmdc_db_batch_add(&b, "DELETE FROM uploads u USING messages m WHERE m.id = "
+    /* no delivery of the message queued any more: the bytes go, from its
+     * upload or from its own row (schema 6), in one statement: a message
+     * has its payload in one of the two */
+    kmdc_db_batch_add(&b, "WITH m AS (SELECT m.id, m.upload_id FROM messages m WHERE m.id = "
                       "(SELECT message_id FROM deliveries WHERE id = $1 AND recipient = $2) "
-                      "AND u.id = m.upload_id AND NOT EXISTS (SELECT 1 FROM deliveries q "
-                      "WHERE q.message_id = m.id AND q.state = 'queued')", &pp, 0);
+                      "AND NOT EXISTS (SELECT 1 FROM deliveries q WHERE q.message_id = m.id "
+                      "AND q.state = 'queued')), u AS (DELETE FROM uploads u USING m "
+                      "WHERE u.id = m.upload_id) UPDATE messages x SET payload = NULL "
+                      "FROM m WHERE x.id = m.id AND x.payload IS NOT NULL", &pp, 0);
     commit = kmdc_db_batch_command(&b, "COMMIT");
     /* then wake the long-polls of this mailbox, if any watch it (one that
      * finds the listing unchanged, after an acknowledgement seen before,

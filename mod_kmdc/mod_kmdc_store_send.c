@@ -9,8 +9,8 @@
  * upload's touched_at), sent by upload_append and answered at
  * upload_settle, so the database writes a batch while the intake reads the
  * next.  Publication is one READ COMMITTED transaction in two round trips:
- * first BEGIN, the rows that lock no card (message, its payload when it
- * fits one batch, receipt, audit row), then the sender and the recipients
+ * first BEGIN, the rows that lock no card (message, with its payload in
+ * its own row when it fits one batch, receipt, audit row), then the sender and the recipients
  * locked in serial order with their mailbox totals (kept on the card rows
  * by schema 3's triggers); the intake seals each delivery with the locked
  * down counter; then the chains and the deliveries, the lease dropped,
@@ -572,15 +572,13 @@ static int add_message(kmdc_db_batch *b, const kmdc_publication *pub)
                                  "$3::bigint, $4::bigint, $5::bigint, $6::bigint) "
                                  "ON CONFLICT DO NOTHING", &pp, 0);
     }
-    /* a payload that fits one batch: its upload is made here, in the same
-     * transaction, and no upload row ever exists without its message */
+    /* a payload that fits one batch travels in the message's own row (schema
+     * 6): no upload, and nothing to join when it is fetched */
     kmdc_db_param_bytea(&pp, pub->inline_data, pub->inline_len);
-    return kmdc_db_batch_add(b, "WITH u AS (INSERT INTO uploads (size) VALUES ($5::bigint) "
-                             "RETURNING id), c AS (INSERT INTO upload_chunks (upload_id, idx, "
-                             "data) SELECT id, 0, $7::bytea FROM u) INSERT INTO messages (id, "
-                             "sender, sender_seq, upload_id, size, payload_len) SELECT "
-                             "$1::bigint, $2::bigint, $3::bigint, id + 0 * $4::bigint, "
-                             "$5::bigint, $6::bigint FROM u ON CONFLICT DO NOTHING", &pp, 0);
+    return kmdc_db_batch_add(b, "INSERT INTO messages (id, sender, sender_seq, upload_id, "
+                             "size, payload_len, payload) VALUES ($1::bigint, $2::bigint, "
+                             "$3::bigint, NULLIF($4::bigint, 0), $5::bigint, $6::bigint, "
+                             "$7::bytea) ON CONFLICT DO NOTHING", &pp, 0);
 }
 
 /* The receipt of the publication, into b (DO NOTHING as add_message);

@@ -55,9 +55,9 @@ subtest 'health' => sub {
              'health: Content-Type application/json');
         my $b = body_json($res);
         ok($b && ($b->{status} // '') eq 'ok', 'health: status is "ok"');
-        ok($b && defined $b->{schema} && $b->{schema} == 5
-           && !ref $b->{schema} && $res->decoded_content =~ /"schema":5\b/,
-           'health: schema is the number 5');
+        ok($b && defined $b->{schema} && $b->{schema} == 6
+           && !ref $b->{schema} && $res->decoded_content =~ /"schema":6\b/,
+           'health: schema is the number 6');
         is($res->header('Cache-Control') // '', 'no-store',
            'health: Cache-Control no-store');
     }

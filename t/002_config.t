@@ -162,8 +162,8 @@ my $good = qq{KmdcDatabase "$ENV{KMDC_CONNINFO}"\nKmdcMasterKey 1 "$good_key"\n}
         or diag($h->{log});
     my $res = $h->{started} ? $ua->get("http://127.0.0.1:$h->{port}/kmdc/health")
                             : undef;
-    ok($res && $res->code == 200 && $res->decoded_content =~ /"schema":5\b/,
-       'control: /health answers 200 with schema 5')
+    ok($res && $res->code == 200 && $res->decoded_content =~ /"schema":6\b/,
+       'control: /health answers 200 with schema 6')
         or diag($res ? $res->as_string : 'not started');
     stop_httpd($h);
 }
@@ -245,7 +245,7 @@ subtest 'a database without the migrations' => sub {
             last if $log =~ /schema version/;
             sleep 0.1;
         }
-        like($log, qr/schema version 0 found, this module needs 5: run kmdcadm migrate/,
+        like($log, qr/schema version 0 found, this module needs 6: run kmdcadm migrate/,
              'no migrations: one clear log line asks for kmdcadm migrate');
         stop_httpd($h);
     }

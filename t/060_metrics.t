@@ -185,8 +185,8 @@ my $start_time;
     is(join(' ', map { $p->{samples}{$_} // '-' } qw(kmdc_db_pool_in_use kmdc_db_pool_waiting
                                                       kmdc_uploads_in_flight)),
        '0 0 0', '... no connection borrowed, none waited for, no upload now');
-    my @info = grep { /^kmdc_build_info\{version="[0-9][^"]*",schema="5"\}$/ } keys %{ $p->{samples} };
-    ok(@info == 1 && $p->{samples}{$info[0]} == 1, '... kmdc_build_info{version,schema="5"} 1')
+    my @info = grep { /^kmdc_build_info\{version="[0-9][^"]*",schema="6"\}$/ } keys %{ $p->{samples} };
+    ok(@info == 1 && $p->{samples}{$info[0]} == 1, '... kmdc_build_info{version,schema="6"} 1')
         or diag(explain([grep { /build_info/ } keys %{ $p->{samples} }]));
     my $hist_ok = 1;
     for my $ep (@endpoints) {

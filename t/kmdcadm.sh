@@ -56,24 +56,24 @@ out=$(adm migrate 2>&1); rc=$?
 ok $? "migrate: applies 001_init.sql on an empty database"
 [ $rc -eq 0 ] || diag "$out"
 out=$(adm migrate 2>&1); rc=$?
-[ $rc -eq 0 ] && [[ $out == *"up to date at version 5"* ]] && [[ $out != *applied* ]]
+[ $rc -eq 0 ] && [[ $out == *"up to date at version 6"* ]] && [[ $out != *applied* ]]
 ok $? "migrate: a second run changes nothing and says so"
-[ "$(q -c "SELECT count(*) || ':' || max(version) FROM schema_migrations")" = "5:5" ]
-ok $? "migrate: schema_migrations records versions 1 to 5 once each"
+[ "$(q -c "SELECT count(*) || ':' || max(version) FROM schema_migrations")" = "6:6" ]
+ok $? "migrate: schema_migrations records versions 1 to 6 once each"
 q -c "CREATE DATABASE kmdc_race" >/dev/null
 ( PGDATABASE=kmdc_race adm migrate >"$work/m1" 2>&1; echo $? >"$work/m1.rc" ) &
 ( PGDATABASE=kmdc_race adm migrate >"$work/m2" 2>&1; echo $? >"$work/m2.rc" ) &
 wait
 [ "$(cat "$work/m1.rc")$(cat "$work/m2.rc")" = "00" ] \
-    && [ "$(PGDATABASE=kmdc_race q -c "SELECT count(*) FROM schema_migrations")" = 5 ] \
+    && [ "$(PGDATABASE=kmdc_race q -c "SELECT count(*) FROM schema_migrations")" = 6 ] \
     && [ "$(cat "$work/m1" "$work/m2" | grep -c 'applied 001_init.sql')" = 1 ]
 ok $? "migrate: two concurrent migrators apply the file exactly once"
 out=$(adm migrate --sqldir "$work/nonexistent" 2>&1); rc=$?
 [ $rc -eq 1 ] && [[ $out == kmdcadm:* ]]
 ok $? "migrate: a missing migrations folder fails with exit 1 and a message"
 mkdir -p "$work/sql-newer"
-cp "$top"/sql/00[1-5]_*.sql "$work/sql-newer/"
-printf 'CREATE TABLE t_bad (x int);\n' >"$work/sql-newer/006_norecord.sql"
+cp "$top"/sql/00[1-6]_*.sql "$work/sql-newer/"
+printf 'CREATE TABLE t_bad (x int);\n' >"$work/sql-newer/007_norecord.sql"
 out=$(adm migrate --sqldir "$work/sql-newer" 2>&1); rc=$?
 [ $rc -eq 1 ] && [[ $out == *"does not record itself"* ]] \
     && [ "$(q -c "SELECT to_regclass('t_bad') IS NULL")" = t ]

@@ -302,6 +302,12 @@ INSERT INTO messages (id, sender, sender_seq, upload_id, size, payload_len, crea
   (104, $S, 4, NULL, 1, 17, now() - interval '40 days'),
   (105, $S, 5, 6, 1, 17, now() - interval '40 days'),
   (106, $S, 6, 7, 1, 17, now() - interval '40 days');
+-- payloads kept in the message's row (schema 6): of an expired delivery, of a
+-- queued one, of one acknowledged whose payload is still there
+INSERT INTO messages (id, sender, sender_seq, upload_id, size, payload_len, created_at, payload) VALUES
+  (110, $S, 10, NULL, 1, 2, now(), '\\x0110'),
+  (111, $S, 11, NULL, 1, 2, now(), '\\x0111'),
+  (112, $S, 12, NULL, 1, 2, now(), '\\x0112');
 INSERT INTO deliveries (id, message_id, recipient, seq, head, state, created_at, acked_at, expires_at) VALUES
   (1, 101, $R, 1, $HEAD, 'queued', now(), NULL, now() - interval '1 hour'),
   (2, 102, $R, 2, $HEAD, 'queued', now(), NULL, now() + interval '1 day'),
@@ -309,7 +315,10 @@ INSERT INTO deliveries (id, message_id, recipient, seq, head, state, created_at,
   (4, 103, $R, 3, NULL, 'delivered', now() - interval '40 days', now() - interval '40 days', now() - interval '33 days'),
   (5, 104, $R, 4, NULL, 'expired', now() - interval '40 days', NULL, now() - interval '35 days'),
   (6, 105, $R, 5, $HEAD, 'queued', now() - interval '40 days', NULL, now() - interval '35 days'),
-  (7, 106, $R, 6, $HEAD, 'queued', now() - interval '40 days', NULL, now() + interval '1 day');
+  (7, 106, $R, 6, $HEAD, 'queued', now() - interval '40 days', NULL, now() + interval '1 day'),
+  (10, 110, $R, 10, $HEAD, 'queued', now(), NULL, now() - interval '1 hour'),
+  (11, 111, $R, 11, $HEAD, 'queued', now(), NULL, now() + interval '1 day'),
+  (12, 112, $R, 12, NULL, 'delivered', now(), now() - interval '1 hour', now() + interval '1 day');
 INSERT INTO receipts (serial, seq, envelope_sha256, http_status, answer, message_id, created_at) VALUES
   ($S, 3, decode(repeat('03', 32), 'hex'), 201, '{}', 103, now() - interval '40 days'),
   ($S, 4, decode(repeat('04', 32), 'hex'), 201, '{}', 104, now() - interval '1 day'),
@@ -327,7 +336,7 @@ tables() {
                  (SELECT string_agg(encode(nonce, 'hex'), ',' ORDER BY nonce) FROM request_nonces)"
 }
 state0=$(tables)
-expect_counts="expired 2,uploads 3,orphans 1,receipts 2,nonces 1,tombstones 3,messages 2"
+expect_counts="expired 3,uploads 5,orphans 1,receipts 2,nonces 1,tombstones 3,messages 2"
 counts_of() { printf '%s\n' "$1" | grep -E '^[a-z]+ +[0-9]+$' | sed 's/  */ /' | paste -sd, -; }
 out=$(adm purge --dry-run 2>&1); rc=$?
 [ $rc -eq 0 ] && [ "$(counts_of "$out")" = "$expect_counts" ] && [[ $out == *"dry run"* ]]
@@ -336,7 +345,7 @@ ok $? "purge --dry-run: counts per kind ($expect_counts)"
 [ "$(tables)" = "$state0" ] && [ "$(audit_rows db.purged)" = 0 ]
 ok $? "purge --dry-run: changes nothing and writes no audit row"
 out=$(adm purge --dry-run --tombstone-age 45d --receipt-age 50d 2>&1); rc=$?
-[ $rc -eq 0 ] && [ "$(counts_of "$out")" = "expired 2,uploads 3,orphans 1,receipts 0,nonces 1,tombstones 0,messages 0" ]
+[ $rc -eq 0 ] && [ "$(counts_of "$out")" = "expired 3,uploads 5,orphans 1,receipts 0,nonces 1,tombstones 0,messages 0" ]
 ok $? "purge --dry-run: --tombstone-age and --receipt-age move the horizons"
 out=$(adm purge 2>&1); rc=$?
 [ $rc -eq 0 ] && [ "$(counts_of "$out")" = "$expect_counts" ]
@@ -347,9 +356,9 @@ IFS='|' read -r t_up t_chunks t_msg t_del t_rc t_nonce <<<"$(tables)"
 ok $? "purge: uploads kept: the one with a queued delivery, the young orphan, the old message still queued, the old upload that received a batch a minute ago"
 [ "$(echo $t_chunks)" = "2.0,5.0,9.0" ]
 ok $? "purge: upload_chunks went with their uploads"
-[ "$(echo $t_msg)" = "101,102,104,106" ]
+[ "$(echo $t_msg)" = "101,102,104,106,110,111,112" ]
 ok $? "purge: messages kept: with a delivery, with a receipt; the others went"
-[ "$(echo $t_del)" = "1:expired:true,2:queued:false,3:delivered:true,7:queued:false" ]
+[ "$(echo $t_del)" = "1:expired:true,2:queued:false,3:delivered:true,7:queued:false,10:expired:true,11:queued:false,12:delivered:true" ]
 ok $? "purge: the expired delivery is a tombstone, queued ones kept, old tombstones gone"
 [ "$(echo $t_rc)" = "4,8" ] \
     && [ "$(q -c "SELECT message_id FROM receipts WHERE seq = 4")" = 104 ]
@@ -359,9 +368,12 @@ ok $? "purge: nonces older than 600 s gone, the recent one kept"
 [ "$(q -c "SELECT upload_id IS NULL FROM messages WHERE id = 101")" = t ] \
     && [ "$(q -c "SELECT upload_id FROM messages WHERE id = 102")" = 2 ]
 ok $? "purge: a message whose deliveries are all done lost its payload, one still queued kept it"
+[ "$(q -c "SELECT string_agg(id || ':' || coalesce(encode(payload, 'hex'), '-'), ',' ORDER BY id)
+           FROM messages WHERE id >= 110")" = "110:-,111:0111,112:-" ]
+ok $? "purge: a payload in the message's row goes likewise (expired, acknowledged), a queued one's stays"
 [ "$(q -c "SELECT (detail->>'expired') || ',' || (detail->>'uploads') || ',' || (detail->>'orphans') || ',' ||
                   (detail->>'receipts') || ',' || (detail->>'nonces') || ',' || (detail->>'tombstones') || ',' ||
-                  (detail->>'messages') FROM audit_log WHERE event = 'db.purged'")" = "2,3,1,2,1,3,2" ]
+                  (detail->>'messages') FROM audit_log WHERE event = 'db.purged'")" = "3,5,1,2,1,3,2" ]
 ok $? "purge: one db.purged audit row with the counts"
 state1=$(tables)
 out=$(adm purge 2>&1); rc=$?
@@ -472,7 +484,7 @@ out1=$(setup); rc=$?
 [ $rc -eq 0 ] && [[ $out1 == *"role kmdc_st_owner: created"* ]] \
     && [[ $out1 == *"role kmdc_st_httpd: created"* ]] \
     && [[ $out1 == *"database kmdc_st: created, owned by kmdc_st_owner"* ]] \
-    && [[ $out1 == *"schema is now at version 5"* ]] \
+    && [[ $out1 == *"schema is now at version 6"* ]] \
     && [[ $out1 == *"master key $sk/master-1.key: created"* ]]
 ok $? "setup: creates the roles, the database, the schema and a master key, saying so"
 [ $rc -eq 0 ] || diag "$out1"
@@ -485,7 +497,7 @@ ok $? "setup: prints the KmdcDatabase and KmdcMasterKey lines to use"
 ok $? "setup: the key folder is 0700 and the key 0600, owned by the user running it"
 key_sum=$(sha256sum <"$sk/master-1.key")
 out2=$(setup); rc=$?
-[ $rc -eq 0 ] && [[ $out2 != *created* ]] && [[ $out2 == *"schema is up to date at version 5"* ]] \
+[ $rc -eq 0 ] && [[ $out2 != *created* ]] && [[ $out2 == *"schema is up to date at version 6"* ]] \
     && [[ $out2 == *"master key $sk/master-1.key: exists"* ]] \
     && [ "$(sha256sum <"$sk/master-1.key")" = "$key_sum" ]
 ok $? "setup: a second run creates nothing and keeps the key"
@@ -497,13 +509,14 @@ ok $? "setup: every table belongs to the owner role"
 ok $? "setup: neither role is a superuser or may create databases or roles"
 # the httpd role: what the module does works, nothing more
 asw() { psql -X -q -At -v ON_ERROR_STOP=1 -U kmdc_st_httpd -d kmdc_st -c "$1" 2>&1; }
-[ "$(asw 'SELECT max(version) FROM schema_migrations')" = 5 ] \
+[ "$(asw 'SELECT max(version) FROM schema_migrations')" = 6 ] \
     && asw "INSERT INTO audit_log (serial, event, detail) VALUES (1, 'setup.test', '{}')" >/dev/null \
     && asw "INSERT INTO request_nonces (serial, nonce) VALUES (1, '\\x00')" >/dev/null \
     && asw 'SELECT count(*) FROM cards' >/dev/null \
     && asw 'UPDATE cards SET up_next = up_next WHERE false' >/dev/null \
-    && asw 'UPDATE cards SET queued_count = queued_count, queued_bytes = queued_bytes WHERE false' >/dev/null
-ok $? "setup: the httpd role reads the schema version and cards, writes the audit log, nonces and mailbox totals"
+    && asw 'UPDATE cards SET queued_count = queued_count, queued_bytes = queued_bytes WHERE false' >/dev/null \
+    && asw 'UPDATE messages SET payload = NULL WHERE false' >/dev/null
+ok $? "setup: the httpd role reads the schema version and cards, writes the audit log, nonces, mailbox totals and clears payloads"
 denied=0
 for stmt in 'SELECT count(*) FROM audit_log' 'DELETE FROM receipts' 'DELETE FROM request_nonces' \
             "INSERT INTO cards (serial) VALUES (1)" "UPDATE cards SET address = 'x' WHERE false" \
@@ -536,7 +549,7 @@ if id postgres >/dev/null 2>&1 && [ "$(id -u)" -eq 0 ]; then
     o=$(env -u PGUSER "$kmdcadm" setup --no-key --database kmdc_st --owner kmdc_st_owner \
             --httpd-role kmdc_st_httpd --as postgres 2>&1); rc=$?
     [ $rc -eq 0 ] && [[ $o == *"as the system user postgres"* ]] \
-        && [[ $o == *"schema is up to date at version 5"* ]]
+        && [[ $o == *"schema is up to date at version 6"* ]]
     ok $? "setup --as postgres: the database part runs as that system user"
     [ $rc -eq 0 ] || diag "$o"
 else

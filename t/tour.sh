@@ -64,7 +64,7 @@ printf '%s\n' "$script" >"$work/tour.sh"
 rc=$?
 ok $rc "the tour runs top to bottom as written (exit $rc)"
 [ $rc -eq 0 ] || { diag "last lines of its output:"; tail -n 40 "$work/tour.log" | sed 's/^/#   /'; }
-grep -q '{"status":"ok","schema":5}' "$work/tour.log"; ok $? "its /health over TLS answers ok, schema 5"
+grep -q '{"status":"ok","schema":6}' "$work/tour.log"; ok $? "its /health over TLS answers ok, schema 6"
 cmp -s "$work/src/report.txt" "$work/src/inbox/report.txt"; ok $? "bob received alice's document, byte for byte"
 grep -q 'KmdcDatabase "host=/var/run/postgresql dbname=kmdc user=kmdc_httpd"' "$work/tour.log"
 ok $? "kmdcadm setup printed the KmdcDatabase line the tour uses"
