@@ -37,7 +37,7 @@ static const char *const httpd_grants[] = {
     "GRANT SELECT, INSERT, UPDATE (touched_at), DELETE ON uploads",
     "GRANT SELECT, INSERT, UPDATE, DELETE ON upload_leases",
     "GRANT SELECT, INSERT ON upload_chunks",
-    "GRANT SELECT, INSERT, UPDATE (upload_id, payload) ON messages",
+    "GRANT SELECT, INSERT, UPDATE (payload) ON messages",
     "GRANT SELECT, INSERT, UPDATE (state, head, acked_at) ON deliveries",
     "GRANT SELECT, INSERT ON receipts",
     "GRANT INSERT ON request_nonces",

@@ -17,10 +17,16 @@
 -- UPDATE (payload) on messages for that (the grants of ADMIN.md).
 --
 -- Nothing here rewrites the table: the column is added without a default,
--- its storage is set for new values, and the check is NOT VALID (rows written
--- before this version have no payload).  The partial index reads the table
--- once.  ADD COLUMN locks messages (ACCESS EXCLUSIVE) until the commit, so
--- every request that reads or writes messages waits for that read.
+-- its storage is set for new values, and the check is NOT VALID, so that
+-- adding it does not read the table under the lock (every row written before
+-- this version has a NULL payload; VALIDATE CONSTRAINT may be run later, under
+-- a lock that lets reads and writes go on).  The partial index reads the
+-- table once.  ADD COLUMN locks messages (ACCESS EXCLUSIVE) until the commit;
+-- the lock is waited for at most 10 s (a download in progress holds a lock on
+-- messages for as long as it streams), after which the migration stops having
+-- changed nothing, to be run again.  docs/ADMIN.md: stop mod_kmdc first.
+
+SET LOCAL lock_timeout = '10s';
 
 ALTER TABLE messages ADD COLUMN payload bytea;
 

@@ -113,6 +113,8 @@ sub measured {
     # next_xid's own read takes no id: the difference is the relay's
     is($xids, 1, 'a 1 KiB relay: exactly one writing transaction (one commit)');
     is(sql('SELECT count(*) FROM upload_leases'), 0, 'a 1 KiB relay: no upload slot taken');
+    is(sql('SELECT count(*) FROM uploads') . ' ' . sql('SELECT count(*) FROM upload_chunks'), '0 0',
+       'a 1 KiB relay: no upload row, its payload is in its message (schema 6)');
     is(sql('SELECT count(*) FROM uploads u WHERE NOT EXISTS '
            . '(SELECT 1 FROM messages m WHERE m.upload_id = u.id)'), 0,
        'a 1 KiB relay: no upload row without its message');

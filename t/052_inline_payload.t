@@ -12,8 +12,10 @@
 #     before, its message has no payload, and the upload goes at the last
 #     acknowledgement;
 #   - the schema refuses a message with both an upload and a payload;
-#   - a payload damaged in the database (shorter than payload_len) is
-#     refused before any byte of the answer.
+#   - two recipients acknowledging at once, the last of them drops the
+#     payload whichever it is;
+#   - a payload damaged in the database (shorter or longer than payload_len)
+#     is refused before any byte of the answer.
 use strict;
 use warnings FATAL => 'all';
 
@@ -39,9 +41,19 @@ for my $who (qw(inl-ann inl-ben inl-cid)) {
     $card{$who} = $c;
 }
 # a recipient activated in Perl, so that the test can sign its requests
-my $dan = issue_card('inl-dan');
-my $res = activate($dan);
-die 'activation of inl-dan failed: ' . $res->as_string unless $res->code == 204;
+my ($dan, $eve) = map { issue_card($_) } qw(inl-dan inl-eve);
+for my $c ($dan, $eve) {
+    my $res = activate($c);
+    die "activation of $c->{address} failed: " . $res->as_string unless $res->code == 204;
+}
+
+# the id of the oldest delivery in the mailbox of a card activated in Perl
+sub first_delivery {
+    my ($c) = @_;
+    my $list = signed($c, 'GET', "/kmdc/mailbox/$c->{serial}");
+    my ($id) = map { $_->{id} } @{ (body_json($list) // {})->{deliveries} // [] };
+    return $id;
+}
 
 my $n = 0;
 sub relay {
@@ -153,20 +165,53 @@ subtest 'the schema keeps a payload in one place' => sub {
         or diag($out);
 };
 
+subtest 'two last acknowledgements at once: the payload goes' => sub {
+    my @left;
+    for my $round (1 .. 3) {
+        my ($code) = relay('inl-ann', 'inl-dan,inl-eve', 600);
+        is($code, '201', "round $round: ann to dan and eve: 201");
+        my $msg = newest_id('inl-ann');
+        my @ids = map { first_delivery($_) } $dan, $eve;
+        my @pids;
+        for my $i (0, 1) {
+            my $c = ($dan, $eve)[$i];
+            my $pid = fork // die "fork: $!";
+            if ($pid == 0) {
+                my $r = signed($c, 'DELETE', "/kmdc/mailbox/$c->{serial}/$ids[$i]");
+                exit($r->code == 204 ? 0 : 1);
+            }
+            push @pids, $pid;
+        }
+        my $bad = 0;
+        for my $pid (@pids) {
+            waitpid($pid, 0);
+            $bad++ if $?;
+        }
+        is($bad, 0, "round $round: both acknowledgements answered 204");
+        push @left, sql("SELECT (payload IS NOT NULL)::int FROM messages WHERE id = $msg");
+    }
+    is("@left", '0 0 0', 'no payload was left behind by the two at once');
+};
+
 subtest 'a damaged payload is refused before any answer' => sub {
-    my ($code) = relay('inl-ann', 'inl-dan', 800);
-    is($code, '201', 'ann to dan, 800 bytes: 201');
-    my $msg = newest_id('inl-ann');
-    my $list = signed($dan, 'GET', "/kmdc/mailbox/$dan->{serial}");
-    my ($id) = map { $_->{id} } @{ (body_json($list) // {})->{deliveries} // [] };
-    ok(defined $id, 'dan lists the delivery') or return;
-    my $good = signed($dan, 'GET', "/kmdc/mailbox/$dan->{serial}/$id");
-    is($good->code, 200, 'dan fetches it: 200');
-    sql("UPDATE messages SET payload = substr(payload, 1, 100) WHERE id = $msg");
-    my $bad = signed($dan, 'GET', "/kmdc/mailbox/$dan->{serial}/$id");
-    is($bad->code, 500, 'the payload cut short in the database: 500, not a short answer')
-        or diag($bad->status_line);
-    like($bad->header('Content-Type') // '', qr{^application/json}, '... a JSON error, no envelope');
+    for my $case ([ 'cut short', 'substr(payload, 1, 100)' ],
+                  [ 'too long', "payload || '\\x00'::bytea" ]) {
+        my ($what, $expr) = @$case;
+        my ($code) = relay('inl-ann', 'inl-dan', 800);
+        is($code, '201', "$what: ann to dan, 800 bytes: 201");
+        my $msg = newest_id('inl-ann');
+        my $id = first_delivery($dan);
+        ok(defined $id, "$what: dan lists the delivery") or return;
+        my $good = signed($dan, 'GET', "/kmdc/mailbox/$dan->{serial}/$id");
+        is($good->code, 200, "$what: dan fetches it: 200");
+        sql("UPDATE messages SET payload = $expr WHERE id = $msg");
+        my $bad = signed($dan, 'GET', "/kmdc/mailbox/$dan->{serial}/$id");
+        is($bad->code, 500, "$what: the payload damaged in the database: 500, not an envelope")
+            or diag($bad->status_line);
+        like($bad->header('Content-Type') // '', qr{^application/json}, "$what: a JSON error");
+        is(signed($dan, 'DELETE', "/kmdc/mailbox/$dan->{serial}/$id")->code, 204,
+           "$what: dan acknowledges it");
+    }
 };
 
 done_testing();

@@ -415,6 +415,12 @@ sub db_problems {
     my $orphans = sql($db, 'SELECT count(*) FROM uploads u WHERE NOT EXISTS '
                       . '(SELECT 1 FROM messages m WHERE m.upload_id = u.id)');
     push @bad, "$orphans upload rows belong to no message" if $orphans;
+    # every delivery was acknowledged: no payload may be left, in an upload
+    # or in the message's own row (schema 6)
+    my $kept = sql($db, 'SELECT count(*) FROM messages m WHERE (m.payload IS NOT NULL '
+                   . 'OR m.upload_id IS NOT NULL) AND NOT EXISTS (SELECT 1 FROM deliveries d '
+                   . "WHERE d.message_id = m.id AND d.state = 'queued')");
+    push @bad, "$kept messages with no queued delivery still hold their payload" if $kept;
     my $messages = sql($db, 'SELECT count(*) FROM messages');
     push @bad, "$messages messages in the database, " . scalar(keys %sealed) . ' sealed'
         unless $messages == keys %sealed;

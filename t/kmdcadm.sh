@@ -68,6 +68,50 @@ wait
     && [ "$(PGDATABASE=kmdc_race q -c "SELECT count(*) FROM schema_migrations")" = 6 ] \
     && [ "$(cat "$work/m1" "$work/m2" | grep -c 'applied 001_init.sql')" = 1 ]
 ok $? "migrate: two concurrent migrators apply the file exactly once"
+# version 5 -> 6 on a database that holds a message stored in an upload, while
+# another session reads messages (as a download in progress does): the
+# migration waits at most its lock_timeout, changes nothing, and succeeds once
+# the reader is gone; the message keeps its upload
+mkdir -p "$work/sql-v5"
+cp "$top"/sql/00[1-5]_*.sql "$work/sql-v5/"
+q -c "CREATE DATABASE kmdc_v5" >/dev/null
+out=$(PGDATABASE=kmdc_v5 adm migrate --sqldir "$work/sql-v5" 2>&1)
+w76="decode(repeat('00', 76), 'hex')"
+PGDATABASE=kmdc_v5 q -c "INSERT INTO cards (serial, address, status, up_chain, down_chain, auth_key, key_id, activated_at)
+        VALUES (77, 'old-sender', 'active', $w76, $w76, $w76, 1, now());
+    INSERT INTO uploads (id, size) VALUES (5, 1);
+    INSERT INTO upload_chunks (upload_id, idx, data) VALUES (5, 0, decode(repeat('ab', 40), 'hex'));
+    INSERT INTO messages (id, sender, sender_seq, upload_id, size, payload_len) VALUES (500, 77, 0, 5, 1, 40);
+    INSERT INTO deliveries (message_id, recipient, seq, head, expires_at)
+        VALUES (500, 77, 0, decode(repeat('00', 120), 'hex'), now() + interval '1 day')" >/dev/null
+[ "$(PGDATABASE=kmdc_v5 q -c "SELECT max(version) FROM schema_migrations")" = 5 ]
+ok $? "migrate: a version-5 database holding a message in an upload (the set-up)"
+mkfifo "$work/reader"
+( { echo "BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT count(*) FROM messages;"; cat "$work/reader"; } \
+    | PGDATABASE=kmdc_v5 psql -X -q -At >/dev/null 2>&1 ) &
+reader=$!
+exec 8>"$work/reader"
+sleep 1
+t0=$SECONDS
+out=$(PGDATABASE=kmdc_v5 timeout 60 "$kmdcadm" migrate 2>&1); rc=$?
+took=$((SECONDS - t0))
+echo "ROLLBACK;" >&8; exec 8>&-; wait "$reader"
+[ $rc -eq 1 ] && [[ $out == *"lock timeout"* ]] && [ "$took" -le 30 ] \
+    && [ "$(PGDATABASE=kmdc_v5 q -c "SELECT max(version) || ' ' || (to_regclass('messages_with_payload') IS NULL)
+                                      FROM schema_migrations")" = "5 true" ]
+ok $? "migrate: 006 gives up after its lock timeout while a reader holds messages, changing nothing"
+[ $rc -eq 1 ] && [[ $out == *"lock timeout"* ]] || diag "rc $rc after $took s: $out"
+out=$(PGDATABASE=kmdc_v5 adm migrate 2>&1); rc=$?
+[ $rc -eq 0 ] && [[ $out == *"applied 006_inline_payload.sql"* ]] \
+    && [ "$(PGDATABASE=kmdc_v5 q -c "SELECT upload_id || ' ' || (payload IS NULL) || ' ' ||
+              (SELECT count(*) FROM upload_chunks WHERE upload_id = 5) FROM messages WHERE id = 500")" = "5 true 1" ]
+ok $? "migrate: run again, 006 applies; the old message keeps its upload and has no payload of its own"
+[ $rc -eq 0 ] || diag "$out"
+[ "$(PGDATABASE=kmdc_v5 q -c "SELECT attstorage FROM pg_attribute WHERE attrelid = 'messages'::regclass
+                              AND attname = 'payload'")" = e ] \
+    && PGDATABASE=kmdc_v5 q -c "ALTER TABLE messages VALIDATE CONSTRAINT messages_one_payload" >/dev/null \
+    && ! PGDATABASE=kmdc_v5 q -c "UPDATE messages SET payload = '\\x00' WHERE id = 500" >/dev/null
+ok $? "migrate: payload stored uncompressed; messages_one_payload validates on old rows and refuses both"
 out=$(adm migrate --sqldir "$work/nonexistent" 2>&1); rc=$?
 [ $rc -eq 1 ] && [[ $out == kmdcadm:* ]]
 ok $? "migrate: a missing migrations folder fails with exit 1 and a message"

@@ -520,11 +520,12 @@ ok $? "setup: the httpd role reads the schema version and cards, writes the audi
 denied=0
 for stmt in 'SELECT count(*) FROM audit_log' 'DELETE FROM receipts' 'DELETE FROM request_nonces' \
             "INSERT INTO cards (serial) VALUES (1)" "UPDATE cards SET address = 'x' WHERE false" \
-            'DELETE FROM cards' 'CREATE TABLE kmdc_st_x (i int)' 'DELETE FROM deliveries'; do
+            'DELETE FROM cards' 'CREATE TABLE kmdc_st_x (i int)' 'DELETE FROM deliveries' \
+            'UPDATE messages SET upload_id = NULL WHERE false'; do
     o=$(asw "$stmt")
     case "$o" in *"permission denied"*) ;; *) denied=1; diag "not refused: $stmt: $o" ;; esac
 done
-ok $denied "setup: the httpd role may not read the audit log, delete receipts, nonces, cards or deliveries, write addresses or create tables"
+ok $denied "setup: the httpd role may not read the audit log, delete receipts, nonces, cards or deliveries, write addresses or upload ids, or create tables"
 q -c "CREATE ROLE kmdc_st_other LOGIN" >/dev/null
 o=$(psql -X -q -At -U kmdc_st_other -d kmdc_st -c 'SELECT 1' 2>&1)
 [[ $o == *"permission denied for database"* ]]
