@@ -35,13 +35,7 @@ my $url = Apache::TestRequest::resolve_url('/kmdc');
 $url =~ s{/+$}{};
 my $dir = workdir();
 
-my %card;
-for my $who (qw(tot-ann tot-ben tot-cid)) {
-    my $c = issue_card($who);
-    my ($rc, $out) = run($kmdc, '--card', $c->{file}, 'activate', $c->{code});
-    die "kmdc activate failed ($rc): $out" if $rc;
-    $card{$who} = $c;
-}
+my %card = kmdc_cards($kmdc, qw(tot-ann tot-ben tot-cid));
 my $in = join(', ', map { "x'$card{$_}{serial}'::bigint" } sort keys %card);
 
 # one line per card whose totals differ from a recount; '' when none do
@@ -69,11 +63,7 @@ sub updated {
 my $n = 0;
 sub seal {
     my ($from, $to, $size) = @_;
-    my $doc = spew("$dir/doc" . ++$n, random_bytes($size));
-    my $env = "$dir/env$n.kmdc";
-    my ($rc, $out) = run($kmdc, '--card', $card{$from}{file}, 'seal', '--to', $to, '-o', $env,
-                         $doc);
-    die "kmdc seal failed ($rc): $out" if $rc;
+    my ($env) = kmdc_seal($kmdc, $card{$from}, $to, $size, ++$n);
     return $env;
 }
 

@@ -25,7 +25,7 @@ use lib "$FindBin::Bin/lib";
 use Apache::Test qw(-withtestmore);
 use Apache::TestRequest ();
 use KmdcTest qw(:all);
-use KmdcUtil qw(spew slurp);
+use KmdcUtil qw(slurp);
 
 my $build = $ENV{KMDC_BUILD} or die "KMDC_BUILD not set: run t/run-suite BUILD_DIR\n";
 my $kmdc = "$build/kmdc/kmdc";
@@ -33,13 +33,7 @@ my $url = Apache::TestRequest::resolve_url('/kmdc');
 $url =~ s{/+$}{};
 my $dir = workdir();
 
-my %card;
-for my $who (qw(inl-ann inl-ben inl-cid)) {
-    my $c = issue_card($who);
-    my ($rc, $out) = run($kmdc, '--card', $c->{file}, 'activate', $c->{code});
-    die "kmdc activate failed ($rc): $out" if $rc;
-    $card{$who} = $c;
-}
+my %card = kmdc_cards($kmdc, qw(inl-ann inl-ben inl-cid));
 # a recipient activated in Perl, so that the test can sign its requests
 my ($dan, $eve) = map { issue_card($_) } qw(inl-dan inl-eve);
 for my $c ($dan, $eve) {
@@ -58,12 +52,7 @@ sub first_delivery {
 my $n = 0;
 sub relay {
     my ($from, $to, $size) = @_;
-    $n++;
-    my $doc = spew("$dir/doc$n.bin", random_bytes($size));
-    my $env = "$dir/env$n.kmdc";
-    my ($rc, $out) = run($kmdc, '--card', $card{$from}{file}, 'seal', '--to', $to, '-o', $env,
-                         $doc);
-    die "kmdc seal failed ($rc): $out" if $rc;
+    my ($env, $doc) = kmdc_seal($kmdc, $card{$from}, $to, $size, ++$n . '.bin');
     return (post_envelope($url, $env), $doc);
 }
 
@@ -78,7 +67,7 @@ sub fetch_all {
 sub rows { return sql('SELECT (SELECT count(*) FROM uploads) || \' \' || '
                       . '(SELECT count(*) FROM upload_chunks)') }
 
-# the newest message of a sender: "upload_id|payload is null|octet_length|payload_len|storage"
+# the newest message of a sender: "upload_id|payload is null|octet_length(payload)|payload_len"
 sub newest {
     my ($from) = @_;
     return sql("SELECT coalesce(upload_id::text, '-') || '|' || (payload IS NULL) || '|' "

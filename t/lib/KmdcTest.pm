@@ -16,11 +16,11 @@ use HTTP::Request ();
 use JSON::PP ();
 use Apache::TestRequest ();
 
-use KmdcUtil qw(run sql workdir random_bytes kmdcadm_issue);
+use KmdcUtil qw(run sql workdir random_bytes kmdcadm_issue spew);
 
 our @EXPORT_OK = qw(run sql workdir issue_card read_card hkdf rotate sign_header
                     request signed body_json random_bytes nonce_hex activate
-                    form_body post_envelope);
+                    form_body post_envelope kmdc_cards kmdc_seal);
 our %EXPORT_TAGS = (all => \@EXPORT_OK);
 
 my $json = JSON::PP->new;
@@ -155,6 +155,33 @@ sub body_json {
     my ($res) = @_;
     my $v = eval { $json->decode($res->content // '') };
     return ref $v eq 'HASH' ? $v : undef;
+}
+
+# Issue a card for each address with kmdcadm and activate it with the real
+# client ($kmdc, the built kmdc binary); address => card (issue_card's hash).
+sub kmdc_cards {
+    my ($kmdc, @addrs) = @_;
+    my %card;
+    for my $who (@addrs) {
+        my $c = issue_card($who);
+        my ($rc, $out) = run($kmdc, '--card', $c->{file}, 'activate', $c->{code});
+        die "kmdc activate failed ($rc): $out" if $rc;
+        $card{$who} = $c;
+    }
+    return %card;
+}
+
+# Seal $size random bytes from $card to the addresses $to (comma-separated)
+# with the real client; the files go under workdir() as doc$tag and
+# env$tag.kmdc.  Returns (envelope file, document file).
+sub kmdc_seal {
+    my ($kmdc, $card, $to, $size, $tag) = @_;
+    my $dir = workdir();
+    my $doc = spew("$dir/doc$tag", random_bytes($size));
+    my $env = "$dir/env$tag.kmdc";
+    my ($rc, $out) = run($kmdc, '--card', $card->{file}, 'seal', '--to', $to, '-o', $env, $doc);
+    die "kmdc seal failed ($rc): $out" if $rc;
+    return ($env, $doc);
 }
 
 # POST the envelope file $env to $url/send as curl sends a raw envelope; its
