@@ -10,12 +10,12 @@
  * upload_settle, so the database writes a batch while the intake reads the
  * next.  Publication is one READ COMMITTED transaction in two round trips:
  * first BEGIN, the rows that lock no card (message, with its payload in
- * its own row when it fits one batch, receipt, audit row), then the sender and the recipients
- * locked in serial order with their mailbox totals (kept on the card rows
- * by schema 3's triggers); the intake seals each delivery with the locked
- * down counter; then the chains and the deliveries, the lease dropped,
- * COMMIT, and (same round trip) NOTIFY for the recipients whose mailbox a
- * long-poll watches.  A recipient's row is locked from the end of the first
+ * its own row when it fits one batch, receipt, audit row), then the sender
+ * and the recipients locked in serial order with their mailbox totals (kept
+ * on the card rows since schema 3); the intake seals each delivery with
+ * the locked down counter; then the chains and the deliveries, the lease
+ * dropped, COMMIT, and (same round trip) NOTIFY for the recipients whose
+ * mailbox a long-poll watches.  A recipient's row is locked from the end of the first
  * round trip to the COMMIT, and every publication to that recipient queues
  * behind it, so only what needs the lock runs while it is held.
  */
