@@ -38,8 +38,11 @@
  *   --count N           stop after N operations instead (relay, poll, get)
  *   --ids FILE          relay, upload: append "message-id deliveries" per 201
  *   --relist yes        drain: one listing per delivery, the oldest
- *                       taken (the shape of bench/run's drain floor); a
- *                       stream stops at its first unexpected answer
+ *                       taken (bench/run's drain before 9041da8; it now
+ *                       lists once, as kmdc fetch does); a stream stops at
+ *                       its first unexpected answer.  Without it, a stream
+ *                       stops at a listing that follows a failed fetch or
+ *                       acknowledgement
  *   --resync yes|no     relay, upload: resynchronise the cards first (yes);
  *                       no when a `resync` run has just done it, so that
  *                       what the run costs the database is the sends' alone
@@ -101,6 +104,7 @@ struct stream {
     uint64_t *ids;
     size_t nids, next;
     int seen_empty;
+    int failed;                 /* a fetch or ack failed since the last listing */
 };
 
 static struct {
@@ -558,6 +562,11 @@ finished(struct stream *s, long code, double t_end)
             if (code == 200) {
                 parse_list(s);
                 s->phase = opt.mode == M_DRAIN ? 1 : 2;
+                /* a listing after a failure would offer the same delivery
+                 * again: stop rather than loop on it until the deadline */
+                if (s->failed && s->nids > 0)
+                    s->seen_empty = 1;
+                s->failed = 0;
             } else {
                 bad(s, code);
                 s->seen_empty = 1;
@@ -568,6 +577,7 @@ finished(struct stream *s, long code, double t_end)
             } else {
                 bad(s, code);
                 s->next++;
+                s->failed = 1;
                 if (relist)
                     s->seen_empty = 1;  /* the next listing would offer it again */
             }
@@ -576,6 +586,7 @@ finished(struct stream *s, long code, double t_end)
                 ops++;
             else {
                 bad(s, code);
+                s->failed = 1;
                 if (relist)
                     s->seen_empty = 1;
             }
