@@ -185,7 +185,7 @@ kmdcadm_db_purge(kmdcadm_db *db, const kmdcadm_purge_opts *opts,
     uint64_t *slot[sizeof purge_kinds / sizeof purge_kinds[0]];
     PGresult *res = NULL;
     kmdc_status st = KMDC_OK;
-    uint64_t sum = 0;
+    uint64_t sum;
     size_t i;
 
     memset(counts, 0, sizeof *counts);

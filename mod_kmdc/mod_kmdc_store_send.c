@@ -563,22 +563,22 @@ static int add_message(kmdc_db_batch *b, const kmdc_publication *pub)
     kmdc_db_param_int8(&pp, (int64_t)pub->message_id);
     kmdc_db_param_int8(&pp, (int64_t)pub->serial);
     kmdc_db_param_int8(&pp, (int64_t)pub->seq);
-    kmdc_db_param_int8(&pp, pub->upload_id);
     kmdc_db_param_int8(&pp, (int64_t)pub->size);
     kmdc_db_param_int8(&pp, (int64_t)pub->payload_len);
     if (pub->upload_id != 0) {
-        return kmdc_db_batch_add(b, "INSERT INTO messages (id, sender, sender_seq, upload_id, "
-                                 "size, payload_len) VALUES ($1::bigint, $2::bigint, "
+        kmdc_db_param_int8(&pp, pub->upload_id);
+        return kmdc_db_batch_add(b, "INSERT INTO messages (id, sender, sender_seq, size, "
+                                 "payload_len, upload_id) VALUES ($1::bigint, $2::bigint, "
                                  "$3::bigint, $4::bigint, $5::bigint, $6::bigint) "
                                  "ON CONFLICT DO NOTHING", &pp, 0);
     }
     /* a payload that fits one batch travels in the message's own row (schema
      * 6): no upload, and nothing to join when it is fetched */
     kmdc_db_param_bytea(&pp, pub->inline_data, pub->inline_len);
-    return kmdc_db_batch_add(b, "INSERT INTO messages (id, sender, sender_seq, upload_id, "
-                             "size, payload_len, payload) VALUES ($1::bigint, $2::bigint, "
-                             "$3::bigint, NULLIF($4::bigint, 0), $5::bigint, $6::bigint, "
-                             "$7::bytea) ON CONFLICT DO NOTHING", &pp, 0);
+    return kmdc_db_batch_add(b, "INSERT INTO messages (id, sender, sender_seq, size, "
+                             "payload_len, payload) VALUES ($1::bigint, $2::bigint, "
+                             "$3::bigint, $4::bigint, $5::bigint, $6::bytea) "
+                             "ON CONFLICT DO NOTHING", &pp, 0);
 }
 
 /* The receipt of the publication, into b (DO NOTHING as add_message);
