@@ -7,8 +7,9 @@
  * of the statements prepared on it (libpq's event procedures keep it with
  * the PGconn: PQsetInstanceData, cleared on PQreset, freed on PQfinish).  A
  * statement is prepared the first time a connection runs it and executed by
- * name from then on, so PostgreSQL parses and plans it once per connection,
- * not once per request.  The table is keyed by the SQL text; it holds at
+ * name from then on, so PostgreSQL parses it once per connection, and plans
+ * it once too since the session runs with plan_cache_mode =
+ * force_generic_plan (mod_kmdc_db.c, session_setup).  The table is keyed by the SQL text; it holds at
  * most KMDC_DB_MAX_PREPARED statements (the module has fewer), beyond which
  * statements run unprepared.  A connection without the table (the pool was
  * told not to prepare, e.g. behind a pooler in transaction mode) runs every
