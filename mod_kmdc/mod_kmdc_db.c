@@ -569,6 +569,7 @@ kmdc_db_rc kmdc_db_acquire(request_rec *r, kmdc_db **out)
             if (!own_session(pool) || session_setup(pg)) {
                 break;
             }
+            kmdc_db_note_down(pool, PQerrorMessage(pg));
         }
         apr_reslist_invalidate(pool->list, pg);
         pg = NULL;
