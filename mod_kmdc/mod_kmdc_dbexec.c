@@ -11,9 +11,9 @@
  * it once too since the session runs with plan_cache_mode =
  * force_generic_plan (mod_kmdc_db.c, session_setup).  The table is keyed by
  * the SQL text; it holds at most KMDC_DB_MAX_PREPARED statements (the module
- * has fewer), beyond which statements run unprepared.  A connection without the table (the pool was
- * told not to prepare, e.g. behind a pooler in transaction mode) runs every
- * statement with PQexecParams.
+ * has fewer), beyond which statements run unprepared.  A connection without
+ * the table (the pool was told not to prepare, e.g. behind a pooler in
+ * transaction mode) runs every statement with PQexecParams.
  *
  * Batches.  Statements added to a kmdc_db_batch are sent together, followed
  * by one Sync, and their results read in order: one network round trip for
