@@ -69,6 +69,30 @@ out:
     return rc;
 }
 
+/*
+ * PostgreSQL plans a prepared statement again at every execution when it
+ * estimates the generic plan dearer than one made for the values at hand; it
+ * did so for mod_kmdc's mailbox listing (ten times longer to plan than to
+ * run) and three statements of its relay.  Every statement the module
+ * prepares finds its rows by key, whose generic plan is the one the values
+ * would get.
+ */
+kmdc_pq_rc kmdc_db_session_generic_plans(PGconn *pg)
+{
+    PGresult *res = PQexecParams(pg, "SET plan_cache_mode TO force_generic_plan", 0, NULL,
+                                 NULL, NULL, NULL, 0);
+    kmdc_pq_rc rc = KMDC_PQ_OK;
+
+    if (res == NULL || PQstatus(pg) != CONNECTION_OK) {
+        rc = KMDC_PQ_BROKEN;
+    }
+    else if (PQresultStatus(res) != PGRES_COMMAND_OK) {
+        rc = KMDC_PQ_ERROR;
+    }
+    PQclear(res);
+    return rc;
+}
+
 /* ------------------------------------------------------------------------ */
 /* parameters                                                                */
 

@@ -3,7 +3,8 @@
  * as PostgreSQL's own fe_utils serve every frontend program).
  *
  *   - the schema version this build needs (KMDC_SCHEMA_VERSION) and the one
- *     query that reads it from a connection (kmdc_db_schema_version);
+ *     query that reads it from a connection (kmdc_db_schema_version); the
+ *     session setting for prepared statements (kmdc_db_session_generic_plans);
  *   - parameter lists for PQexecParams/PQexecPrepared: text, int4 and int8
  *     (binary, network order), bytea (binary) and one-dimensional arrays in
  *     PostgreSQL's binary array format;
@@ -49,6 +50,15 @@ typedef enum kmdc_pq_rc {
  * statement.
  */
 kmdc_pq_rc kmdc_db_schema_version(PGconn *pg, int *version, PGresult **failed);
+
+/*
+ * Make pg's session run prepared statements on their generic plan
+ * (plan_cache_mode = force_generic_plan), so that a statement prepared on it
+ * is planned once, not at each execution.  For a session of the caller's
+ * own only (never through a transaction pooler).  KMDC_PQ_OK, or
+ * KMDC_PQ_ERROR / KMDC_PQ_BROKEN with the reason in PQerrorMessage(pg).
+ */
+kmdc_pq_rc kmdc_db_session_generic_plans(PGconn *pg);
 
 /* ---- parameters --------------------------------------------------------- */
 

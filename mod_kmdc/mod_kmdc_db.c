@@ -170,24 +170,10 @@ static void note_pooler(kmdc_db_pool *pool, PGconn *pg)
 
 /*
  * A session of our own (not through a pooler): statements are prepared once
- * on it (mod_kmdc_dbexec.c), and run on their generic plan.  Left to itself,
- * PostgreSQL plans a prepared statement again at every execution when it
- * estimates the generic plan dearer than one made for the values at hand,
- * and it did so for the mailbox listing and three of the relay's statements
- * (measured: the listing took 10 times longer to plan than to run).  Every
- * statement of the module finds its rows by key, whose generic plan is the
- * plan the values would get.  Set again after PQreset, which starts a new
- * session.  1 on success; 0 with the reason left in PQerrorMessage.
+ * on it (mod_kmdc_dbexec.c) and run on their generic plan, so that each is
+ * planned once too (kmdc_db_session_generic_plans, set again after PQreset,
+ * which starts a new session).
  */
-static int session_setup(PGconn *pg)
-{
-    PGresult *res = PQexec(pg, "SET plan_cache_mode TO force_generic_plan");
-    int ok = res != NULL && PQresultStatus(res) == PGRES_COMMAND_OK;
-
-    PQclear(res);
-    return ok;
-}
-
 static int own_session(kmdc_db_pool *pool)
 {
     return !pool->txn_pooling && !apr_atomic_read32(&pool->pooler);
@@ -242,7 +228,7 @@ static apr_status_t db_construct(void **resource, void *params, apr_pool_t *p)
             rv = APR_ENOMEM;
             goto out;
         }
-        if (!session_setup(pg)) {
+        if (kmdc_db_session_generic_plans(pg) != KMDC_PQ_OK) {
             kmdc_db_note_down(pool, PQerrorMessage(pg));
             goto out;
         }
@@ -566,7 +552,8 @@ kmdc_db_rc kmdc_db_acquire(request_rec *r, kmdc_db **out)
                 rc = KMDC_DB_SCHEMA;
                 goto out;
             }
-            if (!own_session(pool) || session_setup(pg)) {
+            if (!own_session(pool)
+                || kmdc_db_session_generic_plans(pg) == KMDC_PQ_OK) {
                 break;
             }
             kmdc_db_note_down(pool, PQerrorMessage(pg));

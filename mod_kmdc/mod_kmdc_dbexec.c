@@ -9,9 +9,10 @@
  * statement is prepared the first time a connection runs it and executed by
  * name from then on, so PostgreSQL parses it once per connection, and plans
  * it once too since the session runs with plan_cache_mode =
- * force_generic_plan (mod_kmdc_db.c, session_setup).  The table is keyed by
- * the SQL text; it holds at most KMDC_DB_MAX_PREPARED statements (the module
- * has fewer), beyond which statements run unprepared.  A connection without
+ * force_generic_plan (kmdc_db_session_generic_plans, from mod_kmdc_db.c).
+ * The table is keyed by the SQL text; it holds at most KMDC_DB_MAX_PREPARED
+ * statements (the module has fewer), beyond which statements run
+ * unprepared.  A connection without
  * the table (the pool was told not to prepare, e.g. behind a pooler in
  * transaction mode) runs every statement with PQexecParams.
  *

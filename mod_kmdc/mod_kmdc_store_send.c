@@ -15,9 +15,10 @@
  * on the card rows since schema 3); the intake seals each delivery with
  * the locked down counter; then the chains and the deliveries, the lease
  * dropped, COMMIT, and (same round trip) NOTIFY for the recipients whose
- * mailbox a long-poll watches.  A recipient's row is locked from the end of the first
- * round trip to the COMMIT, and every publication to that recipient queues
- * behind it, so only what needs the lock runs while it is held.
+ * mailbox a long-poll watches.  A recipient's row is locked from the end of
+ * the first round trip to the COMMIT, and every publication to that
+ * recipient queues behind it, so only what needs the lock runs while it is
+ * held.
  */
 #include <string.h>
 

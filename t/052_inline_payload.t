@@ -42,12 +42,7 @@ for my $c ($dan, $eve) {
 }
 
 # the id of the oldest delivery in the mailbox of a card activated in Perl
-sub first_delivery {
-    my ($c) = @_;
-    my $list = signed($c, 'GET', "/kmdc/mailbox/$c->{serial}");
-    my ($id) = map { $_->{id} } @{ (body_json($list) // {})->{deliveries} // [] };
-    return $id;
-}
+sub first_delivery { return (delivery_ids($_[0]))[0] }
 
 my $n = 0;
 sub relay {
@@ -64,8 +59,6 @@ sub fetch_all {
     return ($rc, $out, $d);
 }
 
-sub rows { return sql('SELECT (SELECT count(*) FROM uploads) || \' \' || '
-                      . '(SELECT count(*) FROM upload_chunks)') }
 
 # the newest message of a sender: "upload_id|payload is null|octet_length(payload)|payload_len"
 sub newest {
@@ -84,10 +77,10 @@ sub newest_id {
 
 my ($doc1, $msg1);
 subtest 'a document of one batch travels in its message\'s row' => sub {
-    my $before = rows();
+    my $before = upload_rows();
     my ($code, $doc) = relay('inl-ann', 'inl-ben,inl-cid', 1000);
     is($code, '201', 'ann to ben and cid, 1000 bytes: 201');
-    is(rows(), $before, 'no uploads or upload_chunks row was written');
+    is(upload_rows(), $before, 'no uploads or upload_chunks row was written');
     my ($upload, $null, $len, $plen) = split /\|/, newest('inl-ann');
     is("$upload $null", '- false', 'its message has no upload and holds the payload');
     ok($plen > 1000 && $len == $plen, "the payload is payload_len bytes ($len)");
@@ -99,7 +92,7 @@ subtest 'a document of one batch travels in its message\'s row' => sub {
     is($code, '201', 'an empty document to oneself: 201');
     ($upload, $null, $len, $plen) = split /\|/, newest('inl-ann');
     is("$upload $null $len", "- false $plen", 'its payload too is in the message\'s row');
-    is(rows(), $before, 'still no upload row');
+    is(upload_rows(), $before, 'still no upload row');
 };
 
 subtest 'fetched by each recipient; the bytes go at the last acknowledgement' => sub {

@@ -58,8 +58,7 @@ for (1 .. $runs) {
 is($polled, $runs, "$runs signed listings of that mailbox: 200");
 my ($fetched, $acked) = (0, 0);
 {
-    my $list = signed($ben, 'GET', "/kmdc/mailbox/$ben->{serial}");
-    my @ids = map { $_->{id} } @{ (body_json($list) // {})->{deliveries} // [] };
+    my @ids = delivery_ids($ben);
     for my $id (@ids[0 .. $runs - 1]) {
         next unless defined $id;
         $fetched++ if signed($ben, 'GET', "/kmdc/mailbox/$ben->{serial}/$id")->code == 200;

@@ -424,6 +424,7 @@ hold_end COMMIT
     && [ "$(q -c "SELECT count(*) FROM upload_chunks WHERE upload_id = 8")" = 1 ]
 ok $? "purge: an upload whose message is being published at that moment is kept"
 [ $rc -eq 0 ] || diag "$out" "$(cat "$work/hold.out")"
+
 # --- audit -------------------------------------------------------------------------
 out=$(adm audit 2>&1); rc=$?
 first=$(printf '%s\n' "$out" | sed -n 2p)

@@ -20,7 +20,8 @@ use KmdcUtil qw(run sql workdir random_bytes kmdcadm_issue spew);
 
 our @EXPORT_OK = qw(run sql workdir issue_card read_card hkdf rotate sign_header
                     request signed body_json random_bytes nonce_hex activate
-                    form_body post_envelope kmdc_cards kmdc_seal);
+                    form_body post_envelope kmdc_cards kmdc_seal delivery_ids
+                    upload_rows);
 our %EXPORT_TAGS = (all => \@EXPORT_OK);
 
 my $json = JSON::PP->new;
@@ -182,6 +183,21 @@ sub kmdc_seal {
     my ($rc, $out) = run($kmdc, '--card', $card->{file}, 'seal', '--to', $to, '-o', $env, $doc);
     die "kmdc seal failed ($rc): $out" if $rc;
     return ($env, $doc);
+}
+
+# The ids of the deliveries queued in the mailbox of $card (activated in
+# Perl, so that its request can be signed), oldest first, as GET /mailbox
+# lists them; () when the listing fails.
+sub delivery_ids {
+    my ($card) = @_;
+    my $list = signed($card, 'GET', "/kmdc/mailbox/$card->{serial}");
+    return map { $_->{id} } @{ (body_json($list) // {})->{deliveries} // [] };
+}
+
+# "U C": the rows of uploads and of upload_chunks in the suite's database.
+sub upload_rows {
+    return sql('SELECT (SELECT count(*) FROM uploads) || \' \' || '
+               . '(SELECT count(*) FROM upload_chunks)');
 }
 
 # POST the envelope file $env to $url/send as curl sends a raw envelope; its
